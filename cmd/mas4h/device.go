@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mas4h/mas4h/registry"
+)
+
+// deviceOpts are the flags shared by the device subcommands.
+type deviceOpts struct {
+	db     string
+	output string
+}
+
+func newDeviceCmd(g *globals) *cobra.Command {
+	o := &deviceOpts{}
+	cmd := &cobra.Command{
+		Use:   "device",
+		Short: "Enrol, list, show, revoke and remove devices",
+		Long: `Manage enrolled devices in a registry. Each device has one SSH public key and
+one or more forwards; each forward leases a remote port on the slaves, stable
+for the device's life. Against a local registry file (--db) for now.`,
+	}
+	cmd.PersistentFlags().StringVar(&o.db, "db", "", "registry file (SQLite), e.g. /var/lib/mas4h/registry.db")
+	cmd.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	cmd.AddCommand(newDeviceAddCmd(g, o), newDeviceListCmd(g, o), newDeviceShowCmd(g, o),
+		newDeviceRevokeCmd(g, o), newDeviceRmCmd(g, o))
+	return cmd
+}
+
+// withStore validates the shared flags, opens the registry and runs fn.
+// Only "add" may create a new registry file; the others refuse a missing one
+// rather than answer from an empty file created by a typo.
+func (o *deviceOpts) withStore(ctx context.Context, create bool, fn func(*registry.Store, outputFormat) error) error {
+	format, err := parseOutput(o.output)
+	if err != nil {
+		return err
+	}
+	if o.db == "" {
+		return usagef("no registry given: pass --db PATH (a local registry file)")
+	}
+	if _, err := os.Stat(o.db); !create && errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("registry %s does not exist (enrol a device with 'mas4h device add' to create it)", o.db)
+	}
+	st, err := registry.Open(ctx, o.db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return fn(st, format)
+}
+
+func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
+	var keyFile, portRange string
+	var forwards []string
+	cmd := &cobra.Command{
+		Use:   "add NAME --key FILE|- [--forward NAME=HOST:PORT[,probe=SPEC]]...",
+		Short: "Enrol a device with its public key and lease its ports",
+		Example: `  mas4h device add pi-kitchen --key pi-kitchen.pub --db /var/lib/mas4h/registry.db
+  mas4h device add nas --key - --forward ssh=localhost:22 --forward web=192.168.1.10:80 --db reg.db < nas.pub`,
+		Args: exactArgs(1, "one device NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := registry.ValidateDeviceName(name); err != nil {
+				return usageError{err}
+			}
+			if keyFile == "" {
+				return usagef("--key is required: the device's public key file (e.g. id_ed25519.pub), or - for stdin")
+			}
+			pr, err := registry.ParsePortRange(portRange)
+			if err != nil {
+				return usageError{err}
+			}
+			specs := make([]registry.ForwardSpec, 0, len(forwards))
+			for _, f := range forwards {
+				spec, err := registry.ParseForwardSpec(f)
+				if err != nil {
+					return usageError{err}
+				}
+				specs = append(specs, spec)
+			}
+			data, err := readKeyInput(keyFile, cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			key, _, err := registry.ParsePublicKey(data)
+			if err != nil {
+				return fmt.Errorf("key %s: %w", keyFile, err)
+			}
+			return o.withStore(cmd.Context(), true, func(st *registry.Store, f outputFormat) error {
+				dev, err := st.AddDevice(cmd.Context(), name, key, specs, pr)
+				if err != nil {
+					return err
+				}
+				return printDevice(g.stdout, dev, f)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "the device's public key file, or - to read it from stdin")
+	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "a forward NAME=HOST:PORT[,probe=SPEC] (repeatable; default ssh=localhost:22)")
+	cmd.Flags().StringVar(&portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from")
+	return cmd
+}
+
+// readKeyInput reads a public key file or stdin, refusing anything too big
+// to be one public key.
+func readKeyInput(path string, stdin io.Reader) ([]byte, error) {
+	const max = 64 << 10
+	var r io.Reader
+	if path == "-" {
+		r = stdin
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading key: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading key %s: %w", path, err)
+	}
+	if len(data) > max {
+		return nil, fmt.Errorf("key %s: more than %d KiB; a public key is one short line", path, max>>10)
+	}
+	return data, nil
+}
+
+func newDeviceListCmd(g *globals, o *deviceOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List enrolled devices",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
+				devs, err := st.Devices(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if f == "json" {
+					if devs == nil {
+						devs = []registry.Device{}
+					}
+					return writeJSON(g.stdout, devs)
+				}
+				rows := [][]string{{"NAME", "STATUS", "FORWARDS", "FINGERPRINT"}}
+				for _, d := range devs {
+					rows = append(rows, []string{d.Name, d.Status, forwardsSummary(d.Forwards), d.Fingerprint})
+				}
+				return writeTable(g.stdout, rows)
+			})
+		},
+	}
+}
+
+func newDeviceShowCmd(g *globals, o *deviceOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one device",
+		Args:  exactArgs(1, "one device NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
+				dev, err := st.Device(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return printDevice(g.stdout, dev, f)
+			})
+		},
+	}
+}
+
+func newDeviceRevokeCmd(g *globals, o *deviceOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke NAME",
+		Short: "Refuse the device's next authentication and end its live sessions",
+		Long: `Revoke a device: its key is refused from now on and slaves end its live
+sessions (a slave following this registry does so within 2 s). The device and
+its port leases stay in the registry; "rm" deletes them.`,
+		Args: exactArgs(1, "one device NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
+				dev, err := st.Revoke(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return printDevice(g.stdout, dev, f)
+			})
+		},
+	}
+}
+
+func newDeviceRmCmd(g *globals, o *deviceOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a device and free its ports",
+		Args:  exactArgs(1, "one device NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
+				if err := st.Remove(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				if f == "json" {
+					return writeJSON(g.stdout, map[string]string{"removed": args[0]})
+				}
+				fmt.Fprintf(g.stdout, "removed %s\n", args[0])
+				return nil
+			})
+		},
+	}
+}
+
+func printDevice(w io.Writer, d registry.Device, f outputFormat) error {
+	if f == "json" {
+		return writeJSON(w, d)
+	}
+	rows := [][]string{
+		{"name:", d.Name},
+		{"status:", d.Status},
+		{"key:", d.KeyType + " " + d.Fingerprint},
+		{"created:", d.CreatedAt.Format("2006-01-02 15:04:05Z07:00")},
+	}
+	for _, fw := range d.Forwards {
+		probe := ""
+		if fw.Probe != "" {
+			probe = " (probe " + fw.Probe + ")"
+		}
+		rows = append(rows, []string{"forward:", fmt.Sprintf("%s: slave port %d -> device %s%s", fw.Name, fw.RemotePort, fw.Target, probe)})
+	}
+	return writeTable(w, rows)
+}
+
+func forwardsSummary(fs []registry.Forward) string {
+	parts := make([]string, 0, len(fs))
+	for _, f := range fs {
+		parts = append(parts, f.Name+":"+strconv.Itoa(f.RemotePort))
+	}
+	return strings.Join(parts, ",")
+}

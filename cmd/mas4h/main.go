@@ -1,0 +1,17 @@
+// Command mas4h is the mass SSH reverse bouncer: master, slave, the sshd hook,
+// the device agent and the operator's CLI, in one binary.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:])
+	stop()
+	os.Exit(code)
+}

@@ -1,0 +1,305 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// AddDevice enrols a device with its key and forwards, leasing for each
+// forward the lowest free port in pr. Without forwards the device gets
+// DefaultForward. Everything (device, leases, enrol event) is written in one
+// transaction, so on any error nothing is.
+func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange) (Device, error) {
+	if err := ValidateDeviceName(name); err != nil {
+		return Device{}, fmt.Errorf("adding device: %w", err)
+	}
+	if err := CheckKey(key); err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	if err := pr.validate(); err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	if len(forwards) == 0 {
+		forwards = []ForwardSpec{DefaultForward()}
+	}
+	specs := make([]ForwardSpec, len(forwards))
+	seen := make(map[string]bool, len(forwards))
+	for i, f := range forwards {
+		n, err := f.normalize()
+		if err != nil {
+			return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		}
+		if seen[n.Name] {
+			return Device{}, fmt.Errorf("adding device %s: forward name %q given twice: %w", name, n.Name, ErrInvalid)
+		}
+		seen[n.Name] = true
+		specs[i] = n
+	}
+	if len(specs) > pr.Size() {
+		return Device{}, fmt.Errorf("adding device %s: %d forwards do not fit in port range %s; widen --port-range: %w", name, len(specs), pr, ErrRangeFull)
+	}
+	fp := Fingerprint(key)
+
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	defer tx.Rollback()
+
+	var holder string
+	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE name = ?`, name).Scan(&holder)
+	switch {
+	case err == nil:
+		return Device{}, fmt.Errorf("adding device %s: name is taken: %w", name, ErrExists)
+	case !errors.Is(err, sql.ErrNoRows):
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE fingerprint = ?`, fp).Scan(&holder)
+	switch {
+	case err == nil:
+		return Device{}, fmt.Errorf("adding device %s: key %s is already enrolled as device %q (one key per device): %w", name, fp, holder, ErrDuplicateKey)
+	case !errors.Is(err, sql.ErrNoRows):
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+
+	ports, err := leasePorts(ctx, tx, pr, len(specs))
+	if err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+
+	now := s.now().UTC()
+	res, err := tx.ExecContext(ctx,
+		`INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at)
+		 VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		name, fp, key.Type(), AuthorizedKey(key), StatusActive, now.UnixNano(), now.UnixNano())
+	if err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	detail := make([]string, len(specs))
+	for i, f := range specs {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO forwards (device_id, position, name, target, probe, remote_port) VALUES (?, ?, ?, ?, ?, ?)`,
+			id, i, f.Name, f.Target, f.Probe, ports[i]); err != nil {
+			return Device{}, fmt.Errorf("adding device %s: leasing port %d for forward %s: %w", name, ports[i], f.Name, err)
+		}
+		detail[i] = fmt.Sprintf("%s %s on port %d", f.Name, f.Target, ports[i])
+	}
+	if err := addEvent(ctx, tx, now, EventEnrol, name, fmt.Sprintf("key %s; forwards: %s", fp, strings.Join(detail, ", "))); err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	d, err := deviceWhere(ctx, tx, "name", name)
+	if err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// leasePorts finds the n lowest free ports of pr with one query over the
+// ports already leased in it. The caller's IMMEDIATE transaction holds the
+// write lock, so no one else can take them before the insert.
+func leasePorts(ctx context.Context, tx *sql.Tx, pr PortRange, n int) ([]int, error) {
+	rows, err := tx.QueryContext(ctx,
+		`SELECT remote_port FROM forwards WHERE remote_port BETWEEN ? AND ? ORDER BY remote_port`, pr.Lo, pr.Hi)
+	if err != nil {
+		return nil, fmt.Errorf("reading leased ports: %w", err)
+	}
+	defer rows.Close()
+	var used []int
+	for rows.Next() {
+		var p int
+		if err := rows.Scan(&p); err != nil {
+			return nil, fmt.Errorf("reading leased ports: %w", err)
+		}
+		used = append(used, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading leased ports: %w", err)
+	}
+	free := freePorts(pr, used, n)
+	if len(free) < n {
+		return nil, fmt.Errorf("port range %s has %d free port(s), %d needed; widen --port-range or remove devices: %w", pr, len(free), n, ErrRangeFull)
+	}
+	return free, nil
+}
+
+// Device returns the device named name.
+func (s *Store) Device(ctx context.Context, name string) (Device, error) {
+	d, err := deviceWhere(ctx, s.db, "name", name)
+	if err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", quoteTrunc(name), err)
+	}
+	return d, nil
+}
+
+// DeviceByFingerprint returns the device whose key has fingerprint fp
+// ("SHA256:..."), the lookup the authkeys hook makes for each login.
+func (s *Store) DeviceByFingerprint(ctx context.Context, fp string) (Device, error) {
+	d, err := deviceWhere(ctx, s.db, "fingerprint", fp)
+	if err != nil {
+		return Device{}, fmt.Errorf("device with key %s: %w", quoteTrunc(fp), err)
+	}
+	return d, nil
+}
+
+const deviceCols = `d.id, d.name, d.fingerprint, d.key_type, d.public_key, d.status, d.created_at, d.updated_at`
+
+// deviceWhere loads one device and its forwards; col is a constant chosen
+// by the caller, never user input.
+func deviceWhere(ctx context.Context, q querier, col, val string) (Device, error) {
+	var d Device
+	var id, created, updated int64
+	err := q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.`+col+` = ?`, val).
+		Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, ErrNotFound
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	d.Forwards = []Forward{}
+	rows, err := q.QueryContext(ctx,
+		`SELECT name, target, probe, remote_port FROM forwards WHERE device_id = ? ORDER BY position`, id)
+	if err != nil {
+		return Device{}, fmt.Errorf("reading forwards: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var f Forward
+		if err := rows.Scan(&f.Name, &f.Target, &f.Probe, &f.RemotePort); err != nil {
+			return Device{}, fmt.Errorf("reading forwards: %w", err)
+		}
+		d.Forwards = append(d.Forwards, f)
+	}
+	if err := rows.Err(); err != nil {
+		return Device{}, fmt.Errorf("reading forwards: %w", err)
+	}
+	return d, nil
+}
+
+// Devices returns all devices sorted by name, with their forwards. One
+// LEFT JOIN reads devices and forwards together: no query per device, and
+// the two cannot disagree about a device added or removed in between.
+func (s *Store) Devices(ctx context.Context) ([]Device, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+`, f.name, f.target, f.probe, f.remote_port
+		FROM devices d LEFT JOIN forwards f ON f.device_id = d.id
+		ORDER BY d.name, f.position`)
+	if err != nil {
+		return nil, fmt.Errorf("listing devices: %w", err)
+	}
+	defer rows.Close()
+	devices := []Device{}
+	lastID := int64(-1)
+	for rows.Next() {
+		var d Device
+		var id, created, updated int64
+		var fName, fTarget, fProbe sql.NullString
+		var fPort sql.NullInt64
+		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated,
+			&fName, &fTarget, &fProbe, &fPort); err != nil {
+			return nil, fmt.Errorf("listing devices: %w", err)
+		}
+		if id != lastID {
+			d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+			d.Forwards = []Forward{}
+			devices = append(devices, d)
+			lastID = id
+		}
+		if fName.Valid {
+			cur := &devices[len(devices)-1]
+			cur.Forwards = append(cur.Forwards, Forward{Name: fName.String, Target: fTarget.String, Probe: fProbe.String, RemotePort: int(fPort.Int64)})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing devices: %w", err)
+	}
+	return devices, nil
+}
+
+// Revoke marks a device revoked; its next authentication is refused. Its
+// port leases are kept, so un-revoking (re-enrolling) is not needed to keep
+// scripts' port numbers valid while an operator investigates. Revoking a
+// revoked device returns it unchanged and logs nothing.
+func (s *Store) Revoke(ctx context.Context, name string) (Device, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", quoteTrunc(name), err)
+	}
+	defer tx.Rollback()
+	d, err := deviceWhere(ctx, tx, "name", name)
+	if err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", quoteTrunc(name), err)
+	}
+	if d.Status == StatusRevoked {
+		return d, nil
+	}
+	now := s.now().UTC()
+	if _, err := tx.ExecContext(ctx, `UPDATE devices SET status = ?, updated_at = ? WHERE name = ?`,
+		StatusRevoked, now.UnixNano(), name); err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
+	}
+	if err := addEvent(ctx, tx, now, EventRevoke, name, "key "+d.Fingerprint); err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
+	}
+	d.Status = StatusRevoked
+	d.UpdatedAt = fromNanos(now.UnixNano())
+	return d, nil
+}
+
+// Remove deletes a device; its forwards go with it (ON DELETE CASCADE) and
+// their ports become free for the next enrolment.
+func (s *Store) Remove(ctx context.Context, name string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("removing device %s: %w", quoteTrunc(name), err)
+	}
+	defer tx.Rollback()
+	d, err := deviceWhere(ctx, tx, "name", name)
+	if err != nil {
+		return fmt.Errorf("removing device %s: %w", quoteTrunc(name), err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE name = ?`, name); err != nil {
+		return fmt.Errorf("removing device %s: %w", name, err)
+	}
+	freed := make([]string, len(d.Forwards))
+	for i, f := range d.Forwards {
+		freed[i] = fmt.Sprint(f.RemotePort)
+	}
+	detail := fmt.Sprintf("key %s; freed ports: %s", d.Fingerprint, strings.Join(freed, ", "))
+	if err := addEvent(ctx, tx, s.now().UTC(), EventRemove, name, detail); err != nil {
+		return fmt.Errorf("removing device %s: %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("removing device %s: %w", name, err)
+	}
+	return nil
+}
+
+// DeviceCounts returns how many devices there are, by status.
+func (s *Store) DeviceCounts(ctx context.Context) (total, active, revoked int, err error) {
+	err = s.db.QueryRowContext(ctx, `SELECT count(*),
+		coalesce(sum(status = 'active'), 0), coalesce(sum(status = 'revoked'), 0) FROM devices`).
+		Scan(&total, &active, &revoked)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("counting devices: %w", err)
+	}
+	return total, active, revoked, nil
+}
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -1,0 +1,122 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+)
+
+const (
+	defaultEventLimit = 1000
+	// maxEventDetail bounds one event's detail: auth-deny events are written
+	// for strangers' keys, and a stranger must not be able to grow the log
+	// by more than a line per attempt.
+	maxEventDetail = 4096
+)
+
+// execContexter is what *sql.DB and *sql.Tx share for writes, so events
+// can be written inside the transaction of the change they record.
+type execContexter interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// AddEvent appends an event to the log.
+func (s *Store) AddEvent(ctx context.Context, kind, device, detail string) error {
+	if kind == "" {
+		return fmt.Errorf("adding event: empty kind: %w", ErrInvalid)
+	}
+	if err := addEvent(ctx, s.db, s.now().UTC(), kind, device, detail); err != nil {
+		return fmt.Errorf("adding %s event: %w", kind, err)
+	}
+	return nil
+}
+
+func addEvent(ctx context.Context, x execContexter, at time.Time, kind, device, detail string) error {
+	if len(detail) > maxEventDetail {
+		detail = detail[:maxEventDetail] + "…"
+	}
+	if len(device) > maxEventDetail {
+		device = device[:maxEventDetail] + "…"
+	}
+	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, device, detail) VALUES (?, ?, ?, ?)`,
+		at.UnixNano(), kind, device, detail)
+	return err
+}
+
+// EventFilter selects events. Zero fields do not filter.
+type EventFilter struct {
+	Device  string    // only this device's events
+	Since   time.Time // only events at or after this time
+	AfterID int64     // only events with a larger id: for following the log
+	Kinds   []string  // only these kinds
+	Limit   int       // at most this many, oldest first; 0 means 1000
+}
+
+// Events returns the events matching f in ascending id order.
+func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("listing events: negative limit %d: %w", f.Limit, ErrInvalid)
+	}
+	limit := f.Limit
+	if limit == 0 {
+		limit = defaultEventLimit
+	}
+	var where []string
+	var args []any
+	if f.Device != "" {
+		where = append(where, "device = ?")
+		args = append(args, f.Device)
+	}
+	if !f.Since.IsZero() {
+		where = append(where, "at >= ?")
+		args = append(args, f.Since.UnixNano())
+	}
+	if f.AfterID > 0 {
+		where = append(where, "id > ?")
+		args = append(args, f.AfterID)
+	}
+	if len(f.Kinds) > 0 {
+		where = append(where, "kind IN (?"+strings.Repeat(", ?", len(f.Kinds)-1)+")")
+		for _, k := range f.Kinds {
+			args = append(args, k)
+		}
+	}
+	q := `SELECT id, at, kind, device, detail FROM events`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY id LIMIT ?"
+	args = append(args, limit)
+
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing events: %w", err)
+	}
+	defer rows.Close()
+	events := []Event{}
+	for rows.Next() {
+		var e Event
+		var at int64
+		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Device, &e.Detail); err != nil {
+			return nil, fmt.Errorf("listing events: %w", err)
+		}
+		e.At = fromNanos(at)
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing events: %w", err)
+	}
+	return events, nil
+}
+
+// LastEventID returns the id of the newest event, 0 when there is none, so
+// a follower can start from now.
+func (s *Store) LastEventID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := s.db.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM events`).Scan(&id); err != nil {
+		return 0, fmt.Errorf("reading last event id: %w", err)
+	}
+	return id, nil
+}

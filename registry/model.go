@@ -1,0 +1,49 @@
+package registry
+
+import "time"
+
+// Device statuses.
+const (
+	StatusActive  = "active"
+	StatusRevoked = "revoked"
+)
+
+// Device is an enrolled device: one public key and its forwards.
+type Device struct {
+	Name        string    `json:"name"`
+	Fingerprint string    `json:"fingerprint"`
+	KeyType     string    `json:"key_type"`
+	PublicKey   string    `json:"public_key"` // AuthorizedKey form: "type base64"
+	Status      string    `json:"status"`     // StatusActive or StatusRevoked
+	Forwards    []Forward `json:"forwards"`   // never nil, so JSON shows []
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// Forward is a forward with its leased remote port. The port is leased at
+// enrolment and kept for the device's life, so operators and scripts can rely
+// on it.
+type Forward struct {
+	Name       string `json:"name"`
+	Target     string `json:"target"`
+	RemotePort int    `json:"remote_port"`
+	Probe      string `json:"probe,omitempty"`
+}
+
+// Event kinds written by this package. Other packages add their own kinds
+// (connect, disconnect, reap, slave up/down) through AddEvent.
+const (
+	EventEnrol    = "enrol"
+	EventRevoke   = "revoke"
+	EventRemove   = "rm"
+	EventAuthDeny = "auth-deny"
+)
+
+// Event is one row of the event log.
+type Event struct {
+	ID     int64     `json:"id"`
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Device string    `json:"device,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}

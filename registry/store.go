@@ -1,0 +1,192 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+)
+
+// Store is the registry's SQLite database. It is safe for concurrent use,
+// also by several processes on one file: writes run in IMMEDIATE
+// transactions and wait up to busy_timeout for each other.
+type Store struct {
+	db   *sql.DB
+	path string
+	now  func() time.Time
+}
+
+// sqliteMagic starts every SQLite 3 database file.
+var sqliteMagic = []byte("SQLite format 3\x00")
+
+// Open opens the registry at path, creating it (mode 0600) if absent, and
+// brings its schema up to SchemaVersion. The parent directory must exist.
+func Open(ctx context.Context, path string) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening registry %s: %w", path, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("opening registry %s: directory %s does not exist", path, filepath.Dir(abs))
+	}
+	existing, err := checkFile(abs)
+	if err != nil {
+		return nil, fmt.Errorf("opening registry %s: %w", path, err)
+	}
+	if existing {
+		// Check the version on a read-only handle first: the read-write
+		// open below switches the file to WAL, which rewrites its header,
+		// and a newer binary's file must be left exactly as it was.
+		if err := checkVersion(ctx, abs); err != nil {
+			return nil, fmt.Errorf("opening registry %s: %w", path, err)
+		}
+	} else {
+		// sqlite would create the file with the umask's mode; the registry
+		// holds the fleet's keys, so create it private ourselves.
+		f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("opening registry %s: %w", path, err)
+		}
+		if f != nil {
+			f.Close()
+		}
+	}
+
+	db, err := sql.Open("sqlite3", dsn(abs, "_journal_mode=WAL&_foreign_keys=on&_busy_timeout=5000&_txlock=immediate"))
+	if err != nil {
+		return nil, fmt.Errorf("opening registry %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path, now: time.Now}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("opening registry %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the handle for packages that add their own tables and for tests.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// dsn builds a file: URI so that any character in the path is escaped
+// rather than read as the start of the query string.
+func dsn(abs, query string) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: query}
+	return u.String()
+}
+
+// checkFile reports whether path exists with content, and refuses a file
+// that is not a SQLite database with a clearer word than sqlite's own
+// "file is not a database".
+func checkFile(path string) (existing bool, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	hdr := make([]byte, len(sqliteMagic))
+	n, err := io.ReadFull(f, hdr)
+	if n == 0 && (err == io.EOF || err == nil) {
+		return false, nil // empty file: sqlite treats it as a new database
+	}
+	if !bytes.Equal(hdr[:n], sqliteMagic) {
+		return false, fmt.Errorf("%s is not a SQLite database (wrong file, or corrupted)", path)
+	}
+	return true, nil
+}
+
+// checkVersion refuses a database written by a newer schema without
+// writing to it.
+func checkVersion(ctx context.Context, abs string) error {
+	db, err := sql.Open("sqlite3", dsn(abs, "mode=ro&_busy_timeout=5000"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	v, err := readVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	return tooNew(v)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// readVersion returns the schema version, 0 for a database mas4h never
+// touched.
+func readVersion(ctx context.Context, q querier) (int, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("reading schema version: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	var v int
+	if err := q.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_version`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading schema version: %w", err)
+	}
+	return v, nil
+}
+
+func tooNew(v int) error {
+	if v > SchemaVersion {
+		return fmt.Errorf("database schema version %d is newer than this binary's version %d; upgrade mas4h: %w", v, SchemaVersion, ErrSchemaTooNew)
+	}
+	return nil
+}
+
+// migrate applies the missing migrations in one transaction, so a crash
+// leaves the database at the old version, never half-way.
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	defer tx.Rollback()
+	v, err := readVersion(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if err := tooNew(v); err != nil {
+		return err
+	}
+	if v == SchemaVersion {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migrating to schema version %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM schema_version`); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (?)`, SchemaVersion); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,46 @@
+package sshd
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/templates"
+)
+
+var authorizedKeysTemplate = templates.MustParse("authorized_keys.tmpl")
+
+// AuthorizedLine is the authorized_keys line sshd gets for an active device:
+// its key, restricted to remote forwarding of exactly its leased ports. Each
+// port is allowed under the three names real clients send for loopback
+// ("localhost" when no bind address is given, or an explicit 127.0.0.1/::1);
+// GatewayPorts=no binds loopback whichever it is.
+func AuthorizedLine(dev registry.Device) (string, error) {
+	key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(dev.PublicKey))
+	if err != nil {
+		return "", fmt.Errorf("device %s: stored key does not parse: %w", dev.Name, err)
+	}
+	ports := make([]int, 0, len(dev.Forwards))
+	for _, f := range dev.Forwards {
+		if f.RemotePort < 1 || f.RemotePort > 65535 {
+			return "", fmt.Errorf("device %s: forward %s has no valid leased port (%d)", dev.Name, f.Name, f.RemotePort)
+		}
+		ports = append(ports, f.RemotePort)
+	}
+	if len(ports) == 0 {
+		return "", fmt.Errorf("device %s has no forwards", dev.Name)
+	}
+	sort.Ints(ports)
+	var buf bytes.Buffer
+	err = authorizedKeysTemplate.Execute(&buf, struct {
+		Ports []int
+		Key   string
+	}{ports, registry.AuthorizedKey(key)})
+	if err != nil {
+		return "", fmt.Errorf("rendering authorized_keys line for %s: %w", dev.Name, err)
+	}
+	return string(bytes.TrimRight(buf.Bytes(), "\n")), nil
+}

@@ -1,0 +1,172 @@
+package sshd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/mas4h/mas4h/registry"
+)
+
+// serveHook listens on the state dir's unix socket for the hook. The socket
+// is root:tunnel-group 0660 inside a 0750 directory: only sshd's user (and
+// root) can ask.
+func (s *Slave) serveHook(ctx context.Context) error {
+	path := PathsFor(s.cfg.StateDir).Socket
+	os.Remove(path) // stale from a previous daemon; the state-dir lock makes this safe
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listening on hook socket %s: %w", path, err)
+	}
+	if err := os.Chown(path, 0, s.user.GID); err != nil {
+		l.Close()
+		return fmt.Errorf("hook socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return fmt.Errorf("hook socket: %w", err)
+	}
+	s.listenHook = l
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					s.log.Error("hook socket accept failed", "err", err)
+				}
+				return
+			}
+			go s.handleHook(ctx, conn)
+		}
+	}()
+	return nil
+}
+
+func (s *Slave) handleHook(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	var req HookRequest
+	dec := json.NewDecoder(io.LimitReader(conn, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		s.log.Warn("malformed hook request", "err", err)
+		return
+	}
+	reply := s.Authorize(ctx, req)
+	json.NewEncoder(conn).Encode(reply)
+}
+
+// Authorize decides one authentication attempt and logs it.
+func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
+	_, key, err := ParseHookArgs([]string{req.User, req.Fingerprint, req.KeyType, req.Key})
+	if err != nil {
+		s.log.Warn("auth", "verdict", "deny", "reason", err.Error())
+		return HookReply{Reason: err.Error()}
+	}
+	dev, err := s.reg.DeviceByFingerprint(ctx, req.Fingerprint)
+	found := err == nil
+	if err != nil && !errors.Is(err, registry.ErrNotFound) {
+		// The registry is unreadable: answer from the cache, like the hook would.
+		s.log.Error("registry lookup failed; answering from cache", "err", err)
+		dev, found, err = s.cache.Lookup(ctx, req.Fingerprint, time.Now())
+		if err != nil {
+			return HookReply{Reason: "registry and cache unavailable"}
+		}
+	}
+	reply := Decide(s.user.Name, req.User, key, dev, found)
+	if reply.Allow {
+		s.log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
+		return reply
+	}
+	s.log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
+	detail := fmt.Sprintf("%s (key %s, user %q)", reply.Reason, req.Fingerprint, req.User)
+	if err := s.reg.AddEvent(ctx, registry.EventAuthDeny, reply.Device, detail); err != nil {
+		s.log.Error("writing auth-deny event", "err", err)
+	}
+	return reply
+}
+
+// watchRegistry follows the registry's event log. A revoked or removed
+// device loses its live sessions; every change refreshes the hook's cache.
+func (s *Slave) watchRegistry(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.pollRegistry(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("following the registry", "err", err)
+		}
+	}
+}
+
+func (s *Slave) pollRegistry(ctx context.Context) error {
+	last, err := s.reg.LastEventID(ctx)
+	if err != nil || last == s.lastEvent {
+		return err
+	}
+	events, err := s.reg.Events(ctx, registry.EventFilter{AfterID: s.lastEvent, Kinds: []string{registry.EventEnrol, registry.EventRevoke, registry.EventRemove}})
+	if err != nil {
+		return err
+	}
+	s.lastEvent = last
+	for _, ev := range events {
+		if ev.Kind != registry.EventRevoke && ev.Kind != registry.EventRemove {
+			continue
+		}
+		// The cache still holds the device as it was, ports included.
+		dev, ok, err := s.cache.ByName(ctx, ev.Device)
+		if err != nil || !ok {
+			continue
+		}
+		reason := "device revoked"
+		if ev.Kind == registry.EventRemove {
+			reason = "device removed"
+		}
+		s.killDevice(ctx, dev, reason)
+	}
+	return s.syncCache(ctx)
+}
+
+// killDevice ends every session that holds one of the device's ports.
+func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason string) {
+	ports := map[int]bool{}
+	for _, f := range dev.Forwards {
+		ports[f.RemotePort] = true
+	}
+	d := Discoverer{ProcRoot: s.cfg.ProcRoot, ListenerPID: s.sup.pid, TunnelUID: s.user.UID,
+		LogPath: SSHDLogPath(s.cfg.StateDir), SSHPort: s.port}
+	sessions, err := d.Sessions()
+	if err != nil {
+		s.log.Error("listing sessions", "device", dev.Name, "err", err)
+		return
+	}
+	for _, sess := range sessions {
+		hit := false
+		for _, p := range sess.Ports {
+			hit = hit || ports[p]
+		}
+		if !hit {
+			continue
+		}
+		sess := sess
+		s.killWG.Add(1)
+		go func() {
+			defer s.killWG.Done()
+			terminate(s.cfg.ProcRoot, sess, 2*time.Second)
+			s.log.Info("killed session", "device", dev.Name, "monitor_pid", sess.MonitorPID, "ports", sess.Ports, "remote", sess.Remote, "reason", reason)
+			detail := fmt.Sprintf("session pid %d from %s on ports %v killed: %s", sess.MonitorPID, sess.Remote, sess.Ports, reason)
+			if err := s.reg.AddEvent(context.WithoutCancel(ctx), "disconnect", dev.Name, detail); err != nil {
+				s.log.Error("writing disconnect event", "err", err)
+			}
+		}()
+	}
+}

@@ -1,0 +1,54 @@
+package sshd
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// UnsafePathError says which component of a path sshd would refuse for an
+// AuthorizedKeysCommand, and why.
+type UnsafePathError struct {
+	Path, Component, Why string
+}
+
+func (e *UnsafePathError) Error() string {
+	return fmt.Sprintf("%s: %s %s; sshd refuses an AuthorizedKeysCommand below it. "+
+		"Use a state dir whose every parent is root-owned and not group/world-writable (e.g. /var/lib/mas4h/slave-NAME)",
+		e.Path, e.Component, e.Why)
+}
+
+// CheckRootOwnedPath applies sshd's safe_path rule to path and every parent
+// directory: owned by root, not writable by group or others. The same rule
+// is what lets an unprivileged sshd trust the hook binary.
+func CheckRootOwnedPath(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("checking %s: %w", path, err)
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return fmt.Errorf("checking %s: %w", path, err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			resolved, err := filepath.EvalSymlinks(p)
+			if err != nil {
+				return fmt.Errorf("checking %s: %w", path, err)
+			}
+			if err := CheckRootOwnedPath(resolved); err != nil {
+				return err
+			}
+		case st.Uid != 0:
+			return &UnsafePathError{Path: path, Component: p, Why: fmt.Sprintf("is owned by uid %d, not root", st.Uid)}
+		case fi.Mode().Perm()&0o022 != 0:
+			return &UnsafePathError{Path: path, Component: p, Why: fmt.Sprintf("is group/world-writable (mode %04o)", fi.Mode().Perm())}
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
