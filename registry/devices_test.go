@@ -341,6 +341,9 @@ func TestDevicesOrderAndJSON(t *testing.T) {
 			t.Errorf("device JSON lacks %q: %s", k, b)
 		}
 	}
+	if !strings.Contains(string(b), `"forwards":[]`) {
+		t.Errorf("device without forwards marshals as %s, want \"forwards\":[]", b)
+	}
 	b, _ = json.Marshal(got[0])
 	if !strings.Contains(string(b), `"forwards":[{"name":"ssh","target":"localhost:22","remote_port":`) {
 		t.Errorf("device JSON = %s", b)

@@ -123,7 +123,7 @@ func TestParsePublicKey(t *testing.T) {
 			}
 			// Never echo key material back.
 			for _, tok := range strings.Fields(tt.in) {
-				if len(tok) >= 16 && strings.Contains(err.Error(), tok) {
+				if len(tok) >= 16 && !strings.Contains(tok, "-") && strings.Contains(err.Error(), tok) {
 					t.Errorf("error echoes key material: %q", err)
 				}
 			}

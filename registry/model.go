@@ -1,6 +1,9 @@
 package registry
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Device statuses.
 const (
@@ -18,6 +21,16 @@ type Device struct {
 	Forwards    []Forward `json:"forwards"`   // never nil, so JSON shows []
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// MarshalJSON writes forwards as [] rather than null even for a Device
+// built by hand, so JSON consumers never special-case a missing list.
+func (d Device) MarshalJSON() ([]byte, error) {
+	type plain Device // drops the method, avoiding recursion
+	if d.Forwards == nil {
+		d.Forwards = []Forward{}
+	}
+	return json.Marshal(plain(d))
 }
 
 // Forward is a forward with its leased remote port. The port is leased at

@@ -19,9 +19,8 @@ import (
 // also by several processes on one file: writes run in IMMEDIATE
 // transactions and wait up to busy_timeout for each other.
 type Store struct {
-	db   *sql.DB
-	path string
-	now  func() time.Time
+	db  *sql.DB
+	now func() time.Time // a seam for tests that need fixed times
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -64,7 +63,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, now: time.Now}
+	s := &Store{db: db, now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
@@ -99,8 +98,11 @@ func checkFile(path string) (existing bool, err error) {
 	defer f.Close()
 	hdr := make([]byte, len(sqliteMagic))
 	n, err := io.ReadFull(f, hdr)
-	if n == 0 && (err == io.EOF || err == nil) {
+	switch {
+	case errors.Is(err, io.EOF):
 		return false, nil // empty file: sqlite treats it as a new database
+	case err != nil && !errors.Is(err, io.ErrUnexpectedEOF):
+		return false, err
 	}
 	if !bytes.Equal(hdr[:n], sqliteMagic) {
 		return false, fmt.Errorf("%s is not a SQLite database (wrong file, or corrupted)", path)
@@ -156,12 +158,26 @@ func tooNew(v int) error {
 // migrate applies the missing migrations in one transaction, so a crash
 // leaves the database at the old version, never half-way.
 func (s *Store) migrate(ctx context.Context) error {
+	// The common case, an up-to-date file, needs no write lock: Open runs
+	// in every short-lived command, and IMMEDIATE would queue it behind
+	// the master's writes.
+	v, err := readVersion(ctx, s.db)
+	if err != nil {
+		return err
+	}
+	if err := tooNew(v); err != nil {
+		return err
+	}
+	if v == SchemaVersion {
+		return nil
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
 	defer tx.Rollback()
-	v, err := readVersion(ctx, tx)
+	// Read again under the lock: another process may have migrated since.
+	v, err = readVersion(ctx, tx)
 	if err != nil {
 		return err
 	}

@@ -135,6 +135,7 @@ func TestOpenRefusesBadFiles(t *testing.T) {
 		name, path, want string
 	}{
 		{"text file", notDB, "not a SQLite database"},
+		{"directory", dir, "is a directory"},
 		{"missing directory", filepath.Join(dir, "nope", "registry.db"), "does not exist"},
 	}
 	for _, tt := range tests {
