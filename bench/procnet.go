@@ -120,19 +120,88 @@ func waitPortsFree(ctx context.Context, ports []int, timeout time.Duration) erro
 		if err != nil {
 			return err
 		}
-		busy := 0
+		var busy []string
 		for _, p := range ports {
 			if anyL[p] {
-				busy++
+				busy = append(busy, strconv.Itoa(p))
 			}
 		}
-		if busy == 0 {
+		if len(busy) == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d ports still listening: %w", busy, len(ports), ctx.Err())
+			return fmt.Errorf("%d of %d leased ports still listening after %s: %s", len(busy), len(ports), timeout, portHolders(ports))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
+
+// portHolders names the processes holding LISTEN sockets on ports, for error
+// messages: "41003: pid 123 (sshd: mas4h-bench)".
+func portHolders(ports []int) string {
+	want := map[int]bool{}
+	for _, p := range ports {
+		want[p] = true
+	}
+	inodes := map[string]int{} // socket inode -> port
+	for _, name := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile("/proc/net/" + name)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" {
+				continue
+			}
+			_, portHex, _ := strings.Cut(f[1], ":")
+			if port, err := strconv.ParseUint(portHex, 16, 16); err == nil && want[int(port)] {
+				inodes["socket:["+f[9]+"]"] = int(port)
+			}
+		}
+	}
+	var out []string
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			link, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name())
+			if port, ok := inodes[link]; ok && err == nil {
+				cmd, _ := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+				out = append(out, fmt.Sprintf("%d: pid %s (%s)", port, p.Name(), strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))))
+				delete(inodes, link)
+			}
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// socketsOn lists every TCP socket whose local port is port, as
+// "state local->remote" with addresses in /proc's hex, for error messages.
+func socketsOn(port int) string {
+	var out []string
+	for _, name := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile("/proc/net/" + name)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 4 {
+				continue
+			}
+			_, portHex, _ := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(portHex, 16, 16); err == nil && int(p) == port {
+				out = append(out, name+" "+tcpStates[f[3]]+" "+f[1]+"->"+f[2])
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+var tcpStates = map[string]string{"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+	"05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -81,7 +82,10 @@ launch:
 			at, err := w.wait(ctx, d.Ports[0], c.done)
 			if err != nil {
 				if out := c.cmd.Stderr.(*limitedBuffer).String(); out != "" {
-					err = fmt.Errorf("%w: %s", err, out)
+					err = fmt.Errorf("%w: %s", err, strings.TrimSpace(out))
+				}
+				if socks := socketsOn(d.Ports[0]); socks != "" {
+					err = fmt.Errorf("%w (sockets on port %d: %s)", err, d.Ports[0], socks)
 				}
 				fail(d, err)
 				return

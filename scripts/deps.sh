@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system parts mas4h drives (OpenSSH, dropbear, iptables,
+# iproute2, sqlite3, busybox) and checks the Go toolchain. Runs apt-get only
+# for what is missing, so repeated `make test` needs no network.
+set -euo pipefail
+pkgs=(openssh-server openssh-client dropbear-bin iptables iproute2 sqlite3 busybox shellcheck gcc libc6-dev make ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing packages: ${missing[*]}; run as root (sudo make ...) or install them" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null; then
+  echo "deps: Go 1.26 or newer is needed to build mas4h (Debian 12's golang package is too old): install it under /usr/local/go" >&2
+  exit 1
+fi
+echo "deps: ok ($(go version | cut -d' ' -f3), $(/usr/sbin/sshd -V 2>&1 | cut -d, -f1))"
