@@ -1,0 +1,178 @@
+// Package wire holds the JSON shapes of the master's REST API (/api/v1), shared
+// by the server (registry/api), its Go client (registry/apiclient), slaves and
+// the device agent. It imports nothing heavy so the static agent can use it.
+package wire
+
+import "time"
+
+// APIPrefix is where every endpoint lives.
+const APIPrefix = "/api/v1"
+
+// Error is every non-2xx body: {"error": "..."}.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Forward is a device forward with its leased port on the slaves.
+type Forward struct {
+	Name       string `json:"name"`
+	Target     string `json:"target"`
+	RemotePort int    `json:"remote_port"`
+	Probe      string `json:"probe,omitempty"`
+}
+
+// Device is a device as the admin API shows it (DESIGN.md's shape plus
+// metadata).
+type Device struct {
+	Name        string    `json:"name"`
+	Fingerprint string    `json:"fingerprint"`
+	KeyType     string    `json:"key_type,omitempty"`
+	PublicKey   string    `json:"public_key,omitempty"`
+	Status      string    `json:"status"`
+	Forwards    []Forward `json:"forwards"`
+	Slave       string    `json:"slave,omitempty"` // current or last slave it was dispatched to
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// SlotRequest is POST /slots.
+type SlotRequest struct {
+	PublicKey string `json:"public_key"`
+}
+
+// Slot is the answer to POST /slots: where the device should open its
+// tunnel, how to pin the slave's host key, and which forwards to request.
+type Slot struct {
+	Device   string    `json:"device"`
+	Slave    string    `json:"slave"`
+	Host     string    `json:"host"`
+	Port     int       `json:"port"`
+	User     string    `json:"user"`
+	HostKeys []string  `json:"host_keys"` // authorized_keys form: "ssh-ed25519 AAAA..."
+	Forwards []Forward `json:"forwards"`
+}
+
+// AddDeviceRequest is POST /devices. Forwards are the CLI's
+// NAME=HOST:PORT[,probe=SPEC] strings; none means ssh=localhost:22.
+type AddDeviceRequest struct {
+	Name      string   `json:"name"`
+	PublicKey string   `json:"public_key"`
+	Forwards  []string `json:"forwards,omitempty"`
+}
+
+// SlaveStatus is one slave in GET /status.
+type SlaveStatus struct {
+	Name     string    `json:"name"`
+	Host     string    `json:"host"`
+	Port     int       `json:"port"`
+	Alive    bool      `json:"alive"`
+	Tunnels  int       `json:"tunnels"`
+	Capacity int       `json:"capacity"`
+	Load     float64   `json:"load"` // tunnels/capacity, 0..1 (may exceed 1)
+	CPU      float64   `json:"cpu_percent"`
+	MemUsed  float64   `json:"mem_percent"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// DeviceCounts is the device summary in GET /status.
+type DeviceCounts struct {
+	Total   int `json:"total"`
+	Active  int `json:"active"`
+	Revoked int `json:"revoked"`
+	Online  int `json:"online"` // devices with at least one live tunnel
+}
+
+// Status is GET /status.
+type Status struct {
+	Slaves  []SlaveStatus `json:"slaves"`
+	Devices DeviceCounts  `json:"devices"`
+}
+
+// Tunnel is one live forward on a slave, as slaves report it in heartbeats
+// and GET /tunnels lists it.
+type Tunnel struct {
+	Device    string    `json:"device"`
+	Forward   string    `json:"forward"`
+	Slave     string    `json:"slave"`
+	Port      int       `json:"port"`
+	Remote    string    `json:"remote"` // the device's address:port as the slave sees it
+	Since     time.Time `json:"since"`
+	LastProbe *Probe    `json:"last_probe,omitempty"`
+}
+
+// Probe is the last health probe of a tunnel (filled from issue 4 on).
+type Probe struct {
+	OK     bool      `json:"ok"`
+	At     time.Time `json:"at"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// Event is one entry of GET /events.
+type Event struct {
+	ID     int64     `json:"id"`
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Device string    `json:"device,omitempty"`
+	Slave  string    `json:"slave,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// SlaveEvent is an event a slave reports with its heartbeat (auth denials,
+// sessions it killed).
+type SlaveEvent struct {
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Device string    `json:"device,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// Heartbeat is POST /slaves/{name}/heartbeat. The first one registers the
+// slave. Seq is the last revocation sequence the slave has applied.
+type Heartbeat struct {
+	Host     string       `json:"host"`
+	Port     int          `json:"port"`
+	User     string       `json:"user"`
+	HostKeys []string     `json:"host_keys"`
+	Capacity int          `json:"capacity"`
+	CPU      float64      `json:"cpu_percent"`
+	MemUsed  float64      `json:"mem_percent"`
+	Tunnels  []Tunnel     `json:"tunnels"`
+	Events   []SlaveEvent `json:"events,omitempty"`
+	Seq      int64        `json:"seq"`
+}
+
+// Revocation tells a slave that a device may no longer connect: it drops the
+// device from its cache and kills its sessions on Ports.
+type Revocation struct {
+	Seq         int64  `json:"seq"`
+	Device      string `json:"device"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	Ports       []int  `json:"ports"`
+	Reason      string `json:"reason"` // "revoked" or "removed"
+}
+
+// HeartbeatReply answers a heartbeat: revocations after the slave's Seq,
+// the new Seq to send next time, and the interval the master expects.
+type HeartbeatReply struct {
+	Seq             int64        `json:"seq"`
+	Revocations     []Revocation `json:"revocations"`
+	IntervalSeconds float64      `json:"interval_seconds"`
+	CacheTTLSeconds int          `json:"cache_ttl_seconds"`
+}
+
+// ValidateRequest is POST /validate: a slave asks about a key it has not
+// cached. One of PublicKey ("type base64") or Fingerprint.
+type ValidateRequest struct {
+	PublicKey   string `json:"public_key,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+}
+
+// Validation is the positive answer to POST /validate (403 otherwise).
+type Validation struct {
+	Device      string    `json:"device"`
+	Fingerprint string    `json:"fingerprint"`
+	PublicKey   string    `json:"public_key"`
+	Status      string    `json:"status"`
+	Forwards    []Forward `json:"forwards"`
+	TTLSeconds  int       `json:"ttl_seconds"`
+}
