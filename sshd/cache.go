@@ -66,22 +66,16 @@ func (c *Cache) Close() error { return c.db.Close() }
 
 // SetTunnelUser records the user the hook must insist on.
 func (c *Cache) SetTunnelUser(ctx context.Context, user string) error {
-	_, err := c.db.ExecContext(ctx, `INSERT INTO meta(key, value) VALUES('tunnel_user', ?)
-		ON CONFLICT(key) DO UPDATE SET value = excluded.value`, user)
-	if err != nil {
-		return fmt.Errorf("writing cache: %w", err)
-	}
-	return nil
+	return c.SetMeta(ctx, "tunnel_user", user)
 }
 
 // TunnelUser returns the recorded tunnel user.
 func (c *Cache) TunnelUser(ctx context.Context) (string, error) {
-	var u string
-	err := c.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'tunnel_user'`).Scan(&u)
-	if err != nil {
-		return "", fmt.Errorf("reading cache: %w", err)
+	u, err := c.Meta(ctx, "tunnel_user")
+	if err == nil && u == "" {
+		err = errors.New("cache has no tunnel user yet")
 	}
-	return u, nil
+	return u, err
 }
 
 // ReplaceAll makes the cache hold exactly devs, in one transaction.
@@ -115,31 +109,117 @@ func (c *Cache) ReplaceAll(ctx context.Context, devs []registry.Device) error {
 	return nil
 }
 
-// Lookup finds a device by key fingerprint; expired entries are misses.
-func (c *Cache) Lookup(ctx context.Context, fingerprint string, now time.Time) (registry.Device, bool, error) {
+// Get finds a device by key fingerprint. The entry is returned even when it
+// has expired (expires is then in the past): expiry means "ask the master
+// again", and while the master is unreachable a cached device keeps
+// connecting. A zero expires never expires (standalone mode).
+func (c *Cache) Get(ctx context.Context, fingerprint string) (dev registry.Device, expires time.Time, found bool, err error) {
 	var js string
-	var expires int64
-	err := c.db.QueryRowContext(ctx, `SELECT device, expires_at FROM devices WHERE fingerprint = ?`, fingerprint).Scan(&js, &expires)
-	return decodeCached(js, expires, now, err)
+	var exp int64
+	err = c.db.QueryRowContext(ctx, `SELECT device, expires_at FROM devices WHERE fingerprint = ?`, fingerprint).Scan(&js, &exp)
+	dev, found, err = decodeCached(js, err)
+	if exp != 0 {
+		expires = time.Unix(exp, 0)
+	}
+	return dev, expires, found, err
 }
 
-// ByName finds a device by name, expired or not: the daemon uses it to know
-// which ports a device held before it was revoked or removed.
+// ByName finds a device by name: the daemon uses it to know which ports a
+// device held before it was revoked or removed.
 func (c *Cache) ByName(ctx context.Context, name string) (registry.Device, bool, error) {
 	var js string
-	err := c.db.QueryRowContext(ctx, `SELECT device, 0 FROM devices WHERE name = ?`, name).Scan(&js, new(int64))
-	return decodeCached(js, 0, time.Time{}, err)
+	err := c.db.QueryRowContext(ctx, `SELECT device FROM devices WHERE name = ?`, name).Scan(&js)
+	return decodeCached(js, err)
 }
 
-func decodeCached(js string, expires int64, now time.Time, err error) (registry.Device, bool, error) {
+// Put stores or refreshes one device, valid until expires.
+func (c *Cache) Put(ctx context.Context, d registry.Device, expires time.Time) error {
+	js, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("writing cache: %w", err)
+	}
+	_, err = c.db.ExecContext(ctx, `INSERT INTO devices(fingerprint, name, device, expires_at, updated_at) VALUES(?, ?, ?, ?, ?)
+		ON CONFLICT(fingerprint) DO UPDATE SET name = excluded.name, device = excluded.device,
+		expires_at = excluded.expires_at, updated_at = excluded.updated_at`,
+		d.Fingerprint, d.Name, string(js), expires.Unix(), time.Now().Unix())
+	if err != nil {
+		return fmt.Errorf("writing cache entry for %s: %w", d.Name, err)
+	}
+	return nil
+}
+
+// Delete drops a device by fingerprint or by name (either may be empty).
+func (c *Cache) Delete(ctx context.Context, fingerprint, name string) error {
+	_, err := c.db.ExecContext(ctx, `DELETE FROM devices WHERE fingerprint = ? OR name = ?`, fingerprint, name)
+	if err != nil {
+		return fmt.Errorf("writing cache: %w", err)
+	}
+	return nil
+}
+
+// All returns every cached device with its expiry.
+func (c *Cache) All(ctx context.Context) ([]CachedDevice, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT device, expires_at FROM devices ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("reading cache: %w", err)
+	}
+	defer rows.Close()
+	var out []CachedDevice
+	for rows.Next() {
+		var js string
+		var exp int64
+		if err := rows.Scan(&js, &exp); err != nil {
+			return nil, fmt.Errorf("reading cache: %w", err)
+		}
+		d, _, err := decodeCached(js, nil)
+		if err != nil {
+			return nil, err
+		}
+		cd := CachedDevice{Device: d}
+		if exp != 0 {
+			cd.Expires = time.Unix(exp, 0)
+		}
+		out = append(out, cd)
+	}
+	return out, rows.Err()
+}
+
+// CachedDevice is a cache entry.
+type CachedDevice struct {
+	Device  registry.Device
+	Expires time.Time // zero: never
+}
+
+// SetMeta and Meta keep small daemon state (the master's revocation
+// sequence) next to the entries it refers to.
+func (c *Cache) SetMeta(ctx context.Context, key, value string) error {
+	_, err := c.db.ExecContext(ctx, `INSERT INTO meta(key, value) VALUES(?, ?)
+		ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+	if err != nil {
+		return fmt.Errorf("writing cache: %w", err)
+	}
+	return nil
+}
+
+// Meta reads a value written by SetMeta ("" when absent).
+func (c *Cache) Meta(ctx context.Context, key string) (string, error) {
+	var v string
+	err := c.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading cache: %w", err)
+	}
+	return v, nil
+}
+
+func decodeCached(js string, err error) (registry.Device, bool, error) {
 	if errors.Is(err, sql.ErrNoRows) {
 		return registry.Device{}, false, nil
 	}
 	if err != nil {
 		return registry.Device{}, false, fmt.Errorf("reading cache: %w", err)
-	}
-	if expires != 0 && now.Unix() >= expires {
-		return registry.Device{}, false, nil
 	}
 	var d registry.Device
 	if err := json.Unmarshal([]byte(js), &d); err != nil {

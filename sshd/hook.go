@@ -164,7 +164,9 @@ func askCache(ctx context.Context, path string, req HookRequest, key ssh.PublicK
 	if err != nil {
 		return HookReply{}, err
 	}
-	dev, found, err := c.Lookup(ctx, req.Fingerprint, time.Now())
+	// Expired entries count: the daemon is down, so no one can revalidate,
+	// and a cached device keeps connecting (DESIGN.md's lifecycle promise).
+	dev, _, found, err := c.Get(ctx, req.Fingerprint)
 	if err != nil {
 		return HookReply{}, err
 	}

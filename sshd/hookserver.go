@@ -68,15 +68,10 @@ func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
 		s.log.Warn("auth", "verdict", "deny", "reason", err.Error())
 		return HookReply{Reason: err.Error()}
 	}
-	dev, err := s.reg.DeviceByFingerprint(ctx, req.Fingerprint)
-	found := err == nil
-	if err != nil && !errors.Is(err, registry.ErrNotFound) {
-		// The registry is unreadable: answer from the cache, like the hook would.
-		s.log.Error("registry lookup failed; answering from cache", "err", err)
-		dev, found, err = s.cache.Lookup(ctx, req.Fingerprint, time.Now())
-		if err != nil {
-			return HookReply{Reason: "registry and cache unavailable"}
-		}
+	dev, found, err := s.src.Lookup(ctx, req.Fingerprint)
+	if err != nil {
+		s.log.Error("auth", "fingerprint", req.Fingerprint, "verdict", "deny", "reason", "no answer", "err", err)
+		return HookReply{Reason: "no answer: " + err.Error()}
 	}
 	reply := Decide(s.user.Name, req.User, key, dev, found)
 	if reply.Allow {
@@ -85,55 +80,8 @@ func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
 	}
 	s.log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
 	detail := fmt.Sprintf("%s (key %s, user %q)", reply.Reason, req.Fingerprint, req.User)
-	if err := s.reg.AddEvent(ctx, registry.EventAuthDeny, reply.Device, detail); err != nil {
-		s.log.Error("writing auth-deny event", "err", err)
-	}
+	s.src.Report(ctx, registry.EventAuthDeny, reply.Device, detail)
 	return reply
-}
-
-// watchRegistry follows the registry's event log. A revoked or removed
-// device loses its live sessions; every change refreshes the hook's cache.
-func (s *Slave) watchRegistry(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := s.pollRegistry(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("following the registry", "err", err)
-		}
-	}
-}
-
-func (s *Slave) pollRegistry(ctx context.Context) error {
-	last, err := s.reg.LastEventID(ctx)
-	if err != nil || last == s.lastEvent {
-		return err
-	}
-	events, err := s.reg.Events(ctx, registry.EventFilter{AfterID: s.lastEvent, Kinds: []string{registry.EventEnrol, registry.EventRevoke, registry.EventRemove}})
-	if err != nil {
-		return err
-	}
-	s.lastEvent = last
-	for _, ev := range events {
-		if ev.Kind != registry.EventRevoke && ev.Kind != registry.EventRemove {
-			continue
-		}
-		// The cache still holds the device as it was, ports included.
-		dev, ok, err := s.cache.ByName(ctx, ev.Device)
-		if err != nil || !ok {
-			continue
-		}
-		reason := "device revoked"
-		if ev.Kind == registry.EventRemove {
-			reason = "device removed"
-		}
-		s.killDevice(ctx, dev, reason)
-	}
-	return s.syncCache(ctx)
 }
 
 // killDevice ends every session that holds one of the device's ports.
@@ -164,9 +112,7 @@ func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason stri
 			terminate(s.cfg.ProcRoot, sess, 2*time.Second)
 			s.log.Info("killed session", "device", dev.Name, "monitor_pid", sess.MonitorPID, "ports", sess.Ports, "remote", sess.Remote, "reason", reason)
 			detail := fmt.Sprintf("session pid %d from %s on ports %v killed: %s", sess.MonitorPID, sess.Remote, sess.Ports, reason)
-			if err := s.reg.AddEvent(context.WithoutCancel(ctx), "disconnect", dev.Name, detail); err != nil {
-				s.log.Error("writing disconnect event", "err", err)
-			}
+			s.src.Report(context.WithoutCancel(ctx), "disconnect", dev.Name, detail)
 		}()
 	}
 }

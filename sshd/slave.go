@@ -18,16 +18,6 @@ import (
 	"github.com/mas4h/mas4h/registry"
 )
 
-// Registry is what a slave needs from its source of truth. In standalone mode
-// it is the local *registry.Store.
-type Registry interface {
-	DeviceByFingerprint(ctx context.Context, fp string) (registry.Device, error)
-	Devices(ctx context.Context) ([]registry.Device, error)
-	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
-	LastEventID(ctx context.Context) (int64, error)
-	AddEvent(ctx context.Context, kind, device, detail string) error
-}
-
 // SlaveConfig is the slave's configuration, filled and validated in cmd/.
 type SlaveConfig struct {
 	Name       string
@@ -42,7 +32,7 @@ type SlaveConfig struct {
 // Slave is a running slave daemon.
 type Slave struct {
 	cfg   SlaveConfig
-	reg   Registry
+	src   Source
 	log   *slog.Logger
 	user  TunnelUser
 	cache *Cache
@@ -51,8 +41,6 @@ type Slave struct {
 
 	HostKeys []HostKey
 
-	mu         sync.Mutex
-	lastEvent  int64
 	killWG     sync.WaitGroup
 	listenHook net.Listener
 }
@@ -70,7 +58,7 @@ func SSHDPidPath(stateDir string) string { return filepath.Join(stateDir, "sshd"
 func SSHDLogPath(stateDir string) string { return filepath.Join(stateDir, "sshd", "sshd.log") }
 
 // NewSlave checks what can be checked without touching the system.
-func NewSlave(cfg SlaveConfig, reg Registry, log *slog.Logger) (*Slave, error) {
+func NewSlave(cfg SlaveConfig, src Source, log *slog.Logger) (*Slave, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		return nil, fmt.Errorf("state dir %q must be an absolute path", cfg.StateDir)
 	}
@@ -88,7 +76,7 @@ func NewSlave(cfg SlaveConfig, reg Registry, log *slog.Logger) (*Slave, error) {
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	return &Slave{cfg: cfg, reg: reg, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
+	return &Slave{cfg: cfg, src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
 }
 
 // Run prepares the state dir, user, keys, hook and config, adopts or starts
@@ -165,7 +153,10 @@ func (s *Slave) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.sup.watch(ctx, 500*time.Millisecond) }()
-	go func() { defer wg.Done(); s.watchRegistry(ctx, 500*time.Millisecond) }()
+	go func() {
+		defer wg.Done()
+		s.src.Follow(ctx, func(dev registry.Device, reason string) { s.killDevice(ctx, dev, reason) })
+	}()
 	<-ctx.Done()
 	s.listenHook.Close()
 	wg.Wait()
@@ -259,20 +250,7 @@ func (s *Slave) openCache(ctx context.Context) error {
 	if err := c.SetTunnelUser(ctx, s.user.Name); err != nil {
 		return err
 	}
-	last, err := s.reg.LastEventID(ctx)
-	if err != nil {
-		return fmt.Errorf("reading registry: %w", err)
-	}
-	s.lastEvent = last
-	return s.syncCache(ctx)
-}
-
-func (s *Slave) syncCache(ctx context.Context) error {
-	devs, err := s.reg.Devices(ctx)
-	if err != nil {
-		return fmt.Errorf("reading registry: %w", err)
-	}
-	return s.cache.ReplaceAll(ctx, devs)
+	return s.src.Start(ctx, c)
 }
 
 // writeConfig renders sshd_config, has sshd check it (as the tunnel user, as

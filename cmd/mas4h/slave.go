@@ -48,7 +48,7 @@ Standalone mode reads devices from a local registry file (--db).`,
 				return err
 			}
 			defer st.Close()
-			slave, err := sshd.NewSlave(cfg, st, log)
+			slave, err := sshd.NewSlave(cfg, &sshd.LocalSource{Store: st, Log: log.With("component", "registry")}, log)
 			if err != nil {
 				return usageError{err}
 			}
