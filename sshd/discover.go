@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Session is one device connection to this slave's sshd: the per-connection
@@ -20,8 +21,9 @@ import (
 type Session struct {
 	MonitorPID int    `json:"monitor_pid"`
 	PIDs       []int  `json:"pids"`
-	Remote     string `json:"remote,omitempty"`
-	Ports      []int  `json:"ports,omitempty"`
+	Remote     string    `json:"remote,omitempty"`
+	Ports      []int     `json:"ports,omitempty"`
+	Started    time.Time `json:"started"`
 }
 
 // Discoverer lists the sessions of one slave's sshd from a /proc tree. It
@@ -42,6 +44,7 @@ type procInfo struct {
 	comm      string
 	state     byte
 	uid       int
+	startTick uint64 // clock ticks after boot
 }
 
 // Sessions walks the process table once, then the fds of the owned
@@ -102,10 +105,14 @@ func (d Discoverer) Sessions() ([]Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	boot := bootTime(d.ProcRoot)
 	sessions := make([]Session, 0, len(roots))
 	for root, pids := range roots {
 		sort.Ints(pids)
 		s := Session{MonitorPID: root, PIDs: pids}
+		if !boot.IsZero() {
+			s.Started = boot.Add(time.Duration(procs[root].startTick) * time.Second / clockTicks).UTC().Truncate(time.Second)
+		}
 		seen := map[int]bool{}
 		for _, pid := range pids {
 			links, ok := fds[pid]
@@ -135,6 +142,25 @@ func (d Discoverer) Sessions() ([]Session, error) {
 	}
 	sort.Slice(sessions, func(i, j int) bool { return sessions[i].MonitorPID < sessions[j].MonitorPID })
 	return sessions, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture mas4h runs on.
+const clockTicks = 100
+
+// bootTime reads btime from /proc/stat (zero if unreadable).
+func bootTime(root string) time.Time {
+	b, err := os.ReadFile(filepath.Join(root, "stat"))
+	if err != nil {
+		return time.Time{}
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(n, 0)
+			}
+		}
+	}
+	return time.Time{}
 }
 
 func isSSHDComm(comm string) bool {
@@ -178,6 +204,9 @@ func readProc(root string, pid int) (procInfo, bool) {
 	}
 	ppid, _ := strconv.Atoi(rest[1])
 	p := procInfo{pid: pid, ppid: ppid, comm: string(b[open+1 : end]), state: rest[0][0], uid: -1}
+	if len(rest) > 19 {
+		p.startTick, _ = strconv.ParseUint(rest[19], 10, 64)
+	}
 	if fi, err := os.Stat(dir); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			p.uid = int(st.Uid)

@@ -68,7 +68,7 @@ func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
 		s.log.Warn("auth", "verdict", "deny", "reason", err.Error())
 		return HookReply{Reason: err.Error()}
 	}
-	dev, found, err := s.src.Lookup(ctx, req.Fingerprint)
+	dev, found, err := s.src.Lookup(ctx, req.Fingerprint, key)
 	if err != nil {
 		s.log.Error("auth", "fingerprint", req.Fingerprint, "verdict", "deny", "reason", "no answer", "err", err)
 		return HookReply{Reason: "no answer: " + err.Error()}
@@ -90,9 +90,7 @@ func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason stri
 	for _, f := range dev.Forwards {
 		ports[f.RemotePort] = true
 	}
-	d := Discoverer{ProcRoot: s.cfg.ProcRoot, ListenerPID: s.sup.pid, TunnelUID: s.user.UID,
-		LogPath: SSHDLogPath(s.cfg.StateDir), SSHPort: s.port}
-	sessions, err := d.Sessions()
+	sessions, err := s.discoverer().Sessions()
 	if err != nil {
 		s.log.Error("listing sessions", "device", dev.Name, "err", err)
 		return

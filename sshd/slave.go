@@ -27,6 +27,8 @@ type SlaveConfig struct {
 	SSHDPath   string // absolute path of the OpenSSH sshd binary
 	ProcRoot   string // "/proc" outside tests
 	Executable string // the mas4h binary installed as the hook; "" = this process's
+	PublicHost string // what the master tells devices to dial ("" = derive)
+	Capacity   int    // tunnels this slave is sized for (dispatch weight)
 }
 
 // Slave is a running slave daemon.

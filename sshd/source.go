@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -15,9 +17,9 @@ import (
 type Source interface {
 	// Start prepares the source (first cache fill) before the hook is served.
 	Start(ctx context.Context, cache *Cache) error
-	// Lookup finds the device for a key fingerprint; found=false means the
-	// key is not accepted. An error means no answer could be had.
-	Lookup(ctx context.Context, fingerprint string) (dev registry.Device, found bool, err error)
+	// Lookup finds the device for a key (by its fingerprint); found=false
+	// means the key is not accepted. An error means no answer could be had.
+	Lookup(ctx context.Context, fingerprint string, key ssh.PublicKey) (dev registry.Device, found bool, err error)
 	// Follow runs until ctx ends, keeping the cache in step and calling gone
 	// for each device that was revoked or removed.
 	Follow(ctx context.Context, gone func(dev registry.Device, reason string))
@@ -69,7 +71,7 @@ func (l *LocalSource) sync(ctx context.Context) error {
 }
 
 // Lookup implements Source: the registry answers; if it cannot, the cache.
-func (l *LocalSource) Lookup(ctx context.Context, fp string) (registry.Device, bool, error) {
+func (l *LocalSource) Lookup(ctx context.Context, fp string, _ ssh.PublicKey) (registry.Device, bool, error) {
 	dev, err := l.Store.DeviceByFingerprint(ctx, fp)
 	if err == nil {
 		return dev, true, nil

@@ -1,0 +1,93 @@
+package sshd
+
+import (
+	"context"
+	"net"
+	"os"
+	"sort"
+
+	"github.com/shirou/gopsutil/v3/cpu"
+	"github.com/shirou/gopsutil/v3/mem"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// Heartbeat is this slave's report to the master: where devices reach it,
+// its host keys (for devices to pin), its load and its live tunnels.
+func (s *Slave) Heartbeat(ctx context.Context) wire.Heartbeat {
+	hb := wire.Heartbeat{
+		Host:     s.publicHost(),
+		Port:     s.port,
+		User:     s.user.Name,
+		Capacity: s.cfg.Capacity,
+		Tunnels:  []wire.Tunnel{},
+	}
+	for _, k := range s.HostKeys {
+		hb.HostKeys = append(hb.HostKeys, k.Public)
+	}
+	if tunnels, err := s.Tunnels(ctx); err != nil {
+		s.log.Error("listing tunnels for the heartbeat", "err", err)
+	} else {
+		hb.Tunnels = tunnels
+	}
+	if p, err := cpu.PercentWithContext(ctx, 0, false); err == nil && len(p) == 1 {
+		hb.CPU = p[0]
+	}
+	if vm, err := mem.VirtualMemoryWithContext(ctx); err == nil {
+		hb.MemUsed = vm.UsedPercent
+	}
+	return hb
+}
+
+// publicHost is the address devices are told to dial: --public-host, else
+// the listen address when it is a specific one, else the host name.
+func (s *Slave) publicHost() string {
+	if s.cfg.PublicHost != "" {
+		return s.cfg.PublicHost
+	}
+	host, _, _ := net.SplitHostPort(s.cfg.SSHListen)
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		return host
+	}
+	name, err := os.Hostname()
+	if err != nil {
+		return host
+	}
+	return name
+}
+
+// Tunnels lists this slave's live forwards: every port a session of its
+// sshd listens on, named through the cache's leases.
+func (s *Slave) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
+	sessions, err := s.discoverer().Sessions()
+	if err != nil {
+		return nil, err
+	}
+	type lease struct{ device, forward string }
+	leases := map[int]lease{}
+	if all, err := s.cache.All(ctx); err == nil {
+		for _, cd := range all {
+			for _, f := range cd.Device.Forwards {
+				leases[f.RemotePort] = lease{cd.Device.Name, f.Name}
+			}
+		}
+	}
+	out := []wire.Tunnel{}
+	for _, sess := range sessions {
+		for _, p := range sess.Ports {
+			l, ok := leases[p]
+			if !ok {
+				continue // a port no device of ours leases: not a tunnel we know
+			}
+			out = append(out, wire.Tunnel{Device: l.device, Forward: l.forward, Slave: s.cfg.Name,
+				Port: p, Remote: sess.Remote, Since: sess.Started})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
+	return out, nil
+}
+
+func (s *Slave) discoverer() Discoverer {
+	return Discoverer{ProcRoot: s.cfg.ProcRoot, ListenerPID: s.sup.pid, TunnelUID: s.user.UID,
+		LogPath: SSHDLogPath(s.cfg.StateDir), SSHPort: s.port}
+}

@@ -1,0 +1,287 @@
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// MasterAPI is the part of the master's API a slave uses.
+type MasterAPI interface {
+	Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error)
+	Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error)
+}
+
+// ErrNotAccepted is what a MasterAPI returns (wrapped) when the master
+// refuses a key (HTTP 403), as opposed to not answering at all.
+var ErrNotAccepted = errors.New("key not accepted by the master")
+
+// Defaults of a slave under a master; the master's heartbeat replies
+// override interval and TTL.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultCacheTTL          = 5 * time.Minute
+	negativeCacheFor         = 5 * time.Second
+	validateTimeout          = time.Second // inside the hook's 1.2 s socket budget
+	maxQueuedEvents          = 1000
+	refreshPerBeat           = 50
+)
+
+// MasterSource serves devices validated by the master and cached with a TTL
+// in the slave's cache. Positive answers are cached and refreshed before
+// they expire; negative ones only for a few seconds, in memory. While the
+// master is unreachable, cached devices keep connecting and unknown ones are
+// refused. Revocations arrive with heartbeat replies.
+type MasterSource struct {
+	API    MasterAPI
+	Slave  string
+	Log    *slog.Logger
+	Status func(ctx context.Context) wire.Heartbeat // this slave's load and tunnels
+
+	cache *Cache
+
+	mu       sync.Mutex
+	ttl      time.Duration
+	interval time.Duration
+	seq      int64
+	negative map[string]time.Time
+	events   []wire.SlaveEvent
+}
+
+const seqMetaKey = "master_seq"
+
+// Start implements Source.
+func (m *MasterSource) Start(ctx context.Context, cache *Cache) error {
+	m.cache = cache
+	m.ttl, m.interval = DefaultCacheTTL, DefaultHeartbeatInterval
+	m.negative = map[string]time.Time{}
+	v, err := cache.Meta(ctx, seqMetaKey)
+	if err != nil {
+		return err
+	}
+	if v != "" {
+		m.seq, _ = strconv.ParseInt(v, 10, 64)
+	}
+	return nil
+}
+
+// Lookup implements Source.
+func (m *MasterSource) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (registry.Device, bool, error) {
+	now := time.Now()
+	dev, expires, cached, err := m.cache.Get(ctx, fp)
+	if err != nil {
+		m.Log.Error("reading cache", "err", err)
+	}
+	if cached && now.Before(expires) {
+		return dev, true, nil
+	}
+	m.mu.Lock()
+	until, refused := m.negative[fp]
+	m.mu.Unlock()
+	if refused && now.Before(until) && !cached {
+		return registry.Device{}, false, nil
+	}
+	fresh, err := m.validate(ctx, key)
+	switch {
+	case err == nil:
+		return fresh, true, nil
+	case errors.Is(err, ErrNotAccepted):
+		return registry.Device{}, false, nil
+	case cached:
+		m.Log.Warn("master unreachable; answering from the cache", "device", dev.Name, "err", err)
+		return dev, true, nil
+	default:
+		return registry.Device{}, false, fmt.Errorf("asking the master: %w", err)
+	}
+}
+
+// validate asks the master about one key and records the answer.
+func (m *MasterSource) validate(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
+	ctx, cancel := context.WithTimeout(ctx, validateTimeout)
+	defer cancel()
+	fp := registry.Fingerprint(key)
+	v, err := m.API.Validate(ctx, wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)})
+	if errors.Is(err, ErrNotAccepted) {
+		m.mu.Lock()
+		m.negative[fp] = time.Now().Add(negativeCacheFor)
+		m.mu.Unlock()
+		if derr := m.cache.Delete(context.WithoutCancel(ctx), fp, ""); derr != nil {
+			m.Log.Error("dropping refused key from cache", "err", derr)
+		}
+		return registry.Device{}, err
+	}
+	if err != nil {
+		return registry.Device{}, err
+	}
+	dev := deviceFromValidation(v)
+	if dev.Fingerprint != fp || dev.PublicKey != registry.AuthorizedKey(key) {
+		return registry.Device{}, fmt.Errorf("master answered for another key (%s)", dev.Fingerprint)
+	}
+	ttl := time.Duration(v.TTLSeconds) * time.Second
+	if ttl <= 0 {
+		m.mu.Lock()
+		ttl = m.ttl
+		m.mu.Unlock()
+	}
+	if err := m.cache.Put(context.WithoutCancel(ctx), dev, time.Now().Add(ttl)); err != nil {
+		m.Log.Error("caching device", "device", dev.Name, "err", err)
+	}
+	return dev, nil
+}
+
+func deviceFromValidation(v wire.Validation) registry.Device {
+	d := registry.Device{Name: v.Device, Fingerprint: v.Fingerprint, PublicKey: v.PublicKey, Status: v.Status}
+	if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(v.PublicKey)); err == nil {
+		d.KeyType = k.Type()
+	}
+	for _, f := range v.Forwards {
+		d.Forwards = append(d.Forwards, registry.Forward{Name: f.Name, Target: f.Target, RemotePort: f.RemotePort, Probe: f.Probe})
+	}
+	return d
+}
+
+// Follow implements Source: the heartbeat loop.
+func (m *MasterSource) Follow(ctx context.Context, gone func(registry.Device, string)) {
+	failures := 0
+	connected := false
+	for {
+		err := m.beat(ctx, gone)
+		if ctx.Err() != nil {
+			return
+		}
+		m.mu.Lock()
+		wait := m.interval
+		m.mu.Unlock()
+		if err != nil {
+			failures++
+			if connected || failures == 1 {
+				m.Log.Warn("master unreachable; serving cached devices and retrying with backoff", "err", err)
+			}
+			connected = false
+			wait = backoff(wait, failures)
+		} else {
+			if !connected {
+				m.Log.Info("heartbeats reach the master", "interval", wait)
+			}
+			connected, failures = true, 0
+			m.refresh(ctx, gone)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(jitter(wait)):
+		}
+	}
+}
+
+// backoff doubles the wait per failure up to 30 s.
+func backoff(interval time.Duration, failures int) time.Duration {
+	d := interval
+	for i := 1; i < failures && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}
+
+// jitter spreads d by ±10% so that slaves restarted together do not beat in step.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+}
+
+func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, string)) error {
+	hb := m.Status(ctx)
+	m.mu.Lock()
+	hb.Seq = m.seq
+	hb.Events, m.events = m.events, nil
+	m.mu.Unlock()
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	reply, err := m.API.Heartbeat(bctx, m.Slave, hb)
+	if err != nil {
+		m.mu.Lock()
+		m.events = append(hb.Events, m.events...) // send them next time
+		if len(m.events) > maxQueuedEvents {
+			m.events = m.events[len(m.events)-maxQueuedEvents:]
+		}
+		m.mu.Unlock()
+		return err
+	}
+	for _, r := range reply.Revocations {
+		dev := registry.Device{Name: r.Device, Fingerprint: r.Fingerprint}
+		for _, p := range r.Ports {
+			dev.Forwards = append(dev.Forwards, registry.Forward{RemotePort: p})
+		}
+		if err := m.cache.Delete(ctx, r.Fingerprint, r.Device); err != nil {
+			m.Log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
+		}
+		reason := "device revoked"
+		if r.Reason == "removed" {
+			reason = "device removed"
+		}
+		m.Log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason)
+		gone(dev, reason)
+	}
+	m.mu.Lock()
+	if reply.IntervalSeconds > 0 {
+		m.interval = time.Duration(reply.IntervalSeconds * float64(time.Second))
+	}
+	if reply.CacheTTLSeconds > 0 {
+		m.ttl = time.Duration(reply.CacheTTLSeconds) * time.Second
+	}
+	changed := reply.Seq != m.seq
+	m.seq = reply.Seq
+	m.mu.Unlock()
+	if changed {
+		return m.cache.SetMeta(ctx, seqMetaKey, strconv.FormatInt(reply.Seq, 10))
+	}
+	return nil
+}
+
+// refresh revalidates cached devices whose entry expires within a fifth of
+// the TTL, so that a connecting device rarely waits for the master.
+func (m *MasterSource) refresh(ctx context.Context, gone func(registry.Device, string)) {
+	all, err := m.cache.All(ctx)
+	if err != nil {
+		m.Log.Error("reading cache", "err", err)
+		return
+	}
+	m.mu.Lock()
+	horizon := time.Now().Add(m.ttl / 5)
+	m.mu.Unlock()
+	n := 0
+	for _, cd := range all {
+		if cd.Expires.IsZero() || cd.Expires.After(horizon) || n >= refreshPerBeat {
+			continue
+		}
+		n++
+		key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(cd.Device.PublicKey))
+		if err != nil {
+			continue
+		}
+		_, err = m.validate(ctx, key)
+		if errors.Is(err, ErrNotAccepted) {
+			m.Log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
+			gone(cd.Device, "device no longer accepted by the master")
+		}
+	}
+}
+
+// Report implements Source: events travel with the next heartbeat.
+func (m *MasterSource) Report(ctx context.Context, kind, device, detail string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.events = append(m.events, wire.SlaveEvent{At: time.Now().UTC(), Kind: kind, Device: device, Detail: detail})
+	if len(m.events) > maxQueuedEvents {
+		m.events = m.events[1:]
+	}
+}
