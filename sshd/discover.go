@@ -19,8 +19,8 @@ import (
 // process under the listener (the monitor) and its children, the ports they
 // listen on for the device, and where the device connects from.
 type Session struct {
-	MonitorPID int    `json:"monitor_pid"`
-	PIDs       []int  `json:"pids"`
+	MonitorPID int       `json:"monitor_pid"`
+	PIDs       []int     `json:"pids"`
 	Remote     string    `json:"remote,omitempty"`
 	Ports      []int     `json:"ports,omitempty"`
 	Started    time.Time `json:"started"`
