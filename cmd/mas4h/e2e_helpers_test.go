@@ -127,11 +127,13 @@ func newEnv(t *testing.T, tools ...string) *env {
 	return &env{t: t, dir: dir, db: filepath.Join(dir, "registry.db"), portLo: freePortBlock(t, 20)}
 }
 
-// freePortBlock finds n consecutive free loopback ports for leases.
+// freePortBlock finds n consecutive free loopback ports for leases, below
+// the kernel's ephemeral range (32768+): a client socket using 127.0.0.1:P
+// would make sshd bind a forward on [::1]:P only.
 func freePortBlock(t *testing.T, n int) int {
 	for try := 0; try < 50; try++ {
-		r, _ := rand.Int(rand.Reader, big.NewInt(200))
-		lo := 40000 + int(r.Int64())*100
+		r, _ := rand.Int(rand.Reader, big.NewInt(110))
+		lo := 21000 + int(r.Int64())*100
 		free := true
 		for p := lo; p < lo+n && free; p++ {
 			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
@@ -235,6 +237,7 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 // slaveProc is a running `mas4h slave` daemon.
 type slaveProc struct {
 	e        *env
+	mode     []string // --db PATH, or --master URL --token-file F
 	name     string
 	stateDir string
 	port     int
@@ -262,7 +265,13 @@ func (s *syncBuffer) String() string {
 
 func (e *env) startSlave(name string) *slaveProc {
 	e.t.Helper()
-	sp := &slaveProc{e: e, name: name, stateDir: filepath.Join(e.dir, "slave-"+name), port: freePort(e.t)}
+	return e.startSlaveWith(name, "--db", e.db)
+}
+
+// startSlaveWith starts a slave in the given mode (--db … or --master …).
+func (e *env) startSlaveWith(name string, mode ...string) *slaveProc {
+	e.t.Helper()
+	sp := &slaveProc{e: e, mode: mode, name: name, stateDir: filepath.Join(e.dir, "slave-"+name), port: freePort(e.t)}
 	sp.start()
 	e.t.Cleanup(sp.cleanup)
 	return sp
@@ -273,8 +282,9 @@ func (sp *slaveProc) start() {
 	t := sp.e.t
 	t.Helper()
 	sp.log = &syncBuffer{}
-	sp.cmd = exec.Command(testBin, "slave", "--name", sp.name, "--db", sp.e.db, "--state-dir", sp.stateDir,
-		"--ssh-listen", fmt.Sprintf("127.0.0.1:%d", sp.port), "--tunnel-user", e2eTunnelUser, "--log-level", "debug")
+	args := append([]string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
+		"--ssh-listen", fmt.Sprintf("127.0.0.1:%d", sp.port), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
+	sp.cmd = exec.Command(testBin, args...)
 	sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log
 	if err := sp.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -506,6 +516,15 @@ func roundTrip(port int) error {
 }
 
 func port(dev registry.Device) int { return dev.Forwards[0].RemotePort }
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // newCmd returns a runner for a command that reports stdout, stderr and the
 // exit status, with no environment but PATH (as sshd gives its hook).

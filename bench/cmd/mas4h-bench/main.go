@@ -69,8 +69,11 @@ func run() int {
 
 	res, err := bench.Run(ctx, cfg, log)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
+		case errors.Is(ctx.Err(), context.Canceled):
+			err = fmt.Errorf("interrupted: %w", err)
 		}
 		fmt.Fprintln(os.Stderr, "mas4h-bench:", err)
 		return 1
