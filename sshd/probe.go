@@ -1,0 +1,173 @@
+package sshd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Probe checks a forwarded port from the slave side. Connecting alone proves
+// nothing: sshd accepts on a forwarded port whatever the device's state, so
+// every probe reads something that only the device-side service can send.
+type Probe struct {
+	Kind   string // ssh-banner, banner, send-expect, http, none
+	Send   string
+	Expect *regexp.Regexp
+}
+
+// Probe kinds.
+const (
+	ProbeSSHBanner  = "ssh-banner"
+	ProbeBanner     = "banner"
+	ProbeSendExpect = "send-expect"
+	ProbeHTTP       = "http"
+	ProbeNone       = "none"
+)
+
+// ParseProbe turns a forward's probe spec into a Probe. An empty spec picks
+// the default from the device-side target port: ssh-banner for 22, http for
+// the usual web ports, none otherwise (a service that speaks first is not
+// something mas4h can assume).
+func ParseProbe(spec, target string) (Probe, error) {
+	if spec == "" {
+		_, port, _ := net.SplitHostPort(target)
+		switch port {
+		case "22":
+			return Probe{Kind: ProbeSSHBanner}, nil
+		case "80", "8080", "8000", "8888":
+			return Probe{Kind: ProbeHTTP}, nil
+		}
+		return Probe{Kind: ProbeNone}, nil
+	}
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case ProbeSSHBanner, ProbeHTTP, ProbeNone:
+		if arg != "" {
+			return Probe{}, fmt.Errorf("probe %s takes no argument", kind)
+		}
+		return Probe{Kind: kind}, nil
+	case ProbeBanner:
+		re, err := regexp.Compile(arg)
+		if err != nil {
+			return Probe{}, fmt.Errorf("probe banner: %w", err)
+		}
+		return Probe{Kind: kind, Expect: re}, nil
+	case ProbeSendExpect:
+		i := strings.LastIndex(arg, "|")
+		if i <= 0 {
+			return Probe{}, errors.New("probe send-expect wants TEXT|REGEX")
+		}
+		re, err := regexp.Compile(arg[i+1:])
+		if err != nil {
+			return Probe{}, fmt.Errorf("probe send-expect: %w", err)
+		}
+		send, err := unescape(arg[:i])
+		if err != nil {
+			return Probe{}, fmt.Errorf("probe send-expect: %w", err)
+		}
+		return Probe{Kind: kind, Send: send, Expect: re}, nil
+	}
+	return Probe{}, fmt.Errorf("unknown probe kind %q", kind)
+}
+
+// unescape reads \r \n \t \\ in a send-expect text, so that line-based
+// protocols can be probed from a command-line flag.
+func unescape(s string) (string, error) {
+	if !strings.Contains(s, `\`) {
+		return s, nil
+	}
+	u, err := strconv.Unquote(`"` + strings.ReplaceAll(s, `"`, `\"`) + `"`)
+	if err != nil {
+		return "", fmt.Errorf("bad escape in %q", s)
+	}
+	return u, nil
+}
+
+// maxProbeRead bounds what a probe reads from a device.
+const maxProbeRead = 4096
+
+// Run probes addr within timeout. nil means healthy; the error says what
+// was wrong, for the event log.
+func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) error {
+	if p.Kind == ProbeNone {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	switch p.Kind {
+	case ProbeHTTP:
+		if _, err := conn.Write([]byte("HEAD / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: mas4h-probe\r\n\r\n")); err != nil {
+			return fmt.Errorf("sending HEAD: %w", err)
+		}
+	case ProbeSendExpect:
+		if _, err := conn.Write([]byte(p.Send)); err != nil {
+			return fmt.Errorf("sending probe text: %w", err)
+		}
+	}
+	r := bufio.NewReader(conn)
+	var got []byte
+	for len(got) < maxProbeRead {
+		b, err := r.ReadByte()
+		if err != nil {
+			return p.failure(got, err)
+		}
+		got = append(got, b)
+		switch p.Kind {
+		case ProbeSSHBanner:
+			if len(got) >= 4 {
+				if !bytes.HasPrefix(got, []byte("SSH-")) {
+					return fmt.Errorf("no SSH banner: read %q", got)
+				}
+				return nil
+			}
+		case ProbeHTTP:
+			if len(got) >= 5 {
+				if !bytes.HasPrefix(got, []byte("HTTP/")) {
+					return fmt.Errorf("no HTTP answer: read %q", got)
+				}
+				return nil
+			}
+		default:
+			if p.Expect.Match(got) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("expected text not found in the first %d bytes", maxProbeRead)
+}
+
+func (p Probe) failure(got []byte, err error) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		if len(got) == 0 {
+			return errors.New("no answer within the timeout")
+		}
+		return fmt.Errorf("answer %q did not match within the timeout", truncate(got))
+	case len(got) == 0:
+		return errors.New("closed without a byte (the device's target refused or the forward is broken)")
+	}
+	return fmt.Errorf("closed after %q: %v", truncate(got), err)
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 60 {
+		return b[:60]
+	}
+	return b
+}
