@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"os"
-	"sort"
 
 	"github.com/shirou/gopsutil/v3/cpu"
 	"github.com/shirou/gopsutil/v3/mem"
@@ -56,35 +55,10 @@ func (s *Slave) publicHost() string {
 	return name
 }
 
-// Tunnels lists this slave's live forwards: every port a session of its
-// sshd listens on, named through the cache's leases.
+// Tunnels lists this slave's live forwards with their last probe, as the
+// monitor saw them in its latest cycle.
 func (s *Slave) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
-	sessions, err := s.discoverer().Sessions()
-	if err != nil {
-		return nil, err
-	}
-	type lease struct{ device, forward string }
-	leases := map[int]lease{}
-	if all, err := s.cache.All(ctx); err == nil {
-		for _, cd := range all {
-			for _, f := range cd.Device.Forwards {
-				leases[f.RemotePort] = lease{cd.Device.Name, f.Name}
-			}
-		}
-	}
-	out := []wire.Tunnel{}
-	for _, sess := range sessions {
-		for _, p := range sess.Ports {
-			l, ok := leases[p]
-			if !ok {
-				continue // a port no device of ours leases: not a tunnel we know
-			}
-			out = append(out, wire.Tunnel{Device: l.device, Forward: l.forward, Slave: s.cfg.Name,
-				Port: p, Remote: sess.Remote, Since: sess.Started})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
-	return out, nil
+	return s.mon.snapshot(s.cfg.Name), nil
 }
 
 func (s *Slave) discoverer() Discoverer {

@@ -21,7 +21,7 @@ import (
 // The hook must answer sshd within 2 s whatever the daemon does. It gives the
 // daemon most of that and keeps the rest for the cache.
 const (
-	hookSocketBudget = 1200 * time.Millisecond
+	hookSocketBudget = 1600 * time.Millisecond // room for newest-wins: a probe and a kill
 	hookTotalBudget  = 1900 * time.Millisecond
 	maxHookArg       = 16 << 10 // an RSA-16384 key is ~2.8 KB of base64
 )

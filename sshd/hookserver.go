@@ -76,6 +76,7 @@ func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
 	reply := Decide(s.user.Name, req.User, key, dev, found)
 	if reply.Allow {
 		s.log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
+		s.mon.supersede(ctx, dev)
 		return reply
 	}
 	s.log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
@@ -103,14 +104,10 @@ func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason stri
 		if !hit {
 			continue
 		}
-		sess := sess
 		s.killWG.Add(1)
 		go func() {
 			defer s.killWG.Done()
-			terminate(s.cfg.ProcRoot, sess, 2*time.Second)
-			s.log.Info("killed session", "device", dev.Name, "monitor_pid", sess.MonitorPID, "ports", sess.Ports, "remote", sess.Remote, "reason", reason)
-			detail := fmt.Sprintf("session pid %d from %s on ports %v killed: %s", sess.MonitorPID, sess.Remote, sess.Ports, reason)
-			s.src.Report(context.WithoutCancel(ctx), "disconnect", dev.Name, detail)
+			s.mon.end(ctx, sess, dev.Name, reason, "kill")
 		}()
 	}
 }

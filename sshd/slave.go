@@ -29,6 +29,11 @@ type SlaveConfig struct {
 	Executable string // the mas4h binary installed as the hook; "" = this process's
 	PublicHost string // what the master tells devices to dial ("" = derive)
 	Capacity   int    // tunnels this slave is sized for (dispatch weight)
+
+	ProbeInterval time.Duration // how often every tunnel is probed
+	ProbeFailures int           // consecutive failures before a session is reaped
+	ProbeTimeout  time.Duration // one probe's budget
+	NewestWins    string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
 }
 
 // Slave is a running slave daemon.
@@ -39,6 +44,7 @@ type Slave struct {
 	user  TunnelUser
 	cache *Cache
 	sup   *supervisor
+	mon   *monitor
 	port  int
 
 	HostKeys []HostKey
@@ -78,7 +84,25 @@ func NewSlave(cfg SlaveConfig, src Source, log *slog.Logger) (*Slave, error) {
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	return &Slave{cfg: cfg, src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
+	}
+	if cfg.ProbeFailures <= 0 {
+		cfg.ProbeFailures = DefaultProbeFailures
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	switch cfg.NewestWins {
+	case "":
+		cfg.NewestWins = NewestWinsStale
+	case NewestWinsStale, NewestWinsAlways, NewestWinsOff:
+	default:
+		return nil, fmt.Errorf("newest-wins must be %s, %s or %s, not %q", NewestWinsStale, NewestWinsAlways, NewestWinsOff, cfg.NewestWins)
+	}
+	s := &Slave{cfg: cfg, src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}
+	s.mon = newMonitor(s)
+	return s, nil
 }
 
 // Run prepares the state dir, user, keys, hook and config, adopts or starts
@@ -153,8 +177,9 @@ func (s *Slave) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.sup.watch(ctx, 500*time.Millisecond) }()
+	go func() { defer wg.Done(); s.mon.run(ctx) }()
 	go func() {
 		defer wg.Done()
 		s.src.Follow(ctx, func(dev registry.Device, reason string) { s.killDevice(ctx, dev, reason) })

@@ -1,0 +1,316 @@
+package sshd
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// Probing defaults: a stale tunnel is found and its port freed within
+// interval × (failures + 1) + a few seconds.
+const (
+	DefaultProbeInterval = 10 * time.Second
+	DefaultProbeFailures = 2
+	DefaultProbeTimeout  = 5 * time.Second
+	probeConcurrency     = 64
+	supersedeProbeBudget = 600 * time.Millisecond // inside the hook's answer budget
+)
+
+// Newest-wins policies: probe the older session and kill it only if it fails
+// (the default), or always kill it.
+const (
+	NewestWinsStale  = "stale"
+	NewestWinsAlways = "always"
+	NewestWinsOff    = "off"
+)
+
+// tunnelKey is one forwarded port of one session.
+type tunnelKey struct {
+	monitor int
+	port    int
+}
+
+// tunnelState is what the monitor knows of a live tunnel between cycles.
+type tunnelState struct {
+	device, forward string
+	remote          string
+	since           time.Time
+	failures        int
+	last            *wire.Probe
+}
+
+// monitor discovers this slave's tunnels, probes them, reaps stale sessions
+// and writes connect/disconnect/probe/reap events.
+type monitor struct {
+	s *Slave
+
+	mu      sync.Mutex
+	tunnels map[tunnelKey]*tunnelState
+	killed  map[int]string // monitor pid -> why mas4h ended it
+	primed  bool
+}
+
+func newMonitor(s *Slave) *monitor {
+	return &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}}
+}
+
+type lease struct {
+	device registry.Device
+	fwd    registry.Forward
+}
+
+func (m *monitor) leases(ctx context.Context) map[int]lease {
+	out := map[int]lease{}
+	all, err := m.s.cache.All(ctx)
+	if err != nil {
+		m.s.log.Error("reading cache", "err", err)
+		return out
+	}
+	for _, cd := range all {
+		for _, f := range cd.Device.Forwards {
+			out[f.RemotePort] = lease{cd.Device, f}
+		}
+	}
+	return out
+}
+
+// run cycles every interval until ctx ends. The first cycle rebuilds the
+// picture from the process and socket tables alone, so a restarted daemon
+// knows every tunnel without having seen it connect.
+func (m *monitor) run(ctx context.Context) {
+	t := time.NewTicker(m.s.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		m.cycle(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *monitor) cycle(ctx context.Context) {
+	sessions, err := m.s.discoverer().Sessions()
+	if err != nil {
+		m.s.log.Error("discovering sessions", "err", err)
+		return
+	}
+	leases := m.leases(ctx)
+	byMonitor := map[int]Session{}
+	current := map[tunnelKey]*tunnelState{}
+
+	m.mu.Lock()
+	for _, sess := range sessions {
+		byMonitor[sess.MonitorPID] = sess
+		for _, p := range sess.Ports {
+			l, ok := leases[p]
+			if !ok {
+				continue
+			}
+			k := tunnelKey{sess.MonitorPID, p}
+			st, seen := m.tunnels[k]
+			if !seen {
+				st = &tunnelState{device: l.device.Name, forward: l.fwd.Name, remote: sess.Remote, since: sess.Started}
+				if m.primed {
+					m.s.log.Info("tunnel up", "device", st.device, "forward", st.forward, "port", p, "remote", st.remote)
+					m.s.src.Report(ctx, "connect", st.device, fmt.Sprintf("tunnel up: %s on port %d from %s", st.forward, p, st.remote))
+				}
+			}
+			current[k] = st
+		}
+	}
+	for k, st := range m.tunnels {
+		if _, ok := current[k]; ok {
+			continue
+		}
+		reason, ok := m.killed[k.monitor]
+		if !ok {
+			reason = "client closed"
+		}
+		m.s.log.Info("tunnel down", "device", st.device, "forward", st.forward, "port", k.port, "reason", reason)
+		m.s.src.Report(ctx, "disconnect", st.device, fmt.Sprintf("tunnel down: %s on port %d: %s", st.forward, k.port, reason))
+	}
+	for pid := range m.killed {
+		if _, ok := byMonitor[pid]; !ok {
+			delete(m.killed, pid)
+		}
+	}
+	m.tunnels, m.primed = current, true
+	m.mu.Unlock()
+
+	m.probeAll(ctx, current, leases)
+
+	// Reap sessions with a port past the failure threshold.
+	reap := map[int]string{}
+	m.mu.Lock()
+	for k, st := range current {
+		if st.failures >= m.s.cfg.ProbeFailures {
+			reap[k.monitor] = fmt.Sprintf("reaped after %d failed probes of port %d: %s", st.failures, k.port, st.last.Detail)
+		}
+	}
+	m.mu.Unlock()
+	for pid, why := range reap {
+		sess := byMonitor[pid]
+		dev := current[tunnelKey{pid, sess.Ports[0]}]
+		name := ""
+		if dev != nil {
+			name = dev.device
+		}
+		m.end(ctx, sess, name, why, "reap")
+	}
+}
+
+// probeAll probes every tunnel with bounded concurrency and records results.
+func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelState, leases map[int]lease) {
+	sem := make(chan struct{}, probeConcurrency)
+	var wg sync.WaitGroup
+	for k, st := range current {
+		l := leases[k.port]
+		probe, err := ParseProbe(l.fwd.Probe, l.fwd.Target)
+		if err != nil {
+			m.s.log.Warn("bad probe spec; not probing", "device", st.device, "forward", st.forward, "err", err)
+			continue
+		}
+		if probe.Kind == ProbeNone {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(k tunnelKey, st *tunnelState) {
+			defer func() { <-sem; wg.Done() }()
+			err := probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(k.port)), m.s.cfg.ProbeTimeout)
+			if ctx.Err() != nil {
+				return
+			}
+			m.record(ctx, k, st, err)
+		}(k, st)
+	}
+	wg.Wait()
+}
+
+func (m *monitor) record(ctx context.Context, k tunnelKey, st *tunnelState, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	wasOK := st.last == nil || st.last.OK
+	p := &wire.Probe{OK: err == nil, At: time.Now().UTC()}
+	if err != nil {
+		p.Detail = err.Error()
+		st.failures++
+	} else {
+		st.failures = 0
+	}
+	st.last = p
+	switch {
+	case wasOK && !p.OK:
+		m.s.log.Warn("probe failing", "device", st.device, "forward", st.forward, "port", k.port, "detail", p.Detail)
+		m.s.src.Report(ctx, "probe", st.device, fmt.Sprintf("probe of %s (port %d) failing: %s", st.forward, k.port, p.Detail))
+	case !wasOK && p.OK:
+		m.s.log.Info("probe ok again", "device", st.device, "forward", st.forward, "port", k.port)
+		m.s.src.Report(ctx, "probe", st.device, fmt.Sprintf("probe of %s (port %d) ok again", st.forward, k.port))
+	}
+}
+
+// end kills a session, checks its ports are free, and writes an event.
+func (m *monitor) end(ctx context.Context, sess Session, device, why, kind string) {
+	m.mu.Lock()
+	m.killed[sess.MonitorPID] = why
+	m.mu.Unlock()
+	start := time.Now()
+	terminate(m.s.cfg.ProcRoot, sess, 2*time.Second)
+	free := "free"
+	if listening, err := ListeningPorts(m.s.cfg.ProcRoot); err == nil {
+		for _, p := range sess.Ports {
+			if listening[p] {
+				free = fmt.Sprintf("port %d STILL BOUND", p)
+			}
+		}
+	}
+	m.s.log.Info("ended session", "device", device, "monitor_pid", sess.MonitorPID, "ports", sess.Ports,
+		"remote", sess.Remote, "why", why, "ports_now", free, "took", time.Since(start).Round(time.Millisecond))
+	m.s.src.Report(context.WithoutCancel(ctx), kind, device,
+		fmt.Sprintf("session pid %d from %s on ports %v ended: %s (ports %s)", sess.MonitorPID, sess.Remote, sess.Ports, why, free))
+}
+
+// snapshot returns the live tunnels with their last probe, for heartbeats
+// and `mas4h tunnels`.
+func (m *monitor) snapshot(slave string) []wire.Tunnel {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []wire.Tunnel{}
+	for k, st := range m.tunnels {
+		out = append(out, wire.Tunnel{Device: st.device, Forward: st.forward, Slave: slave, Port: k.port,
+			Remote: st.remote, Since: st.since, LastProbe: st.last})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
+	return out
+}
+
+// supersede applies newest-wins before the hook answers for dev: an older
+// session still holding one of dev's ports is probed at once and ended if it
+// fails (or always, by policy), so the new client's forward binds on its
+// first try.
+func (m *monitor) supersede(ctx context.Context, dev registry.Device) {
+	if m.s.cfg.NewestWins == NewestWinsOff {
+		return
+	}
+	held := map[int]bool{}
+	for _, f := range dev.Forwards {
+		if portHeld(f.RemotePort) {
+			held[f.RemotePort] = true
+		}
+	}
+	if len(held) == 0 {
+		return
+	}
+	sessions, err := m.s.discoverer().Sessions()
+	if err != nil {
+		return
+	}
+	for _, sess := range sessions {
+		var fwd *registry.Forward
+		for _, p := range sess.Ports {
+			for i, f := range dev.Forwards {
+				if f.RemotePort == p && held[p] {
+					fwd = &dev.Forwards[i]
+				}
+			}
+		}
+		if fwd == nil {
+			continue
+		}
+		why := "superseded by a newer session of the same device"
+		if m.s.cfg.NewestWins != NewestWinsAlways {
+			probe, err := ParseProbe(fwd.Probe, fwd.Target)
+			if err != nil || probe.Kind == ProbeNone {
+				continue // nothing to judge it by: leave the live session alone
+			}
+			perr := probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(fwd.RemotePort)), min(m.s.cfg.ProbeTimeout, supersedeProbeBudget))
+			if perr == nil {
+				m.s.log.Info("older session still healthy; newest does not win", "device", dev.Name, "port", fwd.RemotePort)
+				continue
+			}
+			why = "superseded: older session failed its probe (" + perr.Error() + ")"
+		}
+		m.end(ctx, sess, dev.Name, why, "kill")
+	}
+}
+
+// portHeld reports whether something listens on 127.0.0.1:port, cheaply:
+// a bind that fails with "in use" (far cheaper than reading the process
+// table on every authentication).
+func portHeld(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return true
+	}
+	l.Close()
+	return false
+}
