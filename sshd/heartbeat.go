@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"time"
 
 	"github.com/shirou/gopsutil/v3/cpu"
 	"github.com/shirou/gopsutil/v3/mem"
@@ -58,7 +59,7 @@ func (s *Slave) publicHost() string {
 // Tunnels lists this slave's live forwards with their last probe, as the
 // monitor saw them in its latest cycle.
 func (s *Slave) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
-	return s.mon.snapshot(s.cfg.Name), nil
+	return s.mon.snapshot(ctx, s.cfg.Name, time.Second), nil
 }
 
 func (s *Slave) discoverer() Discoverer {

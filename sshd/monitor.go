@@ -55,6 +55,9 @@ type monitor struct {
 	tunnels map[tunnelKey]*tunnelState
 	killed  map[int]string // monitor pid -> why mas4h ended it
 	primed  bool
+
+	refreshMu sync.Mutex // one table walk at a time
+	refreshed time.Time
 }
 
 func newMonitor(s *Slave) *monitor {
@@ -98,10 +101,41 @@ func (m *monitor) run(ctx context.Context) {
 }
 
 func (m *monitor) cycle(ctx context.Context) {
-	sessions, err := m.s.discoverer().Sessions()
+	current, byMonitor, leases, err := m.refresh(ctx)
 	if err != nil {
 		m.s.log.Error("discovering sessions", "err", err)
 		return
+	}
+	m.probeAll(ctx, current, leases)
+
+	// Reap sessions with a port past the failure threshold.
+	reap := map[int]string{}
+	m.mu.Lock()
+	for k, st := range current {
+		if st.failures >= m.s.cfg.ProbeFailures {
+			reap[k.monitor] = fmt.Sprintf("reaped after %d failed probes of port %d: %s", st.failures, k.port, st.last.Detail)
+		}
+	}
+	m.mu.Unlock()
+	for pid, why := range reap {
+		sess := byMonitor[pid]
+		dev := current[tunnelKey{pid, sess.Ports[0]}]
+		name := ""
+		if dev != nil {
+			name = dev.device
+		}
+		m.end(ctx, sess, name, why, "reap")
+	}
+}
+
+// refresh rereads the process and socket tables, notes tunnels that came
+// up or went down (with events), and returns the live ones.
+func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[int]Session, map[int]lease, error) {
+	m.refreshMu.Lock()
+	defer m.refreshMu.Unlock()
+	sessions, err := m.s.discoverer().Sessions()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	leases := m.leases(ctx)
 	byMonitor := map[int]Session{}
@@ -144,28 +178,9 @@ func (m *monitor) cycle(ctx context.Context) {
 		}
 	}
 	m.tunnels, m.primed = current, true
+	m.refreshed = time.Now()
 	m.mu.Unlock()
-
-	m.probeAll(ctx, current, leases)
-
-	// Reap sessions with a port past the failure threshold.
-	reap := map[int]string{}
-	m.mu.Lock()
-	for k, st := range current {
-		if st.failures >= m.s.cfg.ProbeFailures {
-			reap[k.monitor] = fmt.Sprintf("reaped after %d failed probes of port %d: %s", st.failures, k.port, st.last.Detail)
-		}
-	}
-	m.mu.Unlock()
-	for pid, why := range reap {
-		sess := byMonitor[pid]
-		dev := current[tunnelKey{pid, sess.Ports[0]}]
-		name := ""
-		if dev != nil {
-			name = dev.device
-		}
-		m.end(ctx, sess, name, why, "reap")
-	}
+	return current, byMonitor, leases, nil
 }
 
 // probeAll probes every tunnel with bounded concurrency and records results.
@@ -240,8 +255,18 @@ func (m *monitor) end(ctx context.Context, sess Session, device, why, kind strin
 }
 
 // snapshot returns the live tunnels with their last probe, for heartbeats
-// and `mas4h tunnels`.
-func (m *monitor) snapshot(slave string) []wire.Tunnel {
+// and `mas4h tunnels`. The tables are reread unless the last walk is fresher
+// than maxAge, so a heartbeat reports tunnels that came up since the last
+// probe cycle.
+func (m *monitor) snapshot(ctx context.Context, slave string, maxAge time.Duration) []wire.Tunnel {
+	m.mu.Lock()
+	stale := time.Since(m.refreshed) > maxAge
+	m.mu.Unlock()
+	if stale {
+		if _, _, _, err := m.refresh(ctx); err != nil {
+			m.s.log.Error("discovering sessions", "err", err)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := []wire.Tunnel{}
