@@ -16,6 +16,13 @@ import (
 // DefaultForward. Everything (device, leases, enrol event) is written in one
 // transaction, so on any error nothing is.
 func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange) (Device, error) {
+	return s.EnrolDevice(ctx, name, key, forwards, pr, "")
+}
+
+// EnrolDevice is AddDevice with a note put in front of the enrol event's
+// detail, saying who enrolled the device (e.g. "auto-enrolled by exec
+// validator").
+func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange, note string) (Device, error) {
 	if err := ValidateDeviceName(name); err != nil {
 		return Device{}, fmt.Errorf("adding device: %w", err)
 	}
@@ -94,7 +101,11 @@ func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, f
 		}
 		detail[i] = fmt.Sprintf("%s %s on port %d", f.Name, f.Target, ports[i])
 	}
-	if err := addEvent(ctx, tx, now, EventEnrol, name, fmt.Sprintf("key %s; forwards: %s", fp, strings.Join(detail, ", "))); err != nil {
+	msg := fmt.Sprintf("key %s; forwards: %s", fp, strings.Join(detail, ", "))
+	if note != "" {
+		msg = note + "; " + msg
+	}
+	if err := addEvent(ctx, tx, now, EventEnrol, name, msg); err != nil {
 		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
 	}
 	d, err := deviceWhere(ctx, tx, "name", name)
@@ -154,7 +165,7 @@ func (s *Store) DeviceByFingerprint(ctx context.Context, fp string) (Device, err
 	return d, nil
 }
 
-const deviceCols = `d.id, d.name, d.fingerprint, d.key_type, d.public_key, d.status, d.created_at, d.updated_at`
+const deviceCols = `d.id, d.name, d.fingerprint, d.key_type, d.public_key, d.status, d.created_at, d.updated_at, d.last_slave`
 
 // deviceWhere loads one device and its forwards; col is a constant chosen
 // by the caller, never user input.
@@ -162,7 +173,7 @@ func deviceWhere(ctx context.Context, q querier, col, val string) (Device, error
 	var d Device
 	var id, created, updated int64
 	err := q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.`+col+` = ?`, val).
-		Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated)
+		Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, ErrNotFound
 	}
@@ -208,7 +219,7 @@ func (s *Store) Devices(ctx context.Context) ([]Device, error) {
 		var id, created, updated int64
 		var fName, fTarget, fProbe sql.NullString
 		var fPort sql.NullInt64
-		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated,
+		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave,
 			&fName, &fTarget, &fProbe, &fPort); err != nil {
 			return nil, fmt.Errorf("listing devices: %w", err)
 		}
@@ -254,6 +265,9 @@ func (s *Store) Revoke(ctx context.Context, name string) (Device, error) {
 	if err := addEvent(ctx, tx, now, EventRevoke, name, "key "+d.Fingerprint); err != nil {
 		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
 	}
+	if err := addRevocation(ctx, tx, now, d, RevocationRevoked); err != nil {
+		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
+	}
 	if err := tx.Commit(); err != nil {
 		return Device{}, fmt.Errorf("revoking device %s: %w", name, err)
 	}
@@ -282,7 +296,11 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 		freed[i] = fmt.Sprint(f.RemotePort)
 	}
 	detail := fmt.Sprintf("key %s; freed ports: %s", d.Fingerprint, strings.Join(freed, ", "))
-	if err := addEvent(ctx, tx, s.now().UTC(), EventRemove, name, detail); err != nil {
+	now := s.now().UTC()
+	if err := addEvent(ctx, tx, now, EventRemove, name, detail); err != nil {
+		return fmt.Errorf("removing device %s: %w", name, err)
+	}
+	if err := addRevocation(ctx, tx, now, d, RevocationRemoved); err != nil {
 		return fmt.Errorf("removing device %s: %w", name, err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -33,16 +33,33 @@ func (s *Store) AddEvent(ctx context.Context, kind, device, detail string) error
 	return nil
 }
 
+// AddSlaveEvent appends an event about (or reported by) a slave.
+func (s *Store) AddSlaveEvent(ctx context.Context, kind, slave, device, detail string) error {
+	if kind == "" {
+		return fmt.Errorf("adding event: empty kind: %w", ErrInvalid)
+	}
+	if err := addSlaveEvent(ctx, s.db, s.now().UTC(), kind, slave, device, detail); err != nil {
+		return fmt.Errorf("adding %s event: %w", kind, err)
+	}
+	return nil
+}
+
 func addEvent(ctx context.Context, x execContexter, at time.Time, kind, device, detail string) error {
-	if len(detail) > maxEventDetail {
-		detail = detail[:maxEventDetail] + "…"
-	}
-	if len(device) > maxEventDetail {
-		device = device[:maxEventDetail] + "…"
-	}
-	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, device, detail) VALUES (?, ?, ?, ?)`,
-		at.UnixNano(), kind, device, detail)
+	return addSlaveEvent(ctx, x, at, kind, "", device, detail)
+}
+
+func addSlaveEvent(ctx context.Context, x execContexter, at time.Time, kind, slave, device, detail string) error {
+	kind, slave, device, detail = truncEvent(kind), truncEvent(slave), truncEvent(device), truncEvent(detail)
+	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, slave, device, detail) VALUES (?, ?, ?, ?, ?)`,
+		at.UnixNano(), kind, slave, device, detail)
 	return err
+}
+
+func truncEvent(s string) string {
+	if len(s) > maxEventDetail {
+		return s[:maxEventDetail] + "…"
+	}
+	return s
 }
 
 // EventFilter selects events. Zero fields do not filter.
@@ -51,6 +68,7 @@ type EventFilter struct {
 	Since   time.Time // only events at or after this time
 	AfterID int64     // only events with a larger id: for following the log
 	Kinds   []string  // only these kinds
+	Slave   string    // only events about this slave
 	Limit   int       // at most this many, oldest first; 0 means 1000
 }
 
@@ -69,6 +87,10 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 		where = append(where, "device = ?")
 		args = append(args, f.Device)
 	}
+	if f.Slave != "" {
+		where = append(where, "slave = ?")
+		args = append(args, f.Slave)
+	}
 	if !f.Since.IsZero() {
 		where = append(where, "at >= ?")
 		args = append(args, f.Since.UnixNano())
@@ -83,7 +105,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 			args = append(args, k)
 		}
 	}
-	q := `SELECT id, at, kind, device, detail FROM events`
+	q := `SELECT id, at, kind, slave, device, detail FROM events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -99,7 +121,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 	for rows.Next() {
 		var e Event
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Device, &e.Detail); err != nil {
+		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Detail); err != nil {
 			return nil, fmt.Errorf("listing events: %w", err)
 		}
 		e.At = fromNanos(at)

@@ -16,9 +16,10 @@ type Device struct {
 	Name        string    `json:"name"`
 	Fingerprint string    `json:"fingerprint"`
 	KeyType     string    `json:"key_type"`
-	PublicKey   string    `json:"public_key"` // AuthorizedKey form: "type base64"
-	Status      string    `json:"status"`     // StatusActive or StatusRevoked
-	Forwards    []Forward `json:"forwards"`   // never nil, so JSON shows []
+	PublicKey   string    `json:"public_key"`      // AuthorizedKey form: "type base64"
+	Status      string    `json:"status"`          // StatusActive or StatusRevoked
+	Forwards    []Forward `json:"forwards"`        // never nil, so JSON shows []
+	LastSlave   string    `json:"slave,omitempty"` // the slave the master last sent it to
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
 }
@@ -50,6 +51,11 @@ const (
 	EventRevoke   = "revoke"
 	EventRemove   = "rm"
 	EventAuthDeny = "auth-deny"
+	// Written by the master.
+	EventSlot      = "slot"
+	EventDeny      = "deny"
+	EventSlaveUp   = "slave-up"
+	EventSlaveDown = "slave-down"
 )
 
 // Event is one row of the event log.
@@ -58,5 +64,6 @@ type Event struct {
 	At     time.Time `json:"at"`
 	Kind   string    `json:"kind"`
 	Device string    `json:"device,omitempty"`
+	Slave  string    `json:"slave,omitempty"`
 	Detail string    `json:"detail,omitempty"`
 }

@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -37,5 +37,51 @@ CREATE TABLE events (
 );
 CREATE INDEX events_device_id ON events (device, id);
 CREATE INDEX events_at ON events (at);
+`, // 2: the master's view of the cluster: slaves and their load, the live
+	// tunnels they report, the slave each device was last sent to, and the
+	// revocation log slaves follow by sequence number.
+	`
+ALTER TABLE devices ADD COLUMN last_slave TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN slave TEXT NOT NULL DEFAULT '';
+CREATE TABLE slaves (
+	name       TEXT    PRIMARY KEY,
+	host       TEXT    NOT NULL DEFAULT '',
+	port       INTEGER NOT NULL DEFAULT 0,
+	user       TEXT    NOT NULL DEFAULT '',
+	host_keys  TEXT    NOT NULL DEFAULT '[]', -- JSON array of "type base64"
+	capacity   INTEGER NOT NULL DEFAULT 0,
+	cpu        REAL    NOT NULL DEFAULT 0,
+	mem        REAL    NOT NULL DEFAULT 0,
+	first_seen INTEGER NOT NULL, -- unix nanoseconds, UTC
+	last_seen  INTEGER NOT NULL,
+	alive      INTEGER NOT NULL DEFAULT 1
+);
+-- Replaced per slave on each heartbeat.
+CREATE TABLE tunnels (
+	slave             TEXT    NOT NULL REFERENCES slaves(name) ON DELETE CASCADE,
+	device            TEXT    NOT NULL,
+	forward           TEXT    NOT NULL DEFAULT '',
+	port              INTEGER NOT NULL,
+	remote            TEXT    NOT NULL DEFAULT '',
+	since             INTEGER NOT NULL DEFAULT 0,
+	last_probe_ok     INTEGER, -- NULL: never probed
+	last_probe_at     INTEGER,
+	last_probe_detail TEXT
+);
+CREATE INDEX tunnels_slave ON tunnels (slave);
+CREATE INDEX tunnels_device ON tunnels (device);
+-- Written by Revoke and Remove in their transaction. The ports are kept
+-- here because after rm the device's forwards are gone.
+CREATE TABLE revocations (
+	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+	at          INTEGER NOT NULL,
+	device      TEXT    NOT NULL,
+	fingerprint TEXT    NOT NULL,
+	ports       TEXT    NOT NULL DEFAULT '[]', -- JSON array of ints
+	reason      TEXT    NOT NULL CHECK (reason IN ('revoked', 'removed'))
+);
+-- Sequence numbers start at 2: 1 is the empty log's, which a new slave is
+-- told to follow from, and 0 is a slave that knows nothing yet.
+INSERT INTO sqlite_sequence (name, seq) VALUES ('revocations', 1);
 `,
 }

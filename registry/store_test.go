@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,7 +107,7 @@ func TestOpenRefusesNewerSchemaWithoutTouchingFile(t *testing.T) {
 	if !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("Open = %v, want ErrSchemaTooNew", err)
 	}
-	for _, want := range []string{"99", "version 1", "upgrade mas4h", path} {
+	for _, want := range []string{"99", fmt.Sprintf("version %d", SchemaVersion), "upgrade mas4h", path} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

@@ -29,6 +29,7 @@ const (
 // HookRequest is what sshd tells the hook (%u %f %t %k) and what the hook
 // forwards to the daemon over its unix socket.
 type HookRequest struct {
+	Op          string `json:"op,omitempty"` // "" (authorize) or "tunnels" (root only)
 	User        string `json:"user"`
 	Fingerprint string `json:"fingerprint"`
 	KeyType     string `json:"key_type"`

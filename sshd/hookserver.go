@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/wire"
 )
 
 // serveHook listens on the state dir's unix socket for the hook. The socket
@@ -57,8 +59,67 @@ func (s *Slave) handleHook(ctx context.Context, conn net.Conn) {
 		s.log.Warn("malformed hook request", "err", err)
 		return
 	}
+	if req.Op == "tunnels" {
+		if uid, ok := peerUID(conn); !ok || uid != 0 {
+			json.NewEncoder(conn).Encode(TunnelsReply{Error: "only root may list tunnels"})
+			return
+		}
+		tunnels, _ := s.Tunnels(ctx)
+		json.NewEncoder(conn).Encode(TunnelsReply{Slave: s.cfg.Name, Tunnels: tunnels})
+		return
+	}
 	reply := s.Authorize(ctx, req)
 	json.NewEncoder(conn).Encode(reply)
+}
+
+// TunnelsReply answers the "tunnels" request of `mas4h tunnels --state-dir`.
+type TunnelsReply struct {
+	Slave   string        `json:"slave,omitempty"`
+	Tunnels []wire.Tunnel `json:"tunnels,omitempty"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// peerUID is the uid of the process on the other end of a unix socket.
+func peerUID(conn net.Conn) (int, bool) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *syscall.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if err != nil || cred == nil {
+		return 0, false
+	}
+	return int(cred.Uid), true
+}
+
+// LocalTunnels asks a running slave daemon for its live tunnels.
+func LocalTunnels(ctx context.Context, stateDir string) (TunnelsReply, error) {
+	socket := PathsFor(stateDir).Socket
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return TunnelsReply{}, fmt.Errorf("no slave daemon answers on %s (is mas4h slave running with --state-dir %s?): %w", socket, stateDir, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := json.NewEncoder(conn).Encode(HookRequest{Op: "tunnels"}); err != nil {
+		return TunnelsReply{}, err
+	}
+	var r TunnelsReply
+	if err := json.NewDecoder(conn).Decode(&r); err != nil {
+		return TunnelsReply{}, fmt.Errorf("reading the slave's answer: %w", err)
+	}
+	if r.Error != "" {
+		return r, errors.New(r.Error)
+	}
+	return r, nil
 }
 
 // Authorize decides one authentication attempt and logs it.

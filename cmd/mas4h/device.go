@@ -10,13 +10,17 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/apiclient"
+	"github.com/mas4h/mas4h/registry/wire"
 )
 
 // deviceOpts are the flags shared by the device subcommands.
 type deviceOpts struct {
 	db     string
+	mf     masterFlags
 	output string
 }
 
@@ -25,27 +29,65 @@ func newDeviceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Enrol, list, show, revoke and remove devices",
-		Long: `Manage enrolled devices in a registry. Each device has one SSH public key and
-one or more forwards; each forward leases a remote port on the slaves, stable
-for the device's life. Against a local registry file (--db) for now.`,
+		Long: `Manage enrolled devices. Each device has one SSH public key and one or more
+forwards; each forward leases a remote port on the slaves, stable for the
+device's life.
+
+Against a master (--master URL or $MAS4H_MASTER, with its admin token file from
+--token-file or $MAS4H_TOKEN_FILE), or directly on a local registry file (--db
+PATH). Output is the same either way.`,
 	}
-	cmd.PersistentFlags().StringVar(&o.db, "db", "", "registry file (SQLite), e.g. /var/lib/mas4h/registry.db")
+	cmd.PersistentFlags().StringVar(&o.db, "db", "", "local registry file (SQLite), e.g. /var/lib/mas4h/registry.db")
+	o.mf.add(cmd.PersistentFlags())
 	cmd.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	cmd.AddCommand(newDeviceAddCmd(g, o), newDeviceListCmd(g, o), newDeviceShowCmd(g, o),
 		newDeviceRevokeCmd(g, o), newDeviceRmCmd(g, o))
 	return cmd
 }
 
-// withStore validates the shared flags, opens the registry and runs fn.
+// deviceBackend is where device commands act: a local registry file or a
+// master's API. Both answer with the API's shapes, so output is identical.
+type deviceBackend interface {
+	add(ctx context.Context, name string, key ssh.PublicKey, forwards []string, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error)
+	list(ctx context.Context) ([]wire.Device, error)
+	show(ctx context.Context, name string) (wire.Device, error)
+	revoke(ctx context.Context, name string) (wire.Device, error)
+	remove(ctx context.Context, name string) error
+}
+
+// remote reports whether the commands go to a master: --master, or
+// $MAS4H_MASTER unless --db is given (a flag beats the environment).
+func (o *deviceOpts) remote() (bool, error) {
+	if o.db != "" && o.mf.master != "" {
+		return false, usagef("give --master URL or --db PATH, not both")
+	}
+	if o.db != "" {
+		return false, nil
+	}
+	if o.mf.url() != "" {
+		return true, nil
+	}
+	return false, usagef("no registry given: pass --master URL with --token-file FILE (or set MAS4H_MASTER and MAS4H_TOKEN_FILE), or --db PATH for a local registry file")
+}
+
+// withBackend validates the shared flags, opens the backend and runs fn.
 // Only "add" may create a new registry file; the others refuse a missing one
 // rather than answer from an empty file created by a typo.
-func (o *deviceOpts) withStore(ctx context.Context, create bool, fn func(*registry.Store, outputFormat) error) error {
+func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(deviceBackend, outputFormat) error) error {
 	format, err := parseOutput(o.output)
 	if err != nil {
 		return err
 	}
-	if o.db == "" {
-		return usagef("no registry given: pass --db PATH (a local registry file)")
+	remote, err := o.remote()
+	if err != nil {
+		return err
+	}
+	if remote {
+		c, err := o.mf.client()
+		if err != nil {
+			return err
+		}
+		return fn(masterBackend{c}, format)
 	}
 	if _, err := os.Stat(o.db); !create && errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("registry %s does not exist (enrol a device with 'mas4h device add' to create it)", o.db)
@@ -55,7 +97,55 @@ func (o *deviceOpts) withStore(ctx context.Context, create bool, fn func(*regist
 		return err
 	}
 	defer st.Close()
-	return fn(st, format)
+	return fn(localBackend{st}, format)
+}
+
+type localBackend struct{ st *registry.Store }
+
+func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, _ []string, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error) {
+	d, err := b.st.AddDevice(ctx, name, key, specs, pr)
+	return d.Wire(), err
+}
+
+func (b localBackend) list(ctx context.Context) ([]wire.Device, error) {
+	devs, err := b.st.Devices(ctx)
+	out := make([]wire.Device, len(devs))
+	for i, d := range devs {
+		out[i] = d.Wire()
+	}
+	return out, err
+}
+
+func (b localBackend) show(ctx context.Context, name string) (wire.Device, error) {
+	d, err := b.st.Device(ctx, name)
+	return d.Wire(), err
+}
+
+func (b localBackend) revoke(ctx context.Context, name string) (wire.Device, error) {
+	d, err := b.st.Revoke(ctx, name)
+	return d.Wire(), err
+}
+
+func (b localBackend) remove(ctx context.Context, name string) error { return b.st.Remove(ctx, name) }
+
+type masterBackend struct{ c *apiclient.Client }
+
+func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, forwards []string, _ []registry.ForwardSpec, _ registry.PortRange) (wire.Device, error) {
+	return b.c.AddDevice(ctx, wire.AddDeviceRequest{Name: name, PublicKey: registry.AuthorizedKey(key), Forwards: forwards})
+}
+
+func (b masterBackend) list(ctx context.Context) ([]wire.Device, error) { return b.c.Devices(ctx) }
+
+func (b masterBackend) show(ctx context.Context, name string) (wire.Device, error) {
+	return b.c.Device(ctx, name)
+}
+
+func (b masterBackend) revoke(ctx context.Context, name string) (wire.Device, error) {
+	return b.c.RevokeDevice(ctx, name)
+}
+
+func (b masterBackend) remove(ctx context.Context, name string) error {
+	return b.c.RemoveDevice(ctx, name)
 }
 
 func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
@@ -64,7 +154,8 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "add NAME --key FILE|- [--forward NAME=HOST:PORT[,probe=SPEC]]...",
 		Short: "Enrol a device with its public key and lease its ports",
-		Example: `  mas4h device add pi-kitchen --key pi-kitchen.pub --db /var/lib/mas4h/registry.db
+		Example: `  mas4h device add pi-kitchen --key pi-kitchen.pub --master http://127.0.0.1:8080 --token-file admin.token
+  mas4h device add pi-kitchen --key pi-kitchen.pub --db /var/lib/mas4h/registry.db
   mas4h device add nas --key - --forward ssh=localhost:22 --forward web=192.168.1.10:80 --db reg.db < nas.pub`,
 		Args: exactArgs(1, "one device NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -78,6 +169,16 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 			pr, err := registry.ParsePortRange(portRange)
 			if err != nil {
 				return usageError{err}
+			}
+			remote, err := o.remote()
+			if err != nil {
+				return err
+			}
+			if remote && cmd.Flags().Changed("port-range") {
+				return usagef("--port-range applies to --db only; a master leases from its own --port-range")
+			}
+			if !remote {
+				warnEphemeralOverlap(g.stderr, pr)
 			}
 			specs := make([]registry.ForwardSpec, 0, len(forwards))
 			for _, f := range forwards {
@@ -95,8 +196,8 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("key %s: %w", keyFile, err)
 			}
-			return o.withStore(cmd.Context(), true, func(st *registry.Store, f outputFormat) error {
-				dev, err := st.AddDevice(cmd.Context(), name, key, specs, pr)
+			return o.withBackend(cmd.Context(), true, func(b deviceBackend, f outputFormat) error {
+				dev, err := b.add(cmd.Context(), name, key, forwards, specs, pr)
 				if err != nil {
 					return err
 				}
@@ -106,7 +207,7 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&keyFile, "key", "", "the device's public key file, or - to read it from stdin")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "a forward NAME=HOST:PORT[,probe=SPEC] (repeatable; default ssh=localhost:22)")
-	cmd.Flags().StringVar(&portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from")
+	cmd.Flags().StringVar(&portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from (--db only)")
 	return cmd
 }
 
@@ -141,14 +242,14 @@ func newDeviceListCmd(g *globals, o *deviceOpts) *cobra.Command {
 		Short: "List enrolled devices",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
-				devs, err := st.Devices(cmd.Context())
+			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
+				devs, err := b.list(cmd.Context())
 				if err != nil {
 					return err
 				}
 				if f == "json" {
 					if devs == nil {
-						devs = []registry.Device{}
+						devs = []wire.Device{}
 					}
 					return writeJSON(g.stdout, devs)
 				}
@@ -168,8 +269,8 @@ func newDeviceShowCmd(g *globals, o *deviceOpts) *cobra.Command {
 		Short: "Show one device",
 		Args:  exactArgs(1, "one device NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
-				dev, err := st.Device(cmd.Context(), args[0])
+			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
+				dev, err := b.show(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
@@ -184,12 +285,13 @@ func newDeviceRevokeCmd(g *globals, o *deviceOpts) *cobra.Command {
 		Use:   "revoke NAME",
 		Short: "Refuse the device's next authentication and end its live sessions",
 		Long: `Revoke a device: its key is refused from now on and slaves end its live
-sessions (a slave following this registry does so within 2 s). The device and
+sessions (a slave following this registry does so within 2 s; a slave under a
+master within one heartbeat). The device and
 its port leases stay in the registry; "rm" deletes them.`,
 		Args: exactArgs(1, "one device NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
-				dev, err := st.Revoke(cmd.Context(), args[0])
+			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
+				dev, err := b.revoke(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
@@ -205,12 +307,12 @@ func newDeviceRmCmd(g *globals, o *deviceOpts) *cobra.Command {
 		Short: "Remove a device and free its ports",
 		Args:  exactArgs(1, "one device NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withStore(cmd.Context(), false, func(st *registry.Store, f outputFormat) error {
-				if err := st.Remove(cmd.Context(), args[0]); err != nil {
+			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
+				if err := b.remove(cmd.Context(), args[0]); err != nil {
 					return err
 				}
 				if f == "json" {
-					return writeJSON(g.stdout, map[string]string{"removed": args[0]})
+					return writeJSON(g.stdout, wire.Removed{Removed: args[0]})
 				}
 				fmt.Fprintf(g.stdout, "removed %s\n", args[0])
 				return nil
@@ -219,7 +321,7 @@ func newDeviceRmCmd(g *globals, o *deviceOpts) *cobra.Command {
 	}
 }
 
-func printDevice(w io.Writer, d registry.Device, f outputFormat) error {
+func printDevice(w io.Writer, d wire.Device, f outputFormat) error {
 	if f == "json" {
 		return writeJSON(w, d)
 	}
@@ -239,7 +341,7 @@ func printDevice(w io.Writer, d registry.Device, f outputFormat) error {
 	return writeTable(w, rows)
 }
 
-func forwardsSummary(fs []registry.Forward) string {
+func forwardsSummary(fs []wire.Forward) string {
 	parts := make([]string, 0, len(fs))
 	for _, f := range fs {
 		parts = append(parts, f.Name+":"+strconv.Itoa(f.RemotePort))

@@ -237,6 +237,7 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 // slaveProc is a running `mas4h slave` daemon.
 type slaveProc struct {
 	e        *env
+	host     string   // listen address (default 127.0.0.1)
 	mode     []string // --db PATH, or --master URL --token-file F
 	name     string
 	stateDir string
@@ -282,8 +283,12 @@ func (sp *slaveProc) start() {
 	t := sp.e.t
 	t.Helper()
 	sp.log = &syncBuffer{}
+	host := sp.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
 	args := append([]string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
-		"--ssh-listen", fmt.Sprintf("127.0.0.1:%d", sp.port), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
+		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
 	sp.cmd = exec.Command(testBin, args...)
 	sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log
 	if err := sp.cmd.Start(); err != nil {
@@ -460,8 +465,10 @@ type echoServer struct {
 
 const echoBanner = "SSH-2.0-mas4h-echo\r\n"
 
-func startEcho(t *testing.T) *echoServer {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func startEcho(t *testing.T) *echoServer { return startEchoOn(t, "127.0.0.1") }
+
+func startEchoOn(t *testing.T, host string) *echoServer {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

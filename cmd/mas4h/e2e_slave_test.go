@@ -16,7 +16,9 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-func fwd(es *echoServer) string { return fmt.Sprintf("ssh=localhost:%d", es.port) }
+// fwd is a forward to the echo server, probed like an SSH server (it greets
+// with an SSH banner); a target port other than 22 has no default probe.
+func fwd(es *echoServer) string { return fmt.Sprintf("ssh=localhost:%d,probe=ssh-banner", es.port) }
 
 func TestTunnelComesUpAndCarriesBytes(t *testing.T) {
 	e := newEnv(t)
@@ -435,4 +437,41 @@ func runAs(t *testing.T, bin string, args ...string) (string, string, int) {
 	t.Helper()
 	cmdArgs := append([]string{"--reuid=" + e2eTunnelUser, "--regid=" + e2eTunnelUser, "--init-groups", bin}, args...)
 	return newCmd("setpriv", cmdArgs...)()
+}
+
+// A daemon restarted with a changed configuration adopts the running sshd and
+// reloads it (same pid, SIGHUP): the new listen port works and the live
+// tunnel is untouched.
+func TestRestartWithNewConfigReloadsSSHD(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	dev, k := e.enrol("pi-reload", "--forward", fwd(es))
+	sp := e.startSlave("s1")
+	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
+	if !waitListen(t, port(dev), c, 10*time.Second) {
+		t.Fatalf("tunnel did not come up: %s", c.stderr)
+	}
+	pid := sp.sshdPid()
+	sp.kill9()
+	oldPort := sp.port
+	sp.port = freePort(t)
+	sp.start()
+	if !strings.Contains(sp.log.String(), "reloaded its new config") {
+		t.Fatalf("no reload logged:\n%s", sp.log)
+	}
+	if sp.sshdPid() != pid {
+		t.Fatalf("sshd pid changed %d -> %d (restarted instead of reloaded)", pid, sp.sshdPid())
+	}
+	if dialOK(oldPort) {
+		t.Errorf("old listen port %d still accepts", oldPort)
+	}
+	if err := roundTrip(port(dev)); err != nil {
+		t.Fatalf("tunnel lost in the reload: %v", err)
+	}
+	dev2, k2 := e.enrol("pi-reload-2", "--forward", fwd(es))
+	time.Sleep(700 * time.Millisecond)
+	c2 := e.tunnel(k2, sp, fmt.Sprintf("%d:localhost:%d", port(dev2), es.port))
+	if !waitListen(t, port(dev2), c2, 10*time.Second) {
+		t.Fatalf("new device on the new port: %s", c2.stderr)
+	}
 }

@@ -84,6 +84,8 @@ its leased ports on the slave's loopback and nothing else.`,
 		newDeviceCmd(g),
 		newSlaveCmd(g),
 		newAuthkeysCmd(g),
+		newMasterCmd(g), newStatusCmd(g),
+		newTunnelsCmd(g),
 	)
 	return root
 }

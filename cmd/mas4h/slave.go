@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,15 @@ import (
 type slaveOpts struct {
 	name       string
 	db         string
+	master     string
+	tokenFile  string
+	publicHost string
+	capacity   int
+	probe      struct {
+		interval, timeout time.Duration
+		failures          int
+		newestWins        string
+	}
 	stateDir   string
 	sshListen  string
 	tunnelUser string
@@ -23,7 +33,7 @@ type slaveOpts struct {
 func newSlaveCmd(g *globals) *cobra.Command {
 	o := &slaveOpts{}
 	cmd := &cobra.Command{
-		Use:   "slave --name NAME --db PATH [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
+		Use:   "slave --name NAME (--master URL --token-file F | --db PATH) [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
 		Short: "Run a slave: a dedicated, locked-down sshd for device tunnels",
 		Long: `Run one bouncer. The slave creates the tunnel user if missing, keeps host keys
 and a generated sshd_config in its state dir, runs the system's OpenSSH sshd as
@@ -31,33 +41,62 @@ the tunnel user (detached: stopping or restarting this daemon drops no tunnel,
 and the next start adopts it), answers sshd's AuthorizedKeysCommand, restarts
 sshd if it dies, and ends the sessions of revoked devices.
 
-Standalone mode reads devices from a local registry file (--db).`,
-		Example: `  mas4h slave --name s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222`,
-		Args:    exactArgs(0, "no arguments"),
+Under a master (--master, with the slave token in --token-file) the slave
+heartbeats its load, host keys and live tunnels, validates unknown keys with
+the master, caches positive answers (refreshed before they expire), keeps
+serving cached devices while the master is down, and ends the sessions of
+devices the master revokes. Standalone (--db) it reads devices from a local
+registry file.`,
+		Example: `  mas4h slave --name s1 --master https://master:8080 --token-file /etc/mas4h/slave.token --public-host s1.example.net
+  mas4h slave --name s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := o.config()
 			if err != nil {
 				return err
 			}
-			if _, err := os.Stat(o.db); err != nil {
-				return fmt.Errorf("registry %s: %w (enrol a device with 'mas4h device add --db %s' first)", o.db, err, o.db)
-			}
 			log := g.logger()
-			st, err := registry.Open(cmd.Context(), o.db)
-			if err != nil {
-				return err
+			var src sshd.Source
+			var master *sshd.MasterSource
+			if o.master != "" {
+				api, err := newSlaveMasterAPI(o.master, o.tokenFile)
+				if err != nil {
+					return err
+				}
+				master = &sshd.MasterSource{API: api, Slave: o.name, Log: log.With("component", "master", "master", o.master)}
+				src = master
+			} else {
+				if _, err := os.Stat(o.db); err != nil {
+					return fmt.Errorf("registry %s: %w (enrol a device with 'mas4h device add --db %s' first)", o.db, err, o.db)
+				}
+				st, err := registry.Open(cmd.Context(), o.db)
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				src = &sshd.LocalSource{Store: st, Log: log.With("component", "registry")}
 			}
-			defer st.Close()
-			slave, err := sshd.NewSlave(cfg, &sshd.LocalSource{Store: st, Log: log.With("component", "registry")}, log)
+			slave, err := sshd.NewSlave(cfg, src, log)
 			if err != nil {
 				return usageError{err}
+			}
+			if master != nil {
+				master.Status = slave.Heartbeat
 			}
 			return slave.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "this slave's name (required; [a-z0-9][a-z0-9._-]*)")
-	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode)")
+	f.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080 (or MAS4H_MASTER)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the master's slave token (or MAS4H_TOKEN_FILE)")
+	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
+	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
+	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
+	f.DurationVar(&o.probe.interval, "probe-interval", sshd.DefaultProbeInterval, "how often every forwarded port is probed")
+	f.IntVar(&o.probe.failures, "probe-failures", sshd.DefaultProbeFailures, "consecutive failed probes before a session is reaped")
+	f.DurationVar(&o.probe.timeout, "probe-timeout", sshd.DefaultProbeTimeout, "time one probe may take")
+	f.StringVar(&o.probe.newestWins, "newest-wins", sshd.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
@@ -72,8 +111,33 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if err := registry.ValidateDeviceName(o.name); err != nil {
 		return sshd.SlaveConfig{}, usagef("--name: %v", err)
 	}
-	if o.db == "" {
-		return sshd.SlaveConfig{}, usagef("--db is required (the registry to serve devices from)")
+	if o.master == "" {
+		o.master = os.Getenv("MAS4H_MASTER")
+	}
+	if o.tokenFile == "" {
+		o.tokenFile = os.Getenv("MAS4H_TOKEN_FILE")
+	}
+	switch {
+	case o.master != "" && o.db != "":
+		return sshd.SlaveConfig{}, usagef("give either --master (with --token-file) or --db, not both")
+	case o.master == "" && o.db == "":
+		return sshd.SlaveConfig{}, usagef("give --master URL --token-file F (under a master) or --db PATH (standalone)")
+	case o.master != "" && o.tokenFile == "":
+		return sshd.SlaveConfig{}, usagef("--master needs --token-file (the slave token file the master created)")
+	}
+	if o.capacity < 1 {
+		return sshd.SlaveConfig{}, usagef("--capacity must be at least 1")
+	}
+	if o.probe.interval < 100*time.Millisecond || o.probe.timeout < 10*time.Millisecond || o.probe.failures < 1 {
+		return sshd.SlaveConfig{}, usagef("--probe-interval must be at least 100ms, --probe-timeout at least 10ms, --probe-failures at least 1")
+	}
+	if o.probe.timeout >= o.probe.interval {
+		return sshd.SlaveConfig{}, usagef("--probe-timeout (%s) must be shorter than --probe-interval (%s)", o.probe.timeout, o.probe.interval)
+	}
+	switch o.probe.newestWins {
+	case sshd.NewestWinsStale, sshd.NewestWinsAlways, sshd.NewestWinsOff:
+	default:
+		return sshd.SlaveConfig{}, usagef("--newest-wins must be stale, always or off, not %q", o.probe.newestWins)
 	}
 	dir := o.stateDir
 	if dir == "" {
@@ -90,5 +154,12 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		TunnelUser: o.tunnelUser,
 		SSHDPath:   o.sshdPath,
 		ProcRoot:   "/proc",
+		PublicHost: o.publicHost,
+		Capacity:   o.capacity,
+
+		ProbeInterval: o.probe.interval,
+		ProbeFailures: o.probe.failures,
+		ProbeTimeout:  o.probe.timeout,
+		NewestWins:    o.probe.newestWins,
 	}, nil
 }

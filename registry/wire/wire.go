@@ -165,6 +165,7 @@ type HeartbeatReply struct {
 type ValidateRequest struct {
 	PublicKey   string `json:"public_key,omitempty"`
 	Fingerprint string `json:"fingerprint,omitempty"`
+	Slave       string `json:"slave,omitempty"` // who asks, for the event log (optional)
 }
 
 // Validation is the positive answer to POST /validate (403 otherwise).
@@ -175,4 +176,14 @@ type Validation struct {
 	Status      string    `json:"status"`
 	Forwards    []Forward `json:"forwards"`
 	TTLSeconds  int       `json:"ttl_seconds"`
+}
+
+// Removed is the answer to DELETE /devices/{name}.
+type Removed struct {
+	Removed string `json:"removed"`
+}
+
+// Health is GET /healthz.
+type Health struct {
+	Status string `json:"status"`
 }

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// masterProc is a running `mas4h master`.
+type masterProc struct {
+	e          *env
+	url        string
+	db         string
+	adminToken string // file
+	slaveToken string // file
+	extra      []string
+	cmd        *exec.Cmd
+	log        *syncBuffer
+	done       chan struct{}
+}
+
+const e2eHeartbeat = time.Second
+
+func (e *env) startMaster(extra ...string) *masterProc {
+	e.t.Helper()
+	m := &masterProc{e: e, url: fmt.Sprintf("http://127.0.0.1:%d", freePort(e.t)),
+		db: filepath.Join(e.dir, "master.db"), adminToken: filepath.Join(e.dir, "admin.token"),
+		slaveToken: filepath.Join(e.dir, "slave.token"), extra: extra}
+	m.start()
+	e.t.Cleanup(m.stop)
+	return m
+}
+
+func (m *masterProc) start() {
+	t := m.e.t
+	t.Helper()
+	m.log = &syncBuffer{}
+	args := append([]string{"master", "--listen", strings.TrimPrefix(m.url, "http://"), "--db", m.db,
+		"--admin-token-file", m.adminToken, "--slave-token-file", m.slaveToken,
+		"--port-range", fmt.Sprintf("%d-%d", m.e.portLo, m.e.portLo+19),
+		"--heartbeat-interval", e2eHeartbeat.String(), "--slot-rate", "1000", "--slot-burst", "1000"}, m.extra...)
+	m.cmd = exec.Command(testBin, args...)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m.done = make(chan struct{})
+	go func() { m.cmd.Wait(); close(m.done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-m.done:
+			t.Fatalf("master exited at start:\n%s", m.log)
+		default:
+		}
+		if resp, err := http.Get(m.url + "/api/v1/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("master did not come up:\n%s", m.log)
+}
+
+func (m *masterProc) kill9() {
+	m.cmd.Process.Signal(syscall.SIGKILL)
+	<-m.done
+}
+
+func (m *masterProc) stop() {
+	select {
+	case <-m.done:
+	default:
+		m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-m.done:
+		case <-time.After(5 * time.Second):
+			m.cmd.Process.Kill()
+			<-m.done
+		}
+	}
+	if m.e.t.Failed() {
+		m.e.t.Logf("master log:\n%s", m.log)
+	}
+}
+
+// startSlave starts a slave under this master.
+func (m *masterProc) startSlave(name string) *slaveProc {
+	return m.e.startSlaveWith(name, "--master", m.url, "--token-file", m.slaveToken, "--public-host", "127.0.0.1")
+}
+
+// admin runs a mas4h admin command against this master.
+func (m *masterProc) admin(args ...string) (string, string, int) {
+	m.e.t.Helper()
+	return m.e.mas4h("", append(args, "--master", m.url, "--token-file", m.adminToken)...)
+}
+
+// enrol adds a device through the master's API and returns its key.
+func (m *masterProc) enrol(name string, forwards ...string) (wire.Device, deviceKey) {
+	m.e.t.Helper()
+	k := m.e.newKey(name)
+	args := []string{"device", "add", name, "--key", k.public, "-o", "json"}
+	for _, f := range forwards {
+		args = append(args, "--forward", f)
+	}
+	out, stderr, code := m.admin(args...)
+	if code != 0 {
+		m.e.t.Fatalf("device add %s through the master: exit %d: %s", name, code, stderr)
+	}
+	var dev wire.Device
+	if err := json.Unmarshal([]byte(out), &dev); err != nil {
+		m.e.t.Fatalf("device add output: %v: %s", err, out)
+	}
+	return dev, k
+}
+
+// slot asks for a slot as a device would (no token), returning the status.
+func (m *masterProc) slot(k deviceKey) (wire.Slot, int, string) {
+	m.e.t.Helper()
+	pub := strings.TrimSpace(string(bytes.TrimSpace(mustRead(m.e.t, k.public))))
+	body, _ := json.Marshal(wire.SlotRequest{PublicKey: pub})
+	resp, err := http.Post(m.url+"/api/v1/slots", "application/json", bytes.NewReader(body))
+	if err != nil {
+		m.e.t.Fatalf("slot request: %v", err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	var s wire.Slot
+	if resp.StatusCode == 200 {
+		if err := json.Unmarshal(buf.Bytes(), &s); err != nil {
+			m.e.t.Fatalf("slot reply: %v: %s", err, buf.String())
+		}
+	}
+	return s, resp.StatusCode, buf.String()
+}
+
+// status returns the master's status through the CLI's JSON output.
+func (m *masterProc) status() wire.Status {
+	m.e.t.Helper()
+	out, stderr, code := m.admin("status", "-o", "json")
+	if code != 0 {
+		m.e.t.Fatalf("status: exit %d: %s", code, stderr)
+	}
+	var st wire.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		m.e.t.Fatalf("status output: %v: %s", err, out)
+	}
+	return st
+}
+
+// tunnelTo opens the device's tunnel on the slave its slot names.
+func (e *env) tunnelTo(k deviceKey, s wire.Slot, targetPort int) *client {
+	e.t.Helper()
+	args := []string{"-N"}
+	for _, f := range s.Forwards {
+		args = append(args, "-R", fmt.Sprintf("%d:localhost:%d", f.RemotePort, targetPort))
+	}
+	args = append(args, s.User+"@"+s.Host)
+	return e.startClient("ssh", sshArgs(k, s.Port, args...)...)
+}

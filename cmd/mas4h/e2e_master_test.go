@@ -1,0 +1,310 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// Ten devices asking in turn are spread over two equal slaves, each tunnel
+// comes up on the slave it was given; when one slave stops heartbeating, new
+// slots all go to the other after three intervals.
+func TestMasterSpreadsDevicesAndFailsOver(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster()
+	s1, s2 := m.startSlave("s1"), m.startSlave("s2")
+	bySlave := map[string]*slaveProc{"s1": s1, "s2": s2}
+	waitSlavesAlive(t, m, 2)
+
+	count := map[string]int{}
+	var keys []deviceKey
+	for i := 0; i < 10; i++ {
+		_, k := m.enrol(fmt.Sprintf("dev-%02d", i), fwd(es))
+		keys = append(keys, k)
+		slot, code, body := m.slot(k)
+		if code != 200 {
+			t.Fatalf("slot for dev-%02d: %d %s", i, code, body)
+		}
+		count[slot.Slave]++
+		sp := bySlave[slot.Slave]
+		if sp == nil || slot.Port != sp.port || slot.Host != "127.0.0.1" || slot.User != e2eTunnelUser || len(slot.HostKeys) == 0 {
+			t.Fatalf("slot names an unexpected slave: %+v", slot)
+		}
+		c := e.tunnelTo(k, slot, es.port)
+		p := slot.Forwards[0].RemotePort
+		if !waitListen(t, p, c, 10*time.Second) {
+			t.Fatalf("dev-%02d tunnel on %s did not come up: %s", i, slot.Slave, c.stderr)
+		}
+		if err := roundTrip(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if count["s1"] != 5 || count["s2"] != 5 {
+		t.Fatalf("spread %v, want 5/5", count)
+	}
+
+	s1.kill9() // heartbeats stop; its sshd and tunnels stay
+	time.Sleep(3*e2eHeartbeat + 1500*time.Millisecond)
+	for i := 0; i < 4; i++ {
+		slot, code, body := m.slot(keys[i])
+		if code != 200 || slot.Slave != "s2" {
+			t.Fatalf("after s1 went silent, slot %d: %d %s", i, code, body)
+		}
+	}
+	st := m.status()
+	for _, s := range st.Slaves {
+		if s.Name == "s1" && s.Alive {
+			t.Errorf("status still shows s1 alive: %+v", s)
+		}
+	}
+}
+
+func waitSlavesAlive(t *testing.T, m *masterProc, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		alive := 0
+		for _, s := range m.status().Slaves {
+			if s.Alive {
+				alive++
+			}
+		}
+		if alive >= n {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("fewer than %d slaves alive after 10 s", n)
+}
+
+func waitTunnelCount(t *testing.T, m *masterProc, n int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		if st := m.status(); tunnelsIn(st) == n {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("status does not list %d tunnels after %s: %+v", n, within, m.status())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tunnelsIn(st wire.Status) int {
+	n := 0
+	for _, s := range st.Slaves {
+		if s.Alive {
+			n += s.Tunnels
+		}
+	}
+	return n
+}
+
+func TestMasterKill9DropsNoTunnel(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster()
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	var ports []int
+	for i := 0; i < 3; i++ {
+		_, k := m.enrol(fmt.Sprintf("dev-%d", i), fwd(es))
+		slot, code, body := m.slot(k)
+		if code != 200 {
+			t.Fatalf("slot: %d %s", code, body)
+		}
+		c := e.tunnelTo(k, slot, es.port)
+		p := slot.Forwards[0].RemotePort
+		if !waitListen(t, p, c, 10*time.Second) {
+			t.Fatalf("tunnel did not come up: %s", c.stderr)
+		}
+		ports = append(ports, p)
+	}
+	waitTunnelCount(t, m, 3, 5*e2eHeartbeat)
+
+	stop := make(chan struct{})
+	var fails, checks []*atomic.Int64
+	var dones []chan struct{}
+	for _, p := range ports {
+		f, c, d := watchTunnel(p, stop)
+		fails, checks, dones = append(fails, f), append(checks, c), append(dones, d)
+	}
+	m.kill9()
+	time.Sleep(2 * e2eHeartbeat) // slaves find it gone and back off
+	restarted := time.Now()
+	m.start()
+	// Fresh heartbeats, not rows left from before the crash, must list them.
+	for {
+		st := m.status()
+		if len(st.Slaves) == 1 && st.Slaves[0].LastSeen.After(restarted) && tunnelsIn(st) == 3 {
+			break
+		}
+		if time.Since(restarted) > 2*e2eHeartbeat+2*time.Second {
+			t.Fatalf("no fresh heartbeat listing 3 tunnels: %+v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(restarted)
+	t.Logf("status lists the 3 tunnels again %s after the master restarted", took.Round(time.Millisecond))
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	for i := range ports {
+		<-dones[i]
+		if fails[i].Load() != 0 || checks[i].Load() < 10 {
+			t.Errorf("tunnel on %d: %d of %d checks failed", ports[i], fails[i].Load(), checks[i].Load())
+		}
+	}
+}
+
+func TestMasterDownCachedDeviceStillConnects(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster()
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	_, k := m.enrol("cached", fwd(es))
+	slot, code, body := m.slot(k)
+	if code != 200 {
+		t.Fatalf("slot: %d %s", code, body)
+	}
+	c := e.tunnelTo(k, slot, es.port)
+	p := slot.Forwards[0].RemotePort
+	if !waitListen(t, p, c, 10*time.Second) {
+		t.Fatalf("tunnel did not come up: %s", c.stderr)
+	}
+	c.cmd.Process.Kill()
+	<-c.done
+	waitClosed(t, p)
+
+	m.kill9()
+	// The cached device reconnects to its last slave directly.
+	c = e.tunnelTo(k, slot, es.port)
+	if !waitListen(t, p, c, 10*time.Second) {
+		t.Fatalf("cached device refused while the master is down: %s", c.stderr)
+	}
+	// An unknown key is refused.
+	stranger := e.newKey("stranger")
+	strangerSlot := wire.Slot{Host: slot.Host, Port: slot.Port, User: slot.User,
+		Forwards: []wire.Forward{{RemotePort: e.portLo + 19}}}
+	c2 := e.tunnelTo(stranger, strangerSlot, es.port)
+	if code := c2.wait(10 * time.Second); code != 255 {
+		t.Fatalf("unknown key while the master is down: status %d", code)
+	}
+	// Master back: the stranger, once enrolled, connects.
+	m.start()
+	if _, stderr, code := m.admin("device", "add", "stranger", "--key", stranger.public); code != 0 {
+		t.Fatalf("enrol: %s", stderr)
+	}
+	slot2, code, body := m.slot(stranger)
+	if code != 200 {
+		t.Fatalf("slot after enrolment: %d %s", code, body)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c3 := e.tunnelTo(stranger, slot2, es.port)
+		if waitListen(t, slot2.Forwards[0].RemotePort, c3, 5*time.Second) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("enrolled device still refused: %s", c3.stderr)
+		}
+	}
+}
+
+func TestMasterRevokeKillsSession(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster()
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	_, k := m.enrol("pi-revoke", fwd(es))
+	slot, code, body := m.slot(k)
+	if code != 200 {
+		t.Fatalf("slot: %d %s", code, body)
+	}
+	c := e.tunnelTo(k, slot, es.port)
+	p := slot.Forwards[0].RemotePort
+	if !waitListen(t, p, c, 10*time.Second) {
+		t.Fatalf("tunnel did not come up: %s", c.stderr)
+	}
+	start := time.Now()
+	if _, stderr, code := m.admin("device", "revoke", "pi-revoke"); code != 0 {
+		t.Fatal(stderr)
+	}
+	limit := e2eHeartbeat + 2*time.Second + 500*time.Millisecond // one (jittered) heartbeat + 2 s
+	for dialOK(p) || !c.exited() {
+		if time.Since(start) > limit {
+			t.Fatalf("session still up %s after revoke", time.Since(start))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("session gone %s after revoke on the master", time.Since(start).Round(time.Millisecond))
+	if _, code, _ := m.slot(k); code != 403 {
+		t.Fatalf("revoked device got a slot: %d", code)
+	}
+}
+
+func TestExecValidator(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	accepted := e.newKey("accepted")
+	refused := e.newKey("refused")
+	script := filepath.Join(e.dir, "validate.sh")
+	pub := strings.Fields(string(mustRead(t, accepted.public)))[1]
+	body := fmt.Sprintf("#!/bin/sh\nkey=$(cat)\ncase \"$key\" in *%s*) echo '{\"device_key\": \"Sensor-42\"}'; exit 0;; esac\nexit 1\n", pub)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := e.startMaster("--validator", "exec:"+script)
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+
+	slot, code, body2 := m.slot(accepted)
+	if code != 200 {
+		t.Fatalf("accepted key: %d %s", code, body2)
+	}
+	if slot.Device != "sensor-42" {
+		t.Errorf("auto-enrolled as %q, want sensor-42", slot.Device)
+	}
+	c := e.tunnelTo(accepted, slot, es.port)
+	if !waitListen(t, slot.Forwards[0].RemotePort, c, 10*time.Second) {
+		t.Fatalf("auto-enrolled device's tunnel did not come up: %s", c.stderr)
+	}
+	out, _, _ := m.admin("device", "show", "sensor-42", "-o", "json")
+	if !strings.Contains(out, `"status": "active"`) {
+		t.Errorf("device not in the registry: %s", out)
+	}
+	if _, code, _ := m.slot(refused); code != 403 {
+		t.Fatalf("refused key got %d", code)
+	}
+}
+
+func TestExecValidatorThatHangs(t *testing.T) {
+	e := newEnv(t)
+	script := filepath.Join(e.dir, "hang.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nsleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := e.startMaster("--validator", "exec:"+script)
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	k := e.newKey("slow")
+	start := time.Now()
+	_, code, _ := m.slot(k)
+	took := time.Since(start)
+	if code != 403 || took > 4*time.Second {
+		t.Fatalf("hanging validator: status %d after %s, want 403 after ~2 s", code, took)
+	}
+	t.Logf("denied after %s", took.Round(time.Millisecond))
+	// The slave is unaffected: still alive and heartbeating.
+	time.Sleep(2 * e2eHeartbeat)
+	waitSlavesAlive(t, m, 1)
+}

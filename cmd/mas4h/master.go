@@ -1,0 +1,216 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/api"
+	"github.com/mas4h/mas4h/registry/token"
+	"github.com/mas4h/mas4h/registry/validator"
+)
+
+type masterOpts struct {
+	listen         string
+	db             string
+	adminTokenFile string
+	slaveTokenFile string
+	portRange      string
+	validator      string
+	tlsCert        string
+	tlsKey         string
+	interval       time.Duration
+	cacheTTL       time.Duration
+	slotRate       float64
+	slotBurst      int
+}
+
+// masterConfig is what the flags amount to, checked.
+type masterConfig struct {
+	listen         string
+	db             string
+	adminTokenFile string
+	slaveTokenFile string
+	api            api.Config // without Store, Logger and tokens
+}
+
+func newMasterCmd(g *globals) *cobra.Command {
+	o := &masterOpts{}
+	cmd := &cobra.Command{
+		Use:   "master [--listen 127.0.0.1:8080] [--db /var/lib/mas4h/registry.db] [flags]",
+		Short: "Run the master: device registry, slot dispatch and the REST API",
+		Long: `Run the master. It holds the registry (devices, keys, port leases, slaves,
+tunnels, events) in SQLite, answers devices' slot requests with the least busy
+live slave, validates keys for slaves, and serves the REST API under /api/v1.
+
+Admin and slave bearer tokens are read from files (mode 0600); absent files are
+created with fresh random tokens, by default next to the registry as
+admin.token and slave.token. Give the admin token file to 'mas4h device' and
+'mas4h status' (--token-file) and the slave token file to each slave.
+
+Restarting the master drops no tunnel: slaves keep serving their cached devices
+and report again when it is back.`,
+		Example: `  mas4h master --listen 0.0.0.0:8080 --db /var/lib/mas4h/registry.db
+  mas4h master --validator exec:/usr/local/bin/validate-device --tls-cert cert.pem --tls-key key.pem`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			return runMaster(cmd, g, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address the API listens on")
+	f.StringVar(&o.db, "db", "/var/lib/mas4h/registry.db", "registry file (SQLite); its directory is created if missing")
+	f.StringVar(&o.adminTokenFile, "admin-token-file", "", "admin token file (default admin.token next to --db; created if absent)")
+	f.StringVar(&o.slaveTokenFile, "slave-token-file", "", "slave token file (default slave.token next to --db; created if absent)")
+	f.StringVar(&o.portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from")
+	f.StringVar(&o.validator, "validator", "registry", "who accepts keys: registry, exec:/path/to/program, or https://url")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
+	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	f.DurationVar(&o.interval, "heartbeat-interval", api.DefaultHeartbeatInterval, "how often slaves report; 3 missed = dead")
+	f.DurationVar(&o.cacheTTL, "cache-ttl", api.DefaultCacheTTL, "how long slaves may serve a validated device from cache")
+	f.Float64Var(&o.slotRate, "slot-rate", api.DefaultSlotRate, "slot requests per second per source address (0: no limit)")
+	f.IntVar(&o.slotBurst, "slot-burst", api.DefaultSlotBurst, "burst of slot requests per source address")
+	return cmd
+}
+
+func (o *masterOpts) config() (masterConfig, error) {
+	var c masterConfig
+	if o.listen == "" {
+		return c, usagef("--listen must be HOST:PORT")
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return c, usagef("--listen must be HOST:PORT, got %q: %v", o.listen, err)
+	}
+	if o.db == "" {
+		return c, usagef("--db must name the registry file")
+	}
+	db, err := filepath.Abs(o.db)
+	if err != nil {
+		return c, usagef("--db: %v", err)
+	}
+	c.listen, c.db = o.listen, db
+	c.adminTokenFile, c.slaveTokenFile = o.adminTokenFile, o.slaveTokenFile
+	if c.adminTokenFile == "" {
+		c.adminTokenFile = filepath.Join(filepath.Dir(db), "admin.token")
+	}
+	if c.slaveTokenFile == "" {
+		c.slaveTokenFile = filepath.Join(filepath.Dir(db), "slave.token")
+	}
+	if c.adminTokenFile == c.slaveTokenFile {
+		return c, usagef("--admin-token-file and --slave-token-file must be different files")
+	}
+	pr, err := registry.ParsePortRange(o.portRange)
+	if err != nil {
+		return c, usagef("--port-range: %v", err)
+	}
+	v, err := validator.Parse(o.validator, nil)
+	if err != nil {
+		return c, usagef("--validator: %v", err)
+	}
+	if ex, ok := v.(*validator.Exec); ok {
+		fi, err := os.Stat(ex.Path)
+		if err != nil {
+			return c, usagef("--validator: %v", err)
+		}
+		if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+			return c, usagef("--validator: %s is not an executable file", ex.Path)
+		}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return c, usagef("--tls-cert and --tls-key go together")
+	}
+	if o.interval < 100*time.Millisecond {
+		return c, usagef("--heartbeat-interval must be at least 100ms, got %s", o.interval)
+	}
+	if o.cacheTTL < time.Second {
+		return c, usagef("--cache-ttl must be at least 1s, got %s", o.cacheTTL)
+	}
+	if o.slotRate < 0 {
+		return c, usagef("--slot-rate must be 0 (no limit) or more, got %g", o.slotRate)
+	}
+	if o.slotBurst < 1 {
+		return c, usagef("--slot-burst must be at least 1, got %d", o.slotBurst)
+	}
+	rate := o.slotRate
+	if rate == 0 {
+		rate = -1 // api.Config: negative disables the limit
+	}
+	c.api = api.Config{
+		PortRange: pr, Validator: v, HeartbeatInterval: o.interval, CacheTTL: o.cacheTTL,
+		SlotRate: rate, SlotBurst: o.slotBurst, TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey,
+	}
+	return c, nil
+}
+
+func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
+	ctx := cmd.Context()
+	log := g.logger().With("component", "master")
+	if err := os.MkdirAll(filepath.Dir(cfg.db), 0o700); err != nil {
+		return fmt.Errorf("creating the registry's directory: %w", err)
+	}
+	adminTok, err := loadToken(g, "admin", cfg.adminTokenFile)
+	if err != nil {
+		return err
+	}
+	slaveTok, err := loadToken(g, "slave", cfg.slaveTokenFile)
+	if err != nil {
+		return err
+	}
+	if adminTok == slaveTok {
+		return fmt.Errorf("%s and %s hold the same token; the admin and slave tokens must differ", cfg.adminTokenFile, cfg.slaveTokenFile)
+	}
+	st, err := registry.Open(ctx, cfg.db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ac := cfg.api
+	ac.Store, ac.Logger, ac.AdminToken, ac.SlaveToken = st, g.logger(), adminTok, slaveTok
+	srv, err := api.New(ctx, ac)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	warnEphemeralOverlap(g.stderr, ac.PortRange)
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.listen, err)
+	}
+	scheme := "http"
+	if ac.TLSCertFile != "" {
+		scheme = "https"
+	}
+	vname := "registry"
+	if ac.Validator != nil {
+		vname = ac.Validator.String()
+	}
+	log.Info("master listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
+		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval)
+	err = srv.Serve(ctx, ln)
+	log.Info("master stopped")
+	return err
+}
+
+// loadToken reads or creates a token file and tells the operator where it is.
+func loadToken(g *globals, role, path string) (string, error) {
+	tok, created, err := token.LoadOrCreate(path)
+	if err != nil {
+		return "", err
+	}
+	note := ""
+	if created {
+		note = " (created)"
+	}
+	fmt.Fprintf(g.stdout, "%s token file: %s%s\n", role, path, note)
+	return strings.TrimSpace(tok), nil
+}

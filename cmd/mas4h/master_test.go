@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// lockedBuffer is a bytes.Buffer safe to write from a running command while
+// the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// cli runs mas4h in-process as run() does, with its own output buffers.
+func cli(ctx context.Context, stdout, stderr *lockedBuffer, args ...string) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "mas4h: %s\n", err)
+	var ue usageError
+	if errors.As(err, &ue) || isCobraUsage(err) {
+		return exitUsage
+	}
+	return exitFail
+}
+
+func cliRun(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb lockedBuffer
+	code := cli(context.Background(), &out, &errb, args...)
+	return out.String(), errb.String(), code
+}
+
+// startMasterInProcess runs `mas4h master` in this process on a free port.
+func startMasterInProcess(t *testing.T, extra ...string) (url, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb lockedBuffer
+	done := make(chan int, 1)
+	args := append([]string{"master", "--listen", addr, "--db", filepath.Join(dir, "state", "registry.db")}, extra...)
+	go func() { done <- cli(ctx, &out, &errb, args...) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("master exited %d after cancel: %s", code, errb.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("master did not stop on cancel")
+		}
+	})
+	url = "http://" + addr
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case code := <-done:
+			t.Fatalf("master exited %d: %s %s", code, out.String(), errb.String())
+		default:
+		}
+		if resp, err := http.Get(url + "/api/v1/healthz"); err == nil {
+			resp.Body.Close()
+			if !strings.Contains(out.String(), "admin token file: "+filepath.Join(dir, "state", "admin.token")+" (created)") {
+				t.Errorf("master did not print the admin token path: %q", out.String())
+			}
+			return url, dir
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("master did not come up: %s", errb.String())
+	return "", ""
+}
+
+func writePubKey(t *testing.T, dir string) string {
+	t.Helper()
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "device.pub")
+	if err := os.WriteFile(path, ssh.MarshalAuthorizedKey(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDeviceCommandsSameOutputWithMasterAndDB(t *testing.T) {
+	url, dir := startMasterInProcess(t)
+	key := writePubKey(t, dir)
+	remote := []string{"--master", url, "--token-file", filepath.Join(dir, "state", "admin.token")}
+	local := []string{"--db", filepath.Join(dir, "local.db")}
+
+	run := func(mode []string, args ...string) string {
+		t.Helper()
+		out, stderr, code := cliRun(t, append(args, mode...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr)
+		}
+		return out
+	}
+	// Times differ between the two registries; everything else must not.
+	norm := func(s string) string {
+		var lines []string
+		for _, l := range strings.Split(s, "\n") {
+			if strings.Contains(l, "created") || strings.Contains(l, "updated_at") {
+				continue
+			}
+			lines = append(lines, l)
+		}
+		return strings.Join(lines, "\n")
+	}
+	for _, args := range [][]string{
+		{"device", "add", "pi-1", "--key", key, "--forward", "ssh=localhost:22", "--forward", "web=127.0.0.1:80,probe=http"},
+		{"device", "list"},
+		{"device", "list", "-o", "json"},
+		{"device", "show", "pi-1", "-o", "json"},
+		{"device", "revoke", "pi-1"},
+		{"device", "show", "pi-1"},
+		{"device", "rm", "pi-1", "-o", "json"},
+		{"device", "list", "-o", "json"},
+	} {
+		r, l := run(remote, args...), run(local, args...)
+		if norm(r) != norm(l) {
+			t.Errorf("%v: output differs\n--master:\n%s\n--db:\n%s", args, r, l)
+		}
+	}
+
+	// The environment stands in for the flags.
+	t.Setenv("MAS4H_MASTER", url)
+	t.Setenv("MAS4H_TOKEN_FILE", filepath.Join(dir, "state", "admin.token"))
+	if out, stderr, code := cliRun(t, "device", "list", "-o", "json"); code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("device list from the environment: %d %q %s", code, out, stderr)
+	}
+	// --db beats $MAS4H_MASTER.
+	if _, stderr, code := cliRun(t, "device", "list", "--db", filepath.Join(dir, "local.db")); code != 0 {
+		t.Errorf("--db with MAS4H_MASTER set: exit %d: %s", code, stderr)
+	}
+}
+
+func TestDeviceAndStatusUsageErrors(t *testing.T) {
+	t.Setenv("MAS4H_MASTER", "")
+	t.Setenv("MAS4H_TOKEN_FILE", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"device", "list"}, "--master URL"},
+		{[]string{"device", "list", "--db", "x.db", "--master", "http://127.0.0.1:1"}, "not both"},
+		{[]string{"device", "list", "--master", "http://127.0.0.1:1"}, "--token-file"},
+		{[]string{"status"}, "--master URL"},
+		{[]string{"status", "--master", "ftp://x", "--token-file", "x"}, ""},
+		{[]string{"master", "--validator", "http://insecure.example/check"}, "https"},
+		{[]string{"master", "--validator", "exec:/nonexistent/validator"}, "nonexistent"},
+		{[]string{"master", "--tls-cert", "c.pem"}, "go together"},
+		{[]string{"master", "--port-range", "5-1"}, "port range"},
+		{[]string{"master", "--slot-burst", "0"}, "slot-burst"},
+	} {
+		_, stderr, code := cliRun(t, tc.args...)
+		if tc.args[0] == "status" && len(tc.args) > 1 {
+			// A missing token file is an operational error, checked before the URL.
+			if code == 0 {
+				t.Errorf("%v: exit 0", tc.args)
+			}
+			continue
+		}
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 mentioning %q", tc.args, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestStatusCommand(t *testing.T) {
+	url, dir := startMasterInProcess(t, "--heartbeat-interval", "1s")
+	tokenFile := filepath.Join(dir, "state", "admin.token")
+	slaveTok, err := os.ReadFile(filepath.Join(dir, "state", "slave.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, _ := json.Marshal(wire.Heartbeat{Host: "192.0.2.1", Port: 2222, User: "mas4h-tunnel", Capacity: 200,
+		Tunnels: []wire.Tunnel{{Device: "d1", Forward: "ssh", Port: 20000}}})
+	req, _ := http.NewRequest("POST", url+"/api/v1/slaves/s1/heartbeat", bytes.NewReader(hb))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(slaveTok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("heartbeat: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	out, stderr, code := cliRun(t, "status", "--master", url, "--token-file", tokenFile)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, stderr)
+	}
+	for _, want := range []string{"SLAVE", "s1", "192.0.2.1:2222", "yes", "1/200", "0.5%", "s ago", "devices: 0 total"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status table lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = cliRun(t, "status", "-o", "json", "--master", url, "--token-file", tokenFile)
+	var st wire.Status
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Slaves) != 1 || st.Slaves[0].Tunnels != 1 || !st.Slaves[0].Alive {
+		t.Errorf("status -o json: %d %s", code, out)
+	}
+
+	// A dead master: one line, exit 1.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	out, stderr, code = cliRun(t, "status", "--master", dead, "--token-file", tokenFile)
+	if code != exitFail || out != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "master at "+dead+" is unreachable") {
+		t.Errorf("dead master: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+}
+
+func TestMasterRefusesLooseTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	tf := filepath.Join(dir, "admin.token")
+	os.WriteFile(tf, []byte(strings.Repeat("x", 40)), 0o644)
+	os.Chmod(tf, 0o644)
+	_, stderr, code := cliRun(t, "master", "--listen", "127.0.0.1:0", "--db", filepath.Join(dir, "r.db"), "--admin-token-file", tf)
+	if code != exitFail || !strings.Contains(stderr, "chmod 600") {
+		t.Errorf("loose token file: exit %d, %s", code, stderr)
+	}
+	_, stderr, code = cliRun(t, "status", "--master", "http://127.0.0.1:1", "--token-file", tf)
+	if code != exitFail || !strings.Contains(stderr, "chmod 600") {
+		t.Errorf("status with a loose token file: exit %d, %s", code, stderr)
+	}
+}

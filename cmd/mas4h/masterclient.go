@@ -1,0 +1,54 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/mas4h/mas4h/registry/apiclient"
+	"github.com/mas4h/mas4h/registry/token"
+)
+
+// masterFlags are how admin commands find the master and its admin token:
+// --master or MAS4H_MASTER, --token-file or MAS4H_TOKEN_FILE.
+type masterFlags struct {
+	master    string
+	tokenFile string
+}
+
+func (m *masterFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&m.master, "master", "", "master URL, e.g. http://127.0.0.1:8080 (default $MAS4H_MASTER)")
+	fs.StringVar(&m.tokenFile, "token-file", "", "file holding the master's admin token (default $MAS4H_TOKEN_FILE)")
+}
+
+// url is the master's URL from the flag or the environment, "" for none.
+func (m *masterFlags) url() string {
+	if m.master != "" {
+		return m.master
+	}
+	return os.Getenv("MAS4H_MASTER")
+}
+
+// client builds an API client for url() with the admin token.
+func (m *masterFlags) client() (*apiclient.Client, error) {
+	u := m.url()
+	if u == "" {
+		return nil, usagef("no master given: pass --master URL (or set MAS4H_MASTER) and --token-file FILE (or set MAS4H_TOKEN_FILE)")
+	}
+	tf := m.tokenFile
+	if tf == "" {
+		tf = os.Getenv("MAS4H_TOKEN_FILE")
+	}
+	if tf == "" {
+		return nil, usagef("no token file given: pass --token-file FILE (or set MAS4H_TOKEN_FILE), the master's admin token file (admin.token next to its registry)")
+	}
+	tok, err := token.Load(tf)
+	if err != nil {
+		return nil, err
+	}
+	c, err := apiclient.New(u, tok)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return c, nil
+}

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/mas4h/mas4h/registry/apiclient"
+	"github.com/mas4h/mas4h/registry/token"
+	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/sshd"
+)
+
+// slaveMasterAPI adapts the API client to what a slave needs, telling a
+// refusal (403) apart from a master that does not answer.
+type slaveMasterAPI struct{ c *apiclient.Client }
+
+func newSlaveMasterAPI(url, tokenFile string) (sshd.MasterAPI, error) {
+	tok, err := token.Load(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	c, err := apiclient.New(url, tok)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return slaveMasterAPI{c}, nil
+}
+
+func (a slaveMasterAPI) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
+	return a.c.Heartbeat(ctx, slave, hb)
+}
+
+func (a slaveMasterAPI) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {
+	v, err := a.c.Validate(ctx, req)
+	if err != nil && apiclient.StatusOf(err) == http.StatusForbidden {
+		return v, fmt.Errorf("%w: %v", sshd.ErrNotAccepted, err)
+	}
+	return v, err
+}

@@ -1,0 +1,302 @@
+// Package api is the master's REST API (/api/v1, gin): slot dispatch for
+// devices, key validation and heartbeats for slaves, and the admin endpoints
+// for devices, tunnels, events and cluster status. It keeps the registry
+// behind the Store interface and the live view of the slaves in memory.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/validator"
+)
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultCacheTTL          = 5 * time.Minute
+	DefaultSlotRate          = 2.0 // slot requests per second per source address
+	DefaultSlotBurst         = 10
+	// MaxBody caps request bodies; a slot request is well under 4 KiB.
+	MaxBody = 64 << 10
+	// MaxHeartbeatBody caps heartbeats, which list every live tunnel of a
+	// slave (some 200 bytes each), so they get more room than MaxBody.
+	MaxHeartbeatBody = 32 << 20
+)
+
+// Store is the registry as the API needs it. *registry.Store implements it;
+// another engine needs only these methods.
+type Store interface {
+	EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []registry.ForwardSpec, pr registry.PortRange, note string) (registry.Device, error)
+	Device(ctx context.Context, name string) (registry.Device, error)
+	DeviceByFingerprint(ctx context.Context, fp string) (registry.Device, error)
+	Devices(ctx context.Context) ([]registry.Device, error)
+	Revoke(ctx context.Context, name string) (registry.Device, error)
+	Remove(ctx context.Context, name string) error
+	DeviceCounts(ctx context.Context) (total, active, revoked int, err error)
+	OnlineDevices(ctx context.Context) (int, error)
+
+	AddSlaveEvent(ctx context.Context, kind, slave, device, detail string) error
+	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
+
+	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
+	MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error)
+	Slaves(ctx context.Context) ([]registry.Slave, error)
+	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
+	RecordSlots(ctx context.Context, grants []registry.SlotGrant) (int, error)
+	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
+	RevocationSeq(ctx context.Context) (int64, error)
+}
+
+// Config configures a Server. Store, AdminToken and SlaveToken are
+// required; zero values of the rest mean the defaults above.
+type Config struct {
+	Store      Store
+	Logger     *slog.Logger
+	AdminToken string
+	SlaveToken string
+	// PortRange is where devices enrolled through the API (POST /devices,
+	// auto-enrolment) lease their ports. Zero: registry.DefaultPortRange.
+	PortRange registry.PortRange
+	// Validator decides on keys besides the registry; nil: the registry
+	// alone (known and active devices only).
+	Validator validator.Validator
+	// HeartbeatInterval is how often slaves are told to report; a slave
+	// silent for registry.DeadAfter intervals is dead.
+	HeartbeatInterval time.Duration
+	// CacheTTL is how long slaves may serve a validated device from cache.
+	CacheTTL time.Duration
+	// SlotRate and SlotBurst make the per-source-address token bucket of
+	// POST /slots. A negative SlotRate disables the limit.
+	SlotRate  float64
+	SlotBurst int
+	// TLSCertFile and TLSKeyFile make Serve speak HTTPS.
+	TLSCertFile string
+	TLSKeyFile  string
+	// Now is the clock; nil: time.Now. A seam for tests.
+	Now func() time.Time
+}
+
+// Server is the master's HTTP face.
+type Server struct {
+	cfg     Config
+	store   Store
+	log     *slog.Logger
+	now     func() time.Time
+	engine  *gin.Engine
+	admin   [sha256.Size]byte
+	slave   [sha256.Size]byte
+	limiter *ipLimiter
+
+	mu     sync.Mutex
+	slaves map[string]*slaveState
+
+	// Slot grants are written by one goroutine in groups (see recordSlot).
+	writes   chan *slotWrite
+	stop     chan struct{}
+	stopOnce sync.Once
+	writerWG sync.WaitGroup
+}
+
+// New checks cfg and loads the slaves the registry knows, so that a
+// restarted master dispatches to the slaves that were live before it at
+// once, without waiting for their next heartbeat.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("api: no store")
+	}
+	if cfg.AdminToken == "" || cfg.SlaveToken == "" {
+		return nil, errors.New("api: admin and slave tokens are both required")
+	}
+	if cfg.AdminToken == cfg.SlaveToken {
+		return nil, errors.New("api: the admin and slave tokens must differ, or a slave could act as admin")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.PortRange == (registry.PortRange{}) {
+		cfg.PortRange = registry.DefaultPortRange
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.SlotRate == 0 {
+		cfg.SlotRate = DefaultSlotRate
+	}
+	if cfg.SlotBurst <= 0 {
+		cfg.SlotBurst = DefaultSlotBurst
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, errors.New("api: TLS needs both a certificate and a key file")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg:    cfg,
+		store:  cfg.Store,
+		log:    cfg.Logger.With("component", "api"),
+		now:    cfg.Now,
+		admin:  sha256.Sum256([]byte(cfg.AdminToken)),
+		slave:  sha256.Sum256([]byte(cfg.SlaveToken)),
+		slaves: map[string]*slaveState{},
+		writes: make(chan *slotWrite, maxSlotBatch),
+		stop:   make(chan struct{}),
+	}
+	if cfg.SlotRate > 0 {
+		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
+	}
+	known, err := s.store.Slaves(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("api: loading slaves: %w", err)
+	}
+	for _, sl := range known {
+		s.slaves[sl.Name] = newSlaveState(sl)
+	}
+	s.engine = s.routes()
+	s.writerWG.Add(1)
+	go s.slotWriter()
+	return s, nil
+}
+
+// Close stops the server's background writer. Call it after Serve has
+// returned (or, with Handler alone, once no request is in flight).
+func (s *Server) Close() {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.writerWG.Wait()
+}
+
+// maxSlotBatch bounds the grants committed in one transaction.
+const maxSlotBatch = 256
+
+type slotWrite struct {
+	grant registry.SlotGrant
+	done  chan error
+}
+
+// recordSlot records a grant and returns once it is committed. Grants of
+// concurrent requests are committed together: SQLite takes one writer at a
+// time, and a transaction per grant would cap slots per second at commits
+// per second.
+func (s *Server) recordSlot(ctx context.Context, device, slave string) error {
+	w := &slotWrite{grant: registry.SlotGrant{Device: device, Slave: slave}, done: make(chan error, 1)}
+	select {
+	case s.writes <- w:
+	case <-s.stop:
+		return errors.New("server closed")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) slotWriter() {
+	defer s.writerWG.Done()
+	for {
+		var first *slotWrite
+		select {
+		case <-s.stop:
+			return
+		case first = <-s.writes:
+		}
+		batch := []*slotWrite{first}
+	drain:
+		for len(batch) < maxSlotBatch {
+			select {
+			case w := <-s.writes:
+				batch = append(batch, w)
+			default:
+				break drain
+			}
+		}
+		grants := make([]registry.SlotGrant, len(batch))
+		for i, w := range batch {
+			grants[i] = w.grant
+		}
+		_, err := s.store.RecordSlots(context.Background(), grants)
+		for _, w := range batch {
+			w.done <- err
+		}
+	}
+}
+
+// Handler is the API as an http.Handler, for Serve and for httptest.
+func (s *Server) Handler() http.Handler { return s.engine }
+
+// Serve answers on ln until ctx is cancelled, then shuts down gracefully:
+// requests in flight get up to 10 s to finish. It also runs the loop that
+// marks silent slaves dead. Cancellation is not an error.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.engine,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.livenessLoop(loopCtx)
+	}()
+	shutdownErr := make(chan error, 1)
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		shutdownErr <- srv.Shutdown(sctx)
+	}()
+	var err error
+	if s.cfg.TLSCertFile != "" {
+		err = srv.ServeTLS(ln, s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	} else {
+		err = srv.Serve(ln)
+	}
+	stopLoop()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		if err := <-shutdownErr; err != nil {
+			return fmt.Errorf("shutting down the API server: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("serving the API: %w", err)
+}
+
+// livenessLoop marks slaves dead once per heartbeat interval.
+func (s *Server) livenessLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.checkSlaves(ctx)
+		}
+	}
+}

@@ -1,0 +1,51 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// BenchmarkSlot measures POST /slots through the handler (no network, no
+// rate limit) against a registry of 10,000 devices and 10 live slaves.
+func BenchmarkSlot(b *testing.B) {
+	e := newEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) })
+	ctx := context.Background()
+	const devices = 10000 // enrolling them takes about a minute
+	bodies := make([][]byte, devices)
+	for i := range devices {
+		k, ak := newKey(b)
+		if _, err := e.store.AddDevice(ctx, fmt.Sprintf("d%05d", i), k, nil, registry.DefaultPortRange); err != nil {
+			b.Fatal(err)
+		}
+		bodies[i], _ = json.Marshal(wire.SlotRequest{PublicKey: ak})
+	}
+	for i := range 10 {
+		e.beat(fmt.Sprintf("s%d", i), heartbeatOf(2000))
+	}
+	h := e.srv.Handler()
+	b.SetParallelism(32) // many devices at once, as in a reconnect storm
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			req := httptest.NewRequest(http.MethodPost, wire.APIPrefix+"/slots", bytes.NewReader(bodies[i%devices]))
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				b.Errorf("slot = %d %s", w.Code, w.Body)
+				return
+			}
+			i += 7
+		}
+	})
+}

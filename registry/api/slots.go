@@ -1,0 +1,301 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/validator"
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// notAccepted is what devices hear for unknown and revoked keys alike: a
+// stranger learns nothing about which keys exist.
+const notAccepted = "key not accepted"
+
+// denial is a refused key, with the reason kept for the event log only.
+type denial struct {
+	device string // the device's name when the key is enrolled
+	reason string
+}
+
+func (d *denial) Error() string { return d.reason }
+
+// admit decides whether key may connect and returns its device, enrolling
+// it when the validator vouches for a key the registry does not know. A
+// device revoked in the registry stays refused whatever the validator says.
+// Refusals are *denial; other errors are the master's own trouble.
+func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
+	fp := registry.Fingerprint(key)
+	dev, err := s.store.DeviceByFingerprint(ctx, fp)
+	known := err == nil
+	if err != nil && !errors.Is(err, registry.ErrNotFound) {
+		return registry.Device{}, err
+	}
+	if known && dev.Status != registry.StatusActive {
+		return registry.Device{}, &denial{dev.Name, fmt.Sprintf("device %s is %s", dev.Name, dev.Status)}
+	}
+	v := s.cfg.Validator
+	if v == nil {
+		if !known {
+			return registry.Device{}, &denial{"", "key " + fp + " is not enrolled"}
+		}
+		return dev, nil
+	}
+	deviceKey, _, err := v.Validate(ctx, key)
+	if err != nil {
+		if errors.Is(err, validator.ErrDenied) {
+			return registry.Device{}, &denial{dev.Name, fmt.Sprintf("key %s: %v", fp, err)}
+		}
+		return registry.Device{}, err
+	}
+	if known {
+		return dev, nil
+	}
+	name, err := validator.DeviceName(deviceKey)
+	if err != nil {
+		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s, but %v", fp, v, err)}
+	}
+	dev, err = s.store.EnrolDevice(ctx, name, key, nil, s.cfg.PortRange, "auto-enrolled by "+v.String())
+	switch {
+	case err == nil:
+		s.log.Info("device auto-enrolled", "device", name, "fingerprint", fp, "validator", v.String())
+		return dev, nil
+	case errors.Is(err, registry.ErrDuplicateKey):
+		// Enrolled by a concurrent request for the same key.
+		return s.store.DeviceByFingerprint(ctx, fp)
+	case errors.Is(err, registry.ErrExists):
+		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s as %q, but device %s already has another key", fp, v, deviceKey, name)}
+	case errors.Is(err, registry.ErrRangeFull):
+		s.log.Error("cannot auto-enrol: port range full", "device", name, "err", err)
+		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s, but enrolling it failed: %v", fp, v, err)}
+	default:
+		return registry.Device{}, err
+	}
+}
+
+// deny logs a refusal in the event log.
+func (s *Server) deny(ctx context.Context, slave string, d *denial, what string) {
+	s.log.Info("key refused", "device", d.device, "slave", slave, "for", what, "reason", d.reason)
+	if err := s.store.AddSlaveEvent(ctx, registry.EventDeny, slave, d.device, what+" refused: "+d.reason); err != nil {
+		s.log.Error("writing deny event", "err", err)
+	}
+}
+
+// slotFormat reads ?format=: json (the default) or env.
+func slotFormat(c *gin.Context) (env bool, ok bool) {
+	switch f := c.Query("format"); f {
+	case "", "json":
+		return false, true
+	case "env":
+		return true, true
+	default:
+		fail(c, http.StatusBadRequest, fmt.Sprintf("format must be json or env, not %q", trunc(f)))
+		return false, false
+	}
+}
+
+func (s *Server) handleSlot(c *gin.Context) {
+	env, ok := slotFormat(c)
+	if !ok {
+		return
+	}
+	if s.limiter != nil {
+		if ok, wait := s.limiter.allow(remoteIP(c), s.now()); !ok {
+			secs := int((wait + time.Second - 1) / time.Second)
+			c.Header("Retry-After", strconv.Itoa(secs))
+			slotFail(c, env, http.StatusTooManyRequests, fmt.Sprintf("too many slot requests from this address; retry in %d s", secs), secs)
+			return
+		}
+	}
+	var req wire.SlotRequest
+	if berr := decodeJSON(c, MaxBody, &req); berr != nil {
+		slotFail(c, env, berr.status, berr.msg, 0)
+		return
+	}
+	if strings.TrimSpace(req.PublicKey) == "" {
+		slotFail(c, env, http.StatusBadRequest, "public_key is required", 0)
+		return
+	}
+	key, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+	if err != nil {
+		slotFail(c, env, http.StatusBadRequest, "public_key: "+err.Error(), 0)
+		return
+	}
+	ctx := c.Request.Context()
+	dev, err := s.admit(ctx, key)
+	if err != nil {
+		var d *denial
+		if errors.As(err, &d) {
+			s.deny(ctx, "", d, "slot")
+			slotFail(c, env, http.StatusForbidden, notAccepted, 0)
+			return
+		}
+		s.log.Error("slot request failed", "err", err)
+		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
+		return
+	}
+	slot, ok := s.pick(dev)
+	if !ok {
+		// Jittered so that a fleet that lost its slaves does not come back
+		// in lockstep.
+		secs := 5 + rand.IntN(11)
+		c.Header("Retry-After", strconv.Itoa(secs))
+		s.log.Warn("no live slave with room for a slot", "device", dev.Name)
+		slotFail(c, env, http.StatusServiceUnavailable, fmt.Sprintf("no live slave with room; retry in %d s", secs), secs)
+		return
+	}
+	if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
+		s.unpick(dev.Name, slot.Slave)
+		s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
+		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
+		return
+	}
+	s.log.Debug("slot granted", "device", dev.Name, "slave", slot.Slave)
+	if env {
+		writeEnv(c, http.StatusOK, slotEnv(slot))
+		return
+	}
+	c.JSON(http.StatusOK, slot)
+}
+
+// slotFail answers an error in the format the client asked for.
+func slotFail(c *gin.Context, env bool, status int, msg string, retryAfter int) {
+	if !env {
+		fail(c, status, msg)
+		return
+	}
+	pairs := [][2]string{{"MAS4H_ERROR", msg}}
+	if retryAfter > 0 {
+		pairs = append(pairs, [2]string{"MAS4H_RETRY_AFTER", strconv.Itoa(retryAfter)})
+	}
+	writeEnv(c, status, pairs)
+	c.Abort()
+}
+
+// slotEnv is a slot as shell variables for POST /slots?format=env:
+//
+//	MAS4H_DEVICE, MAS4H_SLAVE, MAS4H_HOST, MAS4H_PORT, MAS4H_USER,
+//	MAS4H_HOST_KEY_COUNT, MAS4H_HOST_KEY_1 ... _N ("type base64"),
+//	MAS4H_FORWARDS ("REMOTE_PORT:TARGET" pairs, space-separated,
+//	e.g. "20000:localhost:22 20001:127.0.0.1:80").
+//
+// Errors come as MAS4H_ERROR (and MAS4H_RETRY_AFTER, seconds, on 429 and
+// 503) with the same status codes as JSON.
+func slotEnv(s wire.Slot) [][2]string {
+	pairs := [][2]string{
+		{"MAS4H_DEVICE", s.Device},
+		{"MAS4H_SLAVE", s.Slave},
+		{"MAS4H_HOST", s.Host},
+		{"MAS4H_PORT", strconv.Itoa(s.Port)},
+		{"MAS4H_USER", s.User},
+		{"MAS4H_HOST_KEY_COUNT", strconv.Itoa(len(s.HostKeys))},
+	}
+	for i, k := range s.HostKeys {
+		pairs = append(pairs, [2]string{"MAS4H_HOST_KEY_" + strconv.Itoa(i+1), k})
+	}
+	fw := make([]string, len(s.Forwards))
+	for i, f := range s.Forwards {
+		fw[i] = strconv.Itoa(f.RemotePort) + ":" + f.Target
+	}
+	pairs = append(pairs, [2]string{"MAS4H_FORWARDS", strings.Join(fw, " ")})
+	return pairs
+}
+
+// writeEnv writes KEY='value' lines a POSIX shell can source.
+func writeEnv(c *gin.Context, status int, pairs [][2]string) {
+	var b strings.Builder
+	for _, p := range pairs {
+		b.WriteString(p[0])
+		b.WriteByte('=')
+		b.WriteString(shQuote(p[1]))
+		b.WriteByte('\n')
+	}
+	c.Data(status, "text/plain; charset=utf-8", []byte(b.String()))
+}
+
+// shQuote single-quotes s for sh: inside single quotes nothing is special
+// but the quote itself, written as '\”.
+func shQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func (s *Server) handleValidate(c *gin.Context) {
+	var req wire.ValidateRequest
+	if berr := decodeJSON(c, MaxBody, &req); berr != nil {
+		fail(c, berr.status, berr.msg)
+		return
+	}
+	if req.Slave != "" && registry.ValidateDeviceName(req.Slave) != nil {
+		fail(c, http.StatusBadRequest, "slave: not a valid slave name")
+		return
+	}
+	ctx := c.Request.Context()
+	var key ssh.PublicKey
+	switch {
+	case req.PublicKey != "" && req.Fingerprint != "":
+		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
+		return
+	case req.PublicKey != "":
+		k, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+		if err != nil {
+			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+			return
+		}
+		key = k
+	case req.Fingerprint != "":
+		if !strings.HasPrefix(req.Fingerprint, "SHA256:") || len(req.Fingerprint) > 100 {
+			fail(c, http.StatusBadRequest, "fingerprint must be SHA256:...")
+			return
+		}
+		// Only an enrolled key can be named by fingerprint; a validator
+		// then judges the stored key.
+		dev, err := s.store.DeviceByFingerprint(ctx, req.Fingerprint)
+		if errors.Is(err, registry.ErrNotFound) {
+			s.deny(ctx, req.Slave, &denial{"", "key " + req.Fingerprint + " is not enrolled"}, "validation")
+			fail(c, http.StatusForbidden, notAccepted)
+			return
+		}
+		if err != nil {
+			s.internal(c, err)
+			return
+		}
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(dev.PublicKey))
+		if err != nil {
+			s.internal(c, fmt.Errorf("stored key of device %s: %w", dev.Name, err))
+			return
+		}
+		key = k
+	default:
+		fail(c, http.StatusBadRequest, "public_key or fingerprint is required")
+		return
+	}
+	dev, err := s.admit(ctx, key)
+	if err != nil {
+		var d *denial
+		if errors.As(err, &d) {
+			s.deny(ctx, req.Slave, d, "validation")
+			fail(c, http.StatusForbidden, notAccepted)
+			return
+		}
+		s.internal(c, err)
+		return
+	}
+	fs := make([]wire.Forward, len(dev.Forwards))
+	for i, f := range dev.Forwards {
+		fs[i] = f.Wire()
+	}
+	c.JSON(http.StatusOK, wire.Validation{
+		Device: dev.Name, Fingerprint: dev.Fingerprint, PublicKey: dev.PublicKey, Status: dev.Status,
+		Forwards: fs, TTLSeconds: int(s.cfg.CacheTTL / time.Second),
+	})
+}

@@ -1,0 +1,316 @@
+// Package apiclient is the Go client of the master's REST API, for the CLI,
+// slaves and the device agent. It needs only net/http and the wire types (no
+// gin, no SQLite, no cgo), so the static agent can import it.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// DefaultTimeout bounds each call unless WithTimeout says otherwise.
+const DefaultTimeout = 10 * time.Second
+
+// maxResponse bounds what is read of an answer (a device list of a large
+// fleet is a few MiB).
+const maxResponse = 64 << 20
+
+// Client calls one master. It is safe for concurrent use.
+type Client struct {
+	base    string // scheme://host[:port][/prefix], without the API prefix
+	token   string
+	http    *http.Client
+	timeout time.Duration
+	agent   string
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHTTPClient uses hc (its Transport, TLS settings and Timeout) instead
+// of a default client.
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = hc } }
+
+// WithTimeout bounds each call; 0 leaves it to ctx.
+func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// WithUserAgent sets the User-Agent header.
+func WithUserAgent(ua string) Option { return func(c *Client) { c.agent = ua } }
+
+// New returns a client of the master at baseURL (http:// or https://, e.g.
+// "https://master:8080"; a trailing /api/v1 is accepted and ignored). token
+// is the bearer token; "" for the endpoints that need none (slots, healthz).
+func New(baseURL, token string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(strings.TrimSpace(baseURL))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("master URL must look like http://HOST:PORT or https://HOST:PORT, got %q", baseURL)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("master URL %q: no user, query or fragment expected", baseURL)
+	}
+	path := strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), wire.APIPrefix)
+	u.Path = strings.TrimSuffix(path, "/")
+	c := &Client{base: u.String(), token: token, http: &http.Client{}, timeout: DefaultTimeout, agent: "mas4h"}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// URL is the master's base URL as given to New.
+func (c *Client) URL() string { return c.base }
+
+// Error is a non-2xx answer of the master.
+type Error struct {
+	Status     int           // HTTP status code
+	Message    string        // the master's {"error"} message, or the status text
+	RetryAfter time.Duration // from Retry-After on 429 and 503; 0 when absent
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
+}
+
+// UnreachableError is a call that got no HTTP answer: the master is down,
+// the address is wrong, the network or TLS failed, or the call timed out.
+type UnreachableError struct {
+	URL string
+	Err error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("master at %s is unreachable: %v", e.URL, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// IsUnreachable reports whether err means the master did not answer.
+func IsUnreachable(err error) bool {
+	var ue *UnreachableError
+	return errors.As(err, &ue)
+}
+
+// StatusOf returns the HTTP status of an *Error in err's chain, 0 if none.
+func StatusOf(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
+}
+
+// do sends a JSON request and decodes a JSON answer into out (nil: drop).
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	target := c.base + wire.APIPrefix + path
+	if len(query) > 0 {
+		target += "?" + query.Encode()
+	}
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encoding request: %w", method, path, err)
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.agent)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// The caller's own cancellation is not the master's fault.
+		if parent := context.Cause(ctx); parent != nil && !errors.Is(parent, context.DeadlineExceeded) {
+			return fmt.Errorf("%s %s: %w", method, path, parent)
+		}
+		err = stripURL(err)
+		if errors.Is(err, context.DeadlineExceeded) && c.timeout > 0 {
+			err = fmt.Errorf("no answer within %s", c.timeout)
+		}
+		return &UnreachableError{URL: c.base, Err: err}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return &UnreachableError{URL: c.base, Err: fmt.Errorf("reading the answer to %s %s: %w", method, path, err)}
+	}
+	if len(data) > maxResponse {
+		return fmt.Errorf("%s %s: answer larger than %d MiB", method, path, maxResponse>>20)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return apiError(resp, data)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: the master's answer is not the expected JSON: %w", method, path, err)
+	}
+	return nil
+}
+
+func apiError(resp *http.Response, data []byte) *Error {
+	e := &Error{Status: resp.StatusCode}
+	var we wire.Error
+	if json.Unmarshal(data, &we) == nil && we.Error != "" {
+		e.Message = we.Error
+	} else {
+		e.Message = http.StatusText(resp.StatusCode)
+		if e.Message == "" {
+			e.Message = resp.Status
+		}
+	}
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		if secs, err := strconv.Atoi(ra); err == nil && secs >= 0 {
+			e.RetryAfter = time.Duration(secs) * time.Second
+		} else if t, err := http.ParseTime(ra); err == nil {
+			e.RetryAfter = max(time.Until(t), 0)
+		}
+	}
+	return e
+}
+
+// stripURL drops the *url.Error wrapper, whose message repeats the URL the
+// UnreachableError already names.
+func stripURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// Healthz checks that the master answers.
+func (c *Client) Healthz(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
+}
+
+// Slot asks for a slot for the device whose public key (authorized_keys
+// form, "ssh-ed25519 AAAA... [comment]") is publicKey. It needs no token.
+func (c *Client) Slot(ctx context.Context, publicKey string) (wire.Slot, error) {
+	var s wire.Slot
+	err := c.do(ctx, http.MethodPost, "/slots", nil, wire.SlotRequest{PublicKey: publicKey}, &s)
+	return s, err
+}
+
+// Status is the cluster status (admin token).
+func (c *Client) Status(ctx context.Context) (wire.Status, error) {
+	var s wire.Status
+	err := c.do(ctx, http.MethodGet, "/status", nil, nil, &s)
+	return s, err
+}
+
+// Devices lists the devices by name (admin token).
+func (c *Client) Devices(ctx context.Context) ([]wire.Device, error) {
+	out := []wire.Device{}
+	err := c.do(ctx, http.MethodGet, "/devices", nil, nil, &out)
+	return out, err
+}
+
+// Device returns one device (admin token).
+func (c *Client) Device(ctx context.Context, name string) (wire.Device, error) {
+	var d wire.Device
+	err := c.do(ctx, http.MethodGet, "/devices/"+url.PathEscape(name), nil, nil, &d)
+	return d, err
+}
+
+// AddDevice enrols a device (admin token).
+func (c *Client) AddDevice(ctx context.Context, req wire.AddDeviceRequest) (wire.Device, error) {
+	var d wire.Device
+	err := c.do(ctx, http.MethodPost, "/devices", nil, req, &d)
+	return d, err
+}
+
+// RevokeDevice revokes a device (admin token).
+func (c *Client) RevokeDevice(ctx context.Context, name string) (wire.Device, error) {
+	var d wire.Device
+	err := c.do(ctx, http.MethodPost, "/devices/"+url.PathEscape(name)+"/revoke", nil, nil, &d)
+	return d, err
+}
+
+// RemoveDevice deletes a device and frees its ports (admin token).
+func (c *Client) RemoveDevice(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/devices/"+url.PathEscape(name), nil, nil, nil)
+}
+
+// Tunnels lists the live tunnels (admin token).
+func (c *Client) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
+	out := []wire.Tunnel{}
+	err := c.do(ctx, http.MethodGet, "/tunnels", nil, nil, &out)
+	return out, err
+}
+
+// EventQuery filters Events; zero fields do not filter.
+type EventQuery struct {
+	Device  string
+	Slave   string
+	Since   time.Time
+	AfterID int64
+	Kinds   []string
+	Limit   int // 0: the master's default (1000)
+}
+
+// Events lists events oldest first (admin token).
+func (c *Client) Events(ctx context.Context, q EventQuery) ([]wire.Event, error) {
+	v := url.Values{}
+	if q.Device != "" {
+		v.Set("device", q.Device)
+	}
+	if q.Slave != "" {
+		v.Set("slave", q.Slave)
+	}
+	if !q.Since.IsZero() {
+		v.Set("since", q.Since.UTC().Format(time.RFC3339))
+	}
+	if q.AfterID > 0 {
+		v.Set("after_id", strconv.FormatInt(q.AfterID, 10))
+	}
+	if len(q.Kinds) > 0 {
+		v.Set("kind", strings.Join(q.Kinds, ","))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	out := []wire.Event{}
+	err := c.do(ctx, http.MethodGet, "/events", v, nil, &out)
+	return out, err
+}
+
+// Heartbeat reports a slave's load and tunnels (slave token).
+func (c *Client) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
+	var r wire.HeartbeatReply
+	err := c.do(ctx, http.MethodPost, "/slaves/"+url.PathEscape(slave)+"/heartbeat", nil, hb, &r)
+	return r, err
+}
+
+// Validate asks whether a key may connect (slave token). A refusal is an
+// *Error with Status 403.
+func (c *Client) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {
+	var v wire.Validation
+	err := c.do(ctx, http.MethodPost, "/validate", nil, req, &v)
+	return v, err
+}

@@ -1,0 +1,217 @@
+package apiclient_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/registry/api"
+	"github.com/mas4h/mas4h/registry/apiclient"
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+const (
+	adminTok = "admin-token-0123456789abcdef"
+	slaveTok = "slave-token-0123456789abcdef"
+)
+
+func newMaster(t *testing.T, mutate func(*api.Config)) string {
+	t.Helper()
+	st, err := registry.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg := api.Config{Store: st, AdminToken: adminTok, SlaveToken: slaveTok}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := api.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(srv.Close)
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+func newKey(t *testing.T) string {
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registry.AuthorizedKey(k)
+}
+
+func mustNew(t *testing.T, url, token string) *apiclient.Client {
+	t.Helper()
+	c, err := apiclient.New(url, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestClientAgainstTheRealAPI(t *testing.T) {
+	url := newMaster(t, nil)
+	ctx := context.Background()
+	admin := mustNew(t, url+"/api/v1/", adminTok) // the prefix is tolerated
+	slave := mustNew(t, url, slaveTok)
+	device := mustNew(t, url, "")
+
+	if err := device.Healthz(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	d, err := admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: key, Forwards: []string{"ssh=localhost:22", "web=localhost:80"}})
+	if err != nil || d.Name != "pi-1" || len(d.Forwards) != 2 {
+		t.Fatalf("AddDevice = %+v, %v", d, err)
+	}
+	_, err = admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: newKey(t)})
+	var ae *apiclient.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "taken") {
+		t.Errorf("duplicate AddDevice = %v", err)
+	}
+	if list, err := admin.Devices(ctx); err != nil || len(list) != 1 {
+		t.Errorf("Devices = %+v, %v", list, err)
+	}
+	if _, err := admin.Device(ctx, "nope"); apiclient.StatusOf(err) != http.StatusNotFound {
+		t.Errorf("Device(nope) = %v", err)
+	}
+
+	// No slave yet: 503 with Retry-After.
+	_, err = device.Slot(ctx, key)
+	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter < 5*time.Second || ae.RetryAfter > 15*time.Second {
+		t.Errorf("Slot without slaves = %#v", err)
+	}
+	reply, err := slave.Heartbeat(ctx, "s1", wire.Heartbeat{Host: "127.0.0.1", Port: 2222, User: "mas4h-tunnel", Capacity: 10, Tunnels: []wire.Tunnel{}})
+	if err != nil || reply.IntervalSeconds != 5 {
+		t.Fatalf("Heartbeat = %+v, %v", reply, err)
+	}
+	slot, err := device.Slot(ctx, key+" comment")
+	if err != nil || slot.Slave != "s1" || slot.Device != "pi-1" || len(slot.Forwards) != 2 {
+		t.Fatalf("Slot = %+v, %v", slot, err)
+	}
+	if _, err := device.Slot(ctx, newKey(t)); apiclient.StatusOf(err) != http.StatusForbidden {
+		t.Errorf("Slot(stranger) = %v", err)
+	}
+	v, err := slave.Validate(ctx, wire.ValidateRequest{PublicKey: key})
+	if err != nil || v.Device != "pi-1" || v.TTLSeconds != 300 {
+		t.Errorf("Validate = %+v, %v", v, err)
+	}
+	// Roles: the slave token cannot administer.
+	if _, err := slave.Devices(ctx); apiclient.StatusOf(err) != http.StatusForbidden {
+		t.Errorf("Devices with the slave token = %v", err)
+	}
+	if _, err := mustNew(t, url, "wrong-token-0123456789").Status(ctx); apiclient.StatusOf(err) != http.StatusUnauthorized {
+		t.Errorf("Status with a wrong token = %v", err)
+	}
+
+	st, err := admin.Status(ctx)
+	if err != nil || len(st.Slaves) != 1 || st.Devices.Total != 1 {
+		t.Errorf("Status = %+v, %v", st, err)
+	}
+	if ts, err := admin.Tunnels(ctx); err != nil || len(ts) != 0 {
+		t.Errorf("Tunnels = %+v, %v", ts, err)
+	}
+	evs, err := admin.Events(ctx, apiclient.EventQuery{Device: "pi-1", Kinds: []string{"slot"}, Since: time.Now().Add(-time.Hour)})
+	if err != nil || len(evs) != 1 || evs[0].Slave != "s1" {
+		t.Errorf("Events = %+v, %v", evs, err)
+	}
+	if d, err := admin.RevokeDevice(ctx, "pi-1"); err != nil || d.Status != "revoked" {
+		t.Errorf("RevokeDevice = %+v, %v", d, err)
+	}
+	reply, err = slave.Heartbeat(ctx, "s1", wire.Heartbeat{Host: "127.0.0.1", Port: 2222, User: "mas4h-tunnel", Capacity: 10, Seq: reply.Seq})
+	if err != nil || len(reply.Revocations) != 1 || reply.Revocations[0].Device != "pi-1" {
+		t.Errorf("Heartbeat after revoke = %+v, %v", reply, err)
+	}
+	if err := admin.RemoveDevice(ctx, "pi-1"); err != nil {
+		t.Errorf("RemoveDevice = %v", err)
+	}
+	if err := admin.RemoveDevice(ctx, "pi-1"); apiclient.StatusOf(err) != http.StatusNotFound {
+		t.Errorf("second RemoveDevice = %v", err)
+	}
+}
+
+func TestClientRateLimitError(t *testing.T) {
+	url := newMaster(t, func(c *api.Config) { c.SlotRate, c.SlotBurst = 0.2, 1 })
+	c := mustNew(t, url, "")
+	ctx := context.Background()
+	c.Slot(ctx, newKey(t))
+	_, err := c.Slot(ctx, newKey(t))
+	var ae *apiclient.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.RetryAfter < time.Second {
+		t.Errorf("second slot = %#v", err)
+	}
+}
+
+func TestClientDeadMaster(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := mustNew(t, "http://"+addr, adminTok)
+	_, err = c.Status(context.Background())
+	if !apiclient.IsUnreachable(err) || !strings.Contains(err.Error(), "master at http://"+addr+" is unreachable") {
+		t.Errorf("dead master: %v", err)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error spans lines: %q", err)
+	}
+
+	// A master that accepts but never answers: the timeout.
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
+	}))
+	defer hang.Close()
+	c, _ = apiclient.New(hang.URL, "", apiclient.WithTimeout(100*time.Millisecond))
+	if err := c.Healthz(context.Background()); !apiclient.IsUnreachable(err) || !strings.Contains(err.Error(), "no answer within") {
+		t.Errorf("hanging master: %v", err)
+	}
+	// The caller's cancellation is not the master's fault.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Healthz(ctx); apiclient.IsUnreachable(err) || !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled call: %v", err)
+	}
+}
+
+func TestClientNonJSONError(t *testing.T) {
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+		w.Write([]byte("<html>bad gateway</html>"))
+	}))
+	defer proxy.Close()
+	c := mustNew(t, proxy.URL, "")
+	err := c.Healthz(context.Background())
+	var ae *apiclient.Error
+	if !errors.As(err, &ae) || ae.Status != 502 || ae.Message != "Bad Gateway" {
+		t.Errorf("502 from a proxy = %#v", err)
+	}
+}
+
+func TestNewRefusesBadURLs(t *testing.T) {
+	for _, u := range []string{"", "master:8080", "ftp://x", "http://", "http://u:p@x", "http://x/?q=1"} {
+		if _, err := apiclient.New(u, ""); err == nil {
+			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}

@@ -1,0 +1,100 @@
+// Package token reads and creates the bearer-token files of the master's
+// API (admin and slave tokens). Tokens live in files of mode 0600, never in
+// argv or the environment, where other users and crash reports can read them.
+package token
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// MinLength is the shortest token accepted from a file: shorter ones are
+// guessable, whoever made them.
+const MinLength = 16
+
+// maxFile bounds what is read: a token file holds one short line.
+const maxFile = 4096
+
+// Load reads a token file, refusing one that group or others can read, one
+// that is not a regular file, and one whose token is empty or short.
+func Load(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading token file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("reading token file %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("token file %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("token file %s is readable or writable by group or others (mode %04o); run: chmod 600 %s", path, perm, path)
+	}
+	buf := make([]byte, maxFile+1)
+	n, err := f.Read(buf)
+	if err != nil && n == 0 {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	if n > maxFile {
+		return "", fmt.Errorf("token file %s is larger than %d bytes; it should hold one token", path, maxFile)
+	}
+	tok := strings.TrimSpace(string(buf[:n]))
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("token file %s holds more than one word; it should hold one token", path)
+	}
+	if len(tok) < MinLength {
+		return "", fmt.Errorf("token in %s is %d characters; at least %d are needed", path, len(tok), MinLength)
+	}
+	return tok, nil
+}
+
+// LoadOrCreate reads the token file at path, or, when there is none, writes
+// a new random token (32 bytes, hex) to it with mode 0600, creating its
+// parent directory with mode 0700, and reports created=true so the caller
+// can tell the operator where it is.
+func LoadOrCreate(path string) (tok string, created bool, err error) {
+	tok, err = Load(path)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return tok, false, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
+	}
+	tok = hex.EncodeToString(raw)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Another process made it first: use theirs.
+		tok, err := Load(path)
+		return tok, false, err
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
+	}
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
+	}
+	return tok, true, nil
+}
