@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# mas4h demo on this host: a standalone slave on 127.0.0.1 with a local
-# registry, and a "device" (this host too) whose real `ssh -R` tunnel comes up
-# through it, carrying the device's web page and its sshd port.
+# mas4h demo on this host: a master and a slave on 127.0.0.1 (embedded SQLite
+# registry), and a "device" (this host too) that asks the master for a slot
+# and opens its real `ssh -R` tunnel on the slave it was given, carrying the
+# device's web page and its sshd port.
 #   scripts/demo.sh start   (what `make demo` runs)
 #   scripts/demo.sh stop    (what `make demo-stop` runs)
 # Everything lives in $MAS4H_DEMO_DIR (default /var/lib/mas4h/demo); only
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 B="$PWD/bin/mas4h"
 D="${MAS4H_DEMO_DIR:-/var/lib/mas4h/demo}"
 SSH_PORT="${MAS4H_DEMO_SSH_PORT:-2222}"
+MASTER_PORT="${MAS4H_DEMO_MASTER_PORT:-8080}"
+MASTER="http://127.0.0.1:$MASTER_PORT"
 WEB_PORT="${MAS4H_DEMO_WEB_PORT:-18080}"
 USER_T=mas4h-tunnel
 
@@ -26,6 +29,7 @@ stop() {
   stop_pidfile "$D/device-ssh.pid"
   stop_pidfile "$D/device-web.pid"
   stop_pidfile "$D/slave.pid"
+  stop_pidfile "$D/master.pid"
   sleep 0.5
   stop_pidfile "$D/slave/sshd/sshd.pid"   # the slave leaves sshd running by design
   echo "demo stopped (state kept in $D; rm -rf it to start afresh)"
@@ -51,33 +55,61 @@ start() {
   echo "hello from demo-pi, through a mas4h reverse tunnel" > "$D/device/www/index.html"
   setsid busybox httpd -f -p "127.0.0.1:$WEB_PORT" -h "$D/device/www" </dev/null >/dev/null 2>&1 & echo $! > "$D/device-web.pid"
 
-  echo "== 2. enrol it in the registry ($D/registry.db)"
-  if ! "$B" device show demo-pi --db "$D/registry.db" >/dev/null 2>&1; then
-    "$B" device add demo-pi --key "$D/device/id_ed25519.pub" --db "$D/registry.db" \
-      --forward ssh=localhost:22 --forward "web=127.0.0.1:$WEB_PORT"
-  fi
-  ssh_port=$("$B" device show demo-pi --db "$D/registry.db" -o json | sed -n '/"name": "ssh"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
-  web_port=$("$B" device show demo-pi --db "$D/registry.db" -o json | sed -n '/"name": "web"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
+  echo "== 2. start the master on $MASTER (registry $D/registry.db, log $D/master.log)"
+  setsid nohup "$B" master --listen "127.0.0.1:$MASTER_PORT" --db "$D/registry.db" \
+    --admin-token-file "$D/admin.token" --slave-token-file "$D/slave.token" </dev/null > "$D/master.log" 2>&1 &
+  echo $! > "$D/master.pid"
+  if ! wait_port "$MASTER_PORT" 10; then echo "master did not come up:"; cat "$D/master.log"; exit 1; fi
+  export MAS4H_MASTER="$MASTER" MAS4H_TOKEN_FILE="$D/admin.token"
 
-  echo "== 3. start the slave on 127.0.0.1:$SSH_PORT (log: $D/slave.log)"
-  setsid nohup "$B" slave --name demo --db "$D/registry.db" --state-dir "$D/slave" \
-    --ssh-listen "127.0.0.1:$SSH_PORT" --tunnel-user "$USER_T" </dev/null > "$D/slave.log" 2>&1 &
+  echo "== 3. start a slave on 127.0.0.1:$SSH_PORT under the master (log $D/slave.log)"
+  setsid nohup "$B" slave --name demo-s1 --master "$MASTER" --token-file "$D/slave.token" \
+    --state-dir "$D/slave" --ssh-listen "127.0.0.1:$SSH_PORT" --public-host 127.0.0.1 \
+    --tunnel-user "$USER_T" </dev/null > "$D/slave.log" 2>&1 &
   echo $! > "$D/slave.pid"
   if ! wait_port "$SSH_PORT" 10; then echo "slave did not come up:"; cat "$D/slave.log"; exit 1; fi
   grep -E 'host key|started sshd|adopted' "$D/slave.log" | sed 's/^/   /'
 
-  echo "== 4. the device opens its tunnel with the stock OpenSSH client, pinning the slave's host key"
-  echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$D/slave/sshd/ssh_host_ed25519_key.pub")" > "$D/device/known_hosts"
+  echo "== 4. enrol the device through the master"
+  # The slave probes each forward and reaps sessions that fail: the web page
+  # answers HTTP; the device's own sshd is probed only if this host runs one.
+  ssh_fwd=ssh=localhost:22
+  (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null || ssh_fwd="ssh=localhost:22,probe=none"
+  if ! "$B" device show demo-pi >/dev/null 2>&1; then
+    "$B" device add demo-pi --key "$D/device/id_ed25519.pub" --forward "$ssh_fwd" --forward "web=127.0.0.1:$WEB_PORT,probe=http"
+  fi
+
+  echo "== 5. the device asks the master for a slot (POST /api/v1/slots?format=env, no token: its key is its identity)"
+  slot=""
+  for _ in $(seq 50); do   # the slave's first heartbeat makes it live
+    slot=$(busybox wget -q -O - --header 'Content-Type: application/json' \
+      --post-data "{\"public_key\": \"$(cut -d' ' -f1,2 "$D/device/id_ed25519.pub")\"}" \
+      "$MASTER/api/v1/slots?format=env" 2>/dev/null) && break
+    sleep 0.2
+  done
+  [ -n "$slot" ] || { echo "no slot from the master"; cat "$D/master.log"; exit 1; }
+  echo "$slot" | sed 's/^/   /'
+  val() { echo "$slot" | sed -n "s/^$1='\\(.*\\)'\$/\\1/p"; }
+  host=$(val MAS4H_HOST); port=$(val MAS4H_PORT); user=$(val MAS4H_USER)
+  echo "[$host]:$port $(val MAS4H_HOST_KEY_1)" > "$D/device/known_hosts"
+  rargs=()
+  for f in $(val MAS4H_FORWARDS); do rargs+=(-R "$f"); done
+
+  echo "== 6. the device opens its tunnel there with the stock OpenSSH client, pinning the slave's host key"
   setsid nohup ssh -F /dev/null -N -i "$D/device/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes \
     -o ExitOnForwardFailure=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 \
     -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$D/device/known_hosts" \
-    -R "$ssh_port:localhost:22" -R "$web_port:127.0.0.1:$WEB_PORT" \
-    -p "$SSH_PORT" "$USER_T@127.0.0.1" </dev/null > "$D/device-ssh.log" 2>&1 &
+    "${rargs[@]}" -p "$port" "$user@$host" </dev/null > "$D/device-ssh.log" 2>&1 &
   echo $! > "$D/device-ssh.pid"
+  web_port=$("$B" device show demo-pi -o json | sed -n '/"name": "web"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
+  ssh_port=$("$B" device show demo-pi -o json | sed -n '/"name": "ssh"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
   if ! wait_port "$web_port" 10; then echo "tunnel did not come up:"; cat "$D/device-ssh.log"; exit 1; fi
+  sleep 11  # a probe cycle and a heartbeat, so that the master lists the tunnel and its probe
 
-  echo "== 5. status"
-  "$B" device list --db "$D/registry.db"
+  echo "== 7. status"
+  "$B" status
+  echo
+  "$B" tunnels
   echo
   echo "   through the tunnel, slave port $web_port -> device web page:"
   echo -n "   "; busybox wget -q -O - "http://127.0.0.1:$web_port/"
@@ -86,7 +118,9 @@ start() {
 The demo device is connected. From this host (the slave):
    curl http://127.0.0.1:$web_port/          the device's web page
    ssh -p $ssh_port root@127.0.0.1           the device's own sshd (if it runs one)
-   $B device revoke demo-pi --db $D/registry.db   cuts it off within 2 s
+   export MAS4H_MASTER=$MASTER MAS4H_TOKEN_FILE=$D/admin.token
+   $B status | tunnels | device list
+   $B device revoke demo-pi                    cuts it off within one heartbeat
    make demo-stop                               stops the demo
 MSG
 }
