@@ -18,7 +18,8 @@ import (
 const (
 	DefaultProbeInterval = 10 * time.Second
 	DefaultProbeFailures = 2
-	DefaultProbeTimeout  = 5 * time.Second
+	DefaultProbeTimeout  = 3 * time.Second
+	probeRetryDelay      = time.Second // a failing tunnel is probed again this soon, not a whole interval later
 	probeConcurrency     = 64
 	supersedeProbeBudget = 600 * time.Millisecond // inside the hook's answer budget
 )
@@ -107,6 +108,27 @@ func (m *monitor) cycle(ctx context.Context) {
 		return
 	}
 	m.probeAll(ctx, current, leases)
+	// A failure is re-checked after a short delay rather than a whole
+	// interval, so a stale session is confirmed (or cleared) in seconds.
+	for {
+		failing := map[tunnelKey]*tunnelState{}
+		m.mu.Lock()
+		for k, st := range current {
+			if st.failures > 0 && st.failures < m.s.cfg.ProbeFailures {
+				failing[k] = st
+			}
+		}
+		m.mu.Unlock()
+		if len(failing) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(probeRetryDelay):
+		}
+		m.probeAll(ctx, failing, leases)
+	}
 
 	// Reap sessions with a port past the failure threshold.
 	reap := map[int]string{}
