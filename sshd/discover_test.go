@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // procFixture writes a /proc tree shaped like a slave with n tunnels: the
@@ -120,6 +122,8 @@ func BenchmarkDiscover(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			root, listener := procFixture(b, n, "9.2")
 			d := Discoverer{ProcRoot: root, ListenerPID: listener, TunnelUID: -2, SSHPort: 2222}
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				s, err := d.Sessions()
@@ -127,6 +131,10 @@ func BenchmarkDiscover(b *testing.B) {
 					b.Fatalf("%d sessions, %v", len(s), err)
 				}
 			}
+			b.StopTimer()
+			syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) / time.Duration(b.N)
+			b.ReportMetric(cpu.Seconds()*1000, "cpu-ms/cycle")
 		})
 	}
 }
