@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
@@ -34,13 +37,19 @@ func BenchmarkSlot(b *testing.B) {
 	}
 	h := e.srv.Handler()
 	b.SetParallelism(32) // many devices at once, as in a reconnect storm
+	var mu sync.Mutex
+	var lat []time.Duration
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
+		var mine []time.Duration
+		defer func() { mu.Lock(); lat = append(lat, mine...); mu.Unlock() }()
 		for pb.Next() {
 			req := httptest.NewRequest(http.MethodPost, wire.APIPrefix+"/slots", bytes.NewReader(bodies[i%devices]))
 			w := httptest.NewRecorder()
+			start := time.Now()
 			h.ServeHTTP(w, req)
+			mine = append(mine, time.Since(start))
 			if w.Code != http.StatusOK {
 				b.Errorf("slot = %d %s", w.Code, w.Body)
 				return
@@ -48,4 +57,11 @@ func BenchmarkSlot(b *testing.B) {
 			i += 7
 		}
 	})
+	b.StopTimer()
+	slices.Sort(lat)
+	if n := len(lat); n > 0 {
+		b.ReportMetric(float64(lat[n/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(lat[n*99/100].Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "slots/s")
+	}
 }
