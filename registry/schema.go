@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -83,5 +83,11 @@ CREATE TABLE revocations (
 -- Sequence numbers start at 2: 1 is the empty log's, which a new slave is
 -- told to follow from, and 0 is a slave that knows nothing yet.
 INSERT INTO sqlite_sequence (name, seq) VALUES ('revocations', 1);
+`,
+	// 3: a slave's share of a virtual IP: which VIP and which node number
+	// it holds, so the master can tell the other nodes when it is dead.
+	`
+ALTER TABLE slaves ADD COLUMN vip  TEXT    NOT NULL DEFAULT '';
+ALTER TABLE slaves ADD COLUMN node INTEGER NOT NULL DEFAULT 0;
 `,
 }

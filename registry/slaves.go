@@ -22,7 +22,9 @@ type Slave struct {
 	FirstSeen time.Time
 	LastSeen  time.Time
 	Alive     bool
-	Tunnels   int // tunnels in its last heartbeat
+	Tunnels   int    // tunnels in its last heartbeat
+	VIP       string // shared virtual IP it serves a share of ("" for none)
+	Node      int    // its node number for that VIP (1..nodes)
 }
 
 // Tunnel is one live forward a slave reported.
@@ -57,6 +59,8 @@ type SlaveReport struct {
 	At       time.Time // when the master received it
 	Tunnels  []Tunnel
 	Events   []Event // Slave is set from Name; a zero At means At above
+	VIP      string
+	Node     int
 }
 
 // SlaveChange says what a heartbeat changed in the slave's liveness.
@@ -96,17 +100,17 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		change = SlaveNew
-		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, user, host_keys, capacity, cpu, mem, first_seen, last_seen, alive)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`,
-			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano())
+		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, user, host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano(), r.VIP, r.Node)
 	case err != nil:
 	default:
 		if !alive || lastSeen < liveSince.UnixNano() {
 			change = SlaveReturned
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE slaves SET host = ?, port = ?, user = ?, host_keys = ?, capacity = ?, cpu = ?, mem = ?,
-			last_seen = ?, alive = 1 WHERE name = ?`,
-			r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), r.Name)
+			last_seen = ?, alive = 1, vip = ?, node = ? WHERE name = ?`,
+			r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), r.VIP, r.Node, r.Name)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
@@ -192,7 +196,7 @@ func (s *Store) MarkSlaveDead(ctx context.Context, name string, at time.Time, de
 // number of tunnels of its last heartbeat.
 func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT s.name, s.host, s.port, s.user, s.host_keys, s.capacity, s.cpu, s.mem,
-		s.first_seen, s.last_seen, s.alive, (SELECT count(*) FROM tunnels t WHERE t.slave = s.name)
+		s.first_seen, s.last_seen, s.alive, (SELECT count(*) FROM tunnels t WHERE t.slave = s.name), s.vip, s.node
 		FROM slaves s ORDER BY s.name`)
 	if err != nil {
 		return nil, fmt.Errorf("listing slaves: %w", err)
@@ -204,7 +208,7 @@ func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
 		var keys string
 		var first, last int64
 		if err := rows.Scan(&sl.Name, &sl.Host, &sl.Port, &sl.User, &keys, &sl.Capacity, &sl.CPU, &sl.Mem,
-			&first, &last, &sl.Alive, &sl.Tunnels); err != nil {
+			&first, &last, &sl.Alive, &sl.Tunnels, &sl.VIP, &sl.Node); err != nil {
 			return nil, fmt.Errorf("listing slaves: %w", err)
 		}
 		if err := json.Unmarshal([]byte(keys), &sl.HostKeys); err != nil {

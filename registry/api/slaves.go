@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"time"
@@ -98,7 +99,7 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 	now := s.now().UTC()
 	report := registry.SlaveReport{
 		Name: name, Host: hb.Host, Port: hb.Port, User: hb.User, HostKeys: hb.HostKeys,
-		Capacity: hb.Capacity, CPU: hb.CPU, Mem: hb.MemUsed, At: now,
+		Capacity: hb.Capacity, CPU: hb.CPU, Mem: hb.MemUsed, At: now, VIP: hb.VIP, Node: hb.Node,
 		Tunnels: make([]registry.Tunnel, len(hb.Tunnels)),
 		Events:  make([]registry.Event, len(hb.Events)),
 	}
@@ -152,6 +153,14 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 		IntervalSeconds: s.cfg.HeartbeatInterval.Seconds(),
 		CacheTTLSeconds: int(s.cfg.CacheTTL / time.Second),
 	}
+	if hb.VIP != "" {
+		peers, err := s.vipPeers(ctx, name, hb.VIP, now)
+		if err != nil {
+			s.internal(c, err)
+			return
+		}
+		reply.Peers = peers
+	}
 	cur, err := s.store.RevocationSeq(ctx)
 	if err != nil {
 		s.internal(c, err)
@@ -197,6 +206,14 @@ func checkHeartbeat(hb *wire.Heartbeat) error {
 	}
 	if hb.Capacity < 1 {
 		return fmt.Errorf("capacity must be at least 1, got %d", hb.Capacity)
+	}
+	if hb.VIP != "" || hb.Node != 0 {
+		if ip := net.ParseIP(hb.VIP); ip == nil || ip.To4() == nil {
+			return fmt.Errorf("vip must be an IPv4 address, got %q", trunc(hb.VIP))
+		}
+		if hb.Node < 1 || hb.Node > 32 {
+			return fmt.Errorf("node must be 1-32, got %d", hb.Node)
+		}
 	}
 	if len(hb.HostKeys) > maxHostKeys {
 		return fmt.Errorf("%d host keys, at most %d", len(hb.HostKeys), maxHostKeys)
@@ -341,4 +358,23 @@ func (s *Server) unpick(device, slave string) {
 	if st := s.slaves[slave]; st != nil {
 		delete(st.pending, device)
 	}
+}
+
+// vipPeers lists the other slaves sharing a virtual IP and whether each is
+// alive (heartbeat within the liveness window), for take-over of a dead
+// node's share.
+func (s *Server) vipPeers(ctx context.Context, self, vip string, now time.Time) ([]wire.Peer, error) {
+	slaves, err := s.store.Slaves(ctx)
+	if err != nil {
+		return nil, err
+	}
+	liveSince := now.Add(-registry.DeadAfter * s.cfg.HeartbeatInterval)
+	peers := []wire.Peer{}
+	for _, sl := range slaves {
+		if sl.Name == self || sl.VIP != vip || sl.Node == 0 {
+			continue
+		}
+		peers = append(peers, wire.Peer{Slave: sl.Name, Node: sl.Node, Alive: sl.Alive && sl.LastSeen.After(liveSince)})
+	}
+	return peers, nil
 }

@@ -139,6 +139,17 @@ type Heartbeat struct {
 	Tunnels  []Tunnel     `json:"tunnels"`
 	Events   []SlaveEvent `json:"events,omitempty"`
 	Seq      int64        `json:"seq"`
+	// A slave sharing a virtual IP names it and its node number, so the
+	// master can tell the other nodes when it dies (take-over).
+	VIP  string `json:"vip,omitempty"`
+	Node int    `json:"node,omitempty"`
+}
+
+// Peer is another node of the same virtual IP, as the master sees it.
+type Peer struct {
+	Slave string `json:"slave"`
+	Node  int    `json:"node"`
+	Alive bool   `json:"alive"`
 }
 
 // Revocation tells a slave that a device may no longer connect: it drops the
@@ -158,6 +169,7 @@ type HeartbeatReply struct {
 	Revocations     []Revocation `json:"revocations"`
 	IntervalSeconds float64      `json:"interval_seconds"`
 	CacheTTLSeconds int          `json:"cache_ttl_seconds"`
+	Peers           []Peer       `json:"peers,omitempty"` // other nodes of the slave's VIP
 }
 
 // ValidateRequest is POST /validate: a slave asks about a key it has not
