@@ -20,7 +20,7 @@ func TestHeartbeatReplyCarriesVIPPeers(t *testing.T) {
 	e.beat("s1", vipBeat("198.18.0.10", 1))
 	e.beat("s2", vipBeat("198.18.0.10", 2))
 	e.beat("s3", vipBeat("198.18.9.9", 1)) // another VIP
-	e.beat("s4", heartbeatOf(100))          // no VIP
+	e.beat("s4", heartbeatOf(100))         // no VIP
 	r := e.beat("s1", vipBeat("198.18.0.10", 1))
 	if len(r.Peers) != 1 || r.Peers[0] != (wire.Peer{Slave: "s2", Node: 2, Alive: true}) {
 		t.Fatalf("peers %+v, want s2 node 2 alive", r.Peers)
