@@ -6,7 +6,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test lint bench demo demo-stop install clean
+.PHONY: all build deps test lint bench demo demo-stop install clean dist man deb
 
 all: build
 
@@ -36,8 +36,56 @@ demo: deps build
 demo-stop:
 	./scripts/demo.sh stop
 
-install: build
+# The standalone device agent, static (CGO_ENABLED=0, no SQLite or gin), for
+# the devices of a fleet: linux/amd64, arm64, arm (v6, v7), mips and mipsle
+# (softfloat: most MIPS routers have no FPU).
+DIST      ?= dist
+DISTFLAGS := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
+# $(call agent_build,NAME,GOARCH,EXTRA_ENV)
+agent_build = GOARCH=$(2) $(3) CGO_ENABLED=0 GOOS=linux $(GO) build $(DISTFLAGS) -o $(DIST)/mas4h-agent-linux-$(1) ./cmd/mas4h-agent
+
+dist:
+	@mkdir -p $(DIST)
+	$(call agent_build,amd64,amd64)
+	$(call agent_build,arm64,arm64)
+	$(call agent_build,armv6,arm,GOARM=6)
+	$(call agent_build,armv7,arm,GOARM=7)
+	$(call agent_build,mips,mips,GOMIPS=softfloat)
+	$(call agent_build,mipsle,mipsle,GOMIPS=softfloat)
+	@for f in $(DIST)/mas4h-agent-linux-*; do \
+	  n=$$(wc -c < "$$f"); printf '%-40s %9d bytes %6.1f MiB\n' "$$f" "$$n" "$$(awk "BEGIN{print $$n/1048576}")"; \
+	done
+
+# Man pages from the cobra command tree (hidden `mas4h man DIR`).
+MANDIR ?= $(DIST)/man
+man: build
+	rm -rf $(MANDIR)
+	bin/mas4h man $(MANDIR)
+
+# The binary, the systemd units (ExecStart pointed at $(PREFIX)/bin; systemd
+# reads /usr/local/lib/systemd/system too), man pages and shell completions.
+# Then, as root: mas4h install master|slave NAME|agent (users, dirs, config).
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: build man
 	install -D -m 0755 bin/mas4h $(DESTDIR)$(PREFIX)/bin/mas4h
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	for u in systemd/*.service; do \
+	  sed -e 's|^ExecStart=/usr/bin/mas4h |ExecStart=$(PREFIX)/bin/mas4h |' \
+	      -e 's|^ExecStart=/usr/bin/mas4h-agent |ExecStart=$(PREFIX)/bin/mas4h agent |' \
+	      "$$u" > $(DESTDIR)$(UNITDIR)/$$(basename "$$u"); \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename "$$u"); \
+	done
+	install -m 0644 $(MANDIR)/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	bin/mas4h completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/mas4h
+	bin/mas4h completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_mas4h
+	bin/mas4h completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/mas4h.fish
+
+# The Debian package (dpkg-deb from a staged tree; see packaging/build-deb.sh).
+DEB_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
+deb:
+	./packaging/build-deb.sh $(DEB_VERSION) $(DIST)
 
 clean:
 	rm -rf bin dist

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system parts mas4h drives (OpenSSH, dropbear, iptables,
-# iproute2, sqlite3, busybox) and checks the Go toolchain. Runs apt-get only
+# Installs the system parts mas4h drives (OpenSSH, dropbear, iptables, nftables, kmod,
+# iproute2, sqlite3, busybox; chromium for the dashboard test; systemd-analyze,
+# dpkg-dev, lintian and man-db for the unit and .deb tests) and checks the Go toolchain. Runs apt-get only
 # for what is missing, so repeated `make test` needs no network.
 set -euo pipefail
-pkgs=(openssh-server openssh-client dropbear-bin iptables iproute2 sqlite3 busybox shellcheck gcc libc6-dev make ca-certificates)
+pkgs=(openssh-server openssh-client dropbear-bin iptables nftables kmod iproute2 sqlite3 busybox shellcheck gcc libc6-dev make ca-certificates chromium fonts-dejavu-core systemd dpkg-dev lintian man-db)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,9 @@ func (s *Slave) Heartbeat(ctx context.Context) wire.Heartbeat {
 		Capacity: s.cfg.Capacity,
 		Tunnels:  []wire.Tunnel{},
 	}
+	if s.cfg.VIP != nil {
+		hb.VIP, hb.Node = s.cfg.VIP.VIP.String(), s.cfg.VIP.Node
+	}
 	for _, k := range s.HostKeys {
 		hb.HostKeys = append(hb.HostKeys, k.Public)
 	}

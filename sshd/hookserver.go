@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
 )
@@ -123,7 +124,8 @@ func LocalTunnels(ctx context.Context, stateDir string) (TunnelsReply, error) {
 }
 
 // Authorize decides one authentication attempt and logs it.
-func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
+func (s *Slave) Authorize(ctx context.Context, req HookRequest) (reply HookReply) {
+	defer func(start time.Time) { s.mon.metrics.Hook(reply.Allow, time.Since(start)) }(time.Now())
 	_, key, err := ParseHookArgs([]string{req.User, req.Fingerprint, req.KeyType, req.Key})
 	if err != nil {
 		s.log.Warn("auth", "verdict", "deny", "reason", err.Error())
@@ -134,7 +136,7 @@ func (s *Slave) Authorize(ctx context.Context, req HookRequest) HookReply {
 		s.log.Error("auth", "fingerprint", req.Fingerprint, "verdict", "deny", "reason", "no answer", "err", err)
 		return HookReply{Reason: "no answer: " + err.Error()}
 	}
-	reply := Decide(s.user.Name, req.User, key, dev, found)
+	reply = Decide(s.user.Name, req.User, key, dev, found)
 	if reply.Allow {
 		s.log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
 		s.mon.supersede(ctx, dev)
@@ -166,6 +168,7 @@ func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason stri
 			continue
 		}
 		s.killWG.Add(1)
+		s.mon.metrics.Reap(metrics.ReapRevoked)
 		go func() {
 			defer s.killWG.Done()
 			s.mon.end(ctx, sess, dev.Name, reason, "kill")

@@ -47,6 +47,9 @@ type MasterSource struct {
 	Slave  string
 	Log    *slog.Logger
 	Status func(ctx context.Context) wire.Heartbeat // this slave's load and tunnels
+	// OnPeers, when set, gets the other nodes of this slave's VIP from each
+	// heartbeat reply.
+	OnPeers func(ctx context.Context, peers []wire.Peer)
 
 	cache *Cache
 
@@ -56,6 +59,15 @@ type MasterSource struct {
 	seq      int64
 	negative map[string]time.Time
 	events   []wire.SlaveEvent
+	lastBeat time.Time // when the master last answered a heartbeat
+}
+
+// LastHeartbeat is when the master last answered a heartbeat; zero before
+// the first answer.
+func (m *MasterSource) LastHeartbeat() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastBeat
 }
 
 const seqMetaKey = "master_seq"
@@ -231,7 +243,11 @@ func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, stri
 		m.Log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason)
 		gone(dev, reason)
 	}
+	if m.OnPeers != nil && hb.VIP != "" {
+		m.OnPeers(ctx, reply.Peers)
+	}
 	m.mu.Lock()
+	m.lastBeat = time.Now()
 	if reply.IntervalSeconds > 0 {
 		m.interval = time.Duration(reply.IntervalSeconds * float64(time.Second))
 	}

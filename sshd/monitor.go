@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
 )
@@ -59,10 +62,23 @@ type monitor struct {
 
 	refreshMu sync.Mutex // one table walk at a time
 	refreshed time.Time
+
+	// The slave's Prometheus metrics (see metrics.go); nil counts nothing.
+	registry *prometheus.Registry
+	metrics  *metrics.Slave
 }
 
 func newMonitor(s *Slave) *monitor {
-	return &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}}
+	m := &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}}
+	m.registry, m.metrics = newSlaveMetrics(s, m)
+	return m
+}
+
+// count is the number of live tunnels as of the last table walk.
+func (m *monitor) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.tunnels)
 }
 
 type lease struct {
@@ -146,6 +162,7 @@ func (m *monitor) cycle(ctx context.Context) {
 		if dev != nil {
 			name = dev.device
 		}
+		m.metrics.Reap(metrics.ReapProbe)
 		m.end(ctx, sess, name, why, "reap")
 	}
 }
@@ -234,6 +251,7 @@ func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelSta
 }
 
 func (m *monitor) record(ctx context.Context, k tunnelKey, st *tunnelState, err error) {
+	m.metrics.Probe(err == nil)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	wasOK := st.last == nil || st.last.OK
@@ -340,12 +358,14 @@ func (m *monitor) supersede(ctx context.Context, dev registry.Device) {
 				continue // nothing to judge it by: leave the live session alone
 			}
 			perr := probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(fwd.RemotePort)), min(m.s.cfg.ProbeTimeout, supersedeProbeBudget))
+			m.metrics.Probe(perr == nil)
 			if perr == nil {
 				m.s.log.Info("older session still healthy; newest does not win", "device", dev.Name, "port", fwd.RemotePort)
 				continue
 			}
 			why = "superseded: older session failed its probe (" + perr.Error() + ")"
 		}
+		m.metrics.Reap(metrics.ReapSuperseded)
 		m.end(ctx, sess, dev.Name, why, "kill")
 	}
 }

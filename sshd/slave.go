@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -34,6 +35,11 @@ type SlaveConfig struct {
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
 	NewestWins    string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
+	MetricsListen string        // host:port serving GET /metrics; "" = none
+
+	// VIP, when set, is this slave's share of a shared virtual IP: the
+	// slave keeps its rules applied and takes over dead peers' buckets.
+	VIP *netfilter.Config
 }
 
 // Slave is a running slave daemon.
@@ -45,6 +51,7 @@ type Slave struct {
 	cache *Cache
 	sup   *supervisor
 	mon   *monitor
+	vip   *vipKeeper
 	port  int
 
 	HostKeys []HostKey
@@ -176,7 +183,28 @@ func (s *Slave) Run(ctx context.Context) error {
 		s.log.Info("started sshd", "pid", s.sup.pid, "listen", s.cfg.SSHListen, "user", s.user.Name)
 	}
 
+	if s.cfg.VIP != nil {
+		sys, err := netfilter.NewSystem(s.log)
+		if err != nil {
+			return err
+		}
+		s.vip = newVIPKeeper(*s.cfg.VIP, sys, s.src, s.log)
+		if err := s.vip.apply(ctx); err != nil {
+			return err
+		}
+		if m, ok := s.src.(*MasterSource); ok {
+			m.OnPeers = s.vip.peers
+		}
+	}
+
+	if err := s.serveMetrics(ctx); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
+	if s.vip != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.vip.run(ctx) }()
+	}
 	wg.Add(3)
 	go func() { defer wg.Done(); s.sup.watch(ctx, 500*time.Millisecond) }()
 	go func() { defer wg.Done(); s.mon.run(ctx) }()

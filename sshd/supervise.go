@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mas4h/mas4h/metrics"
 )
 
 // supervisor runs one slave's sshd as a detached process (its own session,
@@ -29,6 +31,7 @@ type supervisor struct {
 	uid, gid   int
 	lowPort    bool // needs CAP_NET_BIND_SERVICE
 	log        *slog.Logger
+	metrics    *metrics.Slave // set before watch runs; nil counts nothing
 
 	pid     int
 	restart int
@@ -139,6 +142,7 @@ func (s *supervisor) watch(ctx context.Context, every time.Duration) {
 		}
 		failures = 0
 		s.restart++
+		s.metrics.SSHDRestart()
 		s.log.Info("sshd restarted", "pid", s.pid, "restarts", s.restart)
 	}
 }

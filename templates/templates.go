@@ -1,12 +1,13 @@
 // Package templates holds mas4h's embedded text templates: the slave's
-// sshd_config, the authorized_keys line the hook prints, and later the shell
-// client and the dashboard. Keeping them as files (not Go strings) lets an
+// sshd_config, the authorized_keys line the hook prints, the shell client
+// and the master's HTML dashboard. Keeping them as files (not Go strings) lets an
 // operator read exactly what mas4h generates.
 package templates
 
 import (
 	"embed"
 	"fmt"
+	htmltemplate "html/template"
 	"text/template"
 )
 
@@ -31,4 +32,18 @@ func MustParse(name string) *template.Template {
 		panic(err)
 	}
 	return t
+}
+
+// ParseHTML parses the named embedded files as one html/template set (for
+// the master's dashboard: every value is escaped for where it lands), with
+// funcs available to all of them. The first name is the set's name.
+func ParseHTML(funcs htmltemplate.FuncMap, names ...string) (*htmltemplate.Template, error) {
+	if len(names) == 0 {
+		return nil, fmt.Errorf("parsing embedded HTML templates: no names")
+	}
+	t, err := htmltemplate.New(names[0]).Option("missingkey=error").Funcs(funcs).ParseFS(files, names...)
+	if err != nil {
+		return nil, fmt.Errorf("parsing embedded templates %v: %w", names, err)
+	}
+	return t, nil
 }

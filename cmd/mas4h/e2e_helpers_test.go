@@ -238,6 +238,7 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 type slaveProc struct {
 	e        *env
 	host     string   // listen address (default 127.0.0.1)
+	wrap     []string // run the daemon under this command (e.g. ip netns exec NS)
 	mode     []string // --db PATH, or --master URL --token-file F
 	name     string
 	stateDir string
@@ -289,7 +290,11 @@ func (sp *slaveProc) start() {
 	}
 	args := append([]string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
 		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
-	sp.cmd = exec.Command(testBin, args...)
+	if len(sp.wrap) > 0 {
+		sp.cmd = exec.Command(sp.wrap[0], append(append(sp.wrap[1:], testBin), args...)...)
+	} else {
+		sp.cmd = exec.Command(testBin, args...)
+	}
 	sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log
 	if err := sp.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -303,7 +308,11 @@ func (sp *slaveProc) start() {
 			t.Fatalf("slave %s exited at start:\n%s", sp.name, sp.log)
 		default:
 		}
-		if strings.Contains(sp.log.String(), "sshd") && strings.Contains(sp.log.String(), "pid=") && dialOK(sp.port) {
+		up := dialOK(sp.port)
+		if len(sp.wrap) > 0 { // in another namespace: its loopback is not ours
+			up = strings.Contains(sp.log.String(), "started sshd") || strings.Contains(sp.log.String(), "adopted running sshd")
+		}
+		if strings.Contains(sp.log.String(), "sshd") && strings.Contains(sp.log.String(), "pid=") && up {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -86,6 +86,10 @@ its leased ports on the slave's loopback and nothing else.`,
 		newAuthkeysCmd(g),
 		newMasterCmd(g), newStatusCmd(g),
 		newTunnelsCmd(g),
+		newNetfilterCmd(g),
+		newAgentCmd(g), newClientScriptCmd(g),
+		newSSHCmd(g),
+		newInstallCmd(g), newUninstallCmd(g), newDoctorCmd(g), newManCmd(g),
 	)
 	return root
 }

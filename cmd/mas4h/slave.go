@@ -2,12 +2,15 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd"
 )
@@ -19,7 +22,11 @@ type slaveOpts struct {
 	tokenFile  string
 	publicHost string
 	capacity   int
-	probe      struct {
+	vip        struct {
+		addr, iface, mode, hashSeed, rateLimit string
+		node, nodes                            int
+	}
+	probe struct {
 		interval, timeout time.Duration
 		failures          int
 		newestWins        string
@@ -28,6 +35,7 @@ type slaveOpts struct {
 	sshListen  string
 	tunnelUser string
 	sshdPath   string
+	metrics    string
 }
 
 func newSlaveCmd(g *globals) *cobra.Command {
@@ -96,11 +104,19 @@ registry file.`,
 	f.DurationVar(&o.probe.interval, "probe-interval", sshd.DefaultProbeInterval, "how often every forwarded port is probed")
 	f.IntVar(&o.probe.failures, "probe-failures", sshd.DefaultProbeFailures, "consecutive failed probes before a session is reaped")
 	f.DurationVar(&o.probe.timeout, "probe-timeout", sshd.DefaultProbeTimeout, "time one probe may take")
+	f.StringVar(&o.vip.addr, "vip", "", "shared virtual IP this slave serves a share of (with --iface, --node, --nodes)")
+	f.StringVar(&o.vip.iface, "iface", "", "interface facing the devices, for --vip")
+	f.IntVar(&o.vip.node, "node", 0, "this slave's node number for --vip (1..--nodes)")
+	f.IntVar(&o.vip.nodes, "nodes", 0, "how many slaves share --vip (at most 32)")
+	f.StringVar(&o.vip.mode, "vip-mode", "auto", "how the VIP is shared: auto, cluster (xt_cluster) or clusterip (kernels < 6.3)")
+	f.StringVar(&o.vip.hashSeed, "hash-seed", "", "source-hash seed, the same on every node (default mas4h's)")
+	f.StringVar(&o.vip.rateLimit, "rate-limit", "", "limit new SSH connections per source address, e.g. 10/60s (with --vip)")
 	f.StringVar(&o.probe.newestWins, "newest-wins", sshd.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
 	f.StringVar(&o.sshdPath, "sshd", "/usr/sbin/sshd", "path of OpenSSH's sshd")
+	f.StringVar(&o.metrics, "metrics-listen", "", "address serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9642 (default: none)")
 	return cmd
 }
 
@@ -147,7 +163,12 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if err != nil {
 		return sshd.SlaveConfig{}, usagef("--state-dir: %v", err)
 	}
+	vip, err := o.vipConfig()
+	if err != nil {
+		return sshd.SlaveConfig{}, err
+	}
 	return sshd.SlaveConfig{
+		VIP:        vip,
 		Name:       o.name,
 		StateDir:   abs,
 		SSHListen:  o.sshListen,
@@ -161,5 +182,39 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		ProbeFailures: o.probe.failures,
 		ProbeTimeout:  o.probe.timeout,
 		NewestWins:    o.probe.newestWins,
+		MetricsListen: o.metrics,
 	}, nil
+}
+
+// vipConfig checks the --vip group of flags; nil when no VIP is shared.
+func (o *slaveOpts) vipConfig() (*netfilter.Config, error) {
+	v := o.vip
+	if v.addr == "" {
+		if v.iface != "" || v.node != 0 || v.nodes != 0 || v.rateLimit != "" {
+			return nil, usagef("--iface, --node, --nodes and --rate-limit go with --vip")
+		}
+		return nil, nil
+	}
+	addr, err := netfilter.ParseVIP(v.addr)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	cfg := &netfilter.Config{VIP: addr, Iface: v.iface, Node: v.node, Nodes: v.nodes,
+		Mode: netfilter.Mode(v.mode), HashSeed: netfilter.DefaultHashSeed}
+	if v.hashSeed != "" {
+		if cfg.HashSeed, err = netfilter.ParseHashSeed(v.hashSeed); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if v.rateLimit != "" {
+		if cfg.RateLimit, err = netfilter.ParseRateLimit(v.rateLimit); err != nil {
+			return nil, usageError{err}
+		}
+		_, port, _ := net.SplitHostPort(o.sshListen)
+		cfg.SSHPort, _ = strconv.Atoi(port)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	return cfg, nil
 }

@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/validator"
 )
@@ -50,6 +52,7 @@ type Store interface {
 
 	AddSlaveEvent(ctx context.Context, kind, slave, device, detail string) error
 	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
+	LastEventID(ctx context.Context) (int64, error)
 
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
 	MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error)
@@ -87,6 +90,9 @@ type Config struct {
 	TLSKeyFile  string
 	// Now is the clock; nil: time.Now. A seam for tests.
 	Now func() time.Time
+	// Metrics is where the master's metrics are registered and GET /metrics
+	// serves from; nil: a fresh registry for this server.
+	Metrics *prometheus.Registry
 }
 
 // Server is the master's HTTP face.
@@ -99,6 +105,7 @@ type Server struct {
 	admin   [sha256.Size]byte
 	slave   [sha256.Size]byte
 	limiter *ipLimiter
+	metrics *metrics.Master
 
 	mu     sync.Mutex
 	slaves map[string]*slaveState
@@ -167,6 +174,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	for _, sl := range known {
 		s.slaves[sl.Name] = newSlaveState(sl)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewRegistry()
+		s.cfg.Metrics = cfg.Metrics
+	}
+	if s.metrics, err = metrics.NewMaster(cfg.Metrics, s.metricsSnapshot); err != nil {
+		return nil, fmt.Errorf("api: registering metrics: %w", err)
 	}
 	s.engine = s.routes()
 	s.writerWG.Add(1)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
 )
@@ -52,11 +53,11 @@ func (s *Server) routes() *gin.Engine {
 
 	v1 := e.Group(wire.APIPrefix)
 	v1.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, wire.Health{Status: "ok"}) })
-	v1.POST("/slots", s.handleSlot)
+	v1.POST("/slots", s.countSlots, s.handleSlot)
 
 	slave := v1.Group("", s.auth(roleSlave))
 	slave.POST("/slaves/:name/heartbeat", s.handleHeartbeat)
-	slave.POST("/validate", s.handleValidate)
+	slave.POST("/validate", s.countValidations, s.handleValidate)
 
 	admin := v1.Group("", s.auth(roleAdmin))
 	admin.GET("/status", s.handleStatus)
@@ -67,6 +68,9 @@ func (s *Server) routes() *gin.Engine {
 	admin.POST("/devices/:name/revoke", s.handleRevokeDevice)
 	admin.GET("/tunnels", s.handleTunnels)
 	admin.GET("/events", s.handleEvents)
+
+	e.GET("/metrics", gin.WrapH(metrics.Handler(s.cfg.Metrics)))
+	s.dashboardRoutes(e)
 	return e
 }
 

@@ -1,0 +1,104 @@
+// Command mas4h-agent is `mas4h agent` alone: the device-side keeper of a
+// reverse tunnel, built with CGO_ENABLED=0 into one static binary for
+// Linux devices (amd64, arm64, arm, mips). It links no SQLite, gin or
+// cobra, so it stays small; its flags are those of `mas4h agent`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"github.com/mas4h/mas4h/agent"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var cfg agent.Config
+	var logFormat, logLevel string
+	var showVersion bool
+	fs := flag.NewFlagSet("mas4h-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Master, "master", "", "the master's `URL`, e.g. https://master.example:8080")
+	fs.StringVar(&cfg.KeyPath, "key", "", "the device's private key `file` (OpenSSH, PEM or dropbear format, mode 0600)")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/mas4h-agent", "`dir` for the last slot, known_hosts and converted keys")
+	fs.StringVar(&cfg.SSHClient, "ssh-client", agent.ClientAuto, "the SSH `client` to run: auto, openssh or dropbear")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "keepalive `interval`; the client gives up after 3 unanswered (default 10s)")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 0, "`timeout` of the master call and of OpenSSH's connect (default 15s)")
+	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent --master URL --key FILE [--state-dir DIR] [--ssh-client auto|openssh|dropbear]
+
+Keeps this device's reverse SSH tunnel up: asks the mas4h master for a slot,
+pins the slave's host keys, runs the system's ssh or dbclient with one -R per
+forward, and reconnects with jittered backoff (1 s doubling to 60 s). When
+the master is down it reconnects to the last slave directly.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if showVersion {
+		fmt.Fprintf(stdout, "mas4h-agent %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	}
+	usage := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "mas4h-agent: "+format+"\nRun 'mas4h-agent --help' for usage.\n", a...)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		return usage("unexpected arguments: %q", fs.Args())
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+		return usage("--log-level must be debug, info, warn or error, not %q", logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	var log *slog.Logger
+	switch logFormat {
+	case "text":
+		log = slog.New(slog.NewTextHandler(stderr, opts))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(stderr, opts))
+	default:
+		return usage("--log-format must be text or json, not %q", logFormat)
+	}
+	cfg.Defaults()
+	cfg.UserAgent = "mas4h-agent/" + version
+	if err := cfg.Check(); err != nil {
+		return usage("%v", err)
+	}
+	a, err := agent.New(cfg, log, agent.Deps{})
+	if err != nil {
+		return usage("%v", err)
+	}
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "mas4h-agent: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,112 @@
+package doctor
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fixture is a root with one tunnel user whose password field is pw.
+func fixture(t *testing.T, pw string) string {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/bash\nmas4h-tunnel:x:995:994::/nonexistent:/usr/sbin/nologin\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/shadow"), []byte("root:*:1::::::\nmas4h-tunnel:"+pw+":1::::::\n"), 0o640)
+	return root
+}
+
+func find(t *testing.T, results []Result, check string) Result {
+	t.Helper()
+	for _, r := range results {
+		if r.Check == check {
+			return r
+		}
+	}
+	t.Fatalf("no %q check in %+v", check, results)
+	return Result{}
+}
+
+func fakeSSHD(version string) func(context.Context, string, ...string) ([]byte, error) {
+	return func(_ context.Context, name string, args ...string) ([]byte, error) {
+		if strings.HasSuffix(name, "sshd") {
+			return []byte(version + ", OpenSSL 3.0.0\n"), nil
+		}
+		return nil, os.ErrNotExist
+	}
+}
+
+func TestSlaveChecks(t *testing.T) {
+	sshdBin := filepath.Join(t.TempDir(), "sshd")
+	os.WriteFile(sshdBin, nil, 0o755)
+	for _, tc := range []struct {
+		name, pw, version string
+		check             string
+		want              Status
+	}{
+		{"unlocked", "*", "OpenSSH_9.2p1 Debian-2", "tunnel user", OK},
+		{"locked", "!", "OpenSSH_9.2p1", "tunnel user", Fail},
+		{"locked hash", "!$6$abc", "OpenSSH_9.2p1", "tunnel user", Fail},
+		{"empty", "", "OpenSSH_9.2p1", "tunnel user", Warn},
+		{"old openssh", "*", "OpenSSH_7.4p1", "openssh", Fail},
+		{"openssh 7.8", "*", "OpenSSH_7.8p1", "openssh", OK},
+		{"not openssh", "*", "dropbear v2022", "openssh", Fail},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			results := Run(context.Background(), Config{Role: "slave", Root: fixture(t, tc.pw), SSHDPath: sshdBin,
+				SSHListen: "127.0.0.1:0", Output: fakeSSHD(tc.version), ProcRoot: t.TempDir(),
+				LookPath: func(string) (string, error) { return "", os.ErrNotExist }})
+			if r := find(t, results, tc.check); r.Status != tc.want || (r.Status != OK && r.Fix == "") {
+				t.Errorf("%s: %+v, want %s with a fix", tc.check, r, tc.want)
+			}
+			if Failed(results) != (tc.want == Fail) {
+				t.Errorf("Failed = %v for %+v", Failed(results), results)
+			}
+		})
+	}
+}
+
+func TestHookPathUnderTmpFails(t *testing.T) {
+	// t.TempDir is below /tmp (1777): sshd would refuse a hook there.
+	state := filepath.Join(t.TempDir(), "slave-x")
+	r := find(t, Run(context.Background(), Config{Role: "slave", StateDir: state, SSHListen: "127.0.0.1:0",
+		Output: fakeSSHD("OpenSSH_9.2"), LookPath: func(string) (string, error) { return "", os.ErrNotExist }}), "hook path")
+	if r.Status != Fail || !strings.Contains(r.Detail, "group/world-writable") && !strings.Contains(r.Detail, "not root") {
+		t.Errorf("hook path below /tmp: %+v", r)
+	}
+}
+
+func TestClockSkew(t *testing.T) {
+	for _, tc := range []struct {
+		skew time.Duration
+		want Status
+	}{{0, OK}, {30 * time.Second, Warn}, {-30 * time.Second, Warn}, {time.Hour, Fail}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/v1/healthz" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Date", time.Now().Add(-tc.skew).UTC().Format(http.TimeFormat))
+			w.Write([]byte(`{"ok":true}`))
+		}))
+		results := Run(context.Background(), Config{Role: "agent", Master: srv.URL, LookPath: func(n string) (string, error) { return "/usr/bin/" + n, nil }})
+		srv.Close()
+		if r := find(t, results, "master"); r.Status != OK {
+			t.Errorf("master reachable: %+v", r)
+		}
+		if r := find(t, results, "clock"); r.Status != tc.want {
+			t.Errorf("skew %s: %+v, want %s", tc.skew, r, tc.want)
+		}
+	}
+	results := Run(context.Background(), Config{Role: "agent", Master: "http://127.0.0.1:1", LookPath: func(string) (string, error) { return "", os.ErrNotExist }})
+	if r := find(t, results, "master"); r.Status != Fail {
+		t.Errorf("unreachable master: %+v", r)
+	}
+	if r := find(t, results, "ssh client"); r.Status != Fail {
+		t.Errorf("no ssh client: %+v", r)
+	}
+}

@@ -1,0 +1,293 @@
+package api
+
+import (
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/mas4h/mas4h/registry/wire"
+)
+
+// scrape reads GET /metrics with the Prometheus text parser.
+func (e *testEnv) scrape() map[string]*dto.MetricFamily {
+	e.t.Helper()
+	resp, err := e.ts.Client().Get(e.ts.URL + "/metrics")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		e.t.Fatalf("GET /metrics = %d %s", resp.StatusCode, b)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		e.t.Fatalf("parsing /metrics: %v", err)
+	}
+	return mfs
+}
+
+// value is the sample of family name whose labels include want, -1 if none.
+func value(mfs map[string]*dto.MetricFamily, name string, want ...string) float64 {
+	mf := mfs[name]
+	if mf == nil {
+		return -1
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for i := 0; i+1 < len(want); i += 2 {
+			found := false
+			for _, l := range m.GetLabel() {
+				found = found || l.GetName() == want[i] && l.GetValue() == want[i+1]
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			return float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return -1
+}
+
+func TestMetricsFollowRequests(t *testing.T) {
+	e := newEnv(t, nil)
+	ak := e.enrol("pi1")
+	e.enrol("pi2")
+	e.want("POST", "/devices/pi2/revoke", adminTok, nil, http.StatusOK, nil)
+
+	m := e.scrape()
+	if v := value(m, "mas4h_slot_requests_total", "result", "granted"); v != 0 {
+		t.Fatalf("granted before any slot = %v, want 0 (exported from the start)", v)
+	}
+	if v := value(m, "mas4h_devices", "status", "active"); v != 1 {
+		t.Errorf("devices{active} = %v, want 1", v)
+	}
+	if v := value(m, "mas4h_devices", "status", "revoked"); v != 1 {
+		t.Errorf("devices{revoked} = %v, want 1", v)
+	}
+
+	// No slave yet: 503.
+	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusServiceUnavailable, nil)
+	e.beat("s1", heartbeatOf(10))
+	e.slot(ak)
+	_, stranger := newKey(t)
+	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: stranger}, http.StatusForbidden, nil)
+	e.want("POST", "/slots", "", "{", http.StatusBadRequest, nil)
+	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak}, http.StatusOK, nil)
+	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: stranger}, http.StatusForbidden, nil)
+	e.beat("s1", heartbeatOf(10, wire.Tunnel{Device: "pi1", Forward: "ssh", Port: 20000, Remote: "198.51.100.7:5555"}))
+	e.clock.Advance(2 * time.Second)
+
+	m = e.scrape()
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"mas4h_slot_requests_total", []string{"result", "granted"}, 1},
+		{"mas4h_slot_requests_total", []string{"result", "denied"}, 1},
+		{"mas4h_slot_requests_total", []string{"result", "no_slave"}, 1},
+		{"mas4h_slot_requests_total", []string{"result", "bad_request"}, 1},
+		{"mas4h_slot_requests_total", []string{"result", "rate_limited"}, 0},
+		{"mas4h_validations_total", []string{"result", "accepted"}, 1},
+		{"mas4h_validations_total", []string{"result", "denied"}, 1},
+		{"mas4h_validation_duration_seconds", nil, 2},
+		{"mas4h_devices_online", nil, 1},
+		{"mas4h_slaves_alive", nil, 1},
+		{"mas4h_tunnels", []string{"slave", "s1"}, 1},
+		{"mas4h_heartbeat_age_seconds", []string{"slave", "s1"}, 2},
+	} {
+		if v := value(m, c.name, c.labels...); v != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+		}
+	}
+
+	// Silent past the deadline: dead, its tunnels no longer count.
+	e.clock.Advance(time.Minute)
+	m = e.scrape()
+	if v := value(m, "mas4h_slaves_alive"); v != 0 {
+		t.Errorf("slaves_alive after a minute of silence = %v, want 0", v)
+	}
+	if v := value(m, "mas4h_tunnels", "slave", "s1"); v != 0 {
+		t.Errorf("tunnels of a dead slave = %v, want 0", v)
+	}
+}
+
+func TestMetricsRegistriesAreSeparate(t *testing.T) {
+	a := newEnv(t, nil)
+	b := newEnv(t, nil)
+	a.beat("s1", heartbeatOf(10))
+	a.slot(a.enrol("pi1"))
+	if v := value(b.scrape(), "mas4h_slot_requests_total", "result", "granted"); v != 0 {
+		t.Fatalf("a second server's counter moved: %v", v)
+	}
+}
+
+// browser is an HTTP client with a cookie jar that does not follow
+// redirects, so a test sees them.
+func (e *testEnv) browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func get(t *testing.T, c *http.Client, u string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func login(t *testing.T, c *http.Client, base, token, next string) *http.Response {
+	t.Helper()
+	resp, err := c.PostForm(base+"/login", url.Values{"token": {token}, "next": {next}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+func TestDashboardLogin(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.browser()
+	code, body := get(t, c, e.ts.URL+"/")
+	if code != http.StatusUnauthorized || !strings.Contains(body, `name="token"`) {
+		t.Fatalf("GET / without a session = %d, want 401 with the login form:\n%s", code, body)
+	}
+	for _, tok := range []string{"wrong-token-123456", slaveTok, ""} {
+		resp := login(t, c, e.ts.URL, tok, "/")
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("login with %q = %d, want 401", tok, resp.StatusCode)
+		}
+		if len(resp.Cookies()) != 0 {
+			t.Errorf("login with %q set a cookie", tok)
+		}
+	}
+	resp := login(t, c, e.ts.URL, adminTok, "//evil.example/x")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/" {
+		t.Fatalf("login = %d to %q, want 303 to / (not to another host)", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	ck := resp.Cookies()
+	if len(ck) != 1 || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode || strings.Contains(ck[0].Value, adminTok) {
+		t.Fatalf("session cookie %+v: want one HttpOnly SameSite=Strict cookie without the token", ck)
+	}
+	code, body = get(t, c, e.ts.URL+"/")
+	if code != http.StatusOK || !strings.Contains(body, "Slaves") {
+		t.Fatalf("GET / with a session = %d:\n%s", code, body)
+	}
+	// A forged or expired session is refused.
+	u, _ := url.Parse(e.ts.URL)
+	forged := e.browser()
+	forged.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: "v1.99999999999.AAAA"}})
+	if code, _ := get(t, forged, e.ts.URL+"/"); code != http.StatusUnauthorized {
+		t.Errorf("forged session: %d, want 401", code)
+	}
+	e.clock.Advance(sessionTTL + time.Second)
+	if code, _ := get(t, c, e.ts.URL+"/"); code != http.StatusUnauthorized {
+		t.Errorf("expired session: %d, want 401", code)
+	}
+	// The bearer token is not a way into the pages, nor the cookie into the API.
+	e.clock.Advance(-sessionTTL - time.Second)
+	req, _ := http.NewRequest("GET", e.ts.URL+wire.APIPrefix+"/status", nil)
+	for _, k := range c.Jar.Cookies(u) {
+		req.AddCookie(k)
+	}
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("API with only the session cookie: %v %v, want 401", resp.StatusCode, err)
+	}
+	// Log out.
+	resp, err := c.PostForm(e.ts.URL+"/logout", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if code, _ := get(t, c, e.ts.URL+"/"); code != http.StatusUnauthorized {
+		t.Errorf("after log-out: %d, want 401", code)
+	}
+}
+
+func TestDashboardShowsDevicesAndEscapes(t *testing.T) {
+	e := newEnv(t, nil)
+	e.beat("s1", heartbeatOf(4))
+	e.beat("s2", heartbeatOf(4))
+	e.enrol("pi-online")
+	e.enrol("pi-offline")
+	e.beat("s1", heartbeatOf(4, wire.Tunnel{Device: "pi-online", Forward: "ssh", Port: 20000, Remote: "198.51.100.7:5555",
+		Since: e.clock.Now().Add(-90 * time.Minute), LastProbe: &wire.Probe{OK: true, At: e.clock.Now().Add(-3 * time.Second)}}))
+	// Hostile text from a slave's event reaches the page escaped.
+	hb := heartbeatOf(4, wire.Tunnel{Device: "pi-online", Forward: "ssh", Port: 20000, Remote: "198.51.100.7:5555"})
+	hb.Events = []wire.SlaveEvent{{Kind: "probe", Device: "pi-online", Detail: `<script>alert(1)</script>`}}
+	e.beat("s1", hb)
+
+	c := e.browser()
+	login(t, c, e.ts.URL, adminTok, "/")
+	code, body := get(t, c, e.ts.URL+"/")
+	if code != http.StatusOK {
+		t.Fatalf("GET / = %d", code)
+	}
+	for _, want := range []string{
+		`data-device="pi-online" data-state="online"`, `data-device="pi-offline" data-state="offline"`,
+		`data-slave="s1"`, `data-slave="s2"`, `1 / 4`, `&lt;script&gt;alert(1)&lt;/script&gt;`,
+		`http-equiv="refresh" content="10"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "<script>") {
+		t.Error("page carries an unescaped <script>")
+	}
+	code, body = get(t, c, e.ts.URL+"/?show=offline")
+	if code != http.StatusOK || strings.Contains(body, `data-device="pi-online"`) || !strings.Contains(body, `data-device="pi-offline"`) {
+		t.Errorf("?show=offline: %d, wrong devices", code)
+	}
+	code, body = get(t, c, e.ts.URL+"/ui/devices/pi-online")
+	if code != http.StatusOK || !strings.Contains(body, `data-state="online"`) || !strings.Contains(body, "198.51.100.7:5555") ||
+		!strings.Contains(body, "granted") && !strings.Contains(body, "enrol") {
+		t.Errorf("device page: %d\n%s", code, body)
+	}
+	if code, _ := get(t, c, e.ts.URL+"/ui/devices/nope"); code != http.StatusNotFound {
+		t.Errorf("unknown device page: %d, want 404", code)
+	}
+	// Without a session the device page offers the login form that comes back to it.
+	code, body = get(t, e.browser(), e.ts.URL+"/ui/devices/pi-online")
+	if code != http.StatusUnauthorized || !strings.Contains(body, `value="/ui/devices/pi-online"`) {
+		t.Errorf("device page without a session: %d\n%s", code, body)
+	}
+}
+
+func TestLatestEvents(t *testing.T) {
+	e := newEnv(t, nil)
+	for i := 0; i < 30; i++ {
+		e.enrol("d" + string(rune('a'+i%26)) + string(rune('a'+i/26)))
+	}
+	evs, err := e.srv.latestEvents(t.Context(), "", 5)
+	if err != nil || len(evs) != 5 || evs[4].Device != "ddb" {
+		t.Fatalf("latest 5 = %+v, %v", evs, err)
+	}
+	evs, err = e.srv.latestEvents(t.Context(), "daa", 5)
+	if err != nil || len(evs) != 1 || evs[0].Device != "daa" {
+		t.Fatalf("latest of daa = %+v, %v", evs, err)
+	}
+}

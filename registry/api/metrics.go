@@ -1,0 +1,89 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/registry"
+)
+
+// countSlots counts every answered slot request by its outcome, read from
+// the status the handler answered with.
+func (s *Server) countSlots(c *gin.Context) {
+	c.Next()
+	var r string
+	switch c.Writer.Status() {
+	case http.StatusOK:
+		r = metrics.SlotGranted
+	case http.StatusForbidden:
+		r = metrics.SlotDenied
+	case http.StatusServiceUnavailable:
+		r = metrics.SlotNoSlave
+	case http.StatusTooManyRequests:
+		r = metrics.SlotRateLimited
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		r = metrics.SlotBadRequest
+	default:
+		r = metrics.SlotError
+	}
+	s.metrics.Slot(r)
+}
+
+// countValidations counts and times every validation request that got
+// past the slave token check.
+func (s *Server) countValidations(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	var r string
+	switch c.Writer.Status() {
+	case http.StatusOK:
+		r = metrics.ValidationAccepted
+	case http.StatusForbidden:
+		r = metrics.ValidationDenied
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		r = metrics.ValidationBadRequest
+	default:
+		r = metrics.ValidationError
+	}
+	s.metrics.Validation(r, time.Since(start))
+}
+
+// alive reports whether slave name is live now: marked alive and heard
+// from within registry.DeadAfter intervals. The caller holds s.mu.
+func (s *Server) aliveLocked(name string, now time.Time) bool {
+	m := s.slaves[name]
+	return m != nil && m.alive && registry.SlaveLoad{LastSeen: m.lastSeen}.Live(now, s.cfg.HeartbeatInterval)
+}
+
+// metricsSnapshot reads the registry for the gauges of one scrape.
+func (s *Server) metricsSnapshot(ctx context.Context) (metrics.MasterSnapshot, error) {
+	var snap metrics.MasterSnapshot
+	_, active, revoked, err := s.store.DeviceCounts(ctx)
+	if err != nil {
+		return snap, err
+	}
+	online, err := s.store.OnlineDevices(ctx)
+	if err != nil {
+		return snap, err
+	}
+	slaves, err := s.store.Slaves(ctx)
+	if err != nil {
+		return snap, err
+	}
+	snap.DevicesActive, snap.DevicesRevoked, snap.DevicesOnline = active, revoked, online
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sl := range slaves {
+		ss := metrics.SlaveSnapshot{Name: sl.Name, Alive: s.aliveLocked(sl.Name, now), HeartbeatAge: now.Sub(sl.LastSeen)}
+		if ss.Alive {
+			ss.Tunnels = sl.Tunnels
+		}
+		snap.Slaves = append(snap.Slaves, ss)
+	}
+	return snap, nil
+}

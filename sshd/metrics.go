@@ -1,0 +1,69 @@
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mas4h/mas4h/metrics"
+)
+
+// newSlaveMetrics builds the slave's registry and metrics: hook decisions,
+// probes, reaps and sshd restarts are counted by the code that does them;
+// live tunnels and, under a master, the heartbeat age are read at scrape
+// time.
+func newSlaveMetrics(s *Slave, m *monitor) (*prometheus.Registry, *metrics.Slave) {
+	reg := metrics.NewRegistry()
+	g := metrics.SlaveGauges{Tunnels: m.count}
+	if hb, ok := s.src.(interface{ LastHeartbeat() time.Time }); ok {
+		g.LastHeartbeat = hb.LastHeartbeat
+	}
+	sm, err := metrics.NewSlave(reg, g)
+	if err != nil {
+		// A fresh registry cannot hold a clashing collector: a defect.
+		panic(fmt.Sprintf("registering the slave's metrics: %v", err))
+	}
+	return reg, sm
+}
+
+// serveMetrics serves GET /metrics on cfg.MetricsListen ("" serves none)
+// until ctx ends, and lets the supervisor count sshd restarts. Call it
+// after the supervisor is made and before it watches.
+func (s *Slave) serveMetrics(ctx context.Context) error {
+	s.sup.metrics = s.mon.metrics
+	if s.cfg.MetricsListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("metrics listen address %s: %w", s.cfg.MetricsListen, err)
+	}
+	log := s.log.With("component", "metrics")
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.Handler(s.mon.registry))
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving metrics", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/metrics")
+	return nil
+}
