@@ -14,13 +14,14 @@ import (
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 // serveHook listens on the state dir's unix socket for the hook. The socket
 // is root:tunnel-group 0660 inside a 0750 directory: only sshd's user (and
 // root) can ask.
 func (s *Slave) serveHook(ctx context.Context) error {
-	path := PathsFor(s.cfg.StateDir).Socket
+	path := authkeys.PathsFor(s.cfg.StateDir).Socket
 	os.Remove(path) // stale from a previous daemon; the state-dir lock makes this safe
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -53,7 +54,7 @@ func (s *Slave) serveHook(ctx context.Context) error {
 func (s *Slave) handleHook(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(2 * time.Second))
-	var req HookRequest
+	var req authkeys.HookRequest
 	dec := json.NewDecoder(io.LimitReader(conn, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -102,7 +103,7 @@ func peerUID(conn net.Conn) (int, bool) {
 
 // LocalTunnels asks a running slave daemon for its live tunnels.
 func LocalTunnels(ctx context.Context, stateDir string) (TunnelsReply, error) {
-	socket := PathsFor(stateDir).Socket
+	socket := authkeys.PathsFor(stateDir).Socket
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -110,7 +111,7 @@ func LocalTunnels(ctx context.Context, stateDir string) (TunnelsReply, error) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := json.NewEncoder(conn).Encode(HookRequest{Op: "tunnels"}); err != nil {
+	if err := json.NewEncoder(conn).Encode(authkeys.HookRequest{Op: "tunnels"}); err != nil {
 		return TunnelsReply{}, err
 	}
 	var r TunnelsReply
@@ -124,19 +125,19 @@ func LocalTunnels(ctx context.Context, stateDir string) (TunnelsReply, error) {
 }
 
 // Authorize decides one authentication attempt and logs it.
-func (s *Slave) Authorize(ctx context.Context, req HookRequest) (reply HookReply) {
+func (s *Slave) Authorize(ctx context.Context, req authkeys.HookRequest) (reply authkeys.HookReply) {
 	defer func(start time.Time) { s.mon.metrics.Hook(reply.Allow, time.Since(start)) }(time.Now())
-	_, key, err := ParseHookArgs([]string{req.User, req.Fingerprint, req.KeyType, req.Key})
+	_, key, err := authkeys.ParseHookArgs([]string{req.User, req.Fingerprint, req.KeyType, req.Key})
 	if err != nil {
 		s.log.Warn("auth", "verdict", "deny", "reason", err.Error())
-		return HookReply{Reason: err.Error()}
+		return authkeys.HookReply{Reason: err.Error()}
 	}
 	dev, found, err := s.src.Lookup(ctx, req.Fingerprint, key)
 	if err != nil {
 		s.log.Error("auth", "fingerprint", req.Fingerprint, "verdict", "deny", "reason", "no answer", "err", err)
-		return HookReply{Reason: "no answer: " + err.Error()}
+		return authkeys.HookReply{Reason: "no answer: " + err.Error()}
 	}
-	reply = Decide(s.user.Name, req.User, key, dev, found)
+	reply = authkeys.Decide(s.user.Name, req.User, key, dev, found)
 	if reply.Allow {
 		s.log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
 		s.mon.supersede(ctx, dev)

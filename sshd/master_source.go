@@ -14,6 +14,7 @@ import (
 
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 // MasterAPI is the part of the master's API a slave uses.
@@ -51,7 +52,7 @@ type MasterSource struct {
 	// heartbeat reply.
 	OnPeers func(ctx context.Context, peers []wire.Peer)
 
-	cache *Cache
+	cache *authkeys.Cache
 
 	mu       sync.Mutex
 	ttl      time.Duration
@@ -73,7 +74,7 @@ func (m *MasterSource) LastHeartbeat() time.Time {
 const seqMetaKey = "master_seq"
 
 // Start implements Source.
-func (m *MasterSource) Start(ctx context.Context, cache *Cache) error {
+func (m *MasterSource) Start(ctx context.Context, cache *authkeys.Cache) error {
 	m.cache = cache
 	m.ttl, m.interval = DefaultCacheTTL, DefaultHeartbeatInterval
 	m.negative = map[string]time.Time{}

@@ -10,13 +10,14 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 // Source is where a slave learns which keys may connect and which devices
 // have lost that right: the local registry file (standalone) or the master.
 type Source interface {
 	// Start prepares the source (first cache fill) before the hook is served.
-	Start(ctx context.Context, cache *Cache) error
+	Start(ctx context.Context, cache *authkeys.Cache) error
 	// Lookup finds the device for a key (by its fingerprint); found=false
 	// means the key is not accepted. An error means no answer could be had.
 	Lookup(ctx context.Context, fingerprint string, key ssh.PublicKey) (dev registry.Device, found bool, err error)
@@ -44,12 +45,12 @@ type LocalSource struct {
 	Log   *slog.Logger
 	Every time.Duration // how often to look for registry changes (default 500 ms)
 
-	cache     *Cache
+	cache     *authkeys.Cache
 	lastEvent int64
 }
 
 // Start implements Source.
-func (l *LocalSource) Start(ctx context.Context, cache *Cache) error {
+func (l *LocalSource) Start(ctx context.Context, cache *authkeys.Cache) error {
 	l.cache = cache
 	if l.Every == 0 {
 		l.Every = 500 * time.Millisecond

@@ -9,6 +9,8 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+
+	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 // TunnelUser is the unprivileged account the slave's sshd runs as and every
@@ -23,7 +25,7 @@ type TunnelUser struct {
 // user with no home and no login shell, password field "*" (no password, but
 // not "!"-locked, which sshd would treat as a locked account).
 func EnsureTunnelUser(ctx context.Context, name string) (TunnelUser, error) {
-	if !userRE.MatchString(name) {
+	if !authkeys.UserRE.MatchString(name) {
 		return TunnelUser{}, fmt.Errorf("tunnel user %q is not a valid user name (want [a-z_][a-z0-9_-]{0,31})", name)
 	}
 	u, err := user.Lookup(name)

@@ -394,12 +394,20 @@ func TestHookHostileArguments(t *testing.T) {
 	sp := e.startSlave("s1")
 	keyB64 := base64.StdEncoding.EncodeToString(k.pub.Marshal())
 	fp := ssh.FingerprintSHA256(k.pub)
-	hook := filepath.Join(sp.stateDir, "bin", "mas4h")
-	base := []string{"authkeys", "--state-dir", sp.stateDir, "--"}
-	// Sanity: the well-formed call is answered.
+	hook := filepath.Join(sp.stateDir, "bin", "mas4h-authkeys")
+	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "AuthorizedKeysCommand "+hook+" --state-dir") {
+		t.Fatalf("sshd_config does not run the lean hook %s", hook)
+	}
+	base := []string{"--state-dir", sp.stateDir, "--"}
+	// Sanity: the well-formed call is answered, by the lean hook and by the
+	// main binary's authkeys subcommand (the fallback without mas4h-authkeys).
 	out, _, code := runAs(t, hook, append(base, e2eTunnelUser, fp, k.pub.Type(), keyB64)...)
 	if code != 0 || !strings.Contains(out, "permitlisten=") {
 		t.Fatalf("valid call: status %d, output %q", code, out)
+	}
+	out2, _, code := runAs(t, testBin, append([]string{"authkeys"}, append(base, e2eTunnelUser, fp, k.pub.Type(), keyB64)...)...)
+	if code != 0 || out2 != out {
+		t.Fatalf("mas4h authkeys: status %d, output %q, want %q", code, out2, out)
 	}
 	cases := map[string][]string{
 		"shell metachars in user": {"$(touch /tmp/pwn);`id`|x", fp, k.pub.Type(), keyB64},
@@ -425,7 +433,7 @@ func TestHookHostileArguments(t *testing.T) {
 		})
 	}
 	t.Run("no state dir", func(t *testing.T) {
-		out, _, code := runAs(t, hook, "authkeys", e2eTunnelUser, fp, k.pub.Type(), keyB64)
+		out, _, code := runAs(t, hook, e2eTunnelUser, fp, k.pub.Type(), keyB64)
 		if out != "" || code == 0 {
 			t.Fatalf("status %d, stdout %q", code, out)
 		}

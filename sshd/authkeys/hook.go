@@ -1,4 +1,4 @@
-package sshd
+package authkeys
 
 import (
 	"bufio"
@@ -45,8 +45,11 @@ type HookReply struct {
 	Reason string   `json:"reason,omitempty"`
 }
 
+// UserRE is the user names mas4h accepts: what useradd accepts, minus
+// anything a shell or sshd_config would read specially.
+var UserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
 var (
-	userRE    = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 	keyTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9@.-]{0,63}$`)
 )
 
@@ -63,7 +66,7 @@ func ParseHookArgs(args []string) (HookRequest, ssh.PublicKey, error) {
 		}
 	}
 	req := HookRequest{User: args[0], Fingerprint: args[1], KeyType: args[2], Key: args[3]}
-	if !userRE.MatchString(req.User) {
+	if !UserRE.MatchString(req.User) {
 		return req, nil, fmt.Errorf("user %.40q is not a valid user name", req.User)
 	}
 	if !keyTypeRE.MatchString(req.KeyType) {

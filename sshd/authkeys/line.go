@@ -1,9 +1,11 @@
-package sshd
+package authkeys
 
 import (
 	"bytes"
 	"fmt"
 	"sort"
+	"sync"
+	"text/template"
 
 	"golang.org/x/crypto/ssh"
 
@@ -11,7 +13,9 @@ import (
 	"github.com/mas4h/mas4h/templates"
 )
 
-var authorizedKeysTemplate = templates.MustParse("authorized_keys.tmpl")
+// The template is parsed on first use, not at start-up: the hook is a
+// short-lived process and most runs refuse before they need it.
+var authorizedKeysTemplate = sync.OnceValue(func() *template.Template { return templates.MustParse("authorized_keys.tmpl") })
 
 // AuthorizedLine is the authorized_keys line sshd gets for an active device:
 // its key, restricted to remote forwarding of exactly its leased ports. Each
@@ -35,7 +39,7 @@ func AuthorizedLine(dev registry.Device) (string, error) {
 	}
 	sort.Ints(ports)
 	var buf bytes.Buffer
-	err = authorizedKeysTemplate.Execute(&buf, struct {
+	err = authorizedKeysTemplate().Execute(&buf, struct {
 		Ports []int
 		Key   string
 	}{ports, registry.AuthorizedKey(key)})

@@ -1,4 +1,4 @@
-package sshd
+package authkeys
 
 import (
 	"crypto/ed25519"
