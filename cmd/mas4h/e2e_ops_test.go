@@ -17,9 +17,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mas4h/mas4h/doctor"
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/registry/wire"
 )
 
 const opsRepo = "../.."
@@ -410,6 +412,9 @@ func TestDebInstallPurge(t *testing.T) {
 	if v := opsRun(t, nil, "/usr/bin/mas4h", "version"); !strings.Contains(v, version) {
 		t.Errorf("/usr/bin/mas4h version: %q, want %s", v, version)
 	}
+	if _, err := os.Stat("/usr/bin/mas4h-authkeys"); err != nil {
+		t.Errorf("the lean hook is not installed: %v", err)
+	}
 	var units []string
 	for _, u := range []string{"mas4h-master.service", "mas4h-slave@.service", "mas4h-sshd@.service", "mas4h-agent.service"} {
 		p := filepath.Join("/lib/systemd/system", u)
@@ -444,7 +449,7 @@ func TestDebInstallPurge(t *testing.T) {
 
 	opsRun(t, nil, "dpkg", "--purge", "mas4h")
 	purged = true
-	for _, p := range append(units, "/usr/bin/mas4h", "/etc/mas4h/master.conf") {
+	for _, p := range append(units, "/usr/bin/mas4h", "/usr/bin/mas4h-authkeys", "/etc/mas4h/master.conf") {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s is still there after purge", p)
 		}
@@ -557,5 +562,98 @@ func TestOpsCompletionAndManPages(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "mas4h-man.1")); err == nil {
 		t.Error("the hidden man command got a page")
+	}
+}
+
+// unitCaps reads a unit's CapabilityBoundingSet as setpriv's list.
+func unitCaps(t *testing.T, unit string) string {
+	b := mustRead(t, filepath.Join(opsRepo, "systemd", unit))
+	m := regexp.MustCompile(`(?m)^CapabilityBoundingSet=(.*)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("%s has no CapabilityBoundingSet", unit)
+	}
+	list := "-all"
+	for _, c := range strings.Fields(string(m[1])) {
+		list += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+	}
+	return list
+}
+
+// TestUnitSlaveUnderItsCapabilities runs a slave with no capabilities but
+// its unit's CapabilityBoundingSet, and with NoNewPrivileges, as systemd
+// would: sshd starts as the tunnel user, a tunnel carries bytes, the daemon
+// finds it in the process tables and probes it, adopts sshd after a kill -9,
+// and ends a revoked device's session.
+func TestUnitSlaveUnderItsCapabilities(t *testing.T) {
+	e := newEnv(t, "setpriv")
+	caps := unitCaps(t, "mas4h-slave@.service")
+	es := startEcho(t)
+	dev, k := e.enrol("dev-caps", "--forward", fwd(es))
+	sp := &slaveProc{e: e, name: "caps", stateDir: filepath.Join(e.dir, "slave-caps"), port: freePort(t),
+		mode: []string{"--db", e.db, "--probe-interval", "1s", "--probe-timeout", "500ms"}}
+	start := func() {
+		t.Helper()
+		sp.log = &syncBuffer{}
+		args := append([]string{"--bounding-set", caps, "--no-new-privs", "--", testBin, "slave", "--name", sp.name,
+			"--state-dir", sp.stateDir, "--ssh-listen", "127.0.0.1:" + fmt.Sprint(sp.port), "--tunnel-user", e2eTunnelUser}, sp.mode...)
+		sp.cmd = exec.Command("setpriv", args...)
+		sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log
+		if err := sp.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sp.done = make(chan struct{})
+		go func() { sp.cmd.Wait(); close(sp.done) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for !(strings.Contains(sp.log.String(), "pid=") && dialOK(sp.port)) {
+			select {
+			case <-sp.done:
+				t.Fatalf("slave under %s exited:\n%s", caps, sp.log)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("slave under %s did not come up:\n%s", caps, sp.log)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	start()
+	t.Cleanup(sp.cleanup)
+
+	p := port(dev)
+	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", p, es.port))
+	if !waitListen(t, p, c, 10*time.Second) {
+		t.Fatalf("tunnel did not come up: %s\n%s", c.stderr, sp.log)
+	}
+	if err := roundTrip(p); err != nil {
+		t.Fatalf("bytes through the tunnel: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _, code := e.mas4h("", "tunnels", "--state-dir", sp.stateDir, "-o", "json")
+		var tunnels []wire.Tunnel
+		if code == 0 && json.Unmarshal([]byte(out), &tunnels) == nil && len(tunnels) == 1 &&
+			tunnels[0].Port == p && tunnels[0].LastProbe != nil && tunnels[0].LastProbe.OK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon never saw a probed tunnel on port %d: %s (exit %d)\n%s", p, out, code, sp.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	sp.kill9()
+	start()
+	if !strings.Contains(sp.log.String(), "adopted running sshd") {
+		t.Errorf("restarted daemon did not adopt sshd:\n%s", sp.log)
+	}
+	if err := roundTrip(p); err != nil {
+		t.Fatalf("tunnel after the daemon's restart: %v", err)
+	}
+
+	if _, stderr, code := e.mas4h("", "device", "revoke", "dev-caps", "--db", e.db); code != 0 {
+		t.Fatalf("revoke: %s", stderr)
+	}
+	if c.wait(10*time.Second) == -1 {
+		t.Fatalf("revoked device's session still up:\n%s", sp.log)
 	}
 }
