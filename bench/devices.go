@@ -30,6 +30,7 @@ type device struct {
 	B64     string
 	Ports   []int
 	Line    string // the authorized_keys line the hook must print
+	Signer  ssh.Signer // in-memory key, for the load generator
 }
 
 // newDevice generates an ed25519 key for name and writes it under dir.
@@ -61,6 +62,27 @@ func newDevice(dir, name string) (device, error) {
 		return device{}, fmt.Errorf("writing key for %s: %w", name, err)
 	}
 	return d, nil
+}
+
+// newMemDevice generates an ed25519 key for name, kept in memory only.
+func newMemDevice(name string) (device, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return device{}, fmt.Errorf("generating key for %s: %w", name, err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return device{}, fmt.Errorf("signer for %s: %w", name, err)
+	}
+	sshPub := signer.PublicKey()
+	return device{
+		Name:    name,
+		AuthKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))),
+		FP:      ssh.FingerprintSHA256(sshPub),
+		Type:    sshPub.Type(),
+		B64:     base64.StdEncoding.EncodeToString(sshPub.Marshal()),
+		Signer:  signer,
+	}, nil
 }
 
 // expectedLine is the authorized_keys line DESIGN.md promises for a device:

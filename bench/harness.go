@@ -35,6 +35,7 @@ type Config struct {
 	SlavePort    int // mas4h's sshd on 127.0.0.1
 	RawPort      int // baseline sshd on 127.0.0.1
 	PortRange    string
+	SlaveArgs    []string // more `mas4h slave` flags (issue 7: --metrics-listen, --capacity)
 }
 
 // harness holds what one run started, so that cleanup can undo it in
@@ -85,12 +86,18 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	if err := h.startSlave(ctx); err != nil {
 		return nil, err
 	}
-	hook := hookTarget{Path: filepath.Join(h.state, "bin", "mas4h"), StateDir: h.state,
-		User: h.cfg.TunnelUser, UID: h.uid, GID: h.gid, MaxFailLog: 3}
+	cfgText, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
+	if err != nil {
+		return nil, err
+	}
+	argv, err := hookArgv(cfgText)
+	if err != nil {
+		return nil, err
+	}
+	hook := hookTarget{Argv: argv, User: h.cfg.TunnelUser, UID: h.uid, GID: h.gid, MaxFailLog: 3}
 
 	h.log.Info("measuring the hook through the daemon", "runs", h.cfg.HookRuns)
 	var samples []string
-	var err error
 	if res.Hook, samples, err = measureHook(ctx, hook, h.devs, h.cfg.HookRuns); err != nil {
 		return nil, err
 	}
@@ -241,6 +248,7 @@ func (h *harness) startSlave(ctx context.Context) error {
 	cmd := exec.Command(h.cfg.Bin, "slave", "--name", "bench", "--db", h.db, "--state-dir", h.state,
 		"--ssh-listen", "127.0.0.1:"+strconv.Itoa(h.cfg.SlavePort), "--tunnel-user", h.cfg.TunnelUser,
 		"--sshd", h.cfg.SSHD)
+	cmd.Args = append(cmd.Args, h.cfg.SlaveArgs...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	h.log.Info("starting the slave", "cmd", strings.Join(cmd.Args, " "))

@@ -15,6 +15,8 @@ type Latency struct {
 	P90Ms    float64 `json:"p90_ms"`
 	P99Ms    float64 `json:"p99_ms"`
 	MaxMs    float64 `json:"max_ms"`
+	// CPUMeanMs is the mean CPU (user+system) of one run, where measured.
+	CPUMeanMs float64 `json:"cpu_mean_ms,omitempty"`
 }
 
 // summarize computes nearest-rank percentiles over ds.

@@ -512,9 +512,18 @@ func TestClientScriptBadMaster(t *testing.T) {
 	os.WriteFile(filepath.Join(bin, "dbclient"), []byte("#!/bin/sh\necho \"$@\" >> "+ran+"\nexit 1\n"), 0o755)
 	env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, "state")}
 	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
-	time.Sleep(2500 * time.Millisecond)
+	waitLog := func(msg string, within time.Duration) {
+		t.Helper()
+		for deadline := time.Now().Add(within); !strings.Contains(sc.log.String(), msg); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the script did not say %q within %s:\n%s", msg, within, sc.log)
+			}
+		}
+	}
+	waitLog("not a usable slot", 15*time.Second)
 	set(func(w http.ResponseWriter) { w.WriteHeader(403); fmt.Fprint(w, "MAS4H_ERROR='key not accepted'\n") })
-	time.Sleep(5 * time.Second)
+	waitLog("the master refuses this key", 30*time.Second)
+	time.Sleep(4 * time.Second) // a retry or two more, which must stay quiet
 	sc.stop(5 * time.Second)
 	log := sc.log.String()
 	if _, err := os.Stat(pwned); err == nil {
