@@ -169,3 +169,20 @@ func (e *env) tunnelTo(k deviceKey, s wire.Slot, targetPort int) *client {
 	args = append(args, s.User+"@"+s.Host)
 	return e.startClient("ssh", sshArgs(k, s.Port, args...)...)
 }
+
+// connect asks for the device's slot and opens its tunnel there, failing the
+// test unless the first forward comes up. It returns the slot, the client
+// and the first forward's port on the slave.
+func (m *masterProc) connect(k deviceKey, es *echoServer) (wire.Slot, *client, int) {
+	m.e.t.Helper()
+	slot, code, body := m.slot(k)
+	if code != 200 {
+		m.e.t.Fatalf("slot for %s: %d %s", k.name, code, body)
+	}
+	c := m.e.tunnelTo(k, slot, es.port)
+	p := slot.Forwards[0].RemotePort
+	if !waitListen(m.e.t, p, c, 10*time.Second) {
+		m.e.t.Fatalf("tunnel of %s on %s did not come up: %s", k.name, slot.Slave, c.stderr)
+	}
+	return slot, c, p
+}

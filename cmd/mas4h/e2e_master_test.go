@@ -171,15 +171,7 @@ func TestMasterDownCachedDeviceStillConnects(t *testing.T) {
 	m.startSlave("s1")
 	waitSlavesAlive(t, m, 1)
 	_, k := m.enrol("cached", fwd(es))
-	slot, code, body := m.slot(k)
-	if code != 200 {
-		t.Fatalf("slot: %d %s", code, body)
-	}
-	c := e.tunnelTo(k, slot, es.port)
-	p := slot.Forwards[0].RemotePort
-	if !waitListen(t, p, c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	slot, c, p := m.connect(k, es)
 	c.cmd.Process.Kill()
 	<-c.done
 	waitClosed(t, p)
@@ -226,15 +218,7 @@ func TestMasterRevokeKillsSession(t *testing.T) {
 	m.startSlave("s1")
 	waitSlavesAlive(t, m, 1)
 	_, k := m.enrol("pi-revoke", fwd(es))
-	slot, code, body := m.slot(k)
-	if code != 200 {
-		t.Fatalf("slot: %d %s", code, body)
-	}
-	c := e.tunnelTo(k, slot, es.port)
-	p := slot.Forwards[0].RemotePort
-	if !waitListen(t, p, c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	_, c, p := m.connect(k, es)
 	start := time.Now()
 	if _, stderr, code := m.admin("device", "revoke", "pi-revoke"); code != 0 {
 		t.Fatal(stderr)

@@ -334,15 +334,7 @@ func TestTunnelsView(t *testing.T) {
 		"--probe-interval", "1s", "--probe-timeout", "500ms")
 	waitSlavesAlive(t, m, 1)
 	_, k := m.enrol("pi-view", fwd(es))
-	slot, code, body := m.slot(k)
-	if code != 200 {
-		t.Fatalf("slot: %d %s", code, body)
-	}
-	c := e.tunnelTo(k, slot, es.port)
-	p := slot.Forwards[0].RemotePort
-	if !waitListen(t, p, c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	_, _, p := m.connect(k, es)
 	check := func(what string, list func() (string, int)) {
 		t.Helper()
 		deadline := time.Now().Add(3*e2eHeartbeat + 3*time.Second)
