@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry/wire"
 )
 
@@ -94,9 +99,52 @@ func TestSlaveTakesOverDeadPeersBuckets(t *testing.T) {
 	}
 	waitMask("0x00000001", 5*time.Second) // its own bucket only, the peer is alive
 
+	// Devices reach the slave's sshd through the VIP. This host's address
+	// on the link hashes to one bucket: it is answered only while that
+	// bucket is this node's (its own, or taken over).
+	if out, err := exec.Command("ip", "route", "add", vip+"/32", "dev", d.hostIf).CombinedOutput(); err != nil {
+		t.Fatalf("route to the VIP: %v: %s", err, out)
+	}
+	bucket := netfilter.Bucket(netip.MustParseAddr(d.hostIP), netfilter.DefaultHashSeed, 2)
+	reach := func() bool {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(vip, strconv.Itoa(sp.port)), 1500*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		banner := make([]byte, 4)
+		_, err = io.ReadFull(c, banner)
+		return err == nil && string(banner) == "SSH-"
+	}
+	t.Logf("this host's %s hashes to bucket %d of 2", d.hostIP, bucket)
+	if got := reach(); got != (bucket == 1) {
+		t.Fatalf("source %s is in bucket %d; sshd through the VIP answered: %v", d.hostIP, bucket, got)
+	}
+	es := startEchoOn(t, d.hostIP)
+	_, k := m.enrol("pi-vip", fwd(es))
+
 	peerAlive.Store(false)
 	took := waitMask("0x00000003", 3*e2eHeartbeat+5*time.Second)
 	t.Logf("peer's buckets taken over %s after its last heartbeat (master declares death after 3 × %s)", took.Round(time.Millisecond), e2eHeartbeat)
+	// Now this node serves both buckets: a device tunnel through the VIP
+	// comes up whatever its bucket.
+	if !reach() {
+		t.Fatal("sshd not reachable through the VIP after the take-over")
+	}
+	c := e.startClient("ssh", sshArgs(k, sp.port, "-N", "-o", "ServerAliveInterval=5",
+		"-R", fmt.Sprintf("%d:%s:%d", e.portLo, d.hostIP, es.port), e2eTunnelUser+"@"+vip)...)
+	deadline := time.Now().Add(3*e2eHeartbeat + 5*time.Second)
+	for {
+		out, _, _ := m.admin("tunnels", "-o", "json")
+		if strings.Contains(out, `"pi-vip"`) {
+			break
+		}
+		if c.exited() || time.Now().After(deadline) {
+			t.Fatalf("tunnel through the VIP not listed (client exited: %v): %s %s", c.exited(), out, c.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	peerAlive.Store(true)
 	took = waitMask("0x00000001", 5*time.Second)
 	t.Logf("buckets handed back %s after the peer returned", took.Round(time.Millisecond))
