@@ -29,7 +29,7 @@ type device struct {
 	Type    string
 	B64     string
 	Ports   []int
-	Line    string // the authorized_keys line the hook must print
+	Line    string     // the authorized_keys line the hook must print
 	Signer  ssh.Signer // in-memory key, for the load generator
 }
 

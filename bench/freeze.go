@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -133,5 +132,3 @@ func bannerServer() (port int, closeFn func() error, err error) {
 func freezeSettings(probeInterval string) string {
 	return "probe interval " + probeInterval + ", 2 failures, 3 s timeout, 1 s retry; sshd ClientAliveInterval 15 × ClientAliveCountMax 4"
 }
-
-var _ = strconv.Itoa

@@ -247,7 +247,7 @@ func (f *fleet) connect(i int, d device) (ssh.Conn, <-chan ssh.NewChannel, <-cha
 	conn, chans, reqs, err := ssh.NewClientConn(nc, f.cfg.Addr, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, nil, nil, &attemptError{classifyHandshake(err, cc.read.Load()), err}
+		return nil, nil, nil, &attemptError{classifyHandshake(err, cc.read.Load(), cc.first()), err}
 	}
 	go ssh.DiscardRequests(reqs) // keepalive@openssh.com: any reply counts as alive
 	payload := ssh.Marshal(&struct {
@@ -261,7 +261,7 @@ func (f *fleet) connect(i int, d device) (ssh.Conn, <-chan ssh.NewChannel, <-cha
 			err = errors.New("tcpip-forward refused")
 			return nil, nil, nil, &attemptError{failForward, err}
 		}
-		return nil, nil, nil, &attemptError{classifyHandshake(err, cc.read.Load()), err}
+		return nil, nil, nil, &attemptError{classifyHandshake(err, cc.read.Load(), cc.first()), err}
 	}
 	nc.SetDeadline(time.Time{})
 	return conn, chans, nil, nil
@@ -327,14 +327,15 @@ func (e *attemptError) Error() string { return e.class + ": " + e.err.Error() }
 func (e *attemptError) Unwrap() error { return e.err }
 
 // classifyHandshake sorts a failed SSH handshake. sshd's MaxStartups drop
-// closes the connection right after accept: the client reads not one byte.
-func classifyHandshake(err error, bytesRead int64) string {
+// writes "Exceeded MaxStartups\r\n" (OpenSSH ≥ 8.9) or nothing and closes
+// the connection right after accept; head is the first bytes read.
+func classifyHandshake(err error, bytesRead int64, head string) string {
 	var ne net.Error
 	msg := err.Error()
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
 		return failTimeout
-	case bytesRead == 0:
+	case bytesRead == 0, strings.HasPrefix(head, "Exceeded MaxStartups"):
 		return failRefused
 	case strings.Contains(msg, "unable to authenticate"), strings.Contains(msg, "no supported methods remain"):
 		return failAuth
@@ -342,14 +343,27 @@ func classifyHandshake(err error, bytesRead int64) string {
 	return failOther
 }
 
-// countingConn counts the bytes read from the server.
+// countingConn counts the bytes read from the server and keeps the first
+// few of them.
 type countingConn struct {
 	net.Conn
 	read atomic.Int64
+	mu   sync.Mutex
+	head []byte
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
+	if c.read.Add(int64(n)) <= 32 && n > 0 {
+		c.mu.Lock()
+		c.head = append(c.head, p[:min(n, 32)]...)
+		c.mu.Unlock()
+	}
 	return n, err
+}
+
+func (c *countingConn) first() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return string(c.head)
 }

@@ -110,7 +110,7 @@ type treeUsage struct {
 	Procs  int
 	PSSKB  int64
 	RSSKB  int64
-	Ticks  int64           // own + reaped children, summed over the tree
+	Ticks  int64         // own + reaped children, summed over the tree
 	PerPID map[int]int64 // own ticks per pid, for deltas over a window
 }
 
