@@ -6,7 +6,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test lint bench bench-full bench-bin demo demo-stop install clean dist man deb
+.PHONY: all build deps test lint bench bench-full demo demo-stop install clean dist man deb
 
 all: build
 
@@ -34,13 +34,10 @@ test: deps lint build
 # 5 minutes, prints the table. bench-full: issue 2's hook and 50-tunnel
 # comparison, then the fleet at 500-5,000 tunnels (30+ minutes; waits up to
 # 15 minutes for other test runs on the box to finish first).
-bench-bin: build
-	@if [ -d cmd/mas4h-authkeys ]; then $(GO) build -ldflags "$(LDFLAGS)" -o bin/mas4h-authkeys ./cmd/mas4h-authkeys; fi
-
-bench: deps bench-bin
+bench: deps build
 	$(GO) run ./bench/cmd/mas4h-fleet -preset short -wait-idle 0 -bin bin/mas4h -out bench/results
 
-bench-full: deps bench-bin
+bench-full: deps build
 	$(GO) run ./bench/cmd/mas4h-bench -bin bin/mas4h -n 50 -hook-runs 1000 -out bench/results
 	$(GO) run ./bench/cmd/mas4h-fleet -preset full -bin bin/mas4h -out bench/results
 

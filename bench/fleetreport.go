@@ -174,6 +174,15 @@ func (r *FleetResult) WriteJSON(dir, label string) (string, error) {
 }
 
 func f1(x float64) string { return fmt.Sprintf("%.1f", x) }
+
+// cores prints a CPU share; /proc counts each process's time in 10 ms
+// ticks, so thousands of nearly idle sessions can add up to nothing.
+func cores(x float64) string {
+	if x == 0 {
+		return "< 0.001"
+	}
+	return fmt.Sprintf("%.3f", x)
+}
 func f2(x float64) string { return fmt.Sprintf("%.2f", x) }
 
 func failStr(m map[string]int64) string {
@@ -227,10 +236,10 @@ func (r *FleetResult) WriteTable(w io.Writer) {
 		a, b := p.Mas4h, p.Raw
 		var sa, sb, da string = "–", "–", "–"
 		if a.Steady != nil {
-			sa, da = fmt.Sprintf("%.3f", a.Steady.SSHDCores), fmt.Sprintf("%.3f", a.Steady.DaemonCores)
+			sa, da = cores(a.Steady.SSHDCores), cores(a.Steady.DaemonCores)
 		}
 		if b.Steady != nil {
-			sb = fmt.Sprintf("%.3f", b.Steady.SSHDCores)
+			sb = cores(b.Steady.SSHDCores)
 		}
 		fmt.Fprintf(w, "| %d | %.0f | %.0f | %s / %s | %s | %s | %s | **%s** | %s | %s | %s |\n", p.Tunnels,
 			a.Density.PSSPerTunnelKB, b.Density.PSSPerTunnelKB, f1(a.Density.DaemonPSSMB), f1(a.Density.DaemonRSSMB),
@@ -270,10 +279,10 @@ func (r *FleetResult) WriteTable(w io.Writer) {
 		s := p.Mas4h.Steady
 		raw := "–"
 		if p.Raw != nil && p.Raw.Steady != nil {
-			raw = fmt.Sprintf("%.3f", p.Raw.Steady.SSHDCores)
+			raw = cores(p.Raw.Steady.SSHDCores)
 		}
-		fmt.Fprintf(w, "| %d | %.0f | %.2f | **%.3f** | %.2f | %d / %d | %.3f | %.3f | %s |\n", p.Tunnels, s.Seconds, s.ProbedCycles,
-			s.CycleCPUSeconds, s.CycleWallSeconds, s.ProbesOK, s.ProbesFailed, s.DaemonCores, s.SSHDCores, raw)
+		fmt.Fprintf(w, "| %d | %.0f | %.2f | **%.3f** | %.2f | %d / %d | %s | %s | %s |\n", p.Tunnels, s.Seconds, s.ProbedCycles,
+			s.CycleCPUSeconds, s.CycleWallSeconds, s.ProbesOK, s.ProbesFailed, cores(s.DaemonCores), cores(s.SSHDCores), raw)
 	}
 
 	fmt.Fprintln(w)
