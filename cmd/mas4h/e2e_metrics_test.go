@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/mas4h/mas4h/metrics"
 	"io"
 	"net/http"
 	"strings"
@@ -34,34 +35,8 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	return mfs
 }
 
-// sample is the value of family name's sample with the given label pairs
-// (a histogram's count), -1 when there is none.
 func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	mf := mfs[name]
-	if mf == nil {
-		return -1
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		for i := 0; i+1 < len(labels); i += 2 {
-			ok := false
-			for _, l := range m.GetLabel() {
-				ok = ok || l.GetName() == labels[i] && l.GetValue() == labels[i+1]
-			}
-			if !ok {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return -1
+	return metrics.Sample(mfs, name, labels...)
 }
 
 // waitMetric scrapes url until cond holds for the sample, or fails after within.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"github.com/mas4h/mas4h/metrics"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -36,33 +37,8 @@ func (e *testEnv) scrape() map[string]*dto.MetricFamily {
 	return mfs
 }
 
-// value is the sample of family name whose labels include want, -1 if none.
-func value(mfs map[string]*dto.MetricFamily, name string, want ...string) float64 {
-	mf := mfs[name]
-	if mf == nil {
-		return -1
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		for i := 0; i+1 < len(want); i += 2 {
-			found := false
-			for _, l := range m.GetLabel() {
-				found = found || l.GetName() == want[i] && l.GetValue() == want[i+1]
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue()
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount())
-		}
-	}
-	return -1
+func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	return metrics.Sample(mfs, name, labels...)
 }
 
 func TestMetricsFollowRequests(t *testing.T) {
