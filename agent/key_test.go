@@ -54,7 +54,7 @@ func TestDropbearFormatMatchesDropbearconvert(t *testing.T) {
 		if os.Getenv("MAS4H_E2E") != "" {
 			t.Fatal("MAS4H_E2E is set but dropbearconvert (dropbear-bin) is missing")
 		}
-		t.Skip("needs dropbearconvert")
+		t.Skip("needs dropbearconvert (a failure instead when MAS4H_E2E is set)")
 	}
 	dir := t.TempDir()
 	for name, s := range testSigners(t) {
