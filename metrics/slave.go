@@ -32,6 +32,9 @@ type SlaveGauges struct {
 	// a standalone slave. Before the first answer it returns the zero time
 	// and the age counts from when the metrics were made.
 	LastHeartbeat func() time.Time
+	// KeysFileEntries is the number of devices in the keys file sshd reads
+	// before it runs the hook; nil when the slave runs without one.
+	KeysFileEntries func() int
 }
 
 // NewSlave registers a slave's metrics on reg.
@@ -74,6 +77,12 @@ func NewSlave(reg prometheus.Registerer, g SlaveGauges) (*Slave, error) {
 			Namespace: namespace, Name: "tunnels",
 			Help: "Live tunnels (forwarded ports) on this slave.",
 		}, func() float64 { return float64(g.Tunnels()) }))
+	}
+	if g.KeysFileEntries != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "keys_file_entries",
+			Help: "Devices sshd finds in the keys file without running the hook (active, ports free).",
+		}, func() float64 { return float64(g.KeysFileEntries()) }))
 	}
 	if g.LastHeartbeat != nil {
 		born := time.Now()

@@ -28,6 +28,7 @@ type ConfigParams struct {
 	HostKeys            []string
 	PidFile             string
 	HookCommand         string // absolute path and fixed arguments; sshd appends %u %f %t %k
+	KeysFile            string // absolute path of the daemon-kept authorized_keys file; "" = none (hook only)
 	MaxStartups         string
 	LoginGraceTime      int // seconds
 	ClientAliveInterval int // seconds
@@ -85,6 +86,14 @@ func RenderConfig(p ConfigParams) ([]byte, error) {
 	}
 	if strings.ContainsAny(p.HookCommand, "\r\n\x00\"'") || !strings.HasPrefix(p.HookCommand, "/") {
 		return nil, fmt.Errorf("rendering sshd_config: hook command %q must be an absolute path with plain arguments", p.HookCommand)
+	}
+	if p.KeysFile != "" {
+		if err := check("keys file", p.KeysFile); err != nil {
+			return nil, err
+		}
+		if !strings.HasPrefix(p.KeysFile, "/") || strings.Contains(p.KeysFile, "%") {
+			return nil, fmt.Errorf("rendering sshd_config: keys file %q must be an absolute path without %% tokens", p.KeysFile)
+		}
 	}
 	if p.LoginGraceTime <= 0 || p.ClientAliveInterval <= 0 || p.ClientAliveCountMax <= 0 {
 		return nil, fmt.Errorf("rendering sshd_config: timeouts must be positive")

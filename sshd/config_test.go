@@ -18,6 +18,7 @@ func goldenParams() ConfigParams {
 		HostKeys:            []string{"/var/lib/mas4h/slave-s1/sshd/ssh_host_ed25519_key"},
 		PidFile:             "/var/lib/mas4h/slave-s1/sshd/sshd.pid",
 		HookCommand:         "/var/lib/mas4h/slave-s1/bin/mas4h authkeys --state-dir /var/lib/mas4h/slave-s1 --",
+		KeysFile:            "/var/lib/mas4h/slave-s1/authorized_keys",
 		MaxStartups:         DefaultMaxStartups,
 		LoginGraceTime:      DefaultLoginGraceTime,
 		ClientAliveInterval: DefaultClientAliveInterval,
@@ -53,7 +54,7 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range []string{
-		"AuthorizedKeysFile none", "AllowTcpForwarding remote", "PermitOpen none",
+		"AuthorizedKeysFile /var/lib/mas4h/slave-s1/authorized_keys", "AllowTcpForwarding remote", "PermitOpen none",
 		"AllowStreamLocalForwarding no", "PermitTTY no", "X11Forwarding no",
 		"AllowAgentForwarding no", "PermitTunnel no", "PermitUserRC no", "GatewayPorts no",
 		"PasswordAuthentication no", "KbdInteractiveAuthentication no", "ForceCommand /bin/false",
@@ -75,6 +76,19 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 	}
 }
 
+// Without a keys file (--keys-file=false) every key goes through the hook.
+func TestRenderConfigHookOnly(t *testing.T) {
+	p := goldenParams()
+	p.KeysFile = ""
+	got, err := RenderConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(got), "\nAuthorizedKeysFile none\n") {
+		t.Errorf("hook-only sshd_config lacks AuthorizedKeysFile none:\n%s", got)
+	}
+}
+
 func TestRenderConfigRefusesInjection(t *testing.T) {
 	for name, mutate := range map[string]func(*ConfigParams){
 		"newline in user":       func(p *ConfigParams) { p.TunnelUser = "x\nPermitRootLogin yes" },
@@ -83,6 +97,9 @@ func TestRenderConfigRefusesInjection(t *testing.T) {
 		"relative hook":         func(p *ConfigParams) { p.HookCommand = "mas4h authkeys" },
 		"newline in hook":       func(p *ConfigParams) { p.HookCommand = "/bin/mas4h\nForceCommand x" },
 		"no host keys":          func(p *ConfigParams) { p.HostKeys = nil },
+		"relative keys file":    func(p *ConfigParams) { p.KeysFile = "authorized_keys" },
+		"token in keys file":    func(p *ConfigParams) { p.KeysFile = "%h/.ssh/authorized_keys" },
+		"newline in keys file":  func(p *ConfigParams) { p.KeysFile = "/k\nPermitRootLogin yes" },
 		"zero client alive":     func(p *ConfigParams) { p.ClientAliveInterval = 0 },
 		"comment in slave name": func(p *ConfigParams) { p.SlaveName = "a#b" },
 	} {

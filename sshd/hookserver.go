@@ -151,6 +151,9 @@ func (s *Slave) Authorize(ctx context.Context, req authkeys.HookRequest) (reply 
 
 // killDevice ends every session that holds one of the device's ports.
 func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason string) {
+	if s.keys != nil {
+		s.keys.revoke(ctx, dev.Name) // before its sessions end, or it could log straight back in
+	}
 	ports := map[int]bool{}
 	for _, f := range dev.Forwards {
 		ports[f.RemotePort] = true

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,9 @@ import (
 func newSlaveMetrics(s *Slave, m *monitor) (*prometheus.Registry, *metrics.Slave) {
 	reg := metrics.NewRegistry()
 	g := metrics.SlaveGauges{Tunnels: m.count}
+	if s.keys != nil {
+		g.KeysFileEntries = s.keys.count
+	}
 	if hb, ok := s.src.(interface{ LastHeartbeat() time.Time }); ok {
 		g.LastHeartbeat = hb.LastHeartbeat
 	}
@@ -47,6 +51,14 @@ func (s *Slave) serveMetrics(ctx context.Context) error {
 	log := s.log.With("component", "metrics")
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(s.mon.registry))
+	if s.cfg.DebugPprof {
+		// Opt-in only: profiles show internals and cost CPU while taken.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -36,7 +36,9 @@ type SlaveConfig struct {
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
 	NewestWins    string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
+	HookOnly      bool          // no keys file: every authentication runs the hook
 	MetricsListen string        // host:port serving GET /metrics; "" = none
+	DebugPprof    bool          // also serve net/http/pprof under /debug/pprof/ on MetricsListen
 
 	// VIP, when set, is this slave's share of a shared virtual IP: the
 	// slave keeps its rules applied and takes over dead peers' buckets.
@@ -53,6 +55,7 @@ type Slave struct {
 	sup   *supervisor
 	mon   *monitor
 	vip   *vipKeeper
+	keys  *keysFile // nil with HookOnly
 	port  int
 
 	HostKeys []HostKey
@@ -108,6 +111,9 @@ func NewSlave(cfg SlaveConfig, src Source, log *slog.Logger) (*Slave, error) {
 		return nil, fmt.Errorf("newest-wins must be %s, %s or %s, not %q", NewestWinsStale, NewestWinsAlways, NewestWinsOff, cfg.NewestWins)
 	}
 	s := &Slave{cfg: cfg, src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}
+	if !cfg.HookOnly {
+		s.keys = newKeysFile(s)
+	}
 	s.mon = newMonitor(s)
 	return s, nil
 }
@@ -153,6 +159,15 @@ func (s *Slave) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.cache.Close()
+	if s.keys == nil {
+		if err := removeKeysFile(s.cfg.StateDir); err != nil {
+			return err
+		}
+	} else {
+		if err := s.keys.write(ctx, true); err != nil {
+			return fmt.Errorf("keys file: %w", err)
+		}
+	}
 	if err := s.serveHook(ctx); err != nil {
 		return err
 	}
@@ -205,6 +220,10 @@ func (s *Slave) Run(ctx context.Context) error {
 	if s.vip != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.vip.run(ctx) }()
+	}
+	if s.keys != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.keys.run(ctx) }()
 	}
 	wg.Add(3)
 	go func() { defer wg.Done(); s.sup.watch(ctx, 500*time.Millisecond) }()
@@ -327,6 +346,10 @@ func (s *Slave) openCache(ctx context.Context) error {
 // writeConfig renders sshd_config, has sshd check it (as the tunnel user, as
 // it will run), and replaces the old file only when it changed.
 func (s *Slave) writeConfig(ctx context.Context, hookCmd string) (bool, error) {
+	keysFile := ""
+	if s.keys != nil {
+		keysFile = s.keys.path
+	}
 	cfg, err := RenderConfig(ConfigParams{
 		SlaveName:           s.cfg.Name,
 		TunnelUser:          s.user.Name,
@@ -334,6 +357,7 @@ func (s *Slave) writeConfig(ctx context.Context, hookCmd string) (bool, error) {
 		HostKeys:            []string{s.HostKeys[0].Path},
 		PidFile:             SSHDPidPath(s.cfg.StateDir),
 		HookCommand:         hookCmd,
+		KeysFile:            keysFile,
 		MaxStartups:         DefaultMaxStartups,
 		LoginGraceTime:      DefaultLoginGraceTime,
 		ClientAliveInterval: DefaultClientAliveInterval,

@@ -109,13 +109,33 @@ func (l *LocalSource) poll(ctx context.Context, gone func(registry.Device, strin
 	if err != nil || last == l.lastEvent {
 		return err
 	}
-	events, err := l.Store.Events(ctx, registry.EventFilter{AfterID: l.lastEvent,
-		Kinds: []string{registry.EventRevoke, registry.EventRemove}})
-	if err != nil {
-		return err
+	// Most events are this slave's own (connect, probe, ...): only those
+	// that change a device are worth rereading the registry for.
+	var changes []registry.Event
+	for after := l.lastEvent; ; {
+		page, err := l.Store.Events(ctx, registry.EventFilter{AfterID: after,
+			Kinds: []string{registry.EventEnrol, registry.EventRevoke, registry.EventRemove}})
+		if err != nil {
+			return err
+		}
+		for _, ev := range page {
+			if ev.ID <= last {
+				changes = append(changes, ev)
+			}
+		}
+		if len(page) == 0 || page[len(page)-1].ID >= last {
+			break
+		}
+		after = page[len(page)-1].ID
 	}
 	l.lastEvent = last
-	for _, ev := range events {
+	if len(changes) == 0 {
+		return nil
+	}
+	for _, ev := range changes {
+		if ev.Kind == registry.EventEnrol {
+			continue
+		}
 		// The cache still holds the device as it was, ports included.
 		dev, ok, err := l.cache.ByName(ctx, ev.Device)
 		if err != nil || !ok {

@@ -36,6 +36,8 @@ type slaveOpts struct {
 	tunnelUser string
 	sshdPath   string
 	metrics    string
+	debugPprof bool
+	keysFile   bool
 }
 
 func newSlaveCmd(g *globals) *cobra.Command {
@@ -112,11 +114,13 @@ registry file.`,
 	f.StringVar(&o.vip.hashSeed, "hash-seed", "", "source-hash seed, the same on every node (default mas4h's)")
 	f.StringVar(&o.vip.rateLimit, "rate-limit", "", "limit new SSH connections per source address, e.g. 10/60s (with --vip)")
 	f.StringVar(&o.probe.newestWins, "newest-wins", sshd.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
+	f.BoolVar(&o.keysFile, "keys-file", true, "let sshd read known, disconnected devices' keys from a file the daemon keeps (STATE/authorized_keys) before it runs the hook; false: every authentication runs the hook")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
 	f.StringVar(&o.sshdPath, "sshd", "/usr/sbin/sshd", "path of OpenSSH's sshd")
 	f.StringVar(&o.metrics, "metrics-listen", "", "address serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9642 (default: none)")
+	f.BoolVar(&o.debugPprof, "debug-pprof", false, "also serve Go profiles (net/http/pprof) at /debug/pprof/ on --metrics-listen; for profiling only")
 	return cmd
 }
 
@@ -155,6 +159,9 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	default:
 		return sshd.SlaveConfig{}, usagef("--newest-wins must be stale, always or off, not %q", o.probe.newestWins)
 	}
+	if o.debugPprof && o.metrics == "" {
+		return sshd.SlaveConfig{}, usagef("--debug-pprof serves on --metrics-listen: give both")
+	}
 	dir := o.stateDir
 	if dir == "" {
 		dir = filepath.Join("/var/lib/mas4h", "slave-"+o.name)
@@ -182,7 +189,9 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		ProbeFailures: o.probe.failures,
 		ProbeTimeout:  o.probe.timeout,
 		NewestWins:    o.probe.newestWins,
+		HookOnly:      !o.keysFile,
 		MetricsListen: o.metrics,
+		DebugPprof:    o.debugPprof,
 	}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
@@ -19,8 +20,14 @@ import (
 // It uses a rollback journal, not WAL: WAL readers need write access to the
 // -shm file, and the hook runs as the unprivileged tunnel user.
 type Cache struct {
-	db *sql.DB
+	db  *sql.DB
+	gen atomic.Uint64 // bumped by every write of a device entry
 }
+
+// Generation changes whenever this process changes a device entry, so that
+// what is derived from the cache (the daemon's keys file) knows when to be
+// rebuilt without rereading it.
+func (c *Cache) Generation() uint64 { return c.gen.Load() }
 
 const cacheSchema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,6 +113,7 @@ func (c *Cache) ReplaceAll(ctx context.Context, devs []registry.Device) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("writing cache: %w", err)
 	}
+	c.gen.Add(1)
 	return nil
 }
 
@@ -145,6 +153,7 @@ func (c *Cache) Put(ctx context.Context, d registry.Device, expires time.Time) e
 	if err != nil {
 		return fmt.Errorf("writing cache entry for %s: %w", d.Name, err)
 	}
+	c.gen.Add(1)
 	return nil
 }
 
@@ -154,6 +163,7 @@ func (c *Cache) Delete(ctx context.Context, fingerprint, name string) error {
 	if err != nil {
 		return fmt.Errorf("writing cache: %w", err)
 	}
+	c.gen.Add(1)
 	return nil
 }
 

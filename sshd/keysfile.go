@@ -1,0 +1,225 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authkeys"
+)
+
+// The keys file is sshd's fast path. sshd reads AuthorizedKeysFile before it
+// runs AuthorizedKeysCommand (OpenSSH 8.9 and later), so a device listed
+// there logs in without the two hook processes an authentication otherwise
+// costs. The daemon lists every active device none of whose leased ports is
+// held, with the very line the hook would print. Everything else goes
+// through the hook: unknown keys (validated on a miss, under a master),
+// revoked or expired entries, and devices whose port is still held — whose
+// reconnect is exactly when newest-wins must judge the older session before
+// sshd answers.
+const (
+	keysFileName    = "authorized_keys"
+	keysFileEvery   = time.Second // how often held ports are read and the file rewritten, at most
+	keysFileTick    = 250 * time.Millisecond
+	keysFileGoneFor = time.Minute // a revoked name stays out this long, whatever the cache says meanwhile
+)
+
+// keysFilePath is the keys file of a state dir.
+func keysFilePath(stateDir string) string { return filepath.Join(stateDir, keysFileName) }
+
+// keysFile keeps the file in step with the cache and the held ports.
+type keysFile struct {
+	s    *Slave
+	path string
+
+	mu       sync.Mutex
+	all      []authkeys.CachedDevice // the cache as of allGen
+	allGen   uint64
+	allRead  bool
+	held     map[int]bool         // listening ports at the last look
+	gone     map[string]time.Time // revoked or removed, with when
+	lines    map[string]string    // rendered lines by device name + key + ports
+	wrote    bool
+	wroteAt  time.Time
+	expires  time.Time // earliest expiry among the written entries (master mode); zero: none
+	sum      [32]byte
+	entries  int
+	lastLook time.Time
+}
+
+func newKeysFile(s *Slave) *keysFile {
+	return &keysFile{s: s, path: keysFilePath(s.cfg.StateDir), held: map[int]bool{},
+		gone: map[string]time.Time{}, lines: map[string]string{}}
+}
+
+// revoke takes a device out of the file at once, before its sessions are
+// ended, and keeps it out for a while: the cache may still list it as active
+// until the source has caught up.
+func (k *keysFile) revoke(ctx context.Context, name string) {
+	k.mu.Lock()
+	k.gone[name] = time.Now()
+	k.mu.Unlock()
+	if err := k.write(ctx, false); err != nil {
+		k.s.log.Error("keys file: could not take a revoked device out; sshd may still accept it from the file", "device", name, "err", err)
+	}
+}
+
+// run keeps the file up to date until ctx ends: every keysFileEvery it
+// rereads the held ports, and it rewrites the file when anything it was
+// written from changed.
+func (k *keysFile) run(ctx context.Context) {
+	t := time.NewTicker(keysFileTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			k.mu.Lock()
+			look := now.Sub(k.lastLook) >= keysFileEvery
+			due := !k.wrote || k.allGen != k.s.cache.Generation() || (!k.expires.IsZero() && !now.Before(k.expires))
+			k.mu.Unlock()
+			if !look && !due {
+				continue
+			}
+			if err := k.write(ctx, look); err != nil && ctx.Err() == nil {
+				k.s.log.Error("keys file: rewrite failed; sshd keeps the previous one", "err", err)
+			}
+		}
+	}
+}
+
+// write renders the file from the cache and the held ports (reread when
+// look is set) and replaces it when its content changed.
+func (k *keysFile) write(ctx context.Context, look bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := time.Now()
+	if gen := k.s.cache.Generation(); !k.allRead || gen != k.allGen {
+		all, err := k.s.cache.All(ctx)
+		if err != nil {
+			return err
+		}
+		k.all, k.allGen, k.allRead = all, gen, true
+	}
+	if look {
+		held, err := ListeningPorts(k.s.cfg.ProcRoot)
+		if err != nil {
+			return err
+		}
+		k.held, k.lastLook = held, now
+	}
+	for name, at := range k.gone {
+		if now.Sub(at) > keysFileGoneFor {
+			delete(k.gone, name)
+		}
+	}
+	data, entries, expires := renderKeysFile(k.s.cfg.Name, k.all, k.held, k.gone, now, k.line)
+	sum := sha256.Sum256(data)
+	if !k.wrote || sum != k.sum {
+		if err := writeFileAtomic(k.path, data, 0o640, 0, k.s.user.GID); err != nil {
+			return err
+		}
+		if !k.wrote {
+			k.s.log.Info("keys file in place: sshd reads known, disconnected devices from it before running the hook", "path", k.path, "entries", entries)
+		} else {
+			k.s.log.Debug("keys file rewritten", "entries", entries, "was", k.entries)
+		}
+	}
+	k.wrote, k.wroteAt, k.expires, k.sum, k.entries = true, now, expires, sum, entries
+	return nil
+}
+
+// line renders a device's line once per key and ports (a text/template run
+// costs more than everything else the file needs).
+func (k *keysFile) line(d registry.Device) (string, error) {
+	ports := make([]string, 0, len(d.Forwards))
+	for _, f := range d.Forwards {
+		ports = append(ports, strconv.Itoa(f.RemotePort))
+	}
+	id := d.Name + "\x00" + d.PublicKey + "\x00" + strings.Join(ports, ",")
+	if l, ok := k.lines[id]; ok {
+		return l, nil
+	}
+	l, err := authkeys.AuthorizedLine(d)
+	if err != nil {
+		k.s.log.Warn("keys file: device left to the hook", "device", d.Name, "err", err)
+		return "", err
+	}
+	if len(k.lines) > 4*len(k.all)+1024 { // keys or ports changed many times: start over
+		clear(k.lines)
+	}
+	k.lines[id] = l
+	return l, nil
+}
+
+// count is the number of devices in the file as last written.
+func (k *keysFile) count() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.entries
+}
+
+// renderKeysFile is the file's content: one authorized_keys line per active
+// device that is not gone, holds none of its leased ports, and whose cache
+// entry has not expired, in name order; and the earliest expiry among them.
+// A device whose line cannot be rendered is left out (to the hook).
+func renderKeysFile(slave string, all []authkeys.CachedDevice, held map[int]bool, gone map[string]time.Time,
+	now time.Time, line func(registry.Device) (string, error)) ([]byte, int, time.Time) {
+	sorted := make([]authkeys.CachedDevice, len(all))
+	copy(sorted, all)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Device.Name < sorted[j].Device.Name })
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# managed by mas4h slave %s: active devices whose ports are free. Rewritten by the daemon; do not edit.\n", slave)
+	n := 0
+	var expires time.Time
+next:
+	for _, cd := range sorted {
+		d := cd.Device
+		if d.Status != registry.StatusActive {
+			continue
+		}
+		if _, ok := gone[d.Name]; ok {
+			continue
+		}
+		for _, f := range d.Forwards {
+			if held[f.RemotePort] {
+				continue next // a session (maybe a stale one) holds it: the hook decides
+			}
+		}
+		if !cd.Expires.IsZero() {
+			if !now.Before(cd.Expires) {
+				continue // the hook asks the master again
+			}
+			if expires.IsZero() || cd.Expires.Before(expires) {
+				expires = cd.Expires
+			}
+		}
+		l, err := line(d)
+		if err != nil {
+			continue
+		}
+		b.WriteString(l)
+		b.WriteByte('\n')
+		n++
+	}
+	return b.Bytes(), n, expires
+}
+
+// removeKeysFile drops a keys file left by an earlier run with the file on.
+func removeKeysFile(stateDir string) error {
+	err := os.Remove(keysFilePath(stateDir))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("removing the old keys file: %w", err)
+	}
+	return nil
+}
