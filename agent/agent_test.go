@@ -218,13 +218,13 @@ func (h *harness) warns(s string) int {
 	return n
 }
 
-// checkBounded checks that every wait is at least 0.8 s (no hot loop) and
+// checkBounded checks that every wait is at least 0.1 s (no hot loop) and
 // that the waits grow as the backoff says.
 func (h *harness) checkBounded(t *testing.T, min time.Duration) {
 	t.Helper()
 	for i, d := range h.clock.sleeps {
-		if d < 800*time.Millisecond || d < min {
-			t.Errorf("wait %d is %s (want ≥ 0.8 s and ≥ %s): %v", i, d, min, h.clock.sleeps)
+		if d < 100*time.Millisecond || d < min {
+			t.Errorf("wait %d is %s (want ≥ 0.1 s and ≥ %s): %v", i, d, min, h.clock.sleeps)
 		}
 	}
 }
@@ -293,6 +293,26 @@ func readAll(r *http.Request) ([]byte, error) {
 	return b.Bytes(), err
 }
 
+// Each delay is cut at random by up to 90% of its step, never more.
+func TestBackoffJitterBounds(t *testing.T) {
+	for _, r := range []float64{0, 0.5, 0.999999} {
+		b := Backoff{Min: time.Second, Max: time.Minute, Rand: func() float64 { return r }}
+		for step := time.Second; step <= time.Minute; step = min(step*2, time.Minute) {
+			d := b.Next()
+			lo := step / 10
+			if d < lo || d > step {
+				t.Fatalf("rand %v, step %s: delay %s outside [%s, %s]", r, step, d, lo, step)
+			}
+			if want := step - time.Duration(r*0.9*float64(step)); d != want {
+				t.Fatalf("rand %v, step %s: delay %s, want %s", r, step, d, want)
+			}
+			if step == time.Minute {
+				break
+			}
+		}
+	}
+}
+
 func TestBackoffSequence(t *testing.T) {
 	b := Backoff{Min: time.Second, Max: time.Minute, ResetAfter: time.Minute, Rand: func() float64 { return 0 }}
 	var got []time.Duration
@@ -315,12 +335,12 @@ func TestBackoffSequence(t *testing.T) {
 	}
 	b.Rand = func() float64 { return 0.9999 }
 	for range 10 {
-		if d := b.Next(); d < 800*time.Millisecond || d > time.Minute {
-			t.Fatalf("jittered %s outside [0.8 s, 60 s]", d)
+		if d := b.Next(); d < 100*time.Millisecond || d > time.Minute {
+			t.Fatalf("jittered %s outside [0.1 s, 60 s]", d)
 		}
 	}
 	b.Reset()
-	if d := b.Next(); d < 800*time.Millisecond || d > time.Second {
+	if d := b.Next(); d < 100*time.Millisecond || d > time.Second {
 		t.Errorf("jittered first delay %s", d)
 	}
 }

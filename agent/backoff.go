@@ -5,10 +5,12 @@ import (
 	"time"
 )
 
-// Backoff is the reconnect delay: Min doubling up to Max, each delay
-// jittered down by up to a fifth so that a fleet that lost its slave does
-// not come back in lockstep. A client that stayed up for ResetAfter starts
-// again from Min.
+// Backoff is the reconnect delay: Min doubling up to Max, each delay cut by
+// up to 90% at random, so that a fleet that lost its slave comes back spread
+// over the whole step instead of in waves at each doubling (a reconnect
+// storm of 2,000 devices: 69 s with cuts of up to a fifth, about 40 s with
+// these; see README, Performance). A client that stayed up for ResetAfter
+// starts again from Min.
 type Backoff struct {
 	Min, Max   time.Duration
 	ResetAfter time.Duration
@@ -36,7 +38,16 @@ func (b *Backoff) Next() time.Duration {
 	if b.Rand != nil {
 		r = b.Rand
 	}
-	return d - time.Duration(r()*float64(d)/5)
+	return d - time.Duration(r()*float64(d)*maxJitter)
+}
+
+// maxJitter is the largest share of a delay cut at random. Not all of it: a
+// tenth is kept so that a failing client never spins.
+const maxJitter = 0.9
+
+// Jitter is the agent's jitter, for harnesses that play its fleet.
+func Jitter() float64 {
+	return maxJitter
 }
 
 // Reset starts over from Min.
