@@ -42,6 +42,8 @@ type FleetConfig struct {
 
 	Freeze bool
 
+	KeysFile bool // run the slave with --keys-file
+
 	DispatchDevices  int // 0: no dispatch run
 	DispatchSlaves   int
 	DispatchClients  int
@@ -90,6 +92,10 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 	if err := r.prepare(ctx, res); err != nil {
 		return res, err
 	}
+	if r.fc.KeysFile {
+		r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--keys-file")
+	}
+	res.Params.SlaveFlags = append([]string(nil), r.cfg.SlaveArgs...)
 	r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--metrics-listen", "127.0.0.1:"+strconv.Itoa(r.fc.MetricsPort),
 		"--capacity", strconv.Itoa(max(r.maxPoint(), 2000)))
 	if err := r.startSlave(ctx); err != nil {

@@ -46,6 +46,8 @@ type FleetParams struct {
 	DispatchDevices int     `json:"dispatch_devices"`
 	DispatchSlaves  int     `json:"dispatch_slaves"`
 	DispatchClients int     `json:"dispatch_clients"`
+	// SlaveFlags are the `mas4h slave` flags chosen for the run (--keys-file).
+	SlaveFlags []string `json:"slave_flags,omitempty"`
 }
 
 // Point is one fleet size on both sides.
@@ -209,6 +211,12 @@ func (r *FleetResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "Load generator: one Go process (golang.org/x/crypto/ssh), one ed25519 key and lease per device, `tcpip-forward` on `localhost:PORT`, "+
 		"forwarded connections answered with an SSH banner; %d source addresses (127.0.1.x); ≤ %d handshakes in flight during setup. "+
 		"raw = the same sshd binary and sshd_config with the same keys and options in an AuthorizedKeysFile.\n\n", r.Params.Sources, r.Params.Parallel)
+	if len(r.Params.SlaveFlags) > 0 {
+		fmt.Fprintf(w, "mas4h slave run with `%s`.\n\n", strings.Join(r.Params.SlaveFlags, " "))
+	} else {
+		fmt.Fprintln(w, "mas4h slave run with its defaults (every authentication runs the hook).")
+		fmt.Fprintln(w)
+	}
 
 	fmt.Fprintln(w, "### 1. Setup: every device connecting, until every forward is bound")
 	fmt.Fprintln(w)

@@ -132,6 +132,7 @@ func Run(ctx context.Context, c Config) []Result {
 		checkOpenSSH(ctx, &c, r)
 		checkTunnelUser(&c, r)
 		checkHookPath(&c, r)
+		checkKeysFile(&c, r)
 		checkSSHPort(&c, r)
 		checkNetfilter(ctx, &c, r)
 		if c.Master != "" {
@@ -269,6 +270,41 @@ func checkHookPath(c *Config, r *report) {
 		r.add("hook path", Fail, err.Error(), "")
 	default:
 		r.add("hook path", OK, what+": root-owned and not group/world-writable up to /", "")
+	}
+}
+
+// checkKeysFile looks at the keys file of a slave run with --keys-file:
+// sshd ignores one that is not root-owned or is writable by others, and
+// every device then costs two hook runs again.
+func checkKeysFile(c *Config, r *report) {
+	if c.StateDir == "" {
+		return
+	}
+	path := filepath.Join(c.path(c.StateDir), "authorized_keys")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return // the slave runs hook-only (its default)
+	}
+	if err != nil {
+		r.add("keys file", Fail, err.Error(), "")
+		return
+	}
+	err = sshd.CheckRootOwnedPath(path)
+	var unsafe *sshd.UnsafePathError
+	switch {
+	case errors.As(err, &unsafe):
+		r.add("keys file", Fail, fmt.Sprintf("%s: %s %s; sshd ignores the file and every login runs the hook", path, unsafe.Component, unsafe.Why),
+			fmt.Sprintf("chown root %s && chmod go-w %s (the slave rewrites the file with the right owner on its next change)", unsafe.Component, unsafe.Component))
+	case err != nil:
+		r.add("keys file", Fail, err.Error(), "")
+	default:
+		n := 0
+		for _, l := range strings.Split(string(data), "\n") {
+			if l != "" && !strings.HasPrefix(l, "#") {
+				n++
+			}
+		}
+		r.add("keys file", OK, fmt.Sprintf("%s: %d devices sshd finds without the hook", path, n), "")
 	}
 }
 

@@ -80,6 +80,29 @@ func TestHookPathUnderTmpFails(t *testing.T) {
 	}
 }
 
+// A keys file below /tmp (1777) is one sshd ignores; none at all is the
+// hook-only default and no finding.
+func TestKeysFileChecks(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "slave-x")
+	cfg := Config{Role: "slave", StateDir: state, SSHListen: "127.0.0.1:0",
+		Output: fakeSSHD("OpenSSH_9.2"), LookPath: func(string) (string, error) { return "", os.ErrNotExist }}
+	for _, r := range Run(context.Background(), cfg) {
+		if r.Check == "keys file" {
+			t.Errorf("a finding without a keys file: %+v", r)
+		}
+	}
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(state, "authorized_keys"), []byte("# managed\nrestrict ssh-ed25519 AAAA\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	r := find(t, Run(context.Background(), cfg), "keys file")
+	if r.Status != Fail || !strings.Contains(r.Detail, "sshd ignores the file") {
+		t.Errorf("keys file below /tmp: %+v", r)
+	}
+}
+
 func TestClockSkew(t *testing.T) {
 	for _, tc := range []struct {
 		skew time.Duration

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the mas4h Debian package with dpkg-deb from a staged tree:
 #   packaging/build-deb.sh VERSION OUTDIR
-# Contents: /usr/bin/mas4h, /usr/bin/mas4h-authkeys (the lean sshd hook) (+ the static /usr/bin/mas4h-agent when
+# Contents: /usr/bin/mas4h, the static /usr/bin/mas4h-authkeys (the lean sshd hook) (+ the static /usr/bin/mas4h-agent when
 # cmd/mas4h-agent exists), the units in /lib/systemd/system, /etc/mas4h
 # defaults (conffiles), man pages, shell completions, the maintainer scripts
 # of packaging/debian. Prints the path of the .deb.
@@ -26,7 +26,8 @@ cd "$top"
 # Binaries: mas4h links SQLite (cgo); the agent is static for any device.
 install -d -m 0755 "$stage/usr/bin"
 "$go" build -trimpath -buildmode=pie -ldflags "-s -w -X main.version=$version" -o "$stage/usr/bin/mas4h" ./cmd/mas4h
-"$go" build -trimpath -buildmode=pie -ldflags "-s -w -X main.version=$version" -o "$stage/usr/bin/mas4h-authkeys" ./cmd/mas4h-authkeys
+# The hook is static too: no dynamic loader to run twice per authentication.
+CGO_ENABLED=0 "$go" build -trimpath -ldflags "-s -w" -o "$stage/usr/bin/mas4h-authkeys" ./cmd/mas4h-authkeys
 if [ -d cmd/mas4h-agent ]; then
 	CGO_ENABLED=0 "$go" build -trimpath -ldflags "-s -w -X main.version=$version" -o "$stage/usr/bin/mas4h-agent" ./cmd/mas4h-agent
 fi

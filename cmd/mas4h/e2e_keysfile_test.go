@@ -21,42 +21,52 @@ func (sp *slaveProc) keysFile() string { return filepath.Join(sp.stateDir, "auth
 // keys file and returns how long that took.
 func waitKeysFile(t *testing.T, sp *slaveProc, dev registry.Device, present bool, within time.Duration) time.Duration {
 	t.Helper()
+	return waitKey(t, sp, dev.Name, dev.PublicKey, present, within)
+}
+
+func waitKey(t *testing.T, sp *slaveProc, name, key string, present bool, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
 	for {
 		data, err := os.ReadFile(sp.keysFile())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(data), dev.PublicKey) == present {
+		if strings.Contains(string(data), key) == present {
 			return time.Since(start)
 		}
 		if time.Since(start) > within {
-			t.Fatalf("%s's key still %s the keys file after %s:\n%s", dev.Name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
+			t.Fatalf("%s's key still %s the keys file after %s:\n%s", name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // hookAsked reports whether the daemon decided an authentication of device.
-func hookAsked(sp *slaveProc, device string) bool {
+func hookAsked(sp *slaveProc, device string) bool { return hookCount(sp, device) > 0 }
+
+// hookCount is how many authentications of device the daemon decided.
+func hookCount(sp *slaveProc, device string) int {
+	n := 0
 	for _, l := range strings.Split(sp.log.String(), "\n") {
 		if strings.Contains(l, "msg=auth ") && strings.Contains(l, "device="+device+" ") {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
-// sshd reads the keys file before it runs the hook: a known, disconnected
-// device logs in from the file without the hook; once its port is held it
-// leaves the file (its next login goes through newest-wins), and comes back
-// when the port is free. A revoked device leaves the file at once.
+// With --keys-file sshd reads the keys file before it runs the hook: a
+// known, disconnected device logs in from the file without the hook; once
+// its port is held it leaves the file, so its next login goes through the
+// hook and newest-wins; it comes back when the port is free. A revoked
+// device leaves the file at once.
 func TestKeysFileFastPath(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	devA, kA := e.enrol("pi-file-a", "--forward", fwd(es))
 	devB, kB := e.enrol("pi-file-b", "--forward", fwd(es))
-	sp := e.startProbingSlave("s1", fastProbe...)
+	sp := e.startProbingSlave("s1", append([]string{"--keys-file"}, fastProbe...)...)
 
 	fi, err := os.Stat(sp.keysFile())
 	if err != nil {
@@ -104,29 +114,45 @@ func TestKeysFileFastPath(t *testing.T) {
 		t.Errorf("the revoked device was not refused by the hook:\n%s", sp.log)
 	}
 
+	// pi-file-a's session freezes and the device logs in again: not from
+	// the file but through the hook, where newest-wins ends the frozen one.
+	syscall.Kill(c.cmd.Process.Pid, syscall.SIGSTOP)
+	defer syscall.Kill(c.cmd.Process.Pid, syscall.SIGCONT)
+	fresh := e.tunnel(kA, sp, fmt.Sprintf("%d:localhost:%d", port(devA), es.port))
+	if code := fresh.wait(3 * time.Second); code != -1 {
+		t.Fatalf("new tunnel failed on its first attempt (status %d): %s", code, fresh.stderr)
+	}
+	if err := roundTrip(port(devA)); err != nil {
+		t.Fatalf("new tunnel does not carry bytes: %v", err)
+	}
+	if !hookAsked(sp, "pi-file-a") {
+		t.Errorf("the reconnect of a device holding its port did not reach the hook:\n%s", sp.log)
+	}
+	waitEvents(t, e, "pi-file-a", "superseded")
+
 	// The tunnel ends: pi-file-a is back in the file.
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	c.wait(5 * time.Second)
+	fresh.cmd.Process.Signal(syscall.SIGTERM)
+	fresh.wait(5 * time.Second)
 	took = waitKeysFile(t, sp, devA, true, 3*time.Second)
 	t.Logf("pi-file-a back in the keys file %s after its client ended", took.Round(time.Millisecond))
 }
 
-// With --keys-file=false every authentication runs the hook and no keys
-// file is left behind from an earlier run.
+// Without --keys-file (the default) every authentication runs the hook, and
+// a keys file left by an earlier run is removed.
 func TestKeysFileOff(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	dev, k := e.enrol("pi-hookonly", "--forward", fwd(es))
-	sp := e.startProbingSlave("s1")
+	sp := e.startProbingSlave("s1", "--keys-file")
 	if _, err := os.Stat(sp.keysFile()); err != nil {
 		t.Fatal(err)
 	}
 	sp.cmd.Process.Signal(syscall.SIGTERM) // sshd stays up; the next daemon adopts and reloads it
 	<-sp.done
-	sp.mode = []string{"--db", e.db, "--keys-file=false"}
+	sp.mode = []string{"--db", e.db}
 	sp.start()
 	if _, err := os.Stat(sp.keysFile()); !os.IsNotExist(err) {
-		t.Fatalf("keys file still there with --keys-file=false (%v)", err)
+		t.Fatalf("keys file still there without --keys-file (%v)", err)
 	}
 	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile none\n") {
 		t.Error("sshd_config still names a keys file")
@@ -137,5 +163,46 @@ func TestKeysFileOff(t *testing.T) {
 	}
 	if !hookAsked(sp, "pi-hookonly") {
 		t.Errorf("the hook was not asked:\n%s", sp.log)
+	}
+}
+
+// Under a master, a device the slave has never seen is validated through
+// the hook, then logs in from the keys file while its cache entry is fresh;
+// a revocation on the master takes it out of the file.
+func TestKeysFileUnderMaster(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster()
+	sp := e.startSlaveWith("s1", "--master", m.url, "--token-file", m.slaveToken, "--public-host", "127.0.0.1", "--keys-file")
+	waitSlavesAlive(t, m, 1)
+	dev, k := m.enrol("pi-mfile", fwd(es))
+
+	_, c, _ := m.connect(k, es)
+	if !hookAsked(sp, "pi-mfile") {
+		t.Fatalf("the first login of a device new to the slave did not reach the hook:\n%s", sp.log)
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	c.wait(5 * time.Second)
+	took := waitKey(t, sp, dev.Name, dev.PublicKey, true, 3*time.Second)
+	t.Logf("validated device in the keys file %s after its client ended", took.Round(time.Millisecond))
+
+	asked := hookCount(sp, "pi-mfile")
+	_, c, _ = m.connect(k, es)
+	if n := hookCount(sp, "pi-mfile"); n != asked {
+		t.Errorf("the hook was asked again (%d times, was %d); sshd should have found the key in the file", n, asked)
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	c.wait(5 * time.Second)
+	waitKey(t, sp, dev.Name, dev.PublicKey, true, 3*time.Second)
+
+	start := time.Now()
+	if _, stderr, code := m.admin("device", "revoke", "pi-mfile"); code != 0 {
+		t.Fatal(stderr)
+	}
+	waitKey(t, sp, dev.Name, dev.PublicKey, false, e2eHeartbeat+3*time.Second)
+	t.Logf("revoked on the master: out of the slave's keys file %s later", time.Since(start).Round(time.Millisecond))
+	slotless := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", dev.Forwards[0].RemotePort, es.port))
+	if code := slotless.wait(10 * time.Second); code != 255 {
+		t.Fatalf("revoked device connected (status %d)", code)
 	}
 }

@@ -332,8 +332,7 @@ func TestHookAnswersFromCacheWhileDaemonDown(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	dev, k := e.enrol("pi-cache", "--forward", fwd(es))
-	// Without the keys file, so that the device's login needs the hook.
-	sp := e.startSlaveWith("s1", "--db", e.db, "--keys-file=false")
+	sp := e.startSlave("s1")
 	sp.kill9()
 	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
 	if !waitListen(t, port(dev), c, 10*time.Second) {

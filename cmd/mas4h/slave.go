@@ -114,7 +114,7 @@ registry file.`,
 	f.StringVar(&o.vip.hashSeed, "hash-seed", "", "source-hash seed, the same on every node (default mas4h's)")
 	f.StringVar(&o.vip.rateLimit, "rate-limit", "", "limit new SSH connections per source address, e.g. 10/60s (with --vip)")
 	f.StringVar(&o.probe.newestWins, "newest-wins", sshd.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
-	f.BoolVar(&o.keysFile, "keys-file", true, "let sshd read known, disconnected devices' keys from a file the daemon keeps (STATE/authorized_keys) before it runs the hook; false: every authentication runs the hook")
+	f.BoolVar(&o.keysFile, "keys-file", false, "let sshd read active devices whose ports are free from a file the daemon keeps (STATE/authorized_keys) before it runs the hook: a login then costs a file scan instead of two hook runs (for large fleets; see README, Performance)")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
@@ -189,7 +189,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		ProbeFailures: o.probe.failures,
 		ProbeTimeout:  o.probe.timeout,
 		NewestWins:    o.probe.newestWins,
-		HookOnly:      !o.keysFile,
+		KeysFile:      o.keysFile,
 		MetricsListen: o.metrics,
 		DebugPprof:    o.debugPprof,
 	}, nil

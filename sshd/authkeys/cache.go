@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -56,10 +57,12 @@ func OpenCache(path string) (*Cache, error) {
 	return &Cache{db: db}, nil
 }
 
-// OpenCacheReadOnly opens the cache for the hook. A short busy timeout keeps
-// the hook inside its 2 s budget while the daemon rewrites the cache.
-func OpenCacheReadOnly(path string) (*Cache, error) {
-	q := url.Values{"mode": {"ro"}, "_busy_timeout": {"500"}}
+// OpenCacheReadOnly opens the cache for the hook. A short busy timeout (at
+// most 500 ms) keeps the hook inside its 2 s budget while the daemon rewrites
+// the cache: SQLite's busy wait does not see a context's deadline.
+func OpenCacheReadOnly(path string, busy time.Duration) (*Cache, error) {
+	ms := max(min(busy.Milliseconds(), 500), 1)
+	q := url.Values{"mode": {"ro"}, "_busy_timeout": {strconv.FormatInt(ms, 10)}}
 	db, err := sql.Open("sqlite3", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("opening cache %s: %w", path, err)

@@ -1,14 +1,11 @@
 package authkeys
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"path/filepath"
 	"regexp"
 	"time"
@@ -16,61 +13,33 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-)
-
-// The hook must answer sshd within 2 s whatever the daemon does. It gives the
-// daemon most of that and keeps the rest for the cache.
-const (
-	hookSocketBudget = 1600 * time.Millisecond // room for newest-wins: a probe and a kill
-	hookTotalBudget  = 1900 * time.Millisecond
-	maxHookArg       = 16 << 10 // an RSA-16384 key is ~2.8 KB of base64
+	"github.com/mas4h/mas4h/sshd/authkeys/hookclient"
 )
 
 // HookRequest is what sshd tells the hook (%u %f %t %k) and what the hook
-// forwards to the daemon over its unix socket.
-type HookRequest struct {
-	Op          string `json:"op,omitempty"` // "" (authorize) or "tunnels" (root only)
-	User        string `json:"user"`
-	Fingerprint string `json:"fingerprint"`
-	KeyType     string `json:"key_type"`
-	Key         string `json:"key"`
-}
+// forwards to the daemon over its unix socket. It is defined, with HookReply,
+// by the lean hook's package, which must not import this one.
+type HookRequest = hookclient.Request
 
 // HookReply is the daemon's answer: the authorized_keys lines to print, or a
 // reason for refusing (logged by the daemon, never printed to sshd).
-type HookReply struct {
-	Allow  bool     `json:"allow"`
-	Device string   `json:"device,omitempty"`
-	Lines  []string `json:"lines,omitempty"`
-	Reason string   `json:"reason,omitempty"`
-}
+type HookReply = hookclient.Reply
 
 // UserRE is the user names mas4h accepts: what useradd accepts, minus
-// anything a shell or sshd_config would read specially.
+// anything a shell or sshd_config would read specially. It matches exactly
+// what hookclient.ValidUser accepts.
 var UserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
-var (
-	keyTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9@.-]{0,63}$`)
-)
-
 // ParseHookArgs checks sshd's arguments: user, SHA256 fingerprint, key type
-// and base64 key. The key must parse, be of the stated type and hash to the
-// stated fingerprint; anything else is refused without asking anyone.
+// and base64 key. They must have the shape the lean hook checks before it
+// asks (hookclient.CheckArgs), and the key must parse, be of the stated type
+// and hash to the stated fingerprint; anything else is refused without
+// asking anyone. The daemon runs it on every request, so it refuses whatever
+// a hook refuses even when the lean hook only checked the shape.
 func ParseHookArgs(args []string) (HookRequest, ssh.PublicKey, error) {
-	if len(args) != 4 {
-		return HookRequest{}, nil, fmt.Errorf("want 4 arguments (user fingerprint key-type key), got %d", len(args))
-	}
-	for _, a := range args {
-		if len(a) > maxHookArg {
-			return HookRequest{}, nil, fmt.Errorf("argument of %d bytes is too long", len(a))
-		}
-	}
-	req := HookRequest{User: args[0], Fingerprint: args[1], KeyType: args[2], Key: args[3]}
-	if !UserRE.MatchString(req.User) {
-		return req, nil, fmt.Errorf("user %.40q is not a valid user name", req.User)
-	}
-	if !keyTypeRE.MatchString(req.KeyType) {
-		return req, nil, fmt.Errorf("key type %.40q is malformed", req.KeyType)
+	req, err := hookclient.CheckArgs(args)
+	if err != nil {
+		return req, nil, err
 	}
 	blob, err := base64.StdEncoding.DecodeString(req.Key)
 	if err != nil {
@@ -98,7 +67,7 @@ type HookPaths struct {
 // PathsFor returns the hook's files for a state dir.
 func PathsFor(stateDir string) HookPaths {
 	return HookPaths{
-		Socket: filepath.Join(stateDir, "run", "hook.sock"),
+		Socket: hookclient.SocketPath(stateDir),
 		Cache:  filepath.Join(stateDir, "cache.db"),
 	}
 }
@@ -108,16 +77,18 @@ func PathsFor(stateDir string) HookPaths {
 var ErrDenied = errors.New("no key for this request")
 
 // RunHook is `mas4h authkeys`: it validates sshd's arguments, asks the slave
-// daemon, falls back to the daemon's cache when the daemon is down or hung,
-// and writes the authorized_keys lines to out. Every failure is a denial.
-func RunHook(ctx context.Context, paths HookPaths, args []string, out io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, hookTotalBudget)
-	defer cancel()
+// daemon (unless cacheOnly), falls back to the daemon's cache when the daemon
+// is down or hung, and writes the authorized_keys lines to out, all before
+// ctx's deadline (the caller sets it). Every failure is a denial.
+func RunHook(ctx context.Context, paths HookPaths, cacheOnly bool, args []string, out io.Writer) error {
 	req, key, err := ParseHookArgs(args)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrDenied, err)
 	}
-	reply, err := askDaemon(ctx, paths.Socket, req)
+	reply, err := HookReply{}, errors.New("daemon not asked (--cache-only)")
+	if !cacheOnly {
+		reply, err = askDaemon(ctx, paths.Socket, req)
+	}
 	if err != nil {
 		reply, err = askCache(ctx, paths.Cache, req, key)
 		if err != nil {
@@ -127,39 +98,27 @@ func RunHook(ctx context.Context, paths HookPaths, args []string, out io.Writer)
 	if !reply.Allow || len(reply.Lines) == 0 {
 		return fmt.Errorf("%w: %s", ErrDenied, reply.Reason)
 	}
-	w := bufio.NewWriter(out)
-	for _, l := range reply.Lines {
-		fmt.Fprintln(w, l)
-	}
-	return w.Flush()
+	return hookclient.WriteLines(out, reply)
 }
 
+// askDaemon asks the daemon over its socket, leaving the cache its reserve
+// of the budget.
 func askDaemon(ctx context.Context, socket string, req HookRequest) (HookReply, error) {
-	ctx, cancel := context.WithTimeout(ctx, hookSocketBudget)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
-	if err != nil {
-		return HookReply{}, err
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(hookclient.TotalBudget)
 	}
-	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return HookReply{}, err
-	}
-	var reply HookReply
-	dec := json.NewDecoder(io.LimitReader(conn, 1<<20))
-	if err := dec.Decode(&reply); err != nil {
-		return HookReply{}, fmt.Errorf("reading daemon reply: %w", err)
-	}
-	return reply, nil
+	return hookclient.Ask(socket, req, deadline.Add(-hookclient.CacheReserve))
 }
 
 // askCache answers from the daemon's cache file, read-only, exactly as the
 // daemon would have from the same data.
 func askCache(ctx context.Context, path string, req HookRequest, key ssh.PublicKey) (HookReply, error) {
-	c, err := OpenCacheReadOnly(path)
+	busy := 500 * time.Millisecond
+	if deadline, ok := ctx.Deadline(); ok {
+		busy = time.Until(deadline) - 20*time.Millisecond // room to answer
+	}
+	c, err := OpenCacheReadOnly(path, busy)
 	if err != nil {
 		return HookReply{}, err
 	}

@@ -1,15 +1,23 @@
 package authkeys
 
 import (
+	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authkeys/hookclient"
 )
 
 func newKey(t testing.TB) ssh.PublicKey {
@@ -46,6 +54,9 @@ func TestParseHookArgs(t *testing.T) {
 		"not base64":           {good[0], good[1], good[2], "!!!"},
 		"huge key":             {good[0], good[1], good[2], strings.Repeat("A", 1<<20)},
 		"newline in type":      {good[0], good[1], "ssh-ed25519\nx", good[3]},
+		"md5 fingerprint":      {good[0], ssh.FingerprintLegacyMD5(k), good[2], good[3]},
+		"newline in key":       {good[0], good[1], good[2], good[3][:20] + "\n" + good[3][20:]},
+		"key of other":         {good[0], good[1], good[2], hookArgs("x", other)[3]},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -53,6 +64,76 @@ func TestParseHookArgs(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// sshd/user.go checks user names with UserRE; the lean hook with
+// hookclient.ValidUser.
+func TestUserREIsValidUser(t *testing.T) {
+	for _, u := range []string{"", "a", "_", "-a", "0a", "mas4h-tunnel", "a_b-c9", "A", "a.b", "a\n", "a$",
+		strings.Repeat("a", 32), strings.Repeat("a", 33)} {
+		if UserRE.MatchString(u) != hookclient.ValidUser(u) {
+			t.Errorf("%q: UserRE %v, ValidUser %v", u, UserRE.MatchString(u), hookclient.ValidUser(u))
+		}
+	}
+}
+
+// `mas4h authkeys --cache-only`, the lean hook's fallback, answers from the
+// cache without asking the daemon, within its budget.
+func TestMainCacheOnly(t *testing.T) {
+	k, other := newKey(t), newKey(t)
+	dir := t.TempDir()
+	c, err := OpenCache(PathsFor(dir).Cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	dev := registry.Device{Name: "pi", Fingerprint: ssh.FingerprintSHA256(k), PublicKey: registry.AuthorizedKey(k), Status: registry.StatusActive,
+		Forwards: []registry.Forward{{Name: "ssh", Target: "localhost:22", RemotePort: 20001}}}
+	if err := c.SetTunnelUser(ctx, "mas4h-tunnel"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(ctx, dev, time.Now().Add(-time.Hour)); err != nil { // expired still counts
+		t.Fatal(err)
+	}
+	c.Close()
+	// A daemon that would allow anything: --cache-only must not ask it.
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", PathsFor(dir).Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			var req HookRequest
+			json.NewDecoder(conn).Decode(&req)
+			json.NewEncoder(conn).Encode(HookReply{Allow: true, Lines: []string{"from the daemon"}})
+			conn.Close()
+		}
+	}()
+	want, _ := AuthorizedLine(dev)
+	for _, c := range []struct {
+		flags []string
+		key   ssh.PublicKey
+		out   string
+	}{
+		{[]string{"--cache-only", "--budget-ms", "1500"}, k, want + "\n"},
+		{[]string{"--cache-only"}, other, ""},
+		{nil, other, "from the daemon\n"},
+	} {
+		var out bytes.Buffer
+		args := append(append(c.flags, "--state-dir", dir, "--"), hookArgs("mas4h-tunnel", c.key)...)
+		code := Main(ctx, args, &out)
+		if out.String() != c.out || (code == 0) != (c.out != "") {
+			t.Errorf("%q: exit %d, output %q, want %q", c.flags, code, out.String(), c.out)
+		}
 	}
 }
 

@@ -71,6 +71,7 @@ func run() int {
 	fs.DurationVar(&fc.MaxBackoff, "max-backoff", time.Minute, "longest reconnect delay (the agent's)")
 	fs.DurationVar(&fc.SetupTimeout, "setup-timeout", 5*time.Minute, "limit for one setup storm or reconnect storm")
 	fs.IntVar(&fc.HookRuns, "hook-runs", 0, "idle hook runs")
+	fs.BoolVar(&fc.KeysFile, "keys-file", false, "run the slave with --keys-file (sshd reads known, disconnected devices from a file before the hook)")
 	fs.BoolVar(&fc.Freeze, "freeze", true, "time detection of frozen OpenSSH clients (about 75 s, while dispatch runs)")
 	fs.IntVar(&fc.DispatchDevices, "dispatch-devices", -1, "devices in the master's registry for the dispatch run (0: no dispatch run)")
 	fs.IntVar(&fc.DispatchSlaves, "dispatch-slaves", 10, "fake slaves heartbeating to the master")
@@ -104,6 +105,10 @@ func run() int {
 		}
 		res.WriteTable(os.Stdout)
 		return 0
+	}
+	label := name // of the JSON file
+	if fc.KeysFile {
+		label += "-keysfile"
 	}
 	p, ok := presets[name]
 	if !ok || fs.NArg() > 0 {
@@ -184,14 +189,14 @@ func run() int {
 		if res != nil && len(res.Points) > 0 {
 			res.Notes = append(res.Notes, "INCOMPLETE: "+err.Error())
 			res.WriteTable(os.Stdout)
-			if path, err := res.WriteJSON(out, name+"-incomplete"); err == nil {
+			if path, err := res.WriteJSON(out, label+"-incomplete"); err == nil {
 				fmt.Fprintf(os.Stderr, "wrote %s\n", path)
 			}
 		}
 		return 1
 	}
 	res.WriteTable(os.Stdout)
-	path, err := res.WriteJSON(out, name)
+	path, err := res.WriteJSON(out, label)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mas4h-fleet:", err)
 		return 1
