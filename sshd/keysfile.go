@@ -17,7 +17,7 @@ import (
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
-// The keys file is sshd's fast path. sshd reads AuthorizedKeysFile before it
+// The keys file (slave --keys-file) is sshd's fast path. sshd reads AuthorizedKeysFile before it
 // runs AuthorizedKeysCommand (OpenSSH 8.9 and later), so a device listed
 // there logs in without the two hook processes an authentication otherwise
 // costs. The daemon lists every active device none of whose leased ports is

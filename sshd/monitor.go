@@ -48,6 +48,20 @@ type tunnelState struct {
 	since           time.Time
 	failures        int
 	last            *wire.Probe
+
+	// The forward's probe, parsed once per spec rather than every cycle.
+	probeSpec, probeTarget string
+	probe                  Probe
+	probeErr               error
+}
+
+// setProbe parses f's probe unless st already holds it. Call with m.mu held.
+func (st *tunnelState) setProbe(f registry.Forward) {
+	if st.probeSpec == f.Probe && st.probeTarget == f.Target && (st.probe.Kind != "" || st.probeErr != nil) {
+		return
+	}
+	st.probeSpec, st.probeTarget = f.Probe, f.Target
+	st.probe, st.probeErr = ParseProbe(f.Probe, f.Target)
 }
 
 // monitor discovers this slave's tunnels, probes them, reaps stale sessions
@@ -62,6 +76,11 @@ type monitor struct {
 
 	refreshMu sync.Mutex // one table walk at a time
 	refreshed time.Time
+	disc      *discoverCache // what earlier walks read of each process's fds
+
+	leaseMu  sync.Mutex
+	leaseMap map[int]lease // as of cache generation leaseGen
+	leaseGen uint64
 
 	// The slave's Prometheus metrics (see metrics.go); nil counts nothing.
 	registry *prometheus.Registry
@@ -69,7 +88,7 @@ type monitor struct {
 }
 
 func newMonitor(s *Slave) *monitor {
-	m := &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}}
+	m := &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}, disc: newDiscoverCache()}
 	m.registry, m.metrics = newSlaveMetrics(s, m)
 	return m
 }
@@ -86,7 +105,17 @@ type lease struct {
 	fwd    registry.Forward
 }
 
+// leases maps each leased port to its device and forward. The cache is
+// reread only when this daemon has written to it since (decoding every
+// device each cycle was a good part of a cycle's cost); callers must not
+// change the map.
 func (m *monitor) leases(ctx context.Context) map[int]lease {
+	m.leaseMu.Lock()
+	defer m.leaseMu.Unlock()
+	gen := m.s.cache.Generation()
+	if m.leaseMap != nil && gen == m.leaseGen {
+		return m.leaseMap
+	}
 	out := map[int]lease{}
 	all, err := m.s.cache.All(ctx)
 	if err != nil {
@@ -98,6 +127,7 @@ func (m *monitor) leases(ctx context.Context) map[int]lease {
 			out[f.RemotePort] = lease{cd.Device, f}
 		}
 	}
+	m.leaseMap, m.leaseGen = out, gen
 	return out
 }
 
@@ -118,12 +148,12 @@ func (m *monitor) run(ctx context.Context) {
 }
 
 func (m *monitor) cycle(ctx context.Context) {
-	current, byMonitor, leases, err := m.refresh(ctx)
+	current, byMonitor, _, err := m.refresh(ctx)
 	if err != nil {
 		m.s.log.Error("discovering sessions", "err", err)
 		return
 	}
-	m.probeAll(ctx, current, leases)
+	m.probeAll(ctx, current)
 	// A failure is re-checked after a short delay rather than a whole
 	// interval, so a stale session is confirmed (or cleared) in seconds.
 	for {
@@ -143,7 +173,7 @@ func (m *monitor) cycle(ctx context.Context) {
 			return
 		case <-time.After(probeRetryDelay):
 		}
-		m.probeAll(ctx, failing, leases)
+		m.probeAll(ctx, failing)
 	}
 
 	// Reap sessions with a port past the failure threshold.
@@ -172,7 +202,7 @@ func (m *monitor) cycle(ctx context.Context) {
 func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[int]Session, map[int]lease, error) {
 	m.refreshMu.Lock()
 	defer m.refreshMu.Unlock()
-	sessions, err := m.s.discoverer().Sessions()
+	sessions, err := m.s.discoverer().sessions(m.disc)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -197,6 +227,7 @@ func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[
 					m.s.src.Report(ctx, "connect", st.device, fmt.Sprintf("tunnel up: %s on port %d from %s", st.forward, p, st.remote))
 				}
 			}
+			st.setProbe(l.fwd)
 			current[k] = st
 		}
 	}
@@ -223,30 +254,44 @@ func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[
 }
 
 // probeAll probes every tunnel with bounded concurrency and records results.
-func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelState, leases map[int]lease) {
-	sem := make(chan struct{}, probeConcurrency)
-	var wg sync.WaitGroup
-	for k, st := range current {
-		l := leases[k.port]
-		probe, err := ParseProbe(l.fwd.Probe, l.fwd.Target)
-		if err != nil {
-			m.s.log.Warn("bad probe spec; not probing", "device", st.device, "forward", st.forward, "err", err)
-			continue
-		}
-		if probe.Kind == ProbeNone {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(k tunnelKey, st *tunnelState) {
-			defer func() { <-sem; wg.Done() }()
-			err := probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(k.port)), m.s.cfg.ProbeTimeout)
-			if ctx.Err() != nil {
-				return
-			}
-			m.record(ctx, k, st, err)
-		}(k, st)
+func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelState) {
+	type job struct {
+		k     tunnelKey
+		st    *tunnelState
+		probe Probe
 	}
+	jobs := make([]job, 0, len(current))
+	m.mu.Lock()
+	for k, st := range current {
+		if st.probeErr != nil {
+			m.s.log.Warn("bad probe spec; not probing", "device", st.device, "forward", st.forward, "err", st.probeErr)
+			continue
+		}
+		if st.probe.Kind == ProbeNone {
+			continue
+		}
+		jobs = append(jobs, job{k, st, st.probe})
+	}
+	m.mu.Unlock()
+	next := make(chan job)
+	var wg sync.WaitGroup
+	for range min(probeConcurrency, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				err := j.probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(j.k.port)), m.s.cfg.ProbeTimeout)
+				if ctx.Err() != nil {
+					continue
+				}
+				m.record(ctx, j.k, j.st, err)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		next <- j
+	}
+	close(next)
 	wg.Wait()
 }
 

@@ -1,0 +1,96 @@
+package sshd
+
+import (
+	"net"
+	"runtime"
+	"testing"
+)
+
+// sock_diag and /proc/net/tcp describe the same sockets the same way.
+func TestDiagSocketsMatchesProcNet(t *testing.T) {
+	var ls []net.Listener
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "127.0.0.1:0"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("no %s here: %v", addr, err)
+		}
+		defer l.Close()
+		ls = append(ls, l)
+	}
+	sshPort := ls[0].Addr().(*net.TCPAddr).Port
+	var conns []net.Conn
+	for _, l := range ls[:2] {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		a, err := l.Accept() // an unaccepted connection has no inode yet
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		conns = append(conns, c, a)
+	}
+	got, err := diagSockets(sshPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := readSockets("/proc", sshPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := map[int]bool{}
+	for _, l := range ls {
+		ours[l.Addr().(*net.TCPAddr).Port] = true
+	}
+	n := 0
+	for ino, w := range want {
+		if !ours[w.localPort] {
+			continue // another process's socket may come and go between the reads
+		}
+		n++
+		if g, ok := got[ino]; !ok || g != w {
+			t.Errorf("inode %d: sock_diag %+v (found %v), /proc/net %+v", ino, g, ok, w)
+		}
+	}
+	// 3 listeners and the accepted end of the connection to sshPort.
+	if n != 4 {
+		t.Errorf("%d of our sockets in /proc/net/tcp, want 4: %+v", n, want)
+	}
+	for ino, g := range got {
+		if ours[g.localPort] {
+			if _, ok := want[ino]; !ok {
+				t.Errorf("sock_diag lists inode %d %+v that /proc/net/tcp does not", ino, g)
+			}
+		}
+	}
+	runtime.KeepAlive(conns)
+}
+
+func BenchmarkSocketTables(b *testing.B) {
+	var ls []net.Listener
+	for range 2000 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Skip(err)
+		}
+		defer l.Close()
+		ls = append(ls, l)
+	}
+	b.Run("sock_diag", func(b *testing.B) {
+		for b.Loop() {
+			if s, err := diagSockets(22); err != nil || len(s) < 2000 {
+				b.Fatal(err, len(s))
+			}
+		}
+	})
+	b.Run("proc_net", func(b *testing.B) {
+		for b.Loop() {
+			if s, err := readSockets("/proc", 22); err != nil || len(s) < 2000 {
+				b.Fatal(err, len(s))
+			}
+		}
+	})
+	runtime.KeepAlive(ls)
+}
