@@ -158,7 +158,7 @@ func (s *Slave) killDevice(ctx context.Context, dev registry.Device, reason stri
 	for _, f := range dev.Forwards {
 		ports[f.RemotePort] = true
 	}
-	sessions, err := s.discoverer().Sessions()
+	sessions, err := s.mon.sessions()
 	if err != nil {
 		s.log.Error("listing sessions", "device", dev.Name, "err", err)
 		return

@@ -199,6 +199,16 @@ func (m *monitor) cycle(ctx context.Context) {
 
 // refresh rereads the process and socket tables, notes tunnels that came
 // up or went down (with events), and returns the live ones.
+// sessions lists this slave's sessions through the monitor's fd cache, one
+// table walk at a time: newest-wins and revocations ask for them while a
+// device waits, and a fresh walk of every process's fds costs tens of
+// milliseconds per thousand sessions.
+func (m *monitor) sessions() ([]Session, error) {
+	m.refreshMu.Lock()
+	defer m.refreshMu.Unlock()
+	return m.s.discoverer().sessions(m.disc)
+}
+
 func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[int]Session, map[int]lease, error) {
 	m.refreshMu.Lock()
 	defer m.refreshMu.Unlock()
@@ -380,7 +390,7 @@ func (m *monitor) supersede(ctx context.Context, dev registry.Device) {
 	if len(held) == 0 {
 		return
 	}
-	sessions, err := m.s.discoverer().Sessions()
+	sessions, err := m.sessions()
 	if err != nil {
 		return
 	}

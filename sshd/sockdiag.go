@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 )
 
@@ -25,6 +26,10 @@ const (
 	tcpConnStates = 1<<1 | 1<<4 | 1<<5 | 1<<7 | 1<<8 | 1<<9 | 1<<11
 )
 
+// diagBufs are receive buffers: a dump answers in messages of at most 32 KiB
+// (the kernel's netlink dump size), and the slave dumps every second.
+var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
 // diagSockets is readSockets on the live system (this process's network
 // namespace): every listening TCP socket, and (sshPort > 0) the
 // connections on local port sshPort, by inode.
@@ -42,7 +47,9 @@ func diagSockets(sshPort int) (map[uint64]sockInfo, error) {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	socks := map[uint64]sockInfo{}
-	buf := make([]byte, 256<<10)
+	bp := diagBufs.Get().(*[]byte)
+	defer diagBufs.Put(bp)
+	buf := *bp
 	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
 		if err := diagDump(fd, uint32(seq+1), family, states, buf, func(m []byte) {
 			addDiagSocket(m, family, sshPort, socks)
