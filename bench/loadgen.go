@@ -179,7 +179,14 @@ func (f *fleet) waitUpSince(ctx context.Context, t time.Time, n int) (time.Time,
 func (f *fleet) play(i int) {
 	defer f.wg.Done()
 	d := f.devs[i]
-	backoff := f.cfg.MinBackoff
+	minB, maxB := f.cfg.MinBackoff, f.cfg.MaxBackoff
+	if minB <= 0 {
+		minB = time.Second // the agent's
+	}
+	if maxB < minB {
+		maxB = max(minB, time.Minute)
+	}
+	backoff := minB
 	first := true
 	for f.ctx.Err() == nil {
 		if first && f.sem != nil {
@@ -201,15 +208,18 @@ func (f *fleet) play(i int) {
 		first = false
 		if err == nil {
 			f.serve(i, conn, chans, reqs)
-			backoff = f.cfg.MinBackoff // a session that was up starts over
+			backoff = minB // a session that was up starts over
 		} else if f.ctx.Err() == nil {
 			f.fail(d, err)
 		}
-		if !f.cfg.Reconnect || f.ctx.Err() != nil {
+		// A session that ended stays down unless told to reconnect; a
+		// failed attempt is retried with backoff either way (and counted),
+		// so one refusal does not leave a setup round short until its timeout.
+		if f.ctx.Err() != nil || err == nil && !f.cfg.Reconnect {
 			return
 		}
 		delay := backoff - time.Duration(rand.Float64()*f.cfg.Jitter*float64(backoff))
-		backoff = min(backoff*2, f.cfg.MaxBackoff)
+		backoff = min(backoff*2, maxB)
 		select {
 		case <-f.ctx.Done():
 			return

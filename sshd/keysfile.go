@@ -28,7 +28,8 @@ import (
 // sshd answers.
 const (
 	keysFileName    = "authorized_keys"
-	keysFileEvery   = time.Second // how often held ports are read and the file rewritten, at most
+	keysFileEvery   = time.Second      // how often held ports are read and the file rewritten, at most
+	keysFileQuiet   = 10 * time.Second // how often they are read while sshd's log says nothing happened
 	keysFileTick    = 250 * time.Millisecond
 	keysFileGoneFor = time.Minute // a revoked name stays out this long, whatever the cache says meanwhile
 )
@@ -54,6 +55,32 @@ type keysFile struct {
 	sum      [32]byte
 	entries  int
 	lastLook time.Time
+	logMark  logMark // sshd's log as of the last look
+	poked    bool    // the daemon ended a session since the last look
+}
+
+// logMark is what stat says of sshd's log: sshd writes a line for every
+// connection, authentication and disconnect (LogLevel VERBOSE), so an
+// unchanged log means no session came or went on its own.
+type logMark struct {
+	size  int64
+	mtime time.Time
+}
+
+func markOf(path string) logMark {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return logMark{size: -1}
+	}
+	return logMark{fi.Size(), fi.ModTime()}
+}
+
+// poke asks for a look at the held ports at the next tick: the daemon ended
+// a session (sshd logs nothing for a session killed from outside).
+func (k *keysFile) poke() {
+	k.mu.Lock()
+	k.poked = true
+	k.mu.Unlock()
 }
 
 func newKeysFile(s *Slave) *keysFile {
@@ -84,8 +111,10 @@ func (k *keysFile) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			mark := markOf(k.logPath())
 			k.mu.Lock()
-			look := now.Sub(k.lastLook) >= keysFileEvery
+			since := now.Sub(k.lastLook)
+			look := since >= keysFileEvery && (k.poked || mark != k.logMark || since >= keysFileQuiet)
 			due := !k.wrote || k.allGen != k.s.cache.Generation() || (!k.expires.IsZero() && !now.Before(k.expires))
 			k.mu.Unlock()
 			if !look && !due {
@@ -112,11 +141,12 @@ func (k *keysFile) write(ctx context.Context, look bool) error {
 		k.all, k.allGen, k.allRead = all, gen, true
 	}
 	if look {
+		mark := markOf(k.logPath()) // before the read: a change during it makes the next tick look again
 		held, err := ListeningPorts(k.s.cfg.ProcRoot)
 		if err != nil {
 			return err
 		}
-		k.held, k.lastLook = held, now
+		k.held, k.lastLook, k.poked, k.logMark = held, now, false, mark
 	}
 	for name, at := range k.gone {
 		if now.Sub(at) > keysFileGoneFor {
@@ -161,6 +191,8 @@ func (k *keysFile) line(d registry.Device) (string, error) {
 	k.lines[id] = l
 	return l, nil
 }
+
+func (k *keysFile) logPath() string { return SSHDLogPath(k.s.cfg.StateDir) }
 
 // count is the number of devices in the file as last written.
 func (k *keysFile) count() int {

@@ -335,6 +335,9 @@ func (m *monitor) end(ctx context.Context, sess Session, device, why, kind strin
 	m.mu.Unlock()
 	start := time.Now()
 	terminate(m.s.cfg.ProcRoot, sess, 2*time.Second)
+	if m.s.keys != nil {
+		m.s.keys.poke() // its ports are free: its device may go back in the keys file
+	}
 	free := "free"
 	if listening, err := ListeningPorts(m.s.cfg.ProcRoot); err == nil {
 		for _, p := range sess.Ports {
