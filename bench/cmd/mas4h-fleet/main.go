@@ -49,13 +49,14 @@ var presets = map[string]preset{
 
 func run() int {
 	var (
-		fc       bench.FleetConfig
-		name     string
-		points   string
-		out      string
-		timeout  time.Duration
-		waitIdle time.Duration
-		render   string
+		fc        bench.FleetConfig
+		name      string
+		points    string
+		out       string
+		timeout   time.Duration
+		waitIdle  time.Duration
+		render    string
+		labelFlag string
 	)
 	fs := flag.NewFlagSet("mas4h-fleet", flag.ContinueOnError)
 	fs.StringVar(&name, "preset", "short", "short (make bench, < 5 min) or full (make bench-full); other flags override it")
@@ -89,6 +90,7 @@ func run() int {
 	fs.StringVar(&out, "out", "bench/results", "directory for issue7-<date>-<preset>.json")
 	fs.DurationVar(&timeout, "timeout", 0, "limit for the whole run (preset: short 10m, full 90m)")
 	fs.DurationVar(&waitIdle, "wait-idle", 15*time.Minute, "wait up to this long for other test runs (go test, *.test) to finish first")
+	fs.StringVar(&labelFlag, "label", "", "name part of the JSON file (default: the preset, plus -keysfile with -keys-file)")
 	fs.StringVar(&render, "render", "", "print the table of an earlier run's JSON file and exit (runs nothing)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -109,6 +111,9 @@ func run() int {
 	label := name // of the JSON file
 	if fc.KeysFile {
 		label += "-keysfile"
+	}
+	if labelFlag != "" {
+		label = labelFlag
 	}
 	p, ok := presets[name]
 	if !ok || fs.NArg() > 0 {
