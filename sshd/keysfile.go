@@ -50,7 +50,6 @@ type keysFile struct {
 	gone     map[string]time.Time // revoked or removed, with when
 	lines    map[string]string    // rendered lines by device name + key + ports
 	wrote    bool
-	wroteAt  time.Time
 	expires  time.Time // earliest expiry among the written entries (master mode); zero: none
 	sum      [32]byte
 	entries  int
@@ -100,9 +99,11 @@ func (k *keysFile) revoke(ctx context.Context, name string) {
 	}
 }
 
-// run keeps the file up to date until ctx ends: every keysFileEvery it
-// rereads the held ports, and it rewrites the file when anything it was
-// written from changed.
+// run keeps the file up to date until ctx ends. It rereads the held ports
+// at most every keysFileEvery: when sshd's log changed (a login or a
+// disconnect), when the daemon ended a session, or every keysFileQuiet
+// anyway (a session killed from outside logs nothing). It rewrites the file
+// when anything it was written from changed.
 func (k *keysFile) run(ctx context.Context) {
 	t := time.NewTicker(keysFileTick)
 	defer t.Stop()
@@ -165,7 +166,7 @@ func (k *keysFile) write(ctx context.Context, look bool) error {
 			k.s.log.Debug("keys file rewritten", "entries", entries, "was", k.entries)
 		}
 	}
-	k.wrote, k.wroteAt, k.expires, k.sum, k.entries = true, now, expires, sum, entries
+	k.wrote, k.expires, k.sum, k.entries = true, expires, sum, entries
 	return nil
 }
 
