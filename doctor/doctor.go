@@ -260,17 +260,27 @@ func checkHookPath(c *Config, r *report) {
 			what = "nearest existing parent " + target + " of the state dir " + dir
 		}
 	}
-	err := sshd.CheckRootOwnedPath(target)
+	if checkSSHDPath(r, "hook path", target, what, "sshd refuses an AuthorizedKeysCommand below it",
+		"chown root:root %[1]s && chmod go-w %[1]s, or use a state dir below /var/lib/mas4h") {
+		r.add("hook path", OK, what+": root-owned and not group/world-writable up to /", "")
+	}
+}
+
+// checkSSHDPath reports a Fail finding when path, or a directory above it,
+// is not one sshd's StrictModes accepts, and returns whether it is. fix is a
+// format with the offending component as %[1]s.
+func checkSSHDPath(r *report, check, path, what, consequence, fix string) bool {
+	err := sshd.CheckRootOwnedPath(path)
 	var unsafe *sshd.UnsafePathError
 	switch {
 	case errors.As(err, &unsafe):
-		r.add("hook path", Fail, fmt.Sprintf("%s: %s %s; sshd refuses an AuthorizedKeysCommand below it", what, unsafe.Component, unsafe.Why),
-			fmt.Sprintf("chown root:root %s && chmod go-w %s, or use a state dir below /var/lib/mas4h", unsafe.Component, unsafe.Component))
+		r.add(check, Fail, fmt.Sprintf("%s: %s %s; %s", what, unsafe.Component, unsafe.Why, consequence), fmt.Sprintf(fix, unsafe.Component))
 	case err != nil:
-		r.add("hook path", Fail, err.Error(), "")
+		r.add(check, Fail, err.Error(), "")
 	default:
-		r.add("hook path", OK, what+": root-owned and not group/world-writable up to /", "")
+		return true
 	}
+	return false
 }
 
 // checkKeysFile looks at the keys file of a slave run with --keys-file:
@@ -289,23 +299,17 @@ func checkKeysFile(c *Config, r *report) {
 		r.add("keys file", Fail, err.Error(), "")
 		return
 	}
-	err = sshd.CheckRootOwnedPath(path)
-	var unsafe *sshd.UnsafePathError
-	switch {
-	case errors.As(err, &unsafe):
-		r.add("keys file", Fail, fmt.Sprintf("%s: %s %s; sshd ignores the file and every login runs the hook", path, unsafe.Component, unsafe.Why),
-			fmt.Sprintf("chown root %s && chmod go-w %s (the slave rewrites the file with the right owner on its next change)", unsafe.Component, unsafe.Component))
-	case err != nil:
-		r.add("keys file", Fail, err.Error(), "")
-	default:
-		n := 0
-		for _, l := range strings.Split(string(data), "\n") {
-			if l != "" && !strings.HasPrefix(l, "#") {
-				n++
-			}
-		}
-		r.add("keys file", OK, fmt.Sprintf("%s: %d devices sshd finds without the hook", path, n), "")
+	if !checkSSHDPath(r, "keys file", path, path, "sshd ignores the file and every login runs the hook",
+		"chown root %[1]s && chmod go-w %[1]s (the slave rewrites the file with the right owner on its next change)") {
+		return
 	}
+	n := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			n++
+		}
+	}
+	r.add("keys file", OK, fmt.Sprintf("%s: %d devices sshd finds without the hook", path, n), "")
 }
 
 func (c *Config) path(p string) string {

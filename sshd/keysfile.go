@@ -43,9 +43,8 @@ type keysFile struct {
 	path string
 
 	mu       sync.Mutex
-	all      []authkeys.CachedDevice // the cache as of allGen
+	all      []authkeys.CachedDevice // the cache's snapshot as of allGen (shared: never modified)
 	allGen   uint64
-	allRead  bool
 	held     map[int]bool         // listening ports at the last look
 	gone     map[string]time.Time // revoked or removed, with when
 	lines    map[string]string    // rendered lines by device name + key + ports
@@ -134,13 +133,11 @@ func (k *keysFile) write(ctx context.Context, look bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := time.Now()
-	if gen := k.s.cache.Generation(); !k.allRead || gen != k.allGen {
-		all, err := k.s.cache.All(ctx)
-		if err != nil {
-			return err
-		}
-		k.all, k.allGen, k.allRead = all, gen, true
+	all, gen, err := k.s.cache.Snapshot(ctx)
+	if err != nil {
+		return err
 	}
+	k.all, k.allGen = all, gen
 	if look {
 		mark := markOf(k.logPath()) // before the read: a change during it makes the next tick look again
 		held, err := ListeningPorts(k.s.cfg.ProcRoot)

@@ -267,7 +267,7 @@ func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, stri
 // refresh revalidates cached devices whose entry expires within a fifth of
 // the TTL, so that a connecting device rarely waits for the master.
 func (m *MasterSource) refresh(ctx context.Context, gone func(registry.Device, string)) {
-	all, err := m.cache.All(ctx)
+	all, _, err := m.cache.Snapshot(ctx)
 	if err != nil {
 		m.Log.Error("reading cache", "err", err)
 		return

@@ -112,12 +112,11 @@ type lease struct {
 func (m *monitor) leases(ctx context.Context) map[int]lease {
 	m.leaseMu.Lock()
 	defer m.leaseMu.Unlock()
-	gen := m.s.cache.Generation()
-	if m.leaseMap != nil && gen == m.leaseGen {
+	if m.leaseMap != nil && m.s.cache.Generation() == m.leaseGen {
 		return m.leaseMap
 	}
 	out := map[int]lease{}
-	all, err := m.s.cache.All(ctx)
+	all, gen, err := m.s.cache.Snapshot(ctx)
 	if err != nil {
 		m.s.log.Error("reading cache", "err", err)
 		return out

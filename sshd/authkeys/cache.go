@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,11 @@ import (
 type Cache struct {
 	db  *sql.DB
 	gen atomic.Uint64 // bumped by every write of a device entry
+
+	snapMu  sync.Mutex
+	snap    []CachedDevice // All as of snapGen
+	snapGen uint64
+	snapOK  bool
 }
 
 // Generation changes whenever this process changes a device entry, so that
@@ -195,6 +201,25 @@ func (c *Cache) All(ctx context.Context) ([]CachedDevice, error) {
 		out = append(out, cd)
 	}
 	return out, rows.Err()
+}
+
+// Snapshot is All as of the cache's current generation, with that
+// generation. It is decoded once per generation and shared by every caller
+// (the daemon's monitor, keys file and master refresh all walk it), so
+// callers must not modify it.
+func (c *Cache) Snapshot(ctx context.Context) ([]CachedDevice, uint64, error) {
+	c.snapMu.Lock()
+	defer c.snapMu.Unlock()
+	gen := c.gen.Load() // before reading: a write in between makes the next call reread
+	if c.snapOK && gen == c.snapGen {
+		return c.snap, gen, nil
+	}
+	all, err := c.All(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.snap, c.snapGen, c.snapOK = all, gen, true
+	return all, gen, nil
 }
 
 // CachedDevice is a cache entry.
