@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Config is the agent's configuration, filled and checked by the command.
@@ -72,13 +72,13 @@ func (c *Config) Check() error {
 	default:
 		return fmt.Errorf("--ssh-client must be auto, openssh or dropbear, not %q", c.SSHClient)
 	}
-	if _, err := apiclient.New(c.Master, ""); err != nil {
+	if _, err := client.New(c.Master, ""); err != nil {
 		return err
 	}
 	return nil
 }
 
-// SlotSource gives slots; *apiclient.Client is the real one.
+// SlotSource gives slots; *client.Client is the real one.
 type SlotSource interface {
 	Slot(ctx context.Context, publicKey string) (wire.Slot, error)
 }
@@ -125,8 +125,8 @@ func New(cfg Config, log *slog.Logger, d Deps) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log, src: d.Source, runner: d.Runner, clock: d.Clock, lookup: d.Lookup,
 		backoff: Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
 	if a.src == nil {
-		c, err := apiclient.New(cfg.Master, "", apiclient.WithUserAgent(cfg.UserAgent),
-			apiclient.WithTimeout(cfg.ConnectTimeout), apiclient.WithHTTPClient(&http.Client{}))
+		c, err := client.New(cfg.Master, "", client.WithUserAgent(cfg.UserAgent),
+			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(&http.Client{}))
 		if err != nil {
 			return nil, err
 		}
@@ -300,7 +300,7 @@ func (a *Agent) slot(ctx context.Context, pub string) (s wire.Slot, minWait time
 	if ctx.Err() != nil {
 		return s, 0, false
 	}
-	var ae *apiclient.Error
+	var ae *client.Error
 	kind := "garbage"
 	switch {
 	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
@@ -316,7 +316,7 @@ func (a *Agent) slot(ctx context.Context, pub string) (s wire.Slot, minWait time
 	case errors.As(err, &ae):
 		kind = strconv.Itoa(ae.Status)
 		minWait = ae.RetryAfter
-	case apiclient.IsUnreachable(err):
+	case client.IsUnreachable(err):
 		kind = "unreachable"
 	}
 	last, have := a.loadSlot()

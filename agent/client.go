@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Client kinds for Config.SSHClient.

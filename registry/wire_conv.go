@@ -1,6 +1,6 @@
 package registry
 
-import "github.com/mas4h/mas4h/registry/wire"
+import "github.com/mas4h/mas4h/master/wire"
 
 // Wire is the device as the REST API and the CLI show it.
 func (d Device) Wire() wire.Device {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/netfilter"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // vipRecheck is how often the slave re-applies its VIP rules, so that a

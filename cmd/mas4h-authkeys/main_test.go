@@ -27,7 +27,7 @@ func TestDepsAreStaticAndSmall(t *testing.T) {
 		"runtime/cgo", "database/sql", "github.com/mattn/go-sqlite3", "golang.org/x/crypto/ssh",
 		"github.com/gin-gonic/gin", "github.com/prometheus/client_golang/prometheus",
 		"net", "encoding/json", "regexp", "fmt", "crypto/rsa", "math/big", "text/template",
-		"github.com/mas4h/mas4h/sshd/authkeys", "github.com/mas4h/mas4h/registry", "github.com/mas4h/mas4h/registry/wire",
+		"github.com/mas4h/mas4h/sshd/authkeys", "github.com/mas4h/mas4h/registry", "github.com/mas4h/mas4h/master/wire",
 	} {
 		if deps[bad] {
 			t.Errorf("mas4h-authkeys depends on %s", bad)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/mas4h/mas4h/agent"
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/apiclient"
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/templates"
 )
 
@@ -35,7 +35,7 @@ func (f clientScriptFlags) render() (string, error) {
 	if f.master == "" {
 		return "", usagef("--master is required")
 	}
-	if _, err := apiclient.New(f.master, ""); err != nil {
+	if _, err := client.New(f.master, ""); err != nil {
 		return "", usageError{err}
 	}
 	if strings.ContainsAny(f.master, "'\"\\`${} \t\n") {

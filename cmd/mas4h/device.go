@@ -13,8 +13,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // deviceOpts are the flags shared by the device subcommands.
@@ -128,7 +128,7 @@ func (b localBackend) revoke(ctx context.Context, name string) (wire.Device, err
 
 func (b localBackend) remove(ctx context.Context, name string) error { return b.st.Remove(ctx, name) }
 
-type masterBackend struct{ c *apiclient.Client }
+type masterBackend struct{ c *client.Client }
 
 func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, forwards []string, _ []registry.ForwardSpec, _ registry.PortRange) (wire.Device, error) {
 	return b.c.AddDevice(ctx, wire.AddDeviceRequest{Name: name, PublicKey: registry.AuthorizedKey(key), Forwards: forwards})

@@ -382,15 +382,15 @@ func dialOK(port int) bool {
 	return true
 }
 
-// client is a running ssh or dbclient process.
-type client struct {
+// tunnelClient is a running ssh or dbclient process.
+type tunnelClient struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	done   chan struct{}
 	err    error
 }
 
-func (c *client) exited() bool {
+func (c *tunnelClient) exited() bool {
 	select {
 	case <-c.done:
 		return true
@@ -401,7 +401,7 @@ func (c *client) exited() bool {
 
 // wait waits up to d for the client to exit and returns its exit status
 // (-1 if it is still running).
-func (c *client) wait(d time.Duration) int {
+func (c *tunnelClient) wait(d time.Duration) int {
 	select {
 	case <-c.done:
 		if ee, ok := c.err.(*exec.ExitError); ok {
@@ -416,10 +416,10 @@ func (c *client) wait(d time.Duration) int {
 	}
 }
 
-func (e *env) startClient(name string, args ...string) *client {
+func (e *env) startClient(name string, args ...string) *tunnelClient {
 	e.t.Helper()
 	cmd := exec.Command(name, args...)
-	c := &client{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	c := &tunnelClient{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	cmd.Stdout = io.Discard
 	cmd.Env = append(os.Environ(), "HOME="+e.dir)
@@ -447,12 +447,12 @@ func sshArgs(k deviceKey, port int, extra ...string) []string {
 }
 
 // tunnel starts `ssh -N -R spec` as a device would.
-func (e *env) tunnel(k deviceKey, sp *slaveProc, spec string) *client {
+func (e *env) tunnel(k deviceKey, sp *slaveProc, spec string) *tunnelClient {
 	return e.startClient("ssh", sshArgs(k, sp.port, "-N", "-R", spec, e2eTunnelUser+"@127.0.0.1")...)
 }
 
 // waitListen waits until port accepts on loopback or the client exits.
-func waitListen(t *testing.T, port int, c *client, within time.Duration) bool {
+func waitListen(t *testing.T, port int, c *tunnelClient, within time.Duration) bool {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {

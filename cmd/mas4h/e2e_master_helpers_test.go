@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // masterProc is a running `mas4h master`.
@@ -160,7 +160,7 @@ func (m *masterProc) status() wire.Status {
 }
 
 // tunnelTo opens the device's tunnel on the slave its slot names.
-func (e *env) tunnelTo(k deviceKey, s wire.Slot, targetPort int) *client {
+func (e *env) tunnelTo(k deviceKey, s wire.Slot, targetPort int) *tunnelClient {
 	e.t.Helper()
 	args := []string{"-N"}
 	for _, f := range s.Forwards {
@@ -173,7 +173,7 @@ func (e *env) tunnelTo(k deviceKey, s wire.Slot, targetPort int) *client {
 // connect asks for the device's slot and opens its tunnel there, failing the
 // test unless the first forward comes up. It returns the slot, the client
 // and the first forward's port on the slave.
-func (m *masterProc) connect(k deviceKey, es *echoServer) (wire.Slot, *client, int) {
+func (m *masterProc) connect(k deviceKey, es *echoServer) (wire.Slot, *tunnelClient, int) {
 	m.e.t.Helper()
 	slot, code, body := m.slot(k)
 	if code != 200 {

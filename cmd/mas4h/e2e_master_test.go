@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Ten devices asking in turn are spread over two equal slaves, each tunnel

@@ -21,7 +21,7 @@ import (
 
 	"github.com/mas4h/mas4h/doctor"
 	"github.com/mas4h/mas4h/install"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 const opsRepo = "../.."

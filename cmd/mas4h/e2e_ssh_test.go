@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 func TestSSHArgv(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Fast probing for the reaper tests: a stale tunnel must be gone within
@@ -423,7 +423,7 @@ func TestLinkDownIsReaped(t *testing.T) {
 		stateDir: e.dir + "/slave-s1", port: freePort(t)}
 	sp.start()
 	t.Cleanup(sp.cleanup)
-	connect := func() *client {
+	connect := func() *tunnelClient {
 		args := append([]string{"netns", "exec", d.ns, "ssh"}, sshArgs(k, sp.port, "-N", "-o", "ServerAliveInterval=60",
 			"-R", fmt.Sprintf("%d:%s:%d", port(dev), d.hostIP, es.port), e2eTunnelUser+"@"+d.hostIP)...)
 		return e.startClient("ip", args...)

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/netfilter"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // A slave sharing a VIP keeps its rules applied and, when the master reports

@@ -11,9 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/api"
-	"github.com/mas4h/mas4h/registry/token"
-	"github.com/mas4h/mas4h/registry/validator"
+	"github.com/mas4h/mas4h/master"
+	"github.com/mas4h/mas4h/master/token"
+	"github.com/mas4h/mas4h/master/validator"
 )
 
 type masterOpts struct {
@@ -37,7 +37,7 @@ type masterConfig struct {
 	db             string
 	adminTokenFile string
 	slaveTokenFile string
-	api            api.Config // without Store, Logger and tokens
+	api            master.Config // without Store, Logger and tokens
 }
 
 func newMasterCmd(g *globals) *cobra.Command {
@@ -76,10 +76,10 @@ and report again when it is back.`,
 	f.StringVar(&o.validator, "validator", "registry", "who accepts keys: registry, exec:/path/to/program, or https://url")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key file (PEM)")
-	f.DurationVar(&o.interval, "heartbeat-interval", api.DefaultHeartbeatInterval, "how often slaves report; 3 missed = dead")
-	f.DurationVar(&o.cacheTTL, "cache-ttl", api.DefaultCacheTTL, "how long slaves may serve a validated device from cache")
-	f.Float64Var(&o.slotRate, "slot-rate", api.DefaultSlotRate, "slot requests per second per source address (0: no limit)")
-	f.IntVar(&o.slotBurst, "slot-burst", api.DefaultSlotBurst, "burst of slot requests per source address")
+	f.DurationVar(&o.interval, "heartbeat-interval", master.DefaultHeartbeatInterval, "how often slaves report; 3 missed = dead")
+	f.DurationVar(&o.cacheTTL, "cache-ttl", master.DefaultCacheTTL, "how long slaves may serve a validated device from cache")
+	f.Float64Var(&o.slotRate, "slot-rate", master.DefaultSlotRate, "slot requests per second per source address (0: no limit)")
+	f.IntVar(&o.slotBurst, "slot-burst", master.DefaultSlotBurst, "burst of slot requests per source address")
 	return cmd
 }
 
@@ -143,9 +143,9 @@ func (o *masterOpts) config() (masterConfig, error) {
 	}
 	rate := o.slotRate
 	if rate == 0 {
-		rate = -1 // api.Config: negative disables the limit
+		rate = -1 // master.Config: negative disables the limit
 	}
-	c.api = api.Config{
+	c.api = master.Config{
 		PortRange: pr, Validator: v, HeartbeatInterval: o.interval, CacheTTL: o.cacheTTL,
 		SlotRate: rate, SlotBurst: o.slotBurst, TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey,
 	}
@@ -176,7 +176,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 	defer st.Close()
 	ac := cfg.api
 	ac.Store, ac.Logger, ac.AdminToken, ac.SlaveToken = st, g.logger(), adminTok, slaveTok
-	srv, err := api.New(ctx, ac)
+	srv, err := master.New(ctx, ac)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // lockedBuffer is a bytes.Buffer safe to write from a running command while

@@ -5,8 +5,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/token"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/token"
 )
 
 // masterFlags are how admin commands find the master and its admin token:
@@ -30,7 +30,7 @@ func (m *masterFlags) url() string {
 }
 
 // client builds an API client for url() with the admin token.
-func (m *masterFlags) client() (*apiclient.Client, error) {
+func (m *masterFlags) client() (*client.Client, error) {
 	u := m.url()
 	if u == "" {
 		return nil, usagef("no master given: pass --master URL (or set MAS4H_MASTER) and --token-file FILE (or set MAS4H_TOKEN_FILE)")
@@ -46,7 +46,7 @@ func (m *masterFlags) client() (*apiclient.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := apiclient.New(u, tok)
+	c, err := client.New(u, tok)
 	if err != nil {
 		return nil, usageError{err}
 	}

@@ -5,22 +5,22 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/token"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/token"
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd"
 )
 
 // slaveMasterAPI adapts the API client to what a slave needs, telling a
 // refusal (403) apart from a master that does not answer.
-type slaveMasterAPI struct{ c *apiclient.Client }
+type slaveMasterAPI struct{ c *client.Client }
 
 func newSlaveMasterAPI(url, tokenFile string) (sshd.MasterAPI, error) {
 	tok, err := token.Load(tokenFile)
 	if err != nil {
 		return nil, err
 	}
-	c, err := apiclient.New(url, tok)
+	c, err := client.New(url, tok)
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -33,7 +33,7 @@ func (a slaveMasterAPI) Heartbeat(ctx context.Context, slave string, hb wire.Hea
 
 func (a slaveMasterAPI) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {
 	v, err := a.c.Validate(ctx, req)
-	if err != nil && apiclient.StatusOf(err) == http.StatusForbidden {
+	if err != nil && client.StatusOf(err) == http.StatusForbidden {
 		return v, fmt.Errorf("%w: %v", sshd.ErrNotAccepted, err)
 	}
 	return v, err

@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 type sshOpts struct {
@@ -150,9 +150,9 @@ func (o *sshOpts) run(ctx context.Context, g *globals, arg string, extra []strin
 
 // locate asks the master for the device, its forward, the live tunnel of
 // that forward and the slave that holds it.
-func locate(ctx context.Context, c *apiclient.Client, device, forward string, defaulted bool) (sshRoute, error) {
+func locate(ctx context.Context, c *client.Client, device, forward string, defaulted bool) (sshRoute, error) {
 	dev, err := c.Device(ctx, device)
-	if apiclient.StatusOf(err) == 404 {
+	if client.StatusOf(err) == 404 {
 		return sshRoute{}, fmt.Errorf("no device %q on the master at %s ('mas4h device list' shows the enrolled ones)", device, c.URL())
 	}
 	if err != nil {

@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 func TestHealthzAndUnknownRoutes(t *testing.T) {

@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Concurrent slot requests are committed in groups, and every one of them

@@ -1,5 +1,5 @@
 // Package wire holds the JSON shapes of the master's REST API (/api/v1), shared
-// by the server (registry/api), its Go client (registry/apiclient), slaves and
+// by the server (master), its Go client (master/client), slaves and
 // the device agent. It imports nothing heavy so the static agent can use it.
 package wire
 

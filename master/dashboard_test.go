@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"github.com/mas4h/mas4h/metrics"
@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // scrape reads GET /metrics with the Prometheus text parser.

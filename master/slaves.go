@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Bounds on what one heartbeat may carry.

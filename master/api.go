@@ -1,8 +1,10 @@
-// Package api is the master's REST API (/api/v1, gin): slot dispatch for
-// devices, key validation and heartbeats for slaves, and the admin endpoints
-// for devices, tunnels, events and cluster status. It keeps the registry
-// behind the Store interface and the live view of the slaves in memory.
-package api
+// Package master is the master process: the REST API (/api/v1, gin) with
+// slot dispatch for devices, key validation and heartbeats for slaves, and
+// the admin endpoints for devices, tunnels, events and cluster status; the
+// live view of the slaves and their pending grants; the HTML dashboard. The
+// registry (data model, store, dispatch policy) sits behind the Store
+// interface.
+package master
 
 import (
 	"context"
@@ -22,7 +24,7 @@ import (
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/validator"
+	"github.com/mas4h/mas4h/master/validator"
 )
 
 // Defaults of Config.

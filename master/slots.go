@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/validator"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/validator"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // notAccepted is what devices hear for unknown and revoked keys alike: a

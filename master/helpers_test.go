@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // The store the handlers run against is the real SQLite one.

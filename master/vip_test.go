@@ -1,10 +1,10 @@
-package api
+package master
 
 import (
 	"net/http"
 	"testing"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 func vipBeat(vip string, node int) wire.Heartbeat {

@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"crypto/sha256"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 type role int

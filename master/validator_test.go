@@ -1,4 +1,4 @@
-package api
+package master
 
 import (
 	"net/http"
@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/validator"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/validator"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 func writeScript(t *testing.T, body string) string {

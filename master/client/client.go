@@ -1,7 +1,7 @@
-// Package apiclient is the Go client of the master's REST API, for the CLI,
+// Package client is the Go client of the master's REST API, for the CLI,
 // slaves and the device agent. It needs only net/http and the wire types (no
 // gin, no SQLite, no cgo), so the static agent can import it.
-package apiclient
+package client
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // DefaultTimeout bounds each call unless WithTimeout says otherwise.

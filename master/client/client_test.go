@@ -1,4 +1,4 @@
-package apiclient_test
+package client_test
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/registry/api"
-	"github.com/mas4h/mas4h/registry/apiclient"
-	"github.com/mas4h/mas4h/registry/wire"
+	"github.com/mas4h/mas4h/master"
+	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 const (
@@ -26,18 +26,18 @@ const (
 	slaveTok = "slave-token-0123456789abcdef"
 )
 
-func newMaster(t *testing.T, mutate func(*api.Config)) string {
+func newMaster(t *testing.T, mutate func(*master.Config)) string {
 	t.Helper()
 	st, err := registry.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cfg := api.Config{Store: st, AdminToken: adminTok, SlaveToken: slaveTok}
+	cfg := master.Config{Store: st, AdminToken: adminTok, SlaveToken: slaveTok}
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := api.New(context.Background(), cfg)
+	srv, err := master.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,9 +56,9 @@ func newKey(t *testing.T) string {
 	return registry.AuthorizedKey(k)
 }
 
-func mustNew(t *testing.T, url, token string) *apiclient.Client {
+func mustNew(t *testing.T, url, token string) *client.Client {
 	t.Helper()
-	c, err := apiclient.New(url, token)
+	c, err := client.New(url, token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +81,14 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 		t.Fatalf("AddDevice = %+v, %v", d, err)
 	}
 	_, err = admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: newKey(t)})
-	var ae *apiclient.Error
+	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "taken") {
 		t.Errorf("duplicate AddDevice = %v", err)
 	}
 	if list, err := admin.Devices(ctx); err != nil || len(list) != 1 {
 		t.Errorf("Devices = %+v, %v", list, err)
 	}
-	if _, err := admin.Device(ctx, "nope"); apiclient.StatusOf(err) != http.StatusNotFound {
+	if _, err := admin.Device(ctx, "nope"); client.StatusOf(err) != http.StatusNotFound {
 		t.Errorf("Device(nope) = %v", err)
 	}
 
@@ -105,7 +105,7 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	if err != nil || slot.Slave != "s1" || slot.Device != "pi-1" || len(slot.Forwards) != 2 {
 		t.Fatalf("Slot = %+v, %v", slot, err)
 	}
-	if _, err := device.Slot(ctx, newKey(t)); apiclient.StatusOf(err) != http.StatusForbidden {
+	if _, err := device.Slot(ctx, newKey(t)); client.StatusOf(err) != http.StatusForbidden {
 		t.Errorf("Slot(stranger) = %v", err)
 	}
 	v, err := slave.Validate(ctx, wire.ValidateRequest{PublicKey: key})
@@ -113,10 +113,10 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 		t.Errorf("Validate = %+v, %v", v, err)
 	}
 	// Roles: the slave token cannot administer.
-	if _, err := slave.Devices(ctx); apiclient.StatusOf(err) != http.StatusForbidden {
+	if _, err := slave.Devices(ctx); client.StatusOf(err) != http.StatusForbidden {
 		t.Errorf("Devices with the slave token = %v", err)
 	}
-	if _, err := mustNew(t, url, "wrong-token-0123456789").Status(ctx); apiclient.StatusOf(err) != http.StatusUnauthorized {
+	if _, err := mustNew(t, url, "wrong-token-0123456789").Status(ctx); client.StatusOf(err) != http.StatusUnauthorized {
 		t.Errorf("Status with a wrong token = %v", err)
 	}
 
@@ -127,7 +127,7 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	if ts, err := admin.Tunnels(ctx); err != nil || len(ts) != 0 {
 		t.Errorf("Tunnels = %+v, %v", ts, err)
 	}
-	evs, err := admin.Events(ctx, apiclient.EventQuery{Device: "pi-1", Kinds: []string{"slot"}, Since: time.Now().Add(-time.Hour)})
+	evs, err := admin.Events(ctx, client.EventQuery{Device: "pi-1", Kinds: []string{"slot"}, Since: time.Now().Add(-time.Hour)})
 	if err != nil || len(evs) != 1 || evs[0].Slave != "s1" {
 		t.Errorf("Events = %+v, %v", evs, err)
 	}
@@ -141,18 +141,18 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	if err := admin.RemoveDevice(ctx, "pi-1"); err != nil {
 		t.Errorf("RemoveDevice = %v", err)
 	}
-	if err := admin.RemoveDevice(ctx, "pi-1"); apiclient.StatusOf(err) != http.StatusNotFound {
+	if err := admin.RemoveDevice(ctx, "pi-1"); client.StatusOf(err) != http.StatusNotFound {
 		t.Errorf("second RemoveDevice = %v", err)
 	}
 }
 
 func TestClientRateLimitError(t *testing.T) {
-	url := newMaster(t, func(c *api.Config) { c.SlotRate, c.SlotBurst = 0.2, 1 })
+	url := newMaster(t, func(c *master.Config) { c.SlotRate, c.SlotBurst = 0.2, 1 })
 	c := mustNew(t, url, "")
 	ctx := context.Background()
 	c.Slot(ctx, newKey(t))
 	_, err := c.Slot(ctx, newKey(t))
-	var ae *apiclient.Error
+	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.RetryAfter < time.Second {
 		t.Errorf("second slot = %#v", err)
 	}
@@ -167,7 +167,7 @@ func TestClientDeadMaster(t *testing.T) {
 	ln.Close()
 	c := mustNew(t, "http://"+addr, adminTok)
 	_, err = c.Status(context.Background())
-	if !apiclient.IsUnreachable(err) || !strings.Contains(err.Error(), "master at http://"+addr+" is unreachable") {
+	if !client.IsUnreachable(err) || !strings.Contains(err.Error(), "master at http://"+addr+" is unreachable") {
 		t.Errorf("dead master: %v", err)
 	}
 	if strings.Contains(err.Error(), "\n") {
@@ -182,14 +182,14 @@ func TestClientDeadMaster(t *testing.T) {
 		}
 	}))
 	defer hang.Close()
-	c, _ = apiclient.New(hang.URL, "", apiclient.WithTimeout(100*time.Millisecond))
-	if err := c.Healthz(context.Background()); !apiclient.IsUnreachable(err) || !strings.Contains(err.Error(), "no answer within") {
+	c, _ = client.New(hang.URL, "", client.WithTimeout(100*time.Millisecond))
+	if err := c.Healthz(context.Background()); !client.IsUnreachable(err) || !strings.Contains(err.Error(), "no answer within") {
 		t.Errorf("hanging master: %v", err)
 	}
 	// The caller's cancellation is not the master's fault.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := c.Healthz(ctx); apiclient.IsUnreachable(err) || !errors.Is(err, context.Canceled) {
+	if err := c.Healthz(ctx); client.IsUnreachable(err) || !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled call: %v", err)
 	}
 }
@@ -202,7 +202,7 @@ func TestClientNonJSONError(t *testing.T) {
 	defer proxy.Close()
 	c := mustNew(t, proxy.URL, "")
 	err := c.Healthz(context.Background())
-	var ae *apiclient.Error
+	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != 502 || ae.Message != "Bad Gateway" {
 		t.Errorf("502 from a proxy = %#v", err)
 	}
@@ -210,7 +210,7 @@ func TestClientNonJSONError(t *testing.T) {
 
 func TestNewRefusesBadURLs(t *testing.T) {
 	for _, u := range []string{"", "master:8080", "ftp://x", "http://", "http://u:p@x", "http://x/?q=1"} {
-		if _, err := apiclient.New(u, ""); err == nil {
+		if _, err := client.New(u, ""); err == nil {
 			t.Errorf("New(%q) accepted", u)
 		}
 	}
