@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 func TestHealthzAndUnknownRoutes(t *testing.T) {

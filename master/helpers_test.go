@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 // The store the handlers run against is the real SQLite one.

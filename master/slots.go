@@ -13,9 +13,9 @@ import (
 	"github.com/gin-gonic/gin"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/master/validator"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 // notAccepted is what devices hear for unknown and revoked keys alike: a

@@ -11,9 +11,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 

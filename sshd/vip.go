@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/netfilter"
 )
 
 // vipRecheck is how often the slave re-applies its VIP rules, so that a

@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/agent"
-	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/master/client"
+	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/templates"
 )
 

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/netfilter"
 )
 
 // A slave sharing a VIP keeps its rules applied and, when the master reports

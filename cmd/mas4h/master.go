@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/master"
 	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/master/validator"
+	"github.com/mas4h/mas4h/registry"
 )
 
 type masterOpts struct {
