@@ -10,6 +10,7 @@ import (
 	"github.com/shirou/gopsutil/v3/mem"
 
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // Heartbeat is this slave's report to the master: where devices reach it,
@@ -65,7 +66,7 @@ func (s *Slave) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
 	return s.mon.snapshot(ctx, s.cfg.Name, time.Second), nil
 }
 
-func (s *Slave) discoverer() Discoverer {
-	return Discoverer{ProcRoot: s.cfg.ProcRoot, ListenerPID: s.sup.pid, TunnelUID: s.user.UID,
+func (s *Slave) discoverer() sessions.Discoverer {
+	return sessions.Discoverer{ProcRoot: s.cfg.ProcRoot, TunnelUID: s.user.UID,
 		LogPath: SSHDLogPath(s.cfg.StateDir), SSHPort: s.port}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // The keys file (slave --keys-file) is sshd's fast path. sshd reads AuthorizedKeysFile before it
@@ -140,7 +141,7 @@ func (k *keysFile) write(ctx context.Context, look bool) error {
 	k.all, k.allGen = all, gen
 	if look {
 		mark := markOf(k.logPath()) // before the read: a change during it makes the next tick look again
-		held, err := ListeningPorts(k.s.cfg.ProcRoot)
+		held, err := sessions.ListeningPorts(k.s.cfg.ProcRoot)
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,8 @@ import (
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/probe"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // Probing defaults: a stale tunnel is found and its port freed within
@@ -51,7 +53,7 @@ type tunnelState struct {
 
 	// The forward's probe, parsed once per spec rather than every cycle.
 	probeSpec, probeTarget string
-	probe                  Probe
+	probe                  probe.Probe
 	probeErr               error
 }
 
@@ -61,7 +63,7 @@ func (st *tunnelState) setProbe(f registry.Forward) {
 		return
 	}
 	st.probeSpec, st.probeTarget = f.Probe, f.Target
-	st.probe, st.probeErr = ParseProbe(f.Probe, f.Target)
+	st.probe, st.probeErr = probe.Parse(f.Probe, f.Target)
 }
 
 // monitor discovers this slave's tunnels, probes them, reaps stale sessions
@@ -76,7 +78,7 @@ type monitor struct {
 
 	refreshMu sync.Mutex // one table walk at a time
 	refreshed time.Time
-	disc      *discoverCache // what earlier walks read of each process's fds
+	table     *sessions.Table
 
 	leaseMu  sync.Mutex
 	leaseMap map[int]lease // as of cache generation leaseGen
@@ -88,7 +90,7 @@ type monitor struct {
 }
 
 func newMonitor(s *Slave) *monitor {
-	m := &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}, disc: newDiscoverCache()}
+	m := &monitor{s: s, tunnels: map[tunnelKey]*tunnelState{}, killed: map[int]string{}}
 	m.registry, m.metrics = newSlaveMetrics(s, m)
 	return m
 }
@@ -202,25 +204,23 @@ func (m *monitor) cycle(ctx context.Context) {
 // table walk at a time: newest-wins and revocations ask for them while a
 // device waits, and a fresh walk of every process's fds costs tens of
 // milliseconds per thousand sessions.
-func (m *monitor) sessions() ([]Session, error) {
-	m.refreshMu.Lock()
-	defer m.refreshMu.Unlock()
-	return m.s.discoverer().sessions(m.disc)
+func (m *monitor) sessions() ([]sessions.Session, error) {
+	return m.table.Sessions()
 }
 
-func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[int]Session, map[int]lease, error) {
+func (m *monitor) refresh(ctx context.Context) (map[tunnelKey]*tunnelState, map[int]sessions.Session, map[int]lease, error) {
 	m.refreshMu.Lock()
 	defer m.refreshMu.Unlock()
-	sessions, err := m.s.discoverer().sessions(m.disc)
+	list, err := m.table.Sessions()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	leases := m.leases(ctx)
-	byMonitor := map[int]Session{}
+	byMonitor := map[int]sessions.Session{}
 	current := map[tunnelKey]*tunnelState{}
 
 	m.mu.Lock()
-	for _, sess := range sessions {
+	for _, sess := range list {
 		byMonitor[sess.MonitorPID] = sess
 		for _, p := range sess.Ports {
 			l, ok := leases[p]
@@ -267,7 +267,7 @@ func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelSta
 	type job struct {
 		k     tunnelKey
 		st    *tunnelState
-		probe Probe
+		probe probe.Probe
 	}
 	jobs := make([]job, 0, len(current))
 	m.mu.Lock()
@@ -276,7 +276,7 @@ func (m *monitor) probeAll(ctx context.Context, current map[tunnelKey]*tunnelSta
 			m.s.log.Warn("bad probe spec; not probing", "device", st.device, "forward", st.forward, "err", st.probeErr)
 			continue
 		}
-		if st.probe.Kind == ProbeNone {
+		if st.probe.Kind == probe.None {
 			continue
 		}
 		jobs = append(jobs, job{k, st, st.probe})
@@ -328,17 +328,17 @@ func (m *monitor) record(ctx context.Context, k tunnelKey, st *tunnelState, err 
 }
 
 // end kills a session, checks its ports are free, and writes an event.
-func (m *monitor) end(ctx context.Context, sess Session, device, why, kind string) {
+func (m *monitor) end(ctx context.Context, sess sessions.Session, device, why, kind string) {
 	m.mu.Lock()
 	m.killed[sess.MonitorPID] = why
 	m.mu.Unlock()
 	start := time.Now()
-	terminate(m.s.cfg.ProcRoot, sess, 2*time.Second)
+	sessions.Terminate(m.s.cfg.ProcRoot, sess, 2*time.Second)
 	if m.s.keys != nil {
 		m.s.keys.poke() // its ports are free: its device may go back in the keys file
 	}
 	free := "free"
-	if listening, err := ListeningPorts(m.s.cfg.ProcRoot); err == nil {
+	if listening, err := sessions.ListeningPorts(m.s.cfg.ProcRoot); err == nil {
 		for _, p := range sess.Ports {
 			if listening[p] {
 				free = fmt.Sprintf("port %d STILL BOUND", p)
@@ -410,11 +410,11 @@ func (m *monitor) supersede(ctx context.Context, dev registry.Device) {
 		}
 		why := "superseded by a newer session of the same device"
 		if m.s.cfg.NewestWins != NewestWinsAlways {
-			probe, err := ParseProbe(fwd.Probe, fwd.Target)
-			if err != nil || probe.Kind == ProbeNone {
+			pr, err := probe.Parse(fwd.Probe, fwd.Target)
+			if err != nil || pr.Kind == probe.None {
 				continue // nothing to judge it by: leave the live session alone
 			}
-			perr := probe.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(fwd.RemotePort)), min(m.s.cfg.ProbeTimeout, supersedeProbeBudget))
+			perr := pr.Run(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(fwd.RemotePort)), min(m.s.cfg.ProbeTimeout, supersedeProbeBudget))
 			m.metrics.Probe(perr == nil)
 			if perr == nil {
 				m.s.log.Info("older session still healthy; newest does not win", "device", dev.Name, "port", fwd.RemotePort)

@@ -18,6 +18,7 @@ import (
 	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // SlaveConfig is the slave's configuration, filled and validated in cmd/.
@@ -199,6 +200,7 @@ func (s *Slave) Run(ctx context.Context) error {
 		s.log.Info("started sshd", "pid", s.sup.pid, "listen", s.cfg.SSHListen, "user", s.user.Name)
 	}
 
+	s.mon.table = sessions.NewTable(s.discoverer(), func() int { return s.sup.pid })
 	if s.cfg.VIP != nil {
 		sys, err := netfilter.NewSystem(s.log)
 		if err != nil {

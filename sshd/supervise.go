@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // supervisor runs one slave's sshd as a detached process (its own session,
@@ -47,7 +48,7 @@ func (s *supervisor) adopt() bool {
 		return false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !processAlive(s.procRoot, pid) {
+	if err != nil || !sessions.Alive(s.procRoot, pid) {
 		return false
 	}
 	cmdline, err := os.ReadFile(filepath.Join(s.procRoot, strconv.Itoa(pid), "cmdline"))
@@ -124,7 +125,7 @@ func (s *supervisor) watch(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		if processAlive(s.procRoot, s.pid) {
+		if sessions.Alive(s.procRoot, s.pid) {
 			failures = 0
 			continue
 		}

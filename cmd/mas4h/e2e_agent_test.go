@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // startMasterOn starts a master listening on host (the veth's host side),
@@ -55,7 +56,7 @@ func (sp *slaveProc) sessions(t *testing.T) [][]int {
 		t.Fatal(err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
-	d := sshd.Discoverer{ProcRoot: "/proc", ListenerPID: sp.sshdPid(), TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
+	d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: sp.sshdPid(), TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
 	ss, err := d.Sessions()
 	if err != nil {
 		t.Fatal(err)

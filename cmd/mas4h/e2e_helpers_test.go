@@ -33,6 +33,7 @@ import (
 
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 const (
@@ -353,7 +354,7 @@ func (sp *slaveProc) cleanup() {
 	pid := sp.sshdPid()
 	if u, err := user.Lookup(e2eTunnelUser); err == nil && pid > 0 {
 		uid, _ := strconv.Atoi(u.Uid)
-		d := sshd.Discoverer{ProcRoot: "/proc", ListenerPID: pid, TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
+		d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: pid, TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
 		if sessions, err := d.Sessions(); err == nil {
 			for _, s := range sessions {
 				for _, p := range s.PIDs {

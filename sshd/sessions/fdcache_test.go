@@ -1,4 +1,4 @@
-package sshd
+package sessions
 
 import (
 	"fmt"

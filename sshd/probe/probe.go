@@ -1,4 +1,7 @@
-package sshd
+// Package probe checks a forwarded port end to end from the slave side: it
+// connects to the port a device leased and reads what only the device-side
+// service can send (an SSH banner, an HTTP answer, a pattern).
+package probe
 
 import (
 	"bytes"
@@ -23,42 +26,42 @@ type Probe struct {
 
 // Probe kinds.
 const (
-	ProbeSSHBanner  = "ssh-banner"
-	ProbeBanner     = "banner"
-	ProbeSendExpect = "send-expect"
-	ProbeHTTP       = "http"
-	ProbeNone       = "none"
+	SSHBanner  = "ssh-banner"
+	Banner     = "banner"
+	SendExpect = "send-expect"
+	HTTP       = "http"
+	None       = "none"
 )
 
-// ParseProbe turns a forward's probe spec into a Probe. An empty spec picks
+// Parse turns a forward's probe spec into a Probe. An empty spec picks
 // the default from the device-side target port: ssh-banner for 22, http for
 // the usual web ports, none otherwise (a service that speaks first is not
 // something mas4h can assume).
-func ParseProbe(spec, target string) (Probe, error) {
+func Parse(spec, target string) (Probe, error) {
 	if spec == "" {
 		_, port, _ := net.SplitHostPort(target)
 		switch port {
 		case "22":
-			return Probe{Kind: ProbeSSHBanner}, nil
+			return Probe{Kind: SSHBanner}, nil
 		case "80", "8080", "8000", "8888":
-			return Probe{Kind: ProbeHTTP}, nil
+			return Probe{Kind: HTTP}, nil
 		}
-		return Probe{Kind: ProbeNone}, nil
+		return Probe{Kind: None}, nil
 	}
 	kind, arg, _ := strings.Cut(spec, ":")
 	switch kind {
-	case ProbeSSHBanner, ProbeHTTP, ProbeNone:
+	case SSHBanner, HTTP, None:
 		if arg != "" {
 			return Probe{}, fmt.Errorf("probe %s takes no argument", kind)
 		}
 		return Probe{Kind: kind}, nil
-	case ProbeBanner:
+	case Banner:
 		re, err := regexp.Compile(arg)
 		if err != nil {
 			return Probe{}, fmt.Errorf("probe banner: %w", err)
 		}
 		return Probe{Kind: kind, Expect: re}, nil
-	case ProbeSendExpect:
+	case SendExpect:
 		i := strings.LastIndex(arg, "|")
 		if i <= 0 {
 			return Probe{}, errors.New("probe send-expect wants TEXT|REGEX")
@@ -95,7 +98,7 @@ const maxProbeRead = 4096
 // Run probes addr within timeout. nil means healthy; the error says what
 // was wrong, for the event log.
 func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) error {
-	if p.Kind == ProbeNone {
+	if p.Kind == None {
 		return nil
 	}
 	deadline := time.Now().Add(timeout)
@@ -110,11 +113,11 @@ func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) erro
 	defer abort(conn)
 	conn.SetDeadline(deadline)
 	switch p.Kind {
-	case ProbeHTTP:
+	case HTTP:
 		if _, err := conn.Write([]byte("HEAD / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: mas4h-probe\r\n\r\n")); err != nil {
 			return fmt.Errorf("sending HEAD: %w", err)
 		}
-	case ProbeSendExpect:
+	case SendExpect:
 		if _, err := conn.Write([]byte(p.Send)); err != nil {
 			return fmt.Errorf("sending probe text: %w", err)
 		}
@@ -144,14 +147,14 @@ func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) erro
 // judge says whether the answer so far settles the probe, and how.
 func (p Probe) judge(got []byte) (bool, error) {
 	switch p.Kind {
-	case ProbeSSHBanner:
+	case SSHBanner:
 		if len(got) >= 4 {
 			if !bytes.HasPrefix(got, []byte("SSH-")) {
 				return true, fmt.Errorf("no SSH banner: read %q", got)
 			}
 			return true, nil
 		}
-	case ProbeHTTP:
+	case HTTP:
 		if len(got) >= 5 {
 			if !bytes.HasPrefix(got, []byte("HTTP/")) {
 				return true, fmt.Errorf("no HTTP answer: read %q", got)

@@ -1,4 +1,4 @@
-package sshd
+package sessions
 
 import (
 	"encoding/binary"
@@ -8,7 +8,8 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The kernel's sock_diag netlink interface lists TCP sockets filtered by
@@ -17,9 +18,6 @@ import (
 // socket and the probes' TIME_WAITs per tunnel) that is ~100 ms per read,
 // where a dump of the listening sockets costs a few ms.
 const (
-	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
-	netlinkInetDiag  = 4  // NETLINK_INET_DIAG (= NETLINK_SOCK_DIAG)
-
 	tcpListen = 10
 	// Connection states worth reporting for sshd's own port: everything
 	// that still has an owner (not TIME_WAIT, not a half-open SYN_RECV).
@@ -38,19 +36,19 @@ func diagSockets(sshPort int) (map[uint64]sockInfo, error) {
 	if sshPort > 0 {
 		states |= tcpConnStates
 	}
-	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, netlinkInetDiag)
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
-	defer syscall.Close(fd)
-	if err := syscall.Bind(fd, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}); err != nil {
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	socks := map[uint64]sockInfo{}
 	bp := diagBufs.Get().(*[]byte)
 	defer diagBufs.Put(bp)
 	buf := *bp
-	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
+	for seq, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		if err := diagDump(fd, uint32(seq+1), family, states, buf, func(m []byte) {
 			addDiagSocket(m, family, sshPort, socks)
 		}); err != nil {
@@ -63,46 +61,46 @@ func diagSockets(sshPort int) (map[uint64]sockInfo, error) {
 // diagDump sends one dump request (inet_diag_req_v2 for TCP) and hands each
 // inet_diag_msg of the answer to each.
 func diagDump(fd int, seq uint32, family uint8, states uint32, buf []byte, each func([]byte)) error {
-	const hdr, reqLen = syscall.NLMSG_HDRLEN, 56 // nlmsghdr + inet_diag_req_v2
+	const hdr, reqLen = unix.NLMSG_HDRLEN, 56 // nlmsghdr + inet_diag_req_v2
 	req := make([]byte, hdr+reqLen)
 	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
-	binary.NativeEndian.PutUint16(req[4:6], sockDiagByFamily)
-	binary.NativeEndian.PutUint16(req[6:8], syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
+	binary.NativeEndian.PutUint16(req[4:6], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(req[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	binary.NativeEndian.PutUint32(req[8:12], seq)
 	req[hdr+0] = family
-	req[hdr+1] = syscall.IPPROTO_TCP
+	req[hdr+1] = unix.IPPROTO_TCP
 	binary.NativeEndian.PutUint32(req[hdr+4:hdr+8], states)
-	if err := syscall.Sendto(fd, req, 0, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag request: %w", err)
 	}
 	for {
-		n, _, err := syscall.Recvfrom(fd, buf, 0)
-		if err == syscall.EINTR {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("sock_diag answer: %w", err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		msgs, err := netlinkMessages(buf[:n])
 		if err != nil {
 			return fmt.Errorf("sock_diag answer: %w", err)
 		}
 		for _, m := range msgs {
-			if m.Header.Seq != seq {
+			if m.seq != seq {
 				continue
 			}
-			switch m.Header.Type {
-			case syscall.NLMSG_DONE:
+			switch m.typ {
+			case unix.NLMSG_DONE:
 				return nil
-			case syscall.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
-						return fmt.Errorf("sock_diag: %w", syscall.Errno(errno))
+			case unix.NLMSG_ERROR:
+				if len(m.data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.data[:4])); errno != 0 {
+						return fmt.Errorf("sock_diag: %w", unix.Errno(errno))
 					}
 				}
 				return errors.New("sock_diag: error answer")
-			case sockDiagByFamily:
-				each(m.Data)
+			case unix.SOCK_DIAG_BY_FAMILY:
+				each(m.data)
 			}
 		}
 	}
@@ -128,7 +126,7 @@ func addDiagSocket(m []byte, family uint8, sshPort int, socks map[uint64]sockInf
 	sk := sockInfo{localPort: lport, listen: listen}
 	if !listen {
 		var ip net.IP
-		if family == syscall.AF_INET {
+		if family == unix.AF_INET {
 			ip = net.IP(append([]byte(nil), m[24:28]...))
 		} else {
 			ip = net.IP(append([]byte(nil), m[24:40]...))
@@ -146,9 +144,35 @@ func liveSockets(procRoot string, sshPort int) (map[uint64]sockInfo, error) {
 	if procRoot == "/proc" {
 		if socks, err := diagSockets(sshPort); err == nil {
 			return socks, nil
-		} else if !errors.Is(err, os.ErrPermission) && !errors.Is(err, syscall.EPROTONOSUPPORT) && !errors.Is(err, syscall.EAFNOSUPPORT) {
+		} else if !errors.Is(err, os.ErrPermission) && !errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.EAFNOSUPPORT) {
 			return nil, err
 		}
 	}
 	return readSockets(procRoot, sshPort)
+}
+
+// netlinkMessage is one message of a netlink answer.
+type netlinkMessage struct {
+	typ  uint16
+	seq  uint32
+	data []byte
+}
+
+// netlinkMessages splits a netlink answer into its messages (nlmsghdr:
+// length, type, flags, seq, pid; each message padded to 4 bytes).
+func netlinkMessages(b []byte) ([]netlinkMessage, error) {
+	var out []netlinkMessage
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return nil, fmt.Errorf("netlink message of %d bytes in %d", l, len(b))
+		}
+		out = append(out, netlinkMessage{
+			typ:  binary.NativeEndian.Uint16(b[4:6]),
+			seq:  binary.NativeEndian.Uint32(b[8:12]),
+			data: b[unix.NLMSG_HDRLEN:l],
+		})
+		b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
+	}
+	return out, nil
 }

@@ -1,4 +1,4 @@
-package sshd
+package probe
 
 import (
 	"context"
@@ -66,7 +66,7 @@ func TestProbes(t *testing.T) {
 		{"", "x:5432", closer, true}, // default none for unknown services
 	}
 	for _, c := range cases {
-		p, err := ParseProbe(c.spec, c.target)
+		p, err := Parse(c.spec, c.target)
 		if err != nil {
 			t.Fatalf("%q: %v", c.spec, err)
 		}
@@ -79,7 +79,7 @@ func TestProbes(t *testing.T) {
 
 func TestParseProbeRefuses(t *testing.T) {
 	for _, spec := range []string{"nope", "banner:(", "send-expect:x", "send-expect:|x", "ssh-banner:x", `send-expect:\q|x`} {
-		if _, err := ParseProbe(spec, "x:22"); err == nil {
+		if _, err := Parse(spec, "x:22"); err == nil {
 			t.Errorf("%q accepted", spec)
 		}
 	}
