@@ -23,6 +23,7 @@ import (
 
 	"github.com/mas4h/mas4h/install"
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // Status of a check.
@@ -99,7 +100,7 @@ func (c *Config) defaults() {
 		c.DB = filepath.Join(install.StateRoot, "registry.db")
 	}
 	if c.StateDir == "" && c.Name != "" {
-		c.StateDir = install.SlaveStateDir(c.Name)
+		c.StateDir = statedir.Default(c.Name)
 	}
 	if c.HTTP == nil {
 		c.HTTP = &http.Client{Timeout: 5 * time.Second}
@@ -324,7 +325,7 @@ func sshdRunning(c *Config) (int, bool) {
 	if c.StateDir == "" {
 		return 0, false
 	}
-	b, err := os.ReadFile(sshd.SSHDPidPath(c.StateDir))
+	b, err := os.ReadFile(statedir.Dir(c.StateDir).PidFile())
 	if err != nil {
 		return 0, false
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // The config skeletons are the EnvironmentFiles of the units. Each holds one
@@ -37,7 +39,7 @@ func slaveConf(name, args string) []byte {
 # Standalone:      --db %[2]s/registry.db
 # The state dir defaults to %[3]s; see mas4h slave --help.
 MAS4H_SLAVE_ARGS="%[4]s"
-`, name, StateRoot, SlaveStateDir(name), args)
+`, name, StateRoot, statedir.Default(name), args)
 }
 
 func agentConf(args string) []byte {

@@ -21,6 +21,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/mas4h/mas4h/names"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // Roles.
@@ -92,7 +95,6 @@ type Config struct {
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-var userRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // Check validates c and fills defaults.
 func (c *Config) Check() error {
@@ -124,7 +126,7 @@ func (c *Config) Check() error {
 		c.MasterUser = DefaultMasterUser
 	}
 	for _, u := range []string{c.TunnelUser, c.MasterUser} {
-		if !userRE.MatchString(u) {
+		if !names.ValidUser(u) {
 			return fmt.Errorf("user name %q is not valid (want [a-z_][a-z0-9_-]{0,31})", u)
 		}
 	}
@@ -158,9 +160,6 @@ func ManifestPath(role, name string) string {
 	}
 	return filepath.Join(StateRoot, ".install-manifest-"+role)
 }
-
-// SlaveStateDir is a slave's default state dir.
-func SlaveStateDir(name string) string { return filepath.Join(StateRoot, "slave-"+name) }
 
 // MasterStateDir holds the master's registry and tokens under its unit.
 const MasterStateDir = StateRoot + "/master"
@@ -272,7 +271,7 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		in.enable("mas4h-master.service")
 	case RoleSlave:
 		in.user(c.TunnelUser, "/nonexistent", true)
-		in.dir(SlaveStateDir(c.Name), 0o755, "root")
+		in.dir(statedir.Default(c.Name), 0o755, "root")
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
 		in.unit("mas4h-slave@.service")

@@ -9,14 +9,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // stopSlaveSSHD ends the detached sshd a slave left running from stateDir
 // (only an sshd started with that state dir's config) and its sessions, so
 // that purging the state dir and the tunnel user leaves nothing behind.
 func stopSlaveSSHD(procRoot, stateDir string) (int, bool) {
-	b, err := os.ReadFile(sshd.SSHDPidPath(stateDir))
+	b, err := os.ReadFile(statedir.Dir(stateDir).PidFile())
 	if err != nil {
 		return 0, false
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -83,8 +84,8 @@ func (s *Server) pendingTTL() time.Duration {
 
 func (s *Server) handleHeartbeat(c *gin.Context) {
 	name := c.Param("name")
-	if err := registry.ValidateDeviceName(name); err != nil {
-		fail(c, http.StatusBadRequest, "slave name: "+err.Error())
+	if err := names.Slave(name); err != nil {
+		fail(c, http.StatusBadRequest, err.Error())
 		return
 	}
 	var hb wire.Heartbeat
@@ -188,7 +189,6 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 }
 
 var (
-	userRE      = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 	eventKindRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 )
 
@@ -201,7 +201,7 @@ func checkHeartbeat(hb *wire.Heartbeat) error {
 	if hb.Port < 1 || hb.Port > 65535 {
 		return fmt.Errorf("port must be 1-65535, got %d", hb.Port)
 	}
-	if !userRE.MatchString(hb.User) {
+	if !names.ValidUser(hb.User) {
 		return fmt.Errorf("user must be a system user name, got %q", trunc(hb.User))
 	}
 	if hb.Capacity < 1 {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mas4h/mas4h/master/validator"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -235,7 +236,7 @@ func (s *Server) handleValidate(c *gin.Context) {
 		fail(c, berr.status, berr.msg)
 		return
 	}
-	if req.Slave != "" && registry.ValidateDeviceName(req.Slave) != nil {
+	if req.Slave != "" && names.Slave(req.Slave) != nil {
 		fail(c, http.StatusBadRequest, "slave: not a valid slave name")
 		return
 	}

@@ -5,26 +5,25 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/mas4h/mas4h/names"
 )
 
 var (
-	deviceNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 	forwardNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 )
 
 const (
-	maxDeviceName = 63
 	// maxForwardSpec bounds a whole --forward argument; a real one is a few
 	// dozen bytes, a probe regex maybe a few hundred.
 	maxForwardSpec = 1024
 	maxHostname    = 253
 )
 
-// ValidateDeviceName checks a device name. Names end up in file names, log
-// lines, sshd options and URLs, so they are held to a small safe alphabet.
+// ValidateDeviceName checks a device name (names.Device), as an ErrInvalid.
 func ValidateDeviceName(name string) error {
-	if len(name) < 1 || len(name) > maxDeviceName || !deviceNameRE.MatchString(name) {
-		return fmt.Errorf("device name must be 1-%d characters of a-z 0-9 . _ - starting with a letter or digit, got %s: %w", maxDeviceName, quoteTrunc(name), ErrInvalid)
+	if err := names.Device(name); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrInvalid)
 	}
 	return nil
 }

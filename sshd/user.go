@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mas4h/mas4h/sshd/authkeys"
+	"github.com/mas4h/mas4h/names"
 )
 
 // TunnelUser is the unprivileged account the slave's sshd runs as and every
@@ -25,8 +25,8 @@ type TunnelUser struct {
 // user with no home and no login shell, password field "*" (no password, but
 // not "!"-locked, which sshd would treat as a locked account).
 func EnsureTunnelUser(ctx context.Context, name string) (TunnelUser, error) {
-	if !authkeys.UserRE.MatchString(name) {
-		return TunnelUser{}, fmt.Errorf("tunnel user %q is not a valid user name (want [a-z_][a-z0-9_-]{0,31})", name)
+	if err := names.User(name); err != nil {
+		return TunnelUser{}, fmt.Errorf("tunnel user: %w", err)
 	}
 	u, err := user.Lookup(name)
 	created := false

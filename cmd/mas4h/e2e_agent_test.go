@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // startMasterOn starts a master listening on host (the veth's host side),
@@ -56,7 +56,7 @@ func (sp *slaveProc) sessions(t *testing.T) [][]int {
 		t.Fatal(err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
-	d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: sp.sshdPid(), TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
+	d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: sp.sshdPid(), TunnelUID: uid, LogPath: statedir.Dir(sp.stateDir).Log(), SSHPort: sp.port}
 	ss, err := d.Sessions()
 	if err != nil {
 		t.Fatal(err)

@@ -32,8 +32,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
-	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 const (
@@ -331,7 +331,7 @@ func (sp *slaveProc) kill9() {
 }
 
 func (sp *slaveProc) sshdPid() int {
-	b, err := os.ReadFile(sshd.SSHDPidPath(sp.stateDir))
+	b, err := os.ReadFile(statedir.Dir(sp.stateDir).PidFile())
 	if err != nil {
 		return 0
 	}
@@ -354,7 +354,7 @@ func (sp *slaveProc) cleanup() {
 	pid := sp.sshdPid()
 	if u, err := user.Lookup(e2eTunnelUser); err == nil && pid > 0 {
 		uid, _ := strconv.Atoi(u.Uid)
-		d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: pid, TunnelUID: uid, LogPath: sshd.SSHDLogPath(sp.stateDir), SSHPort: sp.port}
+		d := sessions.Discoverer{ProcRoot: "/proc", ListenerPID: pid, TunnelUID: uid, LogPath: statedir.Dir(sp.stateDir).Log(), SSHPort: sp.port}
 		if sessions, err := d.Sessions(); err == nil {
 			for _, s := range sessions {
 				for _, p := range s.PIDs {
@@ -368,7 +368,7 @@ func (sp *slaveProc) cleanup() {
 	}
 	if sp.e.t.Failed() {
 		sp.e.t.Logf("slave %s log:\n%s", sp.name, sp.log)
-		if b, err := os.ReadFile(sshd.SSHDLogPath(sp.stateDir)); err == nil {
+		if b, err := os.ReadFile(statedir.Dir(sp.stateDir).Log()); err == nil {
 			sp.e.t.Logf("sshd log:\n%s", b)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/mas4h/mas4h/doctor"
 	"github.com/mas4h/mas4h/install"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 const opsRepo = "../.."
@@ -298,7 +299,7 @@ func TestInstallForReal(t *testing.T) {
 	if _, ok, _ := install.LookupUser("/", user); ok {
 		t.Fatalf("user %s exists already; remove it (userdel %s)", user, user)
 	}
-	for _, p := range []string{install.ManifestPath("slave", name), install.ConfPath("slave", name), install.SlaveStateDir(name)} {
+	for _, p := range []string{install.ManifestPath("slave", name), install.ConfPath("slave", name), statedir.Default(name)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Fatalf("%s exists already: refusing to touch it", p)
 		}

@@ -10,9 +10,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 type slaveOpts struct {
@@ -128,7 +130,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if o.name == "" {
 		return sshd.SlaveConfig{}, usagef("--name is required")
 	}
-	if err := registry.ValidateDeviceName(o.name); err != nil {
+	if err := names.Slave(o.name); err != nil {
 		return sshd.SlaveConfig{}, usagef("--name: %v", err)
 	}
 	if o.master == "" {
@@ -164,7 +166,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	}
 	dir := o.stateDir
 	if dir == "" {
-		dir = filepath.Join("/var/lib/mas4h", "slave-"+o.name)
+		dir = statedir.Default(o.name)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
-	"regexp"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys/hookclient"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // HookRequest is what sshd tells the hook (%u %f %t %k) and what the hook
@@ -24,11 +23,6 @@ type HookRequest = hookclient.Request
 // HookReply is the daemon's answer: the authorized_keys lines to print, or a
 // reason for refusing (logged by the daemon, never printed to sshd).
 type HookReply = hookclient.Reply
-
-// UserRE is the user names mas4h accepts: what useradd accepts, minus
-// anything a shell or sshd_config would read specially. It matches exactly
-// what hookclient.ValidUser accepts.
-var UserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // ParseHookArgs checks sshd's arguments: user, SHA256 fingerprint, key type
 // and base64 key. They must have the shape the lean hook checks before it
@@ -67,8 +61,8 @@ type HookPaths struct {
 // PathsFor returns the hook's files for a state dir.
 func PathsFor(stateDir string) HookPaths {
 	return HookPaths{
-		Socket: hookclient.SocketPath(stateDir),
-		Cache:  filepath.Join(stateDir, "cache.db"),
+		Socket: statedir.Dir(stateDir).Socket(),
+		Cache:  statedir.Dir(stateDir).Cache(),
 	}
 }
 

@@ -3,6 +3,8 @@ package hookclient
 import (
 	"errors"
 	"strconv"
+
+	"github.com/mas4h/mas4h/names"
 )
 
 // CheckArgs checks the shape of sshd's %u %f %t %k: a plausible user name, a
@@ -21,7 +23,7 @@ func CheckArgs(args []string) (Request, error) {
 	}
 	req := Request{User: args[0], Fingerprint: args[1], KeyType: args[2], Key: args[3]}
 	switch {
-	case !ValidUser(req.User):
+	case !names.ValidUser(req.User):
 		return req, errors.New("user " + quote(req.User, 40) + " is not a valid user name")
 	case !validKeyType(req.KeyType):
 		return req, errors.New("key type " + quote(req.KeyType, 40) + " is malformed")
@@ -31,21 +33,6 @@ func CheckArgs(args []string) (Request, error) {
 		return req, errors.New("key is not base64")
 	}
 	return req, nil
-}
-
-// ValidUser reports whether name is a user name mas4h accepts: what useradd
-// accepts, minus anything a shell or sshd_config would read specially
-// (^[a-z_][a-z0-9_-]{0,31}$).
-func ValidUser(name string) bool {
-	if len(name) < 1 || len(name) > 32 || !(lower(name[0]) || name[0] == '_') {
-		return false
-	}
-	for i := 1; i < len(name); i++ {
-		if c := name[i]; !lower(c) && !digit(c) && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
 }
 
 // validKeyType: ^[a-z0-9][a-z0-9@.-]{0,63}$ (ssh-ed25519,

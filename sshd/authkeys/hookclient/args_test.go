@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mas4h/mas4h/names"
 )
 
 const (
@@ -75,8 +77,8 @@ func TestCharsetsMatchTheOldExpressions(t *testing.T) {
 	}
 	inputs = append(inputs, "", strings.Repeat("a", 32), strings.Repeat("a", 33), strings.Repeat("a", 64), strings.Repeat("a", 65), "ssh-ed25519", "sk-ecdsa-sha2-nistp256@openssh.com", "mas4h-tunnel")
 	for _, s := range inputs {
-		if ValidUser(s) != userRE.MatchString(s) {
-			t.Errorf("ValidUser(%q) = %v, the expression says %v", s, ValidUser(s), !ValidUser(s))
+		if names.ValidUser(s) != userRE.MatchString(s) {
+			t.Errorf("names.ValidUser(%q) = %v, the expression says %v", s, names.ValidUser(s), !names.ValidUser(s))
 		}
 		if validKeyType(s) != typeRE.MatchString(s) {
 			t.Errorf("validKeyType(%q) = %v, the expression says %v", s, validKeyType(s), !validKeyType(s))
@@ -91,8 +93,8 @@ func FuzzValidUser(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if ValidUser(s) != userRE.MatchString(s) || validKeyType(s) != typeRE.MatchString(s) {
-			t.Fatalf("%q: user %v, type %v", s, ValidUser(s), validKeyType(s))
+		if names.ValidUser(s) != userRE.MatchString(s) || validKeyType(s) != typeRE.MatchString(s) {
+			t.Fatalf("%q: user %v, type %v", s, names.ValidUser(s), validKeyType(s))
 		}
 	})
 }

@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // The hook must answer sshd within 2 s whatever the daemon does. The daemon
@@ -34,11 +36,6 @@ const (
 // FullBinary is the name of the full mas4h binary the slave installs next to
 // the hook, which the hook execs to answer from the cache.
 const FullBinary = "mas4h"
-
-// SocketPath is the daemon's hook socket in a slave's state dir.
-func SocketPath(stateDir string) string {
-	return filepath.Join(stateDir, "run", "hook.sock")
-}
 
 // CommandLine is the hook's command line, as sshd_config gives it:
 //
@@ -112,7 +109,7 @@ func Run(p Process, args []string) int {
 		return 1
 	}
 	deadline := p.Start.Add(cl.Budget)
-	if reply, err := Ask(SocketPath(cl.StateDir), req, deadline.Add(-CacheReserve)); err == nil {
+	if reply, err := Ask(statedir.Dir(cl.StateDir).Socket(), req, deadline.Add(-CacheReserve)); err == nil {
 		if err := WriteLines(p.Stdout, reply); err != nil {
 			return 1
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // run runs the hook and returns its exit status, output and the command line
@@ -37,7 +39,7 @@ func stateDir(t *testing.T, reply *Reply) string {
 	if err := os.Mkdir(filepath.Join(dir, "run"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	fakeDaemonAt(t, SocketPath(dir), answer(t, *reply))
+	fakeDaemonAt(t, statedir.Dir(dir).Socket(), answer(t, *reply))
 	return dir
 }
 
