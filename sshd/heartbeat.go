@@ -6,8 +6,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/shirou/gopsutil/v3/cpu"
-	"github.com/shirou/gopsutil/v3/mem"
+	"github.com/shirou/gopsutil/v4/cpu"
+	"github.com/shirou/gopsutil/v4/mem"
 
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/sessions"
