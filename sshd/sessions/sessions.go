@@ -22,6 +22,11 @@ type Session struct {
 	Remote     string    `json:"remote,omitempty"`
 	Ports      []int     `json:"ports,omitempty"`
 	Started    time.Time `json:"started"`
+	// Conn is the socket inode of the device connection (0: not found),
+	// the key of SampleTCP's answer.
+	Conn uint64 `json:"conn,omitempty"`
+	// TCP is the device connection's TCP state as of the walk.
+	TCP TCPState `json:"-"`
 }
 
 // Discoverer lists the sessions of one slave's sshd from a /proc tree. It
@@ -163,7 +168,7 @@ func (d Discoverer) join(procs map[int]procInfo, socks map[uint64]sockInfo, boot
 					seen[sk.localPort] = true
 					s.Ports = append(s.Ports, sk.localPort)
 				case !sk.listen && sk.localPort == d.SSHPort && s.Remote == "":
-					s.Remote = sk.remote
+					s.Remote, s.Conn, s.TCP = sk.remote, ino, sk.tcp
 				}
 			}
 		}

@@ -29,13 +29,12 @@ const (
 var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // diagSockets is readSockets on the live system (this process's network
-// namespace): every listening TCP socket, and (sshPort > 0) the
-// connections on local port sshPort, by inode.
-func diagSockets(sshPort int) (map[uint64]sockInfo, error) {
-	states := uint32(1 << tcpListen)
-	if sshPort > 0 {
-		states |= tcpConnStates
-	}
+// namespace): every listening TCP socket (when listeners), and (sshPort > 0)
+// the connections on local port sshPort with their tcp_info, by inode. The
+// connections come in a dump of their own, filtered by port in the kernel:
+// tcp_info is a few hundred bytes a socket, worth asking for the sessions'
+// connections only, not for thousands of listeners.
+func diagSockets(sshPort int, listeners bool) (map[uint64]sockInfo, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
@@ -48,28 +47,62 @@ func diagSockets(sshPort int) (map[uint64]sockInfo, error) {
 	bp := diagBufs.Get().(*[]byte)
 	defer diagBufs.Put(bp)
 	buf := *bp
-	for seq, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := diagDump(fd, uint32(seq+1), family, states, buf, func(m []byte) {
-			addDiagSocket(m, family, sshPort, socks)
-		}); err != nil {
-			return nil, err
+	seq := uint32(0)
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if listeners {
+			seq++
+			if err := diagDump(fd, diagRequest{seq: seq, family: family, states: 1 << tcpListen}, buf, func(m []byte) {
+				addDiagSocket(m, family, sshPort, socks)
+			}); err != nil {
+				return nil, err
+			}
+		}
+		if sshPort > 0 {
+			seq++
+			req := diagRequest{seq: seq, family: family, states: tcpConnStates, ext: 1 << (inetDiagInfo - 1), filter: sourcePortFilter(sshPort)}
+			if err := diagDump(fd, req, buf, func(m []byte) {
+				addDiagSocket(m, family, sshPort, socks)
+			}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return socks, nil
 }
 
-// diagDump sends one dump request (inet_diag_req_v2 for TCP) and hands each
-// inet_diag_msg of the answer to each.
-func diagDump(fd int, seq uint32, family uint8, states uint32, buf []byte, each func([]byte)) error {
+// diagRequest is one inet_diag_req_v2 dump request for TCP sockets.
+type diagRequest struct {
+	seq    uint32
+	family uint8
+	states uint32
+	ext    uint8  // INET_DIAG_* extensions wanted, as bits
+	filter []byte // a filter program (INET_DIAG_REQ_BYTECODE), or nil
+}
+
+// diagDump sends one dump request and hands each inet_diag_msg of the
+// answer (with its attributes) to each.
+func diagDump(fd int, r diagRequest, buf []byte, each func([]byte)) error {
 	const hdr, reqLen = unix.NLMSG_HDRLEN, 56 // nlmsghdr + inet_diag_req_v2
-	req := make([]byte, hdr+reqLen)
+	n := hdr + reqLen
+	if r.filter != nil {
+		n += 4 + len(r.filter) // struct rtattr, then the program (a multiple of 4 bytes)
+	}
+	req := make([]byte, n)
 	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
 	binary.NativeEndian.PutUint16(req[4:6], unix.SOCK_DIAG_BY_FAMILY)
 	binary.NativeEndian.PutUint16(req[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(req[8:12], seq)
-	req[hdr+0] = family
+	binary.NativeEndian.PutUint32(req[8:12], r.seq)
+	req[hdr+0] = r.family
 	req[hdr+1] = unix.IPPROTO_TCP
-	binary.NativeEndian.PutUint32(req[hdr+4:hdr+8], states)
+	req[hdr+2] = r.ext
+	binary.NativeEndian.PutUint32(req[hdr+4:hdr+8], r.states)
+	if r.filter != nil {
+		a := req[hdr+reqLen:]
+		binary.NativeEndian.PutUint16(a[0:2], uint16(4+len(r.filter)))
+		binary.NativeEndian.PutUint16(a[2:4], inetDiagReqBytecode)
+		copy(a[4:], r.filter)
+	}
+	seq := r.seq
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag request: %w", err)
 	}
@@ -125,6 +158,7 @@ func addDiagSocket(m []byte, family uint8, sshPort int, socks map[uint64]sockInf
 	}
 	sk := sockInfo{localPort: lport, listen: listen}
 	if !listen {
+		sk.tcp = diagTCPInfo(m)
 		var ip net.IP
 		if family == unix.AF_INET {
 			ip = net.IP(append([]byte(nil), m[24:28]...))
@@ -142,7 +176,7 @@ func addDiagSocket(m []byte, family uint8, sshPort int, socks map[uint64]sockInf
 // (test fixtures).
 func liveSockets(procRoot string, sshPort int) (map[uint64]sockInfo, error) {
 	if procRoot == "/proc" {
-		if socks, err := diagSockets(sshPort); err == nil {
+		if socks, err := diagSockets(sshPort, true); err == nil {
 			return socks, nil
 		} else if !errors.Is(err, os.ErrPermission) && !errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.EAFNOSUPPORT) {
 			return nil, err

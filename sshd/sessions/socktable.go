@@ -18,6 +18,7 @@ type sockInfo struct {
 	localPort int
 	remote    string
 	listen    bool
+	tcp       TCPState // connections through sock_diag only
 }
 
 // readSockets reads /proc/net/tcp and tcp6 once into a map by inode: the
