@@ -112,6 +112,11 @@ func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) erro
 	}
 	defer abort(conn)
 	conn.SetDeadline(deadline)
+	return p.run(ctx, conn)
+}
+
+// run speaks the probe's protocol on an open connection.
+func (p Probe) run(ctx context.Context, conn net.Conn) error {
 	switch p.Kind {
 	case HTTP:
 		if _, err := conn.Write([]byte("HEAD / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: mas4h-probe\r\n\r\n")); err != nil {
@@ -133,6 +138,9 @@ func (p Probe) Run(ctx context.Context, addr string, timeout time.Duration) erro
 		n, err := conn.Read(got[len(got):min(cap(got), maxProbeRead)])
 		for i := len(got) + 1; i <= len(got)+n; i++ {
 			if done, verdict := p.judge(got[:i]); done {
+				if verdict == nil && p.Kind == SSHBanner {
+					greet(conn)
+				}
 				return verdict
 			}
 		}
@@ -169,10 +177,29 @@ func (p Probe) judge(got []byte) (bool, error) {
 	return false, nil
 }
 
+// Identification is what the ssh-banner probe sends as an SSH client's
+// identification string once the server's banner is read. An OpenSSH
+// server that got no identification before the connection closed logs two
+// lines, one of them an error ("kex_exchange_identification: Connection
+// closed by remote host"); one that got one logs a single INFO line
+// ("Connection closed by ... [preauth]"), and names "mas4h-probe" in its
+// debug log. Measured with OpenSSH 9.2 as the device's sshd, through a real
+// tunnel: see the README's liveness section.
+const Identification = "SSH-2.0-mas4h-probe\r\n"
+
+// greet sends the probe's identification string. A failure changes nothing:
+// the banner already proved the forward works.
+func greet(conn net.Conn) {
+	_, _ = conn.Write([]byte(Identification))
+}
+
 // abort closes a probe's connection with a reset: the probe has what it
 // came for, and a graceful close would leave a TIME_WAIT socket behind for
 // a minute per probe (tens of thousands on a big slave, each one more line
-// for every discovery to read) and cost both ends a FIN exchange.
+// for every discovery to read) and cost both ends a FIN exchange. The
+// device never sees the reset: the probe ends at the slave's sshd, and the
+// device's ssh client closes its own connection to the target with a FIN
+// (a greeted OpenSSH target logs one INFO line either way).
 func abort(conn net.Conn) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetLinger(0)
