@@ -19,6 +19,7 @@ import (
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/sshdconfig"
 )
 
 // SlaveConfig is the slave's configuration, filled and validated in cmd/.
@@ -367,7 +368,7 @@ func (s *Slave) writeConfig(ctx context.Context, hookCmd string) (bool, error) {
 	if s.keys != nil {
 		keysFile = s.keys.path
 	}
-	cfg, err := RenderConfig(ConfigParams{
+	cfg, err := sshdconfig.Render(sshdconfig.Params{
 		SlaveName:           s.cfg.Name,
 		TunnelUser:          s.user.Name,
 		ListenAddresses:     []string{s.cfg.SSHListen},
@@ -375,10 +376,10 @@ func (s *Slave) writeConfig(ctx context.Context, hookCmd string) (bool, error) {
 		PidFile:             SSHDPidPath(s.cfg.StateDir),
 		HookCommand:         hookCmd,
 		KeysFile:            keysFile,
-		MaxStartups:         DefaultMaxStartups,
-		LoginGraceTime:      DefaultLoginGraceTime,
-		ClientAliveInterval: DefaultClientAliveInterval,
-		ClientAliveCountMax: DefaultClientAliveCountMax,
+		MaxStartups:         sshdconfig.DefaultMaxStartups,
+		LoginGraceTime:      sshdconfig.DefaultLoginGraceTime,
+		ClientAliveInterval: sshdconfig.DefaultClientAliveInterval,
+		ClientAliveCountMax: sshdconfig.DefaultClientAliveCountMax,
 	})
 	if err != nil {
 		return false, err
