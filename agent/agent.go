@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 )
@@ -359,7 +360,7 @@ func (a *Agent) prepare(key *Key, slot wire.Slot) (Files, error) {
 				data = old
 			}
 		}
-		if err := writeFileAtomic(f.Key, data, 0o600); err != nil {
+		if _, err := atomicfile.WriteIfChanged(f.Key, data, 0o600); err != nil {
 			return f, err
 		}
 	}
@@ -367,7 +368,7 @@ func (a *Agent) prepare(key *Key, slot wire.Slot) (Files, error) {
 	if a.client.Kind == ClientDropbear {
 		kh = filepath.Join(f.Home, ".ssh", "known_hosts")
 	}
-	if err := writeFileAtomic(kh, KnownHosts(slot, a.client.Kind), 0o600); err != nil {
+	if _, err := atomicfile.WriteIfChanged(kh, KnownHosts(slot, a.client.Kind), 0o600); err != nil {
 		return f, err
 	}
 	return f, nil

@@ -19,9 +19,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 
+	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
@@ -94,8 +94,6 @@ type Config struct {
 	Out    io.Writer
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
 // Check validates c and fills defaults.
 func (c *Config) Check() error {
 	switch c.Role {
@@ -104,8 +102,8 @@ func (c *Config) Check() error {
 			return fmt.Errorf("%s takes no name", c.Role)
 		}
 	case RoleSlave:
-		if !nameRE.MatchString(c.Name) {
-			return fmt.Errorf("slave name %q: want 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit", c.Name)
+		if err := names.Slave(c.Name); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("role must be master, slave or agent, not %q", c.Role)
@@ -126,8 +124,8 @@ func (c *Config) Check() error {
 		c.MasterUser = DefaultMasterUser
 	}
 	for _, u := range []string{c.TunnelUser, c.MasterUser} {
-		if !names.ValidUser(u) {
-			return fmt.Errorf("user name %q is not valid (want [a-z_][a-z0-9_-]{0,31})", u)
+		if err := names.User(u); err != nil {
+			return err
 		}
 	}
 	if strings.ContainsAny(c.Args, "\"\\$`\n") {
@@ -229,12 +227,8 @@ func writeManifest(path string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("saving the install manifest: %w", err)
 	}
 	return nil
 }
@@ -441,7 +435,7 @@ func (in *installer) file(p string, data []byte) {
 		fmt.Fprintf(in.c.Out, "%s exists, kept\n", p)
 		return
 	}
-	if err := writeFile(full, data, 0o644); err != nil {
+	if err := atomicfile.Write(full, data, 0o644); err != nil {
 		in.err = err
 		return
 	}
@@ -451,18 +445,6 @@ func (in *installer) file(p string, data []byte) {
 func sum(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
-}
-
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".mas4h-new"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, perm); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // DefaultAgentBin is the standalone agent the agent's unit runs.
@@ -533,7 +515,7 @@ func (in *installer) unit(name string) {
 	if in.parents(UnitDir); in.err != nil {
 		return
 	}
-	if err := writeFile(full, data, 0o644); err != nil {
+	if err := atomicfile.Write(full, data, 0o644); err != nil {
 		in.err = err
 		return
 	}
