@@ -1,4 +1,4 @@
-package sshd
+package keysfile
 
 import (
 	"crypto/ed25519"
@@ -47,7 +47,7 @@ func TestRenderKeysFile(t *testing.T) {
 	}
 	held := map[int]bool{20004: true, 22: true}
 	goneSet := map[string]time.Time{"d-gone": now}
-	data, n, expires := renderKeysFile("s1", all, held, goneSet, now, authkeys.AuthorizedLine)
+	data, n, expires := render("s1", all, held, goneSet, now, authkeys.AuthorizedLine)
 	if n != 2 {
 		t.Errorf("entries = %d, want 2 (a-active, f-fresh):\n%s", n, data)
 	}
@@ -74,7 +74,7 @@ func TestRenderKeysFile(t *testing.T) {
 	}
 
 	// Nothing held, nothing gone: every active device with ports.
-	_, n, _ = renderKeysFile("s1", all, nil, nil, now, authkeys.AuthorizedLine)
+	_, n, _ = render("s1", all, nil, nil, now, authkeys.AuthorizedLine)
 	if n != 4 {
 		t.Errorf("entries with nothing held = %d, want 4", n)
 	}
