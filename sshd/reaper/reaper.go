@@ -35,7 +35,7 @@ const (
 	RetryDelay = time.Second
 	// SupersedeBudget bounds newest-wins' probe, inside the hook's answer
 	// budget.
-	SupersedeBudget = 600 * time.Millisecond
+	SupersedeBudget  = 600 * time.Millisecond
 	probeConcurrency = 64
 	killGrace        = 2 * time.Second
 )
