@@ -33,6 +33,9 @@ const (
 	// RetryDelay: a failing tunnel is probed again this soon, not a whole
 	// interval later.
 	RetryDelay = time.Second
+	// DefaultGrace: a session's failed probes do not count while it is
+	// younger than this: its device may still be setting its forwards up.
+	DefaultGrace = 5 * time.Second
 	// SupersedeBudget bounds newest-wins' probe, inside the hook's answer
 	// budget.
 	SupersedeBudget  = 600 * time.Millisecond
@@ -55,6 +58,7 @@ type Config struct {
 	Failures   int           // consecutive failures before a session is ended
 	Timeout    time.Duration // one probe's budget
 	NewestWins string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
+	Grace      time.Duration // failed probes of a younger session do not count
 }
 
 // Lister lists the sessions of the slave's sshd.
@@ -173,6 +177,9 @@ func New(cfg Config, d Deps) *Reaper {
 	}
 	if cfg.NewestWins == "" {
 		cfg.NewestWins = NewestWinsStale
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = DefaultGrace
 	}
 	return &Reaper{cfg: cfg, d: d, log: d.Log.With("component", "reaper"),
 		tunnels: map[tunnelKey]*tunnel{}, killed: map[int]string{}}
@@ -360,10 +367,13 @@ func (r *Reaper) record(ctx context.Context, k tunnelKey, t *tunnel, err error) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	wasOK := t.last == nil || t.last.OK
-	p := &wire.Probe{OK: err == nil, At: r.d.Clock.Now().UTC()}
+	now := r.d.Clock.Now()
+	p := &wire.Probe{OK: err == nil, At: now.UTC()}
 	if err != nil {
 		p.Detail = err.Error()
-		t.failures++
+		if now.Sub(t.since) >= r.cfg.Grace {
+			t.failures++
+		}
 	} else {
 		t.failures = 0
 	}
