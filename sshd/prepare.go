@@ -12,6 +12,7 @@ import (
 
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/sshd/sshdconfig"
+	"golang.org/x/sys/unix"
 )
 
 // prepareStateDir makes the state dir root-owned 0755, as sshd demands of
@@ -160,7 +161,7 @@ func lockStateDir(path string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("locking state dir: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		b, _ := io.ReadAll(io.LimitReader(f, 32))
 		f.Close()
 		return nil, fmt.Errorf("another mas4h slave (pid %s) is running on state dir %s", string(b), filepath.Dir(path))
