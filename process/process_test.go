@@ -1,16 +1,20 @@
 package process
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -189,4 +193,57 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestMain doubles as the helper of TestDieWithParent: a parent that starts
+// a child with DieWithParent, says its pid and waits to be killed.
+func TestMain(m *testing.M) {
+	if os.Getenv("MAS4H_PROCESS_HELPER") == "1" {
+		c := Command("sleep", "1000")
+		c.DieWithParent = true
+		p, err := Exec{}.Start(context.Background(), c)
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println(p.Pid())
+		p.Wait()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestDieWithParent(t *testing.T) {
+	parent := exec.Command(os.Args[0], "-test.run=^$")
+	parent.Env = append(os.Environ(), "MAS4H_PROCESS_HELPER=1")
+	out, err := parent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		parent.Process.Kill()
+		t.Fatalf("helper said %q: %v", line, err)
+	}
+	defer unix.Kill(pid, unix.SIGKILL)
+	if !running(pid) {
+		t.Fatalf("the child %d is not running", pid)
+	}
+	parent.Process.Kill()
+	parent.Wait()
+	testkit.Eventually(t, 10*time.Second, func() bool { return !running(pid) }, "the child %d outlived its parent", pid)
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
