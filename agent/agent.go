@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/atomicfile"
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 )
@@ -48,9 +49,9 @@ func (c *Config) Defaults() {
 	def(&c.Keepalive, 10*time.Second)
 	def(&c.ConnectTimeout, 15*time.Second)
 	def(&c.UpAfter, 5*time.Second)
-	def(&c.MinBackoff, DefaultMinBackoff)
-	def(&c.MaxBackoff, DefaultMaxBackoff)
-	def(&c.ResetAfter, DefaultResetAfter)
+	def(&c.MinBackoff, backoff.DefaultMin)
+	def(&c.MaxBackoff, backoff.DefaultMax)
+	def(&c.ResetAfter, backoff.DefaultResetAfter)
 	def(&c.MaxRetryAfter, 15*time.Minute)
 	def(&c.RepeatLog, 10*time.Minute)
 	if c.UserAgent == "" {
@@ -101,7 +102,7 @@ type Agent struct {
 	runner  Runner
 	clock   Clock
 	lookup  Lookup
-	backoff Backoff
+	backoff backoff.Backoff
 
 	client   *SSHClient
 	lastSlot string // slave/host/port of the slot last used, to log moves
@@ -124,7 +125,7 @@ func New(cfg Config, log *slog.Logger, d Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, src: d.Source, runner: d.Runner, clock: d.Clock, lookup: d.Lookup,
-		backoff: Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
+		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
 	if a.src == nil {
 		c, err := client.New(cfg.Master, "", client.WithUserAgent(cfg.UserAgent),
 			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(&http.Client{}))

@@ -17,12 +17,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/names"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -48,25 +48,10 @@ const (
 // found there is used as it is rather than copied into /etc.
 var vendorUnitDirs = []string{"/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
 
-// Runner runs a system command (useradd, systemctl); its error carries argv
-// and stderr.
+// Runner runs the system's tools (useradd, systemctl): process.Exec in
+// production.
 type Runner interface {
-	Run(ctx context.Context, name string, args ...string) error
-}
-
-// ExecRunner is the Runner of production.
-type ExecRunner struct{}
-
-// Run executes name with args.
-func (ExecRunner) Run(ctx context.Context, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
+	Run(ctx context.Context, c process.Cmd) ([]byte, error)
 }
 
 // Config says what to lay out and where.
@@ -132,7 +117,7 @@ func (c *Config) Check() error {
 		return fmt.Errorf("config arguments %q: no quotes, backslashes, $, ` or newlines", c.Args)
 	}
 	if c.Runner == nil {
-		c.Runner = ExecRunner{}
+		c.Runner = process.Exec{}
 	}
 	if c.Out == nil {
 		c.Out = io.Discard
@@ -257,26 +242,26 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 	}
 	switch c.Role {
 	case RoleMaster:
-		in.user(c.MasterUser, MasterStateDir, false)
+		in.user(ctx, c.MasterUser, MasterStateDir, false)
 		in.dir(MasterStateDir, 0o750, c.MasterUser)
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, ""), masterConf(c.Args))
 		in.unit("mas4h-master.service")
-		in.enable("mas4h-master.service")
+		in.enable(ctx, "mas4h-master.service")
 	case RoleSlave:
-		in.user(c.TunnelUser, "/nonexistent", true)
+		in.user(ctx, c.TunnelUser, "/nonexistent", true)
 		in.dir(statedir.Default(c.Name), 0o755, "root")
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
 		in.unit("mas4h-slave@.service")
 		in.unit("mas4h-sshd@.service")
-		in.enable("mas4h-slave@" + c.Name + ".service")
+		in.enable(ctx, "mas4h-slave@"+c.Name+".service")
 	case RoleAgent:
 		in.dir(AgentStateDir, 0o700, "root")
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, ""), agentConf(c.Args))
 		in.unit("mas4h-agent.service")
-		in.enable("mas4h-agent.service")
+		in.enable(ctx, "mas4h-agent.service")
 	}
 	if in.err != nil {
 		return m, fmt.Errorf("installing %s: %w", c.id(), in.err)
@@ -301,7 +286,7 @@ func (in *installer) record(s Step, format string, args ...any) {
 	}
 }
 
-func (in *installer) user(name, home string, tunnel bool) {
+func (in *installer) user(ctx context.Context, name, home string, tunnel bool) {
 	if in.err != nil {
 		return
 	}
@@ -328,7 +313,7 @@ func (in *installer) user(name, home string, tunnel bool) {
 		args = append(prefixArgs(c.Root), "--system", "--gid", name, "--no-create-home",
 			"--home-dir", home, "--shell", "/usr/sbin/nologin", "--comment", comment, name)
 	}
-	if err := c.Runner.Run(context.Background(), "useradd", args...); err != nil {
+	if err := c.run(ctx, "useradd", args...); err != nil {
 		in.err = fmt.Errorf("creating user %s: %w", name, err)
 		return
 	}
@@ -338,10 +323,19 @@ func (in *installer) user(name, home string, tunnel bool) {
 	in.record(Step{Kind: KindUser, Path: name}, "created user %s", name)
 	if tunnel && in.err == nil {
 		// '*': no password, but not '!'-locked, which sshd refuses.
-		if err := c.Runner.Run(context.Background(), "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
+		if err := c.run(ctx, "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
 			in.err = fmt.Errorf("setting the password field of %s to '*': %w", name, err)
 		}
 	}
+}
+
+// run runs a system tool in the C locale, so that its messages, which
+// errors carry, read the same everywhere.
+func (c *Config) run(ctx context.Context, name string, args ...string) error {
+	cmd := process.Command(name, args...)
+	cmd.Env = []string{"LC_ALL=C"}
+	_, err := c.Runner.Run(ctx, cmd)
+	return err
 }
 
 func prefixArgs(root string) []string {
@@ -534,7 +528,7 @@ func unitFileOf(unit string) string {
 	return unit
 }
 
-func (in *installer) enable(unit string) {
+func (in *installer) enable(ctx context.Context, unit string) {
 	if in.err != nil || !in.units[unitFileOf(unit)] {
 		return
 	}
@@ -543,11 +537,11 @@ func (in *installer) enable(unit string) {
 		fmt.Fprintf(c.Out, "systemd is not running here: not enabling %s; once it is, run: systemctl enable --now %s\n", unit, unit)
 		return
 	}
-	if err := c.Runner.Run(context.Background(), "systemctl", "daemon-reload"); err != nil {
+	if err := c.run(ctx, "systemctl", "daemon-reload"); err != nil {
 		in.err = err
 		return
 	}
-	if err := c.Runner.Run(context.Background(), "systemctl", "enable", unit); err != nil {
+	if err := c.run(ctx, "systemctl", "enable", unit); err != nil {
 		in.err = err
 		return
 	}
