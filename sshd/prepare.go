@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 
 	"github.com/mas4h/mas4h/atomicfile"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sshdconfig"
 	"golang.org/x/sys/unix"
 )
@@ -139,9 +138,10 @@ func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookC
 	}
 	path := s.dir.SSHDConfig()
 	check := func(tmp string) error {
-		out, err := sshdCheck(ctx, s.cfg.SSHDPath, tmp, u)
-		if err != nil {
-			return fmt.Errorf("sshd -t rejected the generated config (%v): %s", err, out)
+		c := process.Command(s.cfg.SSHDPath, "-t", "-f", tmp)
+		c.Cred, c.Combined = &process.Cred{UID: u.UID, GID: u.GID}, true // as it will run
+		if _, err := s.run.Run(ctx, c); err != nil {
+			return fmt.Errorf("sshd rejected the generated config: %w", err)
 		}
 		return nil
 	}
@@ -169,11 +169,4 @@ func lockStateDir(path string) (func(), error) {
 	f.Truncate(0)
 	f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
 	return func() { f.Close() }, nil
-}
-
-// sshdCheck runs `sshd -t -f config` as the tunnel user.
-func sshdCheck(ctx context.Context, sshd, config string, u TunnelUser) ([]byte, error) {
-	check := exec.CommandContext(ctx, sshd, "-t", "-f", config)
-	check.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: []uint32{}}}
-	return check.CombinedOutput()
 }

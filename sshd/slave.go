@@ -17,6 +17,7 @@ import (
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/netfilter"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 	"github.com/mas4h/mas4h/sshd/hookserver"
@@ -59,6 +60,7 @@ type Slave struct {
 	cfg  SlaveConfig
 	dir  statedir.Dir
 	src  source.Source
+	run  process.Runner
 	log  *slog.Logger
 	port int
 }
@@ -89,7 +91,7 @@ func NewSlave(cfg SlaveConfig, src source.Source, log *slog.Logger) (*Slave, err
 	default:
 		return nil, fmt.Errorf("newest-wins must be %s, %s or %s, not %q", reaper.NewestWinsStale, reaper.NewestWinsAlways, reaper.NewestWinsOff, cfg.NewestWins)
 	}
-	return &Slave{cfg: cfg, dir: statedir.Dir(cfg.StateDir), src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
+	return &Slave{cfg: cfg, dir: statedir.Dir(cfg.StateDir), src: src, run: process.Exec{}, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
 }
 
 // parts are the pieces of a running slave, made by prepare.
@@ -146,7 +148,7 @@ func (p *parts) prepare(ctx context.Context) error {
 		return err
 	}
 	p.closers = append(p.closers, unlock)
-	if p.user, err = EnsureTunnelUser(ctx, s.cfg.TunnelUser); err != nil {
+	if p.user, err = EnsureTunnelUser(ctx, s.run, s.cfg.TunnelUser); err != nil {
 		return err
 	}
 	if p.user.Created {
@@ -221,7 +223,7 @@ func (p *parts) build() {
 	p.sup = supervisor.New(supervisor.Config{
 		SSHD: s.cfg.SSHDPath, ConfigPath: s.dir.SSHDConfig(), LogPath: s.dir.Log(), PidPath: s.dir.PidFile(),
 		ListenAddr: s.cfg.SSHListen, ProcRoot: s.cfg.ProcRoot, UID: p.user.UID, GID: p.user.GID, LowPort: s.port < 1024,
-	}, supervisor.Detached{}, m, s.log)
+	}, s.run, m, s.log)
 	p.table = sessions.NewTable(sessions.Discoverer{ProcRoot: s.cfg.ProcRoot, TunnelUID: p.user.UID,
 		LogPath: s.dir.Log(), SSHPort: s.port}, p.sup.PID)
 	if s.cfg.KeysFile {

@@ -2,8 +2,6 @@ package hookserver
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -16,6 +14,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
@@ -26,14 +25,7 @@ const tunnelUser = "mas4h-tunnel"
 
 func newDevice(t *testing.T, name, status string) (registry.Device, ssh.PublicKey) {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.NewKey(t, name).Public
 	return registry.Device{Name: name, Fingerprint: registry.Fingerprint(k), PublicKey: registry.AuthorizedKey(k), KeyType: k.Type(),
 		Status: status, Forwards: []registry.Forward{{Name: "ssh", Target: "localhost:22", RemotePort: 20001}}}, k
 }

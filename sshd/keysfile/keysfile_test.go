@@ -1,28 +1,18 @@
 package keysfile
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 func testDevice(t *testing.T, name, status string, ports ...int) registry.Device {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkit.NewKey(t, name).Public
 	d := registry.Device{Name: name, Status: status, PublicKey: registry.AuthorizedKey(key), Fingerprint: registry.Fingerprint(key)}
 	for i, p := range ports {
 		d.Forwards = append(d.Forwards, registry.Forward{Name: "f" + string(rune('a'+i)), Target: "localhost:22", RemotePort: p})

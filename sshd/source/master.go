@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
@@ -168,10 +169,17 @@ func deviceFromValidation(v wire.Validation) registry.Device {
 	return d
 }
 
-// Follow implements Source: the heartbeat loop.
+// maxRetry caps the wait between heartbeats to a master that does not
+// answer.
+const maxRetry = 30 * time.Second
+
+// Follow implements Source: the heartbeat loop. Heartbeats go every
+// interval (spread by ±10%, so that slaves restarted together do not beat
+// in step); while the master does not answer, with the backoff from the
+// interval up to 30 s.
 func (m *Master) Follow(ctx context.Context, h Handler) {
-	failures := 0
-	connected := false
+	var retry backoff.Backoff
+	failing, connected := false, false
 	for {
 		err := m.beat(ctx, h)
 		if ctx.Err() != nil {
@@ -181,39 +189,27 @@ func (m *Master) Follow(ctx context.Context, h Handler) {
 		wait := m.interval
 		m.mu.Unlock()
 		if err != nil {
-			failures++
-			if connected || failures == 1 {
+			if !failing {
+				connected = false
 				m.log.Warn("master unreachable; serving cached devices and retrying with backoff", "err", err)
+				retry = backoff.Backoff{Min: wait, Max: max(wait, maxRetry)}
 			}
-			connected = false
-			wait = backoff(wait, failures)
+			failing = true
+			wait = retry.Next()
 		} else {
 			if !connected {
 				m.log.Info("heartbeats reach the master", "interval", wait)
 			}
-			connected, failures = true, 0
+			failing, connected = false, true
 			m.refresh(ctx, h)
+			wait += time.Duration((rand.Float64()*0.2 - 0.1) * float64(wait))
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(wait)):
+		case <-time.After(wait):
 		}
 	}
-}
-
-// backoff doubles the wait per failure up to 30 s.
-func backoff(interval time.Duration, failures int) time.Duration {
-	d := interval
-	for i := 1; i < failures && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
-}
-
-// jitter spreads d by ±10% so that slaves restarted together do not beat in step.
-func jitter(d time.Duration) time.Duration {
-	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 }
 
 func (m *Master) beat(ctx context.Context, h Handler) error {

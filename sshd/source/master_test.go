@@ -2,8 +2,6 @@ package source
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
@@ -107,14 +106,7 @@ func (c *clock) Now() time.Time { return c.now }
 
 func newDevice(t *testing.T, name string, port int) (registry.Device, ssh.PublicKey) {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.NewKey(t, name).Public
 	return registry.Device{Name: name, Fingerprint: registry.Fingerprint(k), PublicKey: registry.AuthorizedKey(k), KeyType: k.Type(),
 		Status: registry.StatusActive, Forwards: []registry.Forward{{Name: "ssh", Target: "localhost:22", RemotePort: port}}}, k
 }

@@ -1,14 +1,12 @@
 package sshdconfig
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/mas4h/mas4h/internal/testkit"
+)
 
 func goldenParams() Params {
 	return Params{
@@ -31,19 +29,7 @@ func TestRenderConfigGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "sshd_config.golden")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./sshd/sshdconfig -run Golden -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("rendered sshd_config differs from %s:\n%s", golden, got)
-	}
+	testkit.Golden(t, filepath.Join("testdata", "sshd_config.golden"), got)
 }
 
 // The security model of DESIGN.md, directive by directive: a template edit

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
@@ -39,11 +40,9 @@ type Config struct {
 	LowPort    bool   // the port is below 1024: start it with CAP_NET_BIND_SERVICE
 }
 
-// Starter starts a program detached from the daemon: in its own session,
-// as uid/gid with no supplementary groups, with CAP_NET_BIND_SERVICE as an
-// ambient capability when lowPort. exited receives its exit once.
+// Starter starts a program in a session of its own (process.Exec).
 type Starter interface {
-	Start(argv []string, uid, gid int, lowPort bool) (pid int, exited <-chan error, err error)
+	Start(ctx context.Context, c process.Cmd) (process.Process, error)
 }
 
 // Supervisor owns the sshd of one slave.
@@ -122,19 +121,25 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	}
 	os.Remove(s.cfg.PidPath)
 	logStart, _ := fileSize(s.cfg.LogPath)
-	argv := []string{s.cfg.SSHD, "-D", "-f", s.cfg.ConfigPath, "-E", s.cfg.LogPath}
-	pid, exited, err := s.start.Start(argv, s.cfg.UID, s.cfg.GID, s.cfg.LowPort)
-	if err != nil {
-		return fmt.Errorf("starting %s: %w", s.cfg.SSHD, err)
+	c := process.Command(s.cfg.SSHD, "-D", "-f", s.cfg.ConfigPath, "-E", s.cfg.LogPath)
+	c.Dir, c.Cred = "/", &process.Cred{UID: s.cfg.UID, GID: s.cfg.GID}
+	if s.cfg.LowPort {
+		c.AmbientCaps = []uintptr{unix.CAP_NET_BIND_SERVICE}
 	}
+	// Not ctx: sshd outlives the daemon, and its tunnels with it.
+	p, err := s.start.Start(context.WithoutCancel(ctx), c)
+	if err != nil {
+		return err
+	}
+	pid := p.Pid()
 	deadline := time.NewTimer(StartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("sshd exited at start (%v): %s", err, s.logTail(logStart))
+		case <-p.Done():
+			return fmt.Errorf("sshd exited at start (%v): %s", p.Wait(), s.logTail(logStart))
 		case <-deadline.C:
 			unix.Kill(pid, unix.SIGKILL)
 			return fmt.Errorf("sshd did not come up within %s: %s", StartTimeout, s.logTail(logStart))

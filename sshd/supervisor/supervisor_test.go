@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
@@ -45,7 +47,7 @@ func newRig(t *testing.T) *rig {
 	g.cfg = Config{SSHD: sshd, ConfigPath: filepath.Join(dir, "sshd_config"), LogPath: filepath.Join(dir, "sshd.log"),
 		PidPath: filepath.Join(dir, "sshd.pid"), ListenAddr: "127.0.0.1:0", UID: os.Getuid(), GID: os.Getgid()}
 	g.config("")
-	g.sup = New(g.cfg, Detached{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g.sup = New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(func() {
 		if pid := g.sup.PID(); pid > 0 {
 			unix.Kill(pid, unix.SIGKILL)
@@ -68,11 +70,7 @@ func must(t *testing.T, err error) {
 // waitGone waits for pid to end (the supervisor's Detached reaps it).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); sessions.Alive("/proc", pid); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d still alive", pid)
-		}
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return !sessions.Alive("/proc", pid) }, "pid %d still alive", pid)
 }
 
 func TestStartAndAdopt(t *testing.T) {
@@ -83,7 +81,7 @@ func TestStartAndAdopt(t *testing.T) {
 		t.Fatalf("started: pid %d, running %v", pid, g.sup.running())
 	}
 	// A restarted daemon adopts it from the pid file.
-	again := New(g.cfg, Detached{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	again := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if !again.Adopt() || again.PID() != pid {
 		t.Fatalf("adopt: pid %d, want %d", again.PID(), pid)
 	}
@@ -131,7 +129,7 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("after restart: pid %d (was %d), running %v", second, first, g.sup.running())
 	}
 	// Someone else starts it: the supervisor adopts that one.
-	other := New(g.cfg, Detached{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	other := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	unix.Kill(second, unix.SIGKILL)
 	waitGone(t, second)
 	must(t, other.Start(context.Background()))
@@ -179,9 +177,17 @@ func TestPidReuse(t *testing.T) {
 // startFunc is a Starter for fixtures: it records and returns a pid.
 type startFunc func(argv []string) int
 
-func (f startFunc) Start(argv []string, _, _ int, _ bool) (int, <-chan error, error) {
-	return f(argv), make(chan error), nil
+func (f startFunc) Start(_ context.Context, c process.Cmd) (process.Process, error) {
+	return fixtureProcess(f(c.Argv)), nil
 }
+
+// fixtureProcess is a process of a fixture /proc: it never exits.
+type fixtureProcess int
+
+func (p fixtureProcess) Pid() int               { return int(p) }
+func (p fixtureProcess) Signal(os.Signal) error { return nil }
+func (p fixtureProcess) Done() <-chan struct{}  { return nil }
+func (p fixtureProcess) Wait() error            { select {} }
 
 // A failing start says why, from sshd's own log; a taken port is named.
 func TestStartFailures(t *testing.T) {
@@ -195,7 +201,7 @@ func TestStartFailures(t *testing.T) {
 	must(t, err)
 	defer l.Close()
 	g.cfg.ListenAddr = l.Addr().String()
-	g.sup = New(g.cfg, Detached{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g.sup = New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	err = g.sup.Start(context.Background())
 	if _, ok := err.(*PortInUseError); !ok {
 		t.Fatalf("error %v, want a PortInUseError", err)
