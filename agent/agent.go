@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/atomicfile"
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 )
@@ -47,9 +49,9 @@ func (c *Config) Defaults() {
 	def(&c.Keepalive, 10*time.Second)
 	def(&c.ConnectTimeout, 15*time.Second)
 	def(&c.UpAfter, 5*time.Second)
-	def(&c.MinBackoff, DefaultMinBackoff)
-	def(&c.MaxBackoff, DefaultMaxBackoff)
-	def(&c.ResetAfter, DefaultResetAfter)
+	def(&c.MinBackoff, backoff.DefaultMin)
+	def(&c.MaxBackoff, backoff.DefaultMax)
+	def(&c.ResetAfter, backoff.DefaultResetAfter)
 	def(&c.MaxRetryAfter, 15*time.Minute)
 	def(&c.RepeatLog, 10*time.Minute)
 	if c.UserAgent == "" {
@@ -100,7 +102,7 @@ type Agent struct {
 	runner  Runner
 	clock   Clock
 	lookup  Lookup
-	backoff Backoff
+	backoff backoff.Backoff
 
 	client   *SSHClient
 	lastSlot string // slave/host/port of the slot last used, to log moves
@@ -123,7 +125,7 @@ func New(cfg Config, log *slog.Logger, d Deps) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, src: d.Source, runner: d.Runner, clock: d.Clock, lookup: d.Lookup,
-		backoff: Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
+		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
 	if a.src == nil {
 		c, err := client.New(cfg.Master, "", client.WithUserAgent(cfg.UserAgent),
 			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(&http.Client{}))
@@ -359,7 +361,7 @@ func (a *Agent) prepare(key *Key, slot wire.Slot) (Files, error) {
 				data = old
 			}
 		}
-		if err := writeFileAtomic(f.Key, data, 0o600); err != nil {
+		if _, err := atomicfile.WriteIfChanged(f.Key, data, 0o600); err != nil {
 			return f, err
 		}
 	}
@@ -367,7 +369,7 @@ func (a *Agent) prepare(key *Key, slot wire.Slot) (Files, error) {
 	if a.client.Kind == ClientDropbear {
 		kh = filepath.Join(f.Home, ".ssh", "known_hosts")
 	}
-	if err := writeFileAtomic(kh, KnownHosts(slot, a.client.Kind), 0o600); err != nil {
+	if _, err := atomicfile.WriteIfChanged(kh, KnownHosts(slot, a.client.Kind), 0o600); err != nil {
 		return f, err
 	}
 	return f, nil

@@ -293,58 +293,6 @@ func readAll(r *http.Request) ([]byte, error) {
 	return b.Bytes(), err
 }
 
-// Each delay is cut at random by up to 90% of its step, never more.
-func TestBackoffJitterBounds(t *testing.T) {
-	for _, r := range []float64{0, 0.5, 0.999999} {
-		b := Backoff{Min: time.Second, Max: time.Minute, Rand: func() float64 { return r }}
-		for step := time.Second; step <= time.Minute; step = min(step*2, time.Minute) {
-			d := b.Next()
-			lo := step / 10
-			if d < lo || d > step {
-				t.Fatalf("rand %v, step %s: delay %s outside [%s, %s]", r, step, d, lo, step)
-			}
-			if want := step - time.Duration(r*0.9*float64(step)); d != want {
-				t.Fatalf("rand %v, step %s: delay %s, want %s", r, step, d, want)
-			}
-			if step == time.Minute {
-				break
-			}
-		}
-	}
-}
-
-func TestBackoffSequence(t *testing.T) {
-	b := Backoff{Min: time.Second, Max: time.Minute, ResetAfter: time.Minute, Rand: func() float64 { return 0 }}
-	var got []time.Duration
-	for range 9 {
-		got = append(got, b.Next())
-	}
-	want := []time.Duration{1, 2, 4, 8, 16, 32, 60, 60, 60}
-	for i := range want {
-		if got[i] != want[i]*time.Second {
-			t.Fatalf("backoff %v, want %v s", got, want)
-		}
-	}
-	b.Ran(59 * time.Second)
-	if d := b.Next(); d != time.Minute {
-		t.Errorf("after 59 s up: %s, want no reset", d)
-	}
-	b.Ran(time.Minute)
-	if d := b.Next(); d != time.Second {
-		t.Errorf("after 60 s up: %s, want a reset to 1 s", d)
-	}
-	b.Rand = func() float64 { return 0.9999 }
-	for range 10 {
-		if d := b.Next(); d < 100*time.Millisecond || d > time.Minute {
-			t.Fatalf("jittered %s outside [0.1 s, 60 s]", d)
-		}
-	}
-	b.Reset()
-	if d := b.Next(); d < 100*time.Millisecond || d > time.Second {
-		t.Errorf("jittered first delay %s", d)
-	}
-}
-
 func slotServer(t *testing.T, status *int, slot wire.Slot) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if *status != 200 {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/process"
 )
 
 // Client kinds for Config.SSHClient.
@@ -34,8 +34,8 @@ func (c SSHClient) KeyFormat() KeyFormat {
 	return FormatOpenSSH
 }
 
-// Lookup finds programs and asks them what they are; the real one uses
-// exec.LookPath and `PROG -V`.
+// Lookup finds programs and asks them what they are; the real one looks in
+// PATH and runs `PROG -V`.
 type Lookup interface {
 	LookPath(name string) (string, error)
 	Version(ctx context.Context, path string) string
@@ -43,12 +43,14 @@ type Lookup interface {
 
 type execLookup struct{}
 
-func (execLookup) LookPath(name string) (string, error) { return exec.LookPath(name) }
+func (execLookup) LookPath(name string) (string, error) { return process.Exec{}.LookPath(name) }
 
 func (execLookup) Version(ctx context.Context, path string) string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	out, _ := exec.CommandContext(ctx, path, "-V").CombinedOutput()
+	c := process.Command(path, "-V")
+	c.Combined = true // both clients print their version on stderr
+	out, _ := process.Exec{}.Run(ctx, c)
 	return string(out)
 }
 

@@ -2,13 +2,12 @@ package agent
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"runtime"
+	"errors"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/mas4h/mas4h/process"
 )
 
 // Command is one run of the SSH client.
@@ -60,53 +59,39 @@ func (realClock) Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// ExecRunner runs clients with os/exec, in their own session (no
+// ExecRunner runs clients with process.Exec, in their own session (no
 // controlling terminal: neither client may prompt), killed with the agent
-// if it dies (Pdeathsig).
+// if it dies.
 type ExecRunner struct {
 	// OnStderr, if set, gets every line the client prints.
 	OnStderr func(line string)
 }
 
 type execProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	res  Result
+	p    process.Process
+	tail *tailWriter
 }
 
-func (p *execProc) Pid() int              { return p.cmd.Process.Pid }
-func (p *execProc) Done() <-chan struct{} { return p.done }
-func (p *execProc) Wait() Result          { <-p.done; return p.res }
+func (p *execProc) Pid() int              { return p.p.Pid() }
+func (p *execProc) Done() <-chan struct{} { return p.p.Done() }
+
+func (p *execProc) Wait() Result {
+	err := p.p.Wait()
+	var pe *process.Error
+	if errors.As(err, &pe) {
+		err = pe.Err // the exit status alone: the agent logs argv apart
+	}
+	return Result{Err: err, Stderr: p.tail.String()}
+}
 
 // Start implements Runner.
 func (r ExecRunner) Start(ctx context.Context, c Command) (Process, error) {
-	cmd := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...)
-	cmd.Env = append(os.Environ(), c.Env...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 5 * time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}
 	tail := &tailWriter{max: 20, each: r.OnStderr}
-	cmd.Stderr = tail
-	p := &execProc{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the thread that started the child exits:
-		// keep this goroutine on its thread for the child's lifetime.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.res.Err = cmd.Wait()
-		p.res.Stderr = tail.String()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	p, err := process.Exec{}.Start(ctx, process.Cmd{Argv: c.Argv, Env: c.Env, Stderr: tail, DieWithParent: true})
+	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &execProc{p: p, tail: tail}, nil
 }
 
 // tailWriter keeps the last max lines written to it.

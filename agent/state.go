@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -54,42 +54,8 @@ func (a *Agent) saveSlot(s wire.Slot) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, slotFile), append(b, '\n'), 0o600)
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory (fsync, rename), unless path already holds exactly data.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == mode {
-			return nil
-		}
-	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
+	_, err = atomicfile.WriteIfChanged(filepath.Join(a.cfg.StateDir, slotFile), append(b, '\n'), 0o600)
+	return err
 }
 
 // ensureStateDir creates the state dir (0700) and dbclient's HOME.

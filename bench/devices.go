@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -10,12 +9,12 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/mas4h/mas4h/process"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -140,12 +139,5 @@ func enrol(ctx context.Context, bin, db, portRange string, devs []device) error 
 
 // runCmd runs a short command; its error carries argv and stderr.
 func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
+	return process.Exec{}.Run(ctx, process.Command(name, args...))
 }

@@ -34,7 +34,7 @@ type FleetConfig struct {
 	Window       time.Duration // steady window on mas4h's side: a few probe cycles
 	RawWindow    time.Duration // steady window on raw's side (no probes)
 	Sources      int           // source addresses 127.0.1.1… the devices dial from
-	Jitter       float64       // reconnect backoff jitter (the agent's: agent.Jitter())
+	Jitter       float64       // reconnect backoff jitter (the agent's: backoff.DefaultJitter)
 	MinBackoff   time.Duration
 	MaxBackoff   time.Duration
 	SetupTimeout time.Duration

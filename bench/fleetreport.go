@@ -1,11 +1,8 @@
 package bench
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -157,22 +154,7 @@ type ReconnectResult struct {
 
 // WriteJSON writes r to dir/issue7-<date>-<label>.json and returns the path.
 func (r *FleetResult) WriteJSON(dir, label string) (string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("creating results dir: %w", err)
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "issue7-"+r.Date+"-"+label+".json")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return "", fmt.Errorf("writing results: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("writing results: %w", err)
-	}
-	return path, nil
+	return writeJSON(dir, "issue7-"+r.Date+"-"+label+".json", r)
 }
 
 func f1(x float64) string { return fmt.Sprintf("%.1f", x) }

@@ -16,6 +16,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mas4h/mas4h/atomicfile"
+	"github.com/mas4h/mas4h/process"
 )
 
 // Config is the harness's configuration, filled and validated in
@@ -304,7 +307,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 		keys.WriteString(d.Line + "\n")
 	}
 	akPath := filepath.Join(h.raw, "authorized_keys")
-	if err := os.WriteFile(akPath, keys.Bytes(), 0o644); err != nil {
+	if err := atomicfile.Write(akPath, keys.Bytes(), 0o644); err != nil {
 		return err
 	}
 	mas4hCfg, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
@@ -316,15 +319,17 @@ func (h *harness) startRaw(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(cfgPath, rawCfg, 0o644); err != nil {
+	// Checked as the tunnel user, as the slave checks its own.
+	err = atomicfile.Write(cfgPath, rawCfg, 0o644, atomicfile.Check(func(tmp string) error {
+		check := process.Command(h.cfg.SSHD, "-t", "-f", tmp)
+		check.Cred = &process.Cred{UID: h.uid, GID: h.gid}
+		_, err := process.Exec{}.Run(ctx, check)
+		return err
+	}))
+	if err != nil {
 		return err
 	}
 	asUser := &syscall.Credential{Uid: uint32(h.uid), Gid: uint32(h.gid), Groups: []uint32{}}
-	check := exec.CommandContext(ctx, h.cfg.SSHD, "-t", "-f", cfgPath)
-	check.SysProcAttr = &syscall.SysProcAttr{Credential: asUser}
-	if out, err := check.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s -t -f %s: %w: %s", h.cfg.SSHD, cfgPath, err, out)
-	}
 
 	// Started exactly as mas4h's supervisor starts its sshd.
 	cmd := exec.Command(h.cfg.SSHD, "-D", "-f", cfgPath, "-E", logPath)
@@ -472,7 +477,9 @@ func machine(sshd string) Machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
-	out, _ := exec.Command(sshd, "-V").CombinedOutput()
+	version := process.Command(sshd, "-V")
+	version.Combined = true // on stderr
+	out, _ := process.Exec{}.Run(context.Background(), version)
 	m.SSHD, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	return m
 }

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mas4h/mas4h/backoff"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -25,8 +25,9 @@ type genConfig struct {
 	Sources  []net.IP // local addresses to dial from, round-robin; nil: the kernel's choice
 	Parallel int      // devices in their first handshake at once; 0: no bound
 	// Reconnect: after a session ends, wait a backoff and connect again.
-	// The backoff is the agent's: MinBackoff doubling to MaxBackoff, each
-	// delay cut by a random part of up to Jitter of it.
+	// The backoff is the agent's (package backoff): MinBackoff doubling to
+	// MaxBackoff, each delay cut by a random part of up to Jitter of it
+	// (zero: none).
 	Reconnect              bool
 	MinBackoff, MaxBackoff time.Duration
 	Jitter                 float64
@@ -179,14 +180,11 @@ func (f *fleet) waitUpSince(ctx context.Context, t time.Time, n int) (time.Time,
 func (f *fleet) play(i int) {
 	defer f.wg.Done()
 	d := f.devs[i]
-	minB, maxB := f.cfg.MinBackoff, f.cfg.MaxBackoff
-	if minB <= 0 {
-		minB = time.Second // the agent's
+	// The agent's backoff; zero bounds are its defaults.
+	b := backoff.Backoff{Min: f.cfg.MinBackoff, Max: f.cfg.MaxBackoff, Jitter: f.cfg.Jitter}
+	if f.cfg.Jitter == 0 {
+		b.Rand = func() float64 { return 0 } // no cut at all
 	}
-	if maxB < minB {
-		maxB = max(minB, time.Minute)
-	}
-	backoff := minB
 	first := true
 	for f.ctx.Err() == nil {
 		if first && f.sem != nil {
@@ -208,7 +206,7 @@ func (f *fleet) play(i int) {
 		first = false
 		if err == nil {
 			f.serve(i, conn, chans, reqs)
-			backoff = minB // a session that was up starts over
+			b.Reset() // a session that was up starts over
 		} else if f.ctx.Err() == nil {
 			f.fail(d, err)
 		}
@@ -218,8 +216,7 @@ func (f *fleet) play(i int) {
 		if f.ctx.Err() != nil || err == nil && !f.cfg.Reconnect {
 			return
 		}
-		delay := backoff - time.Duration(rand.Float64()*f.cfg.Jitter*float64(backoff))
-		backoff = min(backoff*2, maxB)
+		delay := b.Next()
 		select {
 		case <-f.ctx.Done():
 			return

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mas4h/mas4h/atomicfile"
 )
 
 // Result is everything one run measured; written as JSON and as a table.
@@ -68,19 +70,21 @@ func (s *Side) finish(devices int) {
 
 // WriteJSON writes r to dir/issue2-<date>.json and returns the path.
 func (r *Result) WriteJSON(dir string) (string, error) {
+	return writeJSON(dir, "issue2-"+r.Date+".json", r)
+}
+
+// writeJSON writes v, indented, to dir/name (creating dir) and returns the
+// path.
+func writeJSON(dir, name string, v any) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("creating results dir: %w", err)
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(dir, "issue2-"+r.Date+".json")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return "", fmt.Errorf("writing results: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	path := filepath.Join(dir, name)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644); err != nil {
 		return "", fmt.Errorf("writing results: %w", err)
 	}
 	return path, nil

@@ -13,17 +13,17 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/statedir"
+	"golang.org/x/sys/unix"
 )
 
 // Status of a check.
@@ -70,11 +70,15 @@ type Config struct {
 	Root     string
 	ProcRoot string // "/proc"
 
-	HTTP     *http.Client
-	Now      func() time.Time
-	LookPath func(string) (string, error)
-	// Output runs a command and returns its combined output.
-	Output func(ctx context.Context, name string, args ...string) ([]byte, error)
+	HTTP   *http.Client
+	Now    func() time.Time
+	Runner Runner
+}
+
+// Runner runs and finds programs: process.Exec on a real host.
+type Runner interface {
+	Run(ctx context.Context, c process.Cmd) ([]byte, error)
+	LookPath(name string) (string, error)
 }
 
 func (c *Config) defaults() {
@@ -108,13 +112,8 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.LookPath == nil {
-		c.LookPath = exec.LookPath
-	}
-	if c.Output == nil {
-		c.Output = func(ctx context.Context, name string, args ...string) ([]byte, error) {
-			return exec.CommandContext(ctx, name, args...).CombinedOutput()
-		}
+	if c.Runner == nil {
+		c.Runner = process.Exec{}
 	}
 }
 
@@ -184,7 +183,10 @@ func checkOpenSSH(ctx context.Context, c *Config, r *report) {
 		r.add("openssh", Fail, fmt.Sprintf("no sshd at %s", c.SSHDPath), fix)
 		return
 	}
-	out, _ := c.Output(ctx, c.SSHDPath, "-V") // prints the version and exits 1 on old releases
+	// sshd prints its version on stderr, and exits 1 on old releases.
+	version := process.Command(c.SSHDPath, "-V")
+	version.Combined = true
+	out, _ := c.Runner.Run(ctx, version)
 	m := opensshRE.FindSubmatch(out)
 	if m == nil {
 		r.add("openssh", Fail, fmt.Sprintf("%s -V did not say an OpenSSH version: %q", c.SSHDPath, strings.TrimSpace(string(out))), fix)
@@ -359,7 +361,7 @@ func checkSSHPort(c *Config, r *report) {
 func portFree(addr string) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
+		if errors.Is(err, unix.EADDRINUSE) {
 			return errors.New("address in use")
 		}
 		return err
@@ -378,7 +380,7 @@ func portOf(addr string) string {
 // checkNetfilter: the shared VIP needs iptables and the cluster match
 // (xt_cluster); a slave without a VIP needs neither, so these only warn.
 func checkNetfilter(ctx context.Context, c *Config, r *report) {
-	if _, err := c.LookPath("iptables"); err != nil {
+	if _, err := c.Runner.LookPath("iptables"); err != nil {
 		r.add("netfilter", Warn, "iptables not found (only the shared VIP needs it)", "apt-get install iptables")
 		return
 	}
@@ -386,7 +388,7 @@ func checkNetfilter(ctx context.Context, c *Config, r *report) {
 		r.add("netfilter", OK, "iptables and the cluster match (xt_cluster, loaded) for the shared VIP", "")
 		return
 	}
-	if out, err := c.Output(ctx, "modinfo", "-n", "xt_cluster"); err == nil && strings.TrimSpace(string(out)) != "" {
+	if out, err := c.Runner.Run(ctx, process.Command("modinfo", "-n", "xt_cluster")); err == nil && strings.TrimSpace(string(out)) != "" {
 		r.add("netfilter", OK, "iptables and the cluster match (xt_cluster, loadable: "+strings.TrimSpace(string(out))+") for the shared VIP", "")
 		return
 	}
@@ -502,7 +504,7 @@ func checkRegistry(c *Config, r *report) {
 func checkSSHClient(c *Config, r *report) {
 	var found []string
 	for _, n := range []string{"ssh", "dbclient"} {
-		if p, err := c.LookPath(n); err == nil {
+		if p, err := c.Runner.LookPath(n); err == nil {
 			found = append(found, p)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/process"
 )
 
 // fixture is a root with one tunnel user whose password field is pw.
@@ -31,12 +33,16 @@ func find(t *testing.T, results []Result, check string) Result {
 	return Result{}
 }
 
-func fakeSSHD(version string) func(context.Context, string, ...string) ([]byte, error) {
-	return func(_ context.Context, name string, args ...string) ([]byte, error) {
-		if strings.HasSuffix(name, "sshd") {
-			return []byte(version + ", OpenSSL 3.0.0\n"), nil
-		}
-		return nil, os.ErrNotExist
+// fakeHost has an sshd that says version, and no other program.
+func fakeHost(version string) *process.Fake {
+	return &process.Fake{
+		Paths: map[string]string{},
+		Handle: func(c process.Cmd) ([]byte, error) {
+			if strings.HasSuffix(c.Argv[0], "sshd") && c.Combined {
+				return []byte(version + ", OpenSSL 3.0.0\n"), nil
+			}
+			return nil, process.Exit(127, c.Argv[0]+": not found")
+		},
 	}
 }
 
@@ -58,8 +64,7 @@ func TestSlaveChecks(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			results := Run(context.Background(), Config{Role: "slave", Root: fixture(t, tc.pw), SSHDPath: sshdBin,
-				SSHListen: "127.0.0.1:0", Output: fakeSSHD(tc.version), ProcRoot: t.TempDir(),
-				LookPath: func(string) (string, error) { return "", os.ErrNotExist }})
+				SSHListen: "127.0.0.1:0", Runner: fakeHost(tc.version), ProcRoot: t.TempDir()})
 			if r := find(t, results, tc.check); r.Status != tc.want || (r.Status != OK && r.Fix == "") {
 				t.Errorf("%s: %+v, want %s with a fix", tc.check, r, tc.want)
 			}
@@ -74,7 +79,7 @@ func TestHookPathUnderTmpFails(t *testing.T) {
 	// t.TempDir is below /tmp (1777): sshd would refuse a hook there.
 	state := filepath.Join(t.TempDir(), "slave-x")
 	r := find(t, Run(context.Background(), Config{Role: "slave", StateDir: state, SSHListen: "127.0.0.1:0",
-		Output: fakeSSHD("OpenSSH_9.2"), LookPath: func(string) (string, error) { return "", os.ErrNotExist }}), "hook path")
+		Runner: fakeHost("OpenSSH_9.2")}), "hook path")
 	if r.Status != Fail || !strings.Contains(r.Detail, "group/world-writable") && !strings.Contains(r.Detail, "not root") {
 		t.Errorf("hook path below /tmp: %+v", r)
 	}
@@ -85,7 +90,7 @@ func TestHookPathUnderTmpFails(t *testing.T) {
 func TestKeysFileChecks(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "slave-x")
 	cfg := Config{Role: "slave", StateDir: state, SSHListen: "127.0.0.1:0",
-		Output: fakeSSHD("OpenSSH_9.2"), LookPath: func(string) (string, error) { return "", os.ErrNotExist }}
+		Runner: fakeHost("OpenSSH_9.2")}
 	for _, r := range Run(context.Background(), cfg) {
 		if r.Check == "keys file" {
 			t.Errorf("a finding without a keys file: %+v", r)
@@ -116,7 +121,7 @@ func TestClockSkew(t *testing.T) {
 			w.Header().Set("Date", time.Now().Add(-tc.skew).UTC().Format(http.TimeFormat))
 			w.Write([]byte(`{"ok":true}`))
 		}))
-		results := Run(context.Background(), Config{Role: "agent", Master: srv.URL, LookPath: func(n string) (string, error) { return "/usr/bin/" + n, nil }})
+		results := Run(context.Background(), Config{Role: "agent", Master: srv.URL, Runner: &process.Fake{}})
 		srv.Close()
 		if r := find(t, results, "master"); r.Status != OK {
 			t.Errorf("master reachable: %+v", r)
@@ -125,7 +130,7 @@ func TestClockSkew(t *testing.T) {
 			t.Errorf("skew %s: %+v, want %s", tc.skew, r, tc.want)
 		}
 	}
-	results := Run(context.Background(), Config{Role: "agent", Master: "http://127.0.0.1:1", LookPath: func(string) (string, error) { return "", os.ErrNotExist }})
+	results := Run(context.Background(), Config{Role: "agent", Master: "http://127.0.0.1:1", Runner: fakeHost("")})
 	if r := find(t, results, "master"); r.Status != Fail {
 		t.Errorf("unreachable master: %+v", r)
 	}

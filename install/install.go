@@ -17,12 +17,12 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 
+	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/names"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -48,25 +48,10 @@ const (
 // found there is used as it is rather than copied into /etc.
 var vendorUnitDirs = []string{"/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
 
-// Runner runs a system command (useradd, systemctl); its error carries argv
-// and stderr.
+// Runner runs the system's tools (useradd, systemctl): process.Exec in
+// production.
 type Runner interface {
-	Run(ctx context.Context, name string, args ...string) error
-}
-
-// ExecRunner is the Runner of production.
-type ExecRunner struct{}
-
-// Run executes name with args.
-func (ExecRunner) Run(ctx context.Context, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
+	Run(ctx context.Context, c process.Cmd) ([]byte, error)
 }
 
 // Config says what to lay out and where.
@@ -94,8 +79,6 @@ type Config struct {
 	Out    io.Writer
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
 // Check validates c and fills defaults.
 func (c *Config) Check() error {
 	switch c.Role {
@@ -104,8 +87,8 @@ func (c *Config) Check() error {
 			return fmt.Errorf("%s takes no name", c.Role)
 		}
 	case RoleSlave:
-		if !nameRE.MatchString(c.Name) {
-			return fmt.Errorf("slave name %q: want 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit", c.Name)
+		if err := names.Slave(c.Name); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("role must be master, slave or agent, not %q", c.Role)
@@ -126,15 +109,15 @@ func (c *Config) Check() error {
 		c.MasterUser = DefaultMasterUser
 	}
 	for _, u := range []string{c.TunnelUser, c.MasterUser} {
-		if !names.ValidUser(u) {
-			return fmt.Errorf("user name %q is not valid (want [a-z_][a-z0-9_-]{0,31})", u)
+		if err := names.User(u); err != nil {
+			return err
 		}
 	}
 	if strings.ContainsAny(c.Args, "\"\\$`\n") {
 		return fmt.Errorf("config arguments %q: no quotes, backslashes, $, ` or newlines", c.Args)
 	}
 	if c.Runner == nil {
-		c.Runner = ExecRunner{}
+		c.Runner = process.Exec{}
 	}
 	if c.Out == nil {
 		c.Out = io.Discard
@@ -229,12 +212,8 @@ func writeManifest(path string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("saving the install manifest: %w", err)
 	}
 	return nil
 }
@@ -263,26 +242,26 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 	}
 	switch c.Role {
 	case RoleMaster:
-		in.user(c.MasterUser, MasterStateDir, false)
+		in.user(ctx, c.MasterUser, MasterStateDir, false)
 		in.dir(MasterStateDir, 0o750, c.MasterUser)
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, ""), masterConf(c.Args))
 		in.unit("mas4h-master.service")
-		in.enable("mas4h-master.service")
+		in.enable(ctx, "mas4h-master.service")
 	case RoleSlave:
-		in.user(c.TunnelUser, "/nonexistent", true)
+		in.user(ctx, c.TunnelUser, "/nonexistent", true)
 		in.dir(statedir.Default(c.Name), 0o755, "root")
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
 		in.unit("mas4h-slave@.service")
 		in.unit("mas4h-sshd@.service")
-		in.enable("mas4h-slave@" + c.Name + ".service")
+		in.enable(ctx, "mas4h-slave@"+c.Name+".service")
 	case RoleAgent:
 		in.dir(AgentStateDir, 0o700, "root")
 		in.dir(ConfDir, 0o755, "root")
 		in.file(ConfPath(c.Role, ""), agentConf(c.Args))
 		in.unit("mas4h-agent.service")
-		in.enable("mas4h-agent.service")
+		in.enable(ctx, "mas4h-agent.service")
 	}
 	if in.err != nil {
 		return m, fmt.Errorf("installing %s: %w", c.id(), in.err)
@@ -307,7 +286,7 @@ func (in *installer) record(s Step, format string, args ...any) {
 	}
 }
 
-func (in *installer) user(name, home string, tunnel bool) {
+func (in *installer) user(ctx context.Context, name, home string, tunnel bool) {
 	if in.err != nil {
 		return
 	}
@@ -334,7 +313,7 @@ func (in *installer) user(name, home string, tunnel bool) {
 		args = append(prefixArgs(c.Root), "--system", "--gid", name, "--no-create-home",
 			"--home-dir", home, "--shell", "/usr/sbin/nologin", "--comment", comment, name)
 	}
-	if err := c.Runner.Run(context.Background(), "useradd", args...); err != nil {
+	if err := c.run(ctx, "useradd", args...); err != nil {
 		in.err = fmt.Errorf("creating user %s: %w", name, err)
 		return
 	}
@@ -344,10 +323,19 @@ func (in *installer) user(name, home string, tunnel bool) {
 	in.record(Step{Kind: KindUser, Path: name}, "created user %s", name)
 	if tunnel && in.err == nil {
 		// '*': no password, but not '!'-locked, which sshd refuses.
-		if err := c.Runner.Run(context.Background(), "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
+		if err := c.run(ctx, "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
 			in.err = fmt.Errorf("setting the password field of %s to '*': %w", name, err)
 		}
 	}
+}
+
+// run runs a system tool in the C locale, so that its messages, which
+// errors carry, read the same everywhere.
+func (c *Config) run(ctx context.Context, name string, args ...string) error {
+	cmd := process.Command(name, args...)
+	cmd.Env = []string{"LC_ALL=C"}
+	_, err := c.Runner.Run(ctx, cmd)
+	return err
 }
 
 func prefixArgs(root string) []string {
@@ -441,7 +429,7 @@ func (in *installer) file(p string, data []byte) {
 		fmt.Fprintf(in.c.Out, "%s exists, kept\n", p)
 		return
 	}
-	if err := writeFile(full, data, 0o644); err != nil {
+	if err := atomicfile.Write(full, data, 0o644); err != nil {
 		in.err = err
 		return
 	}
@@ -451,18 +439,6 @@ func (in *installer) file(p string, data []byte) {
 func sum(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
-}
-
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".mas4h-new"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, perm); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // DefaultAgentBin is the standalone agent the agent's unit runs.
@@ -533,7 +509,7 @@ func (in *installer) unit(name string) {
 	if in.parents(UnitDir); in.err != nil {
 		return
 	}
-	if err := writeFile(full, data, 0o644); err != nil {
+	if err := atomicfile.Write(full, data, 0o644); err != nil {
 		in.err = err
 		return
 	}
@@ -552,7 +528,7 @@ func unitFileOf(unit string) string {
 	return unit
 }
 
-func (in *installer) enable(unit string) {
+func (in *installer) enable(ctx context.Context, unit string) {
 	if in.err != nil || !in.units[unitFileOf(unit)] {
 		return
 	}
@@ -561,11 +537,11 @@ func (in *installer) enable(unit string) {
 		fmt.Fprintf(c.Out, "systemd is not running here: not enabling %s; once it is, run: systemctl enable --now %s\n", unit, unit)
 		return
 	}
-	if err := c.Runner.Run(context.Background(), "systemctl", "daemon-reload"); err != nil {
+	if err := c.run(ctx, "systemctl", "daemon-reload"); err != nil {
 		in.err = err
 		return
 	}
-	if err := c.Runner.Run(context.Background(), "systemctl", "enable", unit); err != nil {
+	if err := c.run(ctx, "systemctl", "enable", unit); err != nil {
 		in.err = err
 		return
 	}

@@ -6,8 +6,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
@@ -29,11 +30,11 @@ func stopSlaveSSHD(procRoot, stateDir string) (int, bool) {
 		return 0, false
 	}
 	for _, child := range children(procRoot, pid) {
-		syscall.Kill(child, syscall.SIGTERM)
+		unix.Kill(child, unix.SIGTERM)
 	}
-	syscall.Kill(pid, syscall.SIGTERM)
+	unix.Kill(pid, unix.SIGTERM)
 	for i := 0; i < 40; i++ {
-		if syscall.Kill(pid, 0) != nil {
+		if unix.Kill(pid, 0) != nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -104,7 +104,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 			fmt.Fprintf(c.Out, "systemd is not running: nothing to disable for %s\n", s.Path)
 			return nil
 		}
-		if err := c.Runner.Run(ctx, "systemctl", "disable", "--now", s.Path); err != nil {
+		if err := c.run(ctx, "systemctl", "disable", "--now", s.Path); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.Out, "disabled and stopped %s\n", s.Path)
@@ -114,7 +114,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 		}
 		fmt.Fprintf(c.Out, "removed unit %s\n", s.Path)
 		if c.Systemd {
-			return c.Runner.Run(ctx, "systemctl", "daemon-reload")
+			return c.run(ctx, "systemctl", "daemon-reload")
 		}
 	case KindFile:
 		full := c.path(s.Path)
@@ -156,7 +156,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 		if _, ok, err := LookupUser(c.Root, s.Path); err != nil || !ok {
 			return err
 		}
-		if err := c.Runner.Run(ctx, "userdel", append(prefixArgs(c.Root), s.Path)...); err != nil {
+		if err := c.run(ctx, "userdel", append(prefixArgs(c.Root), s.Path)...); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.Out, "removed user %s\n", s.Path)
@@ -164,7 +164,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 		if _, ok, err := LookupGroup(c.Root, s.Path); err != nil || !ok {
 			return err // userdel removed it with the user
 		}
-		if err := c.Runner.Run(ctx, "groupdel", append(prefixArgs(c.Root), s.Path)...); err != nil {
+		if err := c.run(ctx, "groupdel", append(prefixArgs(c.Root), s.Path)...); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.Out, "removed group %s\n", s.Path)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mas4h/mas4h/process"
 )
 
 // Apply runs the plan's steps in order and stops at the first failure.
@@ -39,7 +41,11 @@ func applyStep(ctx context.Context, sys *System, s Step) error {
 	case OpDeleteChain:
 		return sys.IPT.DeleteChain(s.Table, s.Chain)
 	case OpExec:
-		_, err := sys.Run.Run(ctx, s.Stdin, s.Argv[0], s.Argv[1:]...)
+		c := process.Cmd{Argv: s.Argv}
+		if s.Stdin != "" {
+			c.Stdin = []byte(s.Stdin)
+		}
+		_, err := sys.Run.Run(ctx, c)
 		return err
 	case OpWrite:
 		path := s.Path

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/process"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -369,8 +371,9 @@ func (f *fakeHost) List(t, c string) ([]string, error) {
 	return ch.Rules, nil
 }
 
-func (f *fakeHost) Run(ctx context.Context, stdin, name string, args ...string) ([]byte, error) {
-	cmd := strings.Join(append([]string{name}, args...), " ")
+func (f *fakeHost) Run(ctx context.Context, c process.Cmd) ([]byte, error) {
+	name, args, stdin := c.Argv[0], c.Argv[1:], string(c.Stdin)
+	cmd := c.String()
 	f.calls = append(f.calls, cmd)
 	ifc := f.st.Iface
 	switch {

@@ -10,13 +10,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/mas4h/mas4h/process"
 )
 
 // IPTables is the part of go-iptables this package uses; *iptables.IPTables
@@ -33,47 +33,10 @@ type IPTables interface {
 	List(table, chain string) ([]string, error)
 }
 
-// Runner runs a program (ip, nft, modprobe, iptables -V) with stdin and
-// returns its stdout.
+// Runner runs a program (ip, nft, modprobe, iptables -V) and returns its
+// stdout: process.Exec on a real host.
 type Runner interface {
-	Run(ctx context.Context, stdin string, name string, args ...string) ([]byte, error)
-}
-
-// ExecError is a program that failed: argv, exit status and stderr.
-type ExecError struct {
-	Argv   []string
-	Code   int // -1 when it did not run
-	Stderr string
-	Err    error
-}
-
-func (e *ExecError) Error() string {
-	msg := strings.TrimSpace(e.Stderr)
-	if msg == "" {
-		msg = e.Err.Error()
-	}
-	return fmt.Sprintf("running %s: %s", strings.Join(e.Argv, " "), msg)
-}
-
-func (e *ExecError) Unwrap() error { return e.Err }
-
-// ExecRunner runs programs with os/exec.
-type ExecRunner struct{}
-
-func (ExecRunner) Run(ctx context.Context, stdin, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		code := -1
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		}
-		return out.Bytes(), &ExecError{Argv: append([]string{name}, args...), Code: code, Stderr: errb.String(), Err: err}
-	}
-	return out.Bytes(), nil
+	Run(ctx context.Context, c process.Cmd) ([]byte, error)
 }
 
 // System is the host: iptables, a program runner, and where /proc and the
@@ -95,7 +58,7 @@ func NewSystem(log *slog.Logger) (*System, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &System{IPT: ipt, Run: ExecRunner{}, ProcRoot: "/proc", ModulesRoot: "/lib/modules", Log: log}, nil
+	return &System{IPT: ipt, Run: process.Exec{}, ProcRoot: "/proc", ModulesRoot: "/lib/modules", Log: log}, nil
 }
 
 // State is what NewPlan needs to know about the host. ReadState fills it;
@@ -174,7 +137,7 @@ func ReadState(ctx context.Context, sys *System, cfg Config) (State, error) {
 	}
 	st.Modules = readModules(filepath.Join(modRoot, st.Kernel))
 
-	out, err := sys.Run.Run(ctx, "", "iptables", "-V")
+	out, err := sys.Run.Run(ctx, process.Command("iptables", "-V"))
 	if err != nil {
 		return st, err
 	}
@@ -187,7 +150,7 @@ func ReadState(ctx context.Context, sys *System, cfg Config) (State, error) {
 		return st, err
 	}
 
-	if _, err := sys.Run.Run(ctx, "", "nft", "--version"); err == nil {
+	if _, err := sys.Run.Run(ctx, process.Command("nft", "--version")); err == nil {
 		st.HaveNFT = true
 	} else if st.Backend == "nf_tables" {
 		return st, fmt.Errorf("iptables uses nf_tables but nft does not run (%w): install nftables", err)
@@ -197,12 +160,11 @@ func ReadState(ctx context.Context, sys *System, cfg Config) (State, error) {
 	for _, name := range tablesOfInterest {
 		t := &Table{}
 		if st.Backend == "nf_tables" {
-			_, err := sys.Run.Run(ctx, "", "nft", "list", "table", "ip", name)
-			var ee *ExecError
+			_, err := sys.Run.Run(ctx, process.Command("nft", "list", "table", "ip", name))
 			switch {
 			case err == nil:
 				t.Exists = true
-			case errors.As(err, &ee) && ee.Code > 0:
+			case process.ExitCode(err) > 0: // no such table
 			default:
 				return st, fmt.Errorf("checking for the nf_tables table ip %s: %w (is nftables installed?)", name, err)
 			}
@@ -235,13 +197,10 @@ func ReadState(ctx context.Context, sys *System, cfg Config) (State, error) {
 	}
 
 	if st.HaveNFT {
-		if out, err := sys.Run.Run(ctx, "", "nft", "list", "table", "arp", arpTable); err == nil {
+		if out, err := sys.Run.Run(ctx, process.Command("nft", "list", "table", "arp", arpTable)); err == nil {
 			st.ARPTable = string(out)
-		} else {
-			var ee *ExecError
-			if !errors.As(err, &ee) || ee.Code <= 0 {
-				return st, fmt.Errorf("checking for the nft table arp %s: %w", arpTable, err)
-			}
+		} else if process.ExitCode(err) <= 0 {
+			return st, fmt.Errorf("checking for the nft table arp %s: %w", arpTable, err)
 		}
 	}
 

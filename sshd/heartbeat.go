@@ -4,38 +4,32 @@ import (
 	"context"
 	"net"
 	"os"
-	"time"
 
 	"github.com/shirou/gopsutil/v4/cpu"
 	"github.com/shirou/gopsutil/v4/mem"
 
 	"github.com/mas4h/mas4h/master/wire"
-	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
-// Heartbeat is this slave's report to the master: where devices reach it,
+// heartbeat is this slave's report to the master: where devices reach it,
 // its host keys (for devices to pin), its load and its live tunnels.
-func (s *Slave) Heartbeat(ctx context.Context) wire.Heartbeat {
+func (p *parts) heartbeat(ctx context.Context) wire.Heartbeat {
+	s := p.s
 	hb := wire.Heartbeat{
 		Host:     s.publicHost(),
 		Port:     s.port,
-		User:     s.user.Name,
+		User:     p.user.Name,
 		Capacity: s.cfg.Capacity,
-		Tunnels:  []wire.Tunnel{},
+		Tunnels:  p.tunnels(ctx),
 	}
 	if s.cfg.VIP != nil {
 		hb.VIP, hb.Node = s.cfg.VIP.VIP.String(), s.cfg.VIP.Node
 	}
-	for _, k := range s.HostKeys {
+	for _, k := range p.hostKeys {
 		hb.HostKeys = append(hb.HostKeys, k.Public)
 	}
-	if tunnels, err := s.Tunnels(ctx); err != nil {
-		s.log.Error("listing tunnels for the heartbeat", "err", err)
-	} else {
-		hb.Tunnels = tunnels
-	}
-	if p, err := cpu.PercentWithContext(ctx, 0, false); err == nil && len(p) == 1 {
-		hb.CPU = p[0]
+	if pc, err := cpu.PercentWithContext(ctx, 0, false); err == nil && len(pc) == 1 {
+		hb.CPU = pc[0]
 	}
 	if vm, err := mem.VirtualMemoryWithContext(ctx); err == nil {
 		hb.MemUsed = vm.UsedPercent
@@ -58,15 +52,4 @@ func (s *Slave) publicHost() string {
 		return host
 	}
 	return name
-}
-
-// Tunnels lists this slave's live forwards with their last probe, as the
-// monitor saw them in its latest cycle.
-func (s *Slave) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
-	return s.mon.snapshot(ctx, s.cfg.Name, time.Second), nil
-}
-
-func (s *Slave) discoverer() sessions.Discoverer {
-	return sessions.Discoverer{ProcRoot: s.cfg.ProcRoot, TunnelUID: s.user.UID,
-		LogPath: SSHDLogPath(s.cfg.StateDir), SSHPort: s.port}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/mas4h/mas4h/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -35,10 +36,10 @@ func ensureHostKey(path string, uid, gid int) (HostKey, error) {
 		if err != nil {
 			return HostKey{}, fmt.Errorf("encoding host key: %w", err)
 		}
-		if err := writeFileAtomic(path+".pub", ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644, uid, gid); err != nil {
+		if err := atomicfile.Write(path+".pub", ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644, atomicfile.Owner(uid, gid)); err != nil {
 			return HostKey{}, err
 		}
-		if err := writeFileAtomic(path, pem.EncodeToMemory(block), 0o600, uid, gid); err != nil {
+		if err := atomicfile.Write(path, pem.EncodeToMemory(block), 0o600, atomicfile.Owner(uid, gid)); err != nil {
 			return HostKey{}, err
 		}
 	}

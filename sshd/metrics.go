@@ -15,32 +15,9 @@ import (
 	"github.com/mas4h/mas4h/metrics"
 )
 
-// newSlaveMetrics builds the slave's registry and metrics: hook decisions,
-// probes, reaps and sshd restarts are counted by the code that does them;
-// live tunnels and, under a master, the heartbeat age are read at scrape
-// time.
-func newSlaveMetrics(s *Slave, m *monitor) (*prometheus.Registry, *metrics.Slave) {
-	reg := metrics.NewRegistry()
-	g := metrics.SlaveGauges{Tunnels: m.count}
-	if s.keys != nil {
-		g.KeysFileEntries = s.keys.count
-	}
-	if hb, ok := s.src.(interface{ LastHeartbeat() time.Time }); ok {
-		g.LastHeartbeat = hb.LastHeartbeat
-	}
-	sm, err := metrics.NewSlave(reg, g)
-	if err != nil {
-		// A fresh registry cannot hold a clashing collector: a defect.
-		panic(fmt.Sprintf("registering the slave's metrics: %v", err))
-	}
-	return reg, sm
-}
-
-// serveMetrics serves GET /metrics on cfg.MetricsListen ("" serves none)
-// until ctx ends, and lets the supervisor count sshd restarts. Call it
-// after the supervisor is made and before it watches.
-func (s *Slave) serveMetrics(ctx context.Context) error {
-	s.sup.metrics = s.mon.metrics
+// serveMetrics serves reg's GET /metrics on cfg.MetricsListen ("" serves
+// none) until ctx ends.
+func (s *Slave) serveMetrics(ctx context.Context, reg *prometheus.Registry) error {
 	if s.cfg.MetricsListen == "" {
 		return nil
 	}
@@ -50,7 +27,7 @@ func (s *Slave) serveMetrics(ctx context.Context) error {
 	}
 	log := s.log.With("component", "metrics")
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(s.mon.registry))
+	mux.Handle("GET /metrics", metrics.Handler(reg))
 	if s.cfg.DebugPprof {
 		// Opt-in only: profiles show internals and cost CPU while taken.
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

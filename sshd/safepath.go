@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // UnsafePathError says which component of a path sshd would refuse for an
@@ -32,7 +33,7 @@ func CheckRootOwnedPath(path string) error {
 		if err != nil {
 			return fmt.Errorf("checking %s: %w", path, err)
 		}
-		st := fi.Sys().(*syscall.Stat_t)
+		st := fi.Sys().(*unix.Stat_t)
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
 			resolved, err := filepath.EvalSymlinks(p)

@@ -4,21 +4,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/netfilter"
+	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
+	"github.com/mas4h/mas4h/sshd/hookserver"
+	"github.com/mas4h/mas4h/sshd/keysfile"
+	"github.com/mas4h/mas4h/sshd/reaper"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/source"
+	"github.com/mas4h/mas4h/sshd/statedir"
+	"github.com/mas4h/mas4h/sshd/supervisor"
+	"github.com/mas4h/mas4h/sshd/vipkeeper"
 )
 
 // SlaveConfig is the slave's configuration, filled and validated in cmd/.
@@ -36,7 +45,7 @@ type SlaveConfig struct {
 	ProbeInterval time.Duration // how often every tunnel is probed
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
-	NewestWins    string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
+	NewestWins    string        // reaper.NewestWinsStale, NewestWinsAlways or NewestWinsOff
 	KeysFile      bool          // keep STATE/authorized_keys for sshd to read before the hook
 	MetricsListen string        // host:port serving GET /metrics; "" = none
 	DebugPprof    bool          // also serve net/http/pprof under /debug/pprof/ on MetricsListen
@@ -46,38 +55,18 @@ type SlaveConfig struct {
 	VIP *netfilter.Config
 }
 
-// Slave is a running slave daemon.
+// Slave is a slave daemon: the composition of its parts.
 type Slave struct {
-	cfg   SlaveConfig
-	src   Source
-	log   *slog.Logger
-	user  TunnelUser
-	cache *authkeys.Cache
-	sup   *supervisor
-	mon   *monitor
-	vip   *vipKeeper
-	keys  *keysFile // nil with HookOnly
-	port  int
-
-	HostKeys []HostKey
-
-	killWG     sync.WaitGroup
-	listenHook net.Listener
+	cfg  SlaveConfig
+	dir  statedir.Dir
+	src  source.Source
+	run  process.Runner
+	log  *slog.Logger
+	port int
 }
 
-// Paths inside a slave's state dir.
-func (c SlaveConfig) configPath() string { return filepath.Join(c.StateDir, "sshd_config") }
-func (c SlaveConfig) sshdDir() string    { return filepath.Join(c.StateDir, "sshd") }
-func (c SlaveConfig) lockPath() string   { return filepath.Join(c.StateDir, "slave.lock") }
-
-// SSHDPidPath is where the slave's sshd writes its pid.
-func SSHDPidPath(stateDir string) string { return filepath.Join(stateDir, "sshd", "sshd.pid") }
-
-// SSHDLogPath is the slave's sshd log (sshd -E).
-func SSHDLogPath(stateDir string) string { return filepath.Join(stateDir, "sshd", "sshd.log") }
-
 // NewSlave checks what can be checked without touching the system.
-func NewSlave(cfg SlaveConfig, src Source, log *slog.Logger) (*Slave, error) {
+func NewSlave(cfg SlaveConfig, src source.Source, log *slog.Logger) (*Slave, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		return nil, fmt.Errorf("state dir %q must be an absolute path", cfg.StateDir)
 	}
@@ -95,327 +84,261 @@ func NewSlave(cfg SlaveConfig, src Source, log *slog.Logger) (*Slave, error) {
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	if cfg.ProbeInterval <= 0 {
-		cfg.ProbeInterval = DefaultProbeInterval
-	}
-	if cfg.ProbeFailures <= 0 {
-		cfg.ProbeFailures = DefaultProbeFailures
-	}
-	if cfg.ProbeTimeout <= 0 {
-		cfg.ProbeTimeout = DefaultProbeTimeout
-	}
 	switch cfg.NewestWins {
 	case "":
-		cfg.NewestWins = NewestWinsStale
-	case NewestWinsStale, NewestWinsAlways, NewestWinsOff:
+		cfg.NewestWins = reaper.NewestWinsStale
+	case reaper.NewestWinsStale, reaper.NewestWinsAlways, reaper.NewestWinsOff:
 	default:
-		return nil, fmt.Errorf("newest-wins must be %s, %s or %s, not %q", NewestWinsStale, NewestWinsAlways, NewestWinsOff, cfg.NewestWins)
+		return nil, fmt.Errorf("newest-wins must be %s, %s or %s, not %q", reaper.NewestWinsStale, reaper.NewestWinsAlways, reaper.NewestWinsOff, cfg.NewestWins)
 	}
-	s := &Slave{cfg: cfg, src: src, log: log.With("component", "slave", "slave", cfg.Name), port: port}
-	if cfg.KeysFile {
-		s.keys = newKeysFile(s)
-	}
-	s.mon = newMonitor(s)
-	return s, nil
+	return &Slave{cfg: cfg, dir: statedir.Dir(cfg.StateDir), src: src, run: process.Exec{}, log: log.With("component", "slave", "slave", cfg.Name), port: port}, nil
 }
 
-// Run prepares the state dir, user, keys, hook and config, adopts or starts
-// sshd, and serves the hook until ctx ends. sshd keeps running after Run
-// returns, so a daemon restart drops no tunnel.
+// parts are the pieces of a running slave, made by prepare.
+type parts struct {
+	s        *Slave
+	user     TunnelUser
+	hostKeys []HostKey
+	cache    *authkeys.Cache
+	metrics  *metrics.Slave
+	registry *prometheus.Registry
+	table    *sessions.Table
+	sup      *supervisor.Supervisor
+	reaper   *reaper.Reaper
+	keys     *keysfile.File // nil without the keys file
+	vip      *vipkeeper.Keeper
+	hook     *hookserver.Server
+
+	closers []func()
+}
+
+// Run prepares the state dir, lock, user, host key, hook, cache and config,
+// adopts or starts sshd, then serves until ctx ends. sshd keeps running
+// after Run returns, so a daemon restart drops no tunnel.
 func (s *Slave) Run(ctx context.Context) error {
+	p := &parts{s: s}
+	defer p.close()
+	if err := p.prepare(ctx); err != nil {
+		return err
+	}
+	p.serve(ctx)
+	return nil
+}
+
+func (p *parts) close() {
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		p.closers[i]()
+	}
+}
+
+// prepare does everything that can fail before the slave serves.
+func (p *parts) prepare(ctx context.Context) error {
+	s := p.s
 	if os.Geteuid() != 0 {
 		return errors.New("mas4h slave must run as root: it creates the tunnel user and starts sshd as that user (run it with sudo or from its systemd unit)")
 	}
 	if fi, err := os.Stat(s.cfg.SSHDPath); err != nil || fi.IsDir() {
 		return fmt.Errorf("sshd not found at %s: install OpenSSH's server (apt-get install openssh-server) or pass its path", s.cfg.SSHDPath)
 	}
-	if err := s.prepareDirs(); err != nil {
+	if err := s.prepareStateDir(); err != nil {
 		return err
 	}
-	unlock, err := lockStateDir(s.cfg.lockPath())
+	unlock, err := lockStateDir(s.dir.Lock())
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	if s.user, err = EnsureTunnelUser(ctx, s.cfg.TunnelUser); err != nil {
+	p.closers = append(p.closers, unlock)
+	if p.user, err = EnsureTunnelUser(ctx, s.run, s.cfg.TunnelUser); err != nil {
 		return err
 	}
-	if s.user.Created {
-		s.log.Info("created tunnel user", "user", s.user.Name, "uid", s.user.UID)
+	if p.user.Created {
+		s.log.Info("created tunnel user", "user", p.user.Name, "uid", p.user.UID)
 	}
-	if err := s.prepareOwnedDirs(); err != nil {
+	if err := s.prepareOwnedDirs(p.user); err != nil {
 		return err
 	}
-	hk, err := ensureHostKey(filepath.Join(s.cfg.sshdDir(), "ssh_host_ed25519_key"), s.user.UID, s.user.GID)
+	hk, err := ensureHostKey(s.dir.HostKey(), p.user.UID, p.user.GID)
 	if err != nil {
 		return err
 	}
-	s.HostKeys = []HostKey{hk}
+	p.hostKeys = []HostKey{hk}
 	s.log.Info("host key", "type", "ed25519", "fingerprint", hk.Fingerprint)
 	hookCmd, err := s.installHook()
 	if err != nil {
 		return err
 	}
-	if err := s.openCache(ctx); err != nil {
+	if err := p.openCache(ctx); err != nil {
 		return err
 	}
-	defer s.cache.Close()
-	if s.keys == nil {
-		if err := removeKeysFile(s.cfg.StateDir); err != nil {
+	p.build()
+	if p.keys == nil {
+		if err := keysfile.Remove(s.dir.KeysFile()); err != nil {
 			return err
 		}
-	} else {
-		if err := s.keys.write(ctx, true); err != nil {
-			return fmt.Errorf("keys file: %w", err)
-		}
+	} else if err := p.keys.Write(ctx, true); err != nil {
+		return fmt.Errorf("keys file: %w", err)
 	}
-	if err := s.serveHook(ctx); err != nil {
+	if p.hook, err = hookserver.Listen(s.dir.Socket(), p.user.GID, s.cfg.Name,
+		hookserver.Deciders{Authorize: p.authorizer().Authorize, Tunnels: p.tunnels}, s.log); err != nil {
 		return err
 	}
-	defer s.listenHook.Close()
-
-	s.sup = &supervisor{
-		sshdPath: s.cfg.SSHDPath, configPath: s.cfg.configPath(),
-		logPath: SSHDLogPath(s.cfg.StateDir), pidPath: SSHDPidPath(s.cfg.StateDir),
-		procRoot: s.cfg.ProcRoot, listenAddr: s.cfg.SSHListen,
-		uid: s.user.UID, gid: s.user.GID, lowPort: s.port < 1024,
-		log: s.log.With("component", "sshd"),
-	}
-	changed, err := s.writeConfig(ctx, hookCmd)
+	p.closers = append(p.closers, func() { p.hook.Close() })
+	changed, err := s.writeConfig(ctx, p.user, hk, hookCmd)
 	if err != nil {
 		return err
 	}
-	switch {
-	case s.sup.adopt() && changed:
-		if err := s.sup.reload(); err != nil {
-			return err
-		}
-		s.log.Info("adopted running sshd and reloaded its new config", "pid", s.sup.pid)
-	case s.sup.pid != 0:
-		s.log.Info("adopted running sshd", "pid", s.sup.pid)
-	default:
-		if err := s.sup.start(ctx); err != nil {
-			return err
-		}
-		s.log.Info("started sshd", "pid", s.sup.pid, "listen", s.cfg.SSHListen, "user", s.user.Name)
+	if err := p.startSSHD(ctx, changed); err != nil {
+		return err
 	}
-
-	s.mon.table = sessions.NewTable(s.discoverer(), func() int { return s.sup.pid })
 	if s.cfg.VIP != nil {
 		sys, err := netfilter.NewSystem(s.log)
 		if err != nil {
 			return err
 		}
-		s.vip = newVIPKeeper(*s.cfg.VIP, sys, s.src, s.log)
-		if err := s.vip.apply(ctx); err != nil {
+		p.vip = vipkeeper.New(*s.cfg.VIP, vipkeeper.System(sys), s.src.Report, s.log)
+		if err := p.vip.Apply(ctx); err != nil {
 			return err
 		}
-		if m, ok := s.src.(*MasterSource); ok {
-			m.OnPeers = s.vip.peers
-		}
 	}
-
-	if err := s.serveMetrics(ctx); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	if s.vip != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); s.vip.run(ctx) }()
-	}
-	if s.keys != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); s.keys.run(ctx) }()
-	}
-	wg.Add(3)
-	go func() { defer wg.Done(); s.sup.watch(ctx, 500*time.Millisecond) }()
-	go func() { defer wg.Done(); s.mon.run(ctx) }()
-	go func() {
-		defer wg.Done()
-		s.src.Follow(ctx, func(dev registry.Device, reason string) { s.killDevice(ctx, dev, reason) })
-	}()
-	<-ctx.Done()
-	s.listenHook.Close()
-	wg.Wait()
-	s.killWG.Wait()
-	s.log.Info("slave daemon stopping; sshd keeps running so tunnels stay up", "sshd_pid", s.sup.pid)
-	return nil
+	return s.serveMetrics(ctx, p.registry)
 }
 
-// SSHDPid is the pid of the supervised sshd listener.
-func (s *Slave) SSHDPid() int { return s.sup.pid }
-
-func (s *Slave) prepareDirs() error {
-	if err := os.MkdirAll(s.cfg.StateDir, 0o755); err != nil {
-		return fmt.Errorf("creating state dir: %w", err)
+// build makes the long-running parts, each given what it works with.
+func (p *parts) build() {
+	s := p.s
+	p.registry = metrics.NewRegistry()
+	g := metrics.SlaveGauges{Tunnels: func() int { return p.reaper.Count() }}
+	if s.cfg.KeysFile {
+		g.KeysFileEntries = func() int { return p.keys.Count() }
 	}
-	if err := os.Chown(s.cfg.StateDir, 0, 0); err != nil {
-		return fmt.Errorf("state dir: %w", err)
+	if _, ok := s.src.LastContact(); ok {
+		g.LastHeartbeat = func() time.Time { at, _ := s.src.LastContact(); return at }
 	}
-	if err := os.Chmod(s.cfg.StateDir, 0o755); err != nil {
-		return fmt.Errorf("state dir: %w", err)
-	}
-	if err := CheckRootOwnedPath(s.cfg.StateDir); err != nil {
-		return err
-	}
-	return os.MkdirAll(filepath.Join(s.cfg.StateDir, "bin"), 0o755)
-}
-
-func (s *Slave) prepareOwnedDirs() error {
-	dirs := []struct {
-		path     string
-		mode     os.FileMode
-		uid, gid int
-	}{
-		{s.cfg.sshdDir(), 0o700, s.user.UID, s.user.GID},
-		{filepath.Join(s.cfg.StateDir, "run"), 0o750, 0, s.user.GID},
-	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d.path, d.mode); err != nil {
-			return fmt.Errorf("creating %s: %w", d.path, err)
-		}
-		if err := os.Chown(d.path, d.uid, d.gid); err != nil {
-			return fmt.Errorf("chown %s: %w", d.path, err)
-		}
-		if err := os.Chmod(d.path, d.mode); err != nil {
-			return fmt.Errorf("chmod %s: %w", d.path, err)
-		}
-	}
-	return nil
-}
-
-// installHook copies the hook into the state dir's bin, root-owned, where
-// sshd accepts it as an AuthorizedKeysCommand, and returns the command line
-// for sshd_config. It prefers the lean mas4h-authkeys binary next to this one
-// (static, about 2.5 ms less CPU per run, twice per authentication), which
-// only asks the daemon and execs this binary's `authkeys --cache-only`, found
-// next to it, when the daemon cannot answer: so this binary goes there too,
-// first, so that an upgraded hook never finds an older fallback. Without the
-// lean binary the hook is this binary's `authkeys` subcommand.
-func (s *Slave) installHook() (string, error) {
-	src := s.cfg.Executable
-	if src == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return "", fmt.Errorf("finding the mas4h binary to install as the hook: %w", err)
-		}
-		src = exe
-	}
-	full, err := s.installHookBinary(src, "mas4h")
+	m, err := metrics.NewSlave(p.registry, g)
 	if err != nil {
-		return "", err
+		// A fresh registry cannot hold a clashing collector: a defect.
+		panic(fmt.Sprintf("registering the slave's metrics: %v", err))
 	}
-	hook := full + " authkeys"
-	if lean := filepath.Join(filepath.Dir(src), "mas4h-authkeys"); isFile(lean) {
-		if hook, err = s.installHookBinary(lean, "mas4h-authkeys"); err != nil {
-			return "", err
-		}
+	p.metrics = m
+	p.sup = supervisor.New(supervisor.Config{
+		SSHD: s.cfg.SSHDPath, ConfigPath: s.dir.SSHDConfig(), LogPath: s.dir.Log(), PidPath: s.dir.PidFile(),
+		ListenAddr: s.cfg.SSHListen, ProcRoot: s.cfg.ProcRoot, UID: p.user.UID, GID: p.user.GID, LowPort: s.port < 1024,
+	}, s.run, m, s.log)
+	p.table = sessions.NewTable(sessions.Discoverer{ProcRoot: s.cfg.ProcRoot, TunnelUID: p.user.UID,
+		LogPath: s.dir.Log(), SSHPort: s.port}, p.sup.PID)
+	if s.cfg.KeysFile {
+		p.keys = keysfile.New(keysfile.Config{Slave: s.cfg.Name, Path: s.dir.KeysFile(), GID: p.user.GID, LogPath: s.dir.Log()},
+			keysfile.Deps{Cache: p.cache, Held: p.table.ListeningPorts, Log: s.log})
 	}
-	return hook + " --state-dir " + s.cfg.StateDir + " --", nil
+	var ended func()
+	if p.keys != nil {
+		ended = p.keys.Poke // its ports are free: its device may go back in the keys file
+	}
+	p.reaper = reaper.New(reaper.Config{
+		Slave: s.cfg.Name, Interval: s.cfg.ProbeInterval, Failures: s.cfg.ProbeFailures,
+		Timeout: s.cfg.ProbeTimeout, NewestWins: s.cfg.NewestWins,
+	}, reaper.Deps{
+		Sessions: p.table, Leases: &reaper.CacheLeases{Cache: p.cache},
+		Killer: reaper.Terminator{ProcRoot: s.cfg.ProcRoot}, Events: s.src, Prober: reaper.LoopbackProber{},
+		PortHeld: reaper.PortHeld, Clock: reaper.SystemClock{}, Metrics: m, Ended: ended, Log: s.log,
+	})
 }
 
-// installHookBinary copies src to the state dir's bin/name, root-owned 0755,
-// unless it is there already, checks the path as sshd will, and returns it.
-func (s *Slave) installHookBinary(src, name string) (string, error) {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return "", fmt.Errorf("reading %s to install for the hook: %w", src, err)
+func (p *parts) authorizer() *hookserver.Authorizer {
+	return &hookserver.Authorizer{
+		TunnelUser: p.user.Name, Lookup: p.s.src.Lookup, Supersede: p.reaper.Supersede,
+		Report: p.s.src.Report, Metrics: p.metrics, Log: p.s.log,
 	}
-	dst := filepath.Join(s.cfg.StateDir, "bin", name)
-	if !sameContent(dst, data) {
-		if err := writeFileAtomic(dst, data, 0o755, 0, 0); err != nil {
-			return "", fmt.Errorf("installing the hook: %w", err)
-		}
-		s.log.Info("installed hook binary", "path", dst, "from", src)
-	}
-	if err := CheckRootOwnedPath(dst); err != nil {
-		return "", err
-	}
-	return dst, nil
 }
 
-func isFile(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular()
-}
-
-func (s *Slave) openCache(ctx context.Context) error {
-	path := authkeys.PathsFor(s.cfg.StateDir).Cache
+// openCache opens the hook's read-only fallback, readable by the tunnel
+// group, and has the source fill it.
+func (p *parts) openCache(ctx context.Context) error {
+	path := p.s.dir.Cache()
 	c, err := authkeys.OpenCache(path)
 	if err != nil {
 		return err
 	}
-	if err := os.Chown(path, 0, s.user.GID); err != nil {
-		c.Close()
+	p.closers = append(p.closers, func() { c.Close() })
+	p.cache = c
+	if err := os.Chown(path, 0, p.user.GID); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
 	if err := os.Chmod(path, 0o640); err != nil {
-		c.Close()
 		return fmt.Errorf("cache: %w", err)
 	}
-	s.cache = c
-	if err := c.SetTunnelUser(ctx, s.user.Name); err != nil {
+	if err := c.SetTunnelUser(ctx, p.user.Name); err != nil {
 		return err
 	}
-	return s.src.Start(ctx, c)
+	return p.s.src.Start(ctx, c)
 }
 
-// writeConfig renders sshd_config, has sshd check it (as the tunnel user, as
-// it will run), and replaces the old file only when it changed.
-func (s *Slave) writeConfig(ctx context.Context, hookCmd string) (bool, error) {
-	keysFile := ""
-	if s.keys != nil {
-		keysFile = s.keys.path
+// startSSHD adopts the running sshd of this state dir (reloading it when
+// its config changed) or starts one.
+func (p *parts) startSSHD(ctx context.Context, configChanged bool) error {
+	log := p.s.log
+	switch {
+	case p.sup.Adopt() && configChanged:
+		if err := p.sup.Reload(); err != nil {
+			return err
+		}
+		log.Info("adopted running sshd and reloaded its new config", "pid", p.sup.PID())
+	case p.sup.PID() != 0:
+		log.Info("adopted running sshd", "pid", p.sup.PID())
+	default:
+		if err := p.sup.Start(ctx); err != nil {
+			return err
+		}
+		log.Info("started sshd", "pid", p.sup.PID(), "listen", p.s.cfg.SSHListen, "user", p.user.Name)
 	}
-	cfg, err := RenderConfig(ConfigParams{
-		SlaveName:           s.cfg.Name,
-		TunnelUser:          s.user.Name,
-		ListenAddresses:     []string{s.cfg.SSHListen},
-		HostKeys:            []string{s.HostKeys[0].Path},
-		PidFile:             SSHDPidPath(s.cfg.StateDir),
-		HookCommand:         hookCmd,
-		KeysFile:            keysFile,
-		MaxStartups:         DefaultMaxStartups,
-		LoginGraceTime:      DefaultLoginGraceTime,
-		ClientAliveInterval: DefaultClientAliveInterval,
-		ClientAliveCountMax: DefaultClientAliveCountMax,
-	})
-	if err != nil {
-		return false, err
-	}
-	path := s.cfg.configPath()
-	if sameContent(path, cfg) {
-		return false, nil
-	}
-	tmp := path + ".new"
-	if err := writeFileAtomic(tmp, cfg, 0o644, 0, 0); err != nil {
-		return false, err
-	}
-	defer os.Remove(tmp)
-	check := exec.CommandContext(ctx, s.cfg.SSHDPath, "-t", "-f", tmp)
-	check.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(s.user.UID), Gid: uint32(s.user.GID), Groups: []uint32{}}}
-	if out, err := check.CombinedOutput(); err != nil {
-		return false, fmt.Errorf("sshd -t rejected the generated config (%v): %s", err, out)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return false, fmt.Errorf("replacing %s: %w", path, err)
-	}
-	s.log.Info("wrote sshd_config", "path", path)
-	return true, nil
+	return nil
 }
 
-// lockStateDir keeps two daemons off one state dir.
-func lockStateDir(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("locking state dir: %w", err)
+// serve runs the parts until ctx ends.
+func (p *parts) serve(ctx context.Context) {
+	var wg sync.WaitGroup
+	run := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := io.ReadAll(io.LimitReader(f, 32))
-		f.Close()
-		return nil, fmt.Errorf("another mas4h slave (pid %s) is running on state dir %s", string(b), filepath.Dir(path))
+	if p.vip != nil {
+		run(p.vip.Run)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
-	return func() { f.Close() }, nil
+	if p.keys != nil {
+		run(p.keys.Run)
+	}
+	run(func(ctx context.Context) { p.sup.Watch(ctx, 500*time.Millisecond) })
+	run(p.reaper.Run)
+	run(func(ctx context.Context) { p.s.src.Follow(ctx, follower{p}) })
+	run(p.hook.Serve)
+	wg.Wait()
+	p.reaper.Wait()
+	p.s.log.Info("slave daemon stopping; sshd keeps running so tunnels stay up", "sshd_pid", p.sup.PID())
+}
+
+// tunnels lists the live tunnels as of a table walk at most a second old.
+func (p *parts) tunnels(ctx context.Context) []wire.Tunnel {
+	return p.reaper.Tunnels(ctx, time.Second)
+}
+
+// follower is what the source tells the slave.
+type follower struct{ p *parts }
+
+// Gone takes a revoked or removed device out of the keys file, then ends
+// its sessions (in that order, or it could log straight back in).
+func (f follower) Gone(ctx context.Context, dev registry.Device, reason string) {
+	if f.p.keys != nil {
+		f.p.keys.Revoke(ctx, dev.Name)
+	}
+	f.p.reaper.EndDevice(ctx, dev, reason)
+}
+
+// Status is the heartbeat's content.
+func (f follower) Status(ctx context.Context) wire.Heartbeat { return f.p.heartbeat(ctx) }
+
+// Peers hands the VIP's peers to its keeper.
+func (f follower) Peers(ctx context.Context, peers []wire.Peer) {
+	if f.p.vip != nil {
+		f.p.vip.Peers(ctx, peers)
+	}
 }

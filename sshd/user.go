@@ -1,16 +1,13 @@
 package sshd
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"os/user"
 	"strconv"
-	"strings"
 
 	"github.com/mas4h/mas4h/names"
+	"github.com/mas4h/mas4h/process"
 )
 
 // TunnelUser is the unprivileged account the slave's sshd runs as and every
@@ -24,7 +21,7 @@ type TunnelUser struct {
 // EnsureTunnelUser looks the user up and creates it when missing: a system
 // user with no home and no login shell, password field "*" (no password, but
 // not "!"-locked, which sshd would treat as a locked account).
-func EnsureTunnelUser(ctx context.Context, name string) (TunnelUser, error) {
+func EnsureTunnelUser(ctx context.Context, run process.Runner, name string) (TunnelUser, error) {
 	if err := names.User(name); err != nil {
 		return TunnelUser{}, fmt.Errorf("tunnel user: %w", err)
 	}
@@ -34,13 +31,13 @@ func EnsureTunnelUser(ctx context.Context, name string) (TunnelUser, error) {
 		if _, ok := err.(user.UnknownUserError); !ok {
 			return TunnelUser{}, fmt.Errorf("looking up tunnel user %s: %w", name, err)
 		}
-		if err := run(ctx, "useradd", "--system", "--user-group", "--no-create-home",
-			"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-			"--comment", "mas4h reverse tunnels", name); err != nil {
+		useradd := process.Command("useradd", "--system", "--user-group", "--no-create-home",
+			"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", "mas4h reverse tunnels", name)
+		if _, err := run.Run(ctx, useradd); err != nil {
 			return TunnelUser{}, fmt.Errorf("creating tunnel user %s (create it yourself with "+
 				"`useradd --system --user-group --shell /usr/sbin/nologin %s` and `usermod -p '*' %s`): %w", name, name, name, err)
 		}
-		if err := run(ctx, "usermod", "-p", "*", name); err != nil {
+		if _, err := run.Run(ctx, process.Command("usermod", "-p", "*", name)); err != nil {
 			return TunnelUser{}, fmt.Errorf("unlocking tunnel user %s: %w", name, err)
 		}
 		if u, err = user.Lookup(name); err != nil {
@@ -54,16 +51,4 @@ func EnsureTunnelUser(ctx context.Context, name string) (TunnelUser, error) {
 		return TunnelUser{}, fmt.Errorf("tunnel user %s is root; it must be an unprivileged account", name)
 	}
 	return TunnelUser{Name: name, UID: uid, GID: gid, Created: created}, nil
-}
-
-// run executes a system command; its error carries argv and stderr.
-func run(ctx context.Context, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
 }

@@ -9,8 +9,9 @@ package main
 
 import (
 	"os"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/sshd/authkeys/hookclient"
 )
@@ -23,5 +24,5 @@ func main() {
 // execve replaces the process with argv, keeping sshd's environment and
 // stdout. It returns only when it failed.
 func execve(argv []string) error {
-	return syscall.Exec(argv[0], argv, os.Environ())
+	return unix.Exec(argv[0], argv, os.Environ())
 }

@@ -56,7 +56,7 @@ func hookCount(sp *slaveProc, device string) int {
 	return n
 }
 
-// With --keys-file sshd reads the keys file before it runs the hook: a
+// By default sshd reads the keys file before it runs the hook: a
 // known, disconnected device logs in from the file without the hook; once
 // its port is held it leaves the file, so its next login goes through the
 // hook and newest-wins; it comes back when the port is free. A revoked
@@ -66,7 +66,7 @@ func TestKeysFileFastPath(t *testing.T) {
 	es := startEcho(t)
 	devA, kA := e.enrol("pi-file-a", "--forward", fwd(es))
 	devB, kB := e.enrol("pi-file-b", "--forward", fwd(es))
-	sp := e.startProbingSlave("s1", append([]string{"--keys-file"}, fastProbe...)...)
+	sp := e.startProbingSlave("s1", fastProbe...)
 
 	fi, err := os.Stat(sp.keysFile())
 	if err != nil {
@@ -137,22 +137,22 @@ func TestKeysFileFastPath(t *testing.T) {
 	t.Logf("pi-file-a back in the keys file %s after its client ended", took.Round(time.Millisecond))
 }
 
-// Without --keys-file (the default) every authentication runs the hook, and
-// a keys file left by an earlier run is removed.
+// With --keys-file=false every authentication runs the hook, and a keys
+// file left by an earlier run (the default keeps one) is removed.
 func TestKeysFileOff(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	dev, k := e.enrol("pi-hookonly", "--forward", fwd(es))
-	sp := e.startProbingSlave("s1", "--keys-file")
+	sp := e.startProbingSlave("s1")
 	if _, err := os.Stat(sp.keysFile()); err != nil {
 		t.Fatal(err)
 	}
 	sp.cmd.Process.Signal(syscall.SIGTERM) // sshd stays up; the next daemon adopts and reloads it
 	<-sp.done
-	sp.mode = []string{"--db", e.db}
+	sp.mode = []string{"--db", e.db, "--keys-file=false"}
 	sp.start()
 	if _, err := os.Stat(sp.keysFile()); !os.IsNotExist(err) {
-		t.Fatalf("keys file still there without --keys-file (%v)", err)
+		t.Fatalf("keys file still there with --keys-file=false (%v)", err)
 	}
 	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile none\n") {
 		t.Error("sshd_config still names a keys file")
@@ -173,7 +173,7 @@ func TestKeysFileUnderMaster(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	m := e.startMaster()
-	sp := e.startSlaveWith("s1", "--master", m.url, "--token-file", m.slaveToken, "--public-host", "127.0.0.1", "--keys-file")
+	sp := e.startSlaveWith("s1", "--master", m.url, "--token-file", m.slaveToken, "--public-host", "127.0.0.1")
 	waitSlavesAlive(t, m, 1)
 	dev, k := m.enrol("pi-mfile", fwd(es))
 

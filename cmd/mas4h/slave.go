@@ -14,6 +14,8 @@ import (
 	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/reaper"
+	"github.com/mas4h/mas4h/sshd/source"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -68,15 +70,13 @@ registry file.`,
 				return err
 			}
 			log := g.logger()
-			var src sshd.Source
-			var master *sshd.MasterSource
+			var src source.Source
 			if o.master != "" {
 				api, err := newSlaveMasterAPI(o.master, o.tokenFile)
 				if err != nil {
 					return err
 				}
-				master = &sshd.MasterSource{API: api, Slave: o.name, Log: log.With("component", "master", "master", o.master)}
-				src = master
+				src = source.NewMaster(api, o.name, nil, log.With("master", o.master))
 			} else {
 				if _, err := os.Stat(o.db); err != nil {
 					return fmt.Errorf("registry %s: %w (enrol a device with 'mas4h device add --db %s' first)", o.db, err, o.db)
@@ -86,14 +86,11 @@ registry file.`,
 					return err
 				}
 				defer st.Close()
-				src = &sshd.LocalSource{Store: st, Log: log.With("component", "registry")}
+				src = source.NewLocal(st, 0, log)
 			}
 			slave, err := sshd.NewSlave(cfg, src, log)
 			if err != nil {
 				return usageError{err}
-			}
-			if master != nil {
-				master.Status = slave.Heartbeat
 			}
 			return slave.Run(cmd.Context())
 		},
@@ -105,9 +102,9 @@ registry file.`,
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
-	f.DurationVar(&o.probe.interval, "probe-interval", sshd.DefaultProbeInterval, "how often every forwarded port is probed")
-	f.IntVar(&o.probe.failures, "probe-failures", sshd.DefaultProbeFailures, "consecutive failed probes before a session is reaped")
-	f.DurationVar(&o.probe.timeout, "probe-timeout", sshd.DefaultProbeTimeout, "time one probe may take")
+	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often every forwarded port is probed")
+	f.IntVar(&o.probe.failures, "probe-failures", reaper.DefaultFailures, "consecutive failed probes before a session is reaped")
+	f.DurationVar(&o.probe.timeout, "probe-timeout", reaper.DefaultTimeout, "time one probe may take")
 	f.StringVar(&o.vip.addr, "vip", "", "shared virtual IP this slave serves a share of (with --iface, --node, --nodes)")
 	f.StringVar(&o.vip.iface, "iface", "", "interface facing the devices, for --vip")
 	f.IntVar(&o.vip.node, "node", 0, "this slave's node number for --vip (1..--nodes)")
@@ -115,8 +112,8 @@ registry file.`,
 	f.StringVar(&o.vip.mode, "vip-mode", "auto", "how the VIP is shared: auto, cluster (xt_cluster) or clusterip (kernels < 6.3)")
 	f.StringVar(&o.vip.hashSeed, "hash-seed", "", "source-hash seed, the same on every node (default mas4h's)")
 	f.StringVar(&o.vip.rateLimit, "rate-limit", "", "limit new SSH connections per source address, e.g. 10/60s (with --vip)")
-	f.StringVar(&o.probe.newestWins, "newest-wins", sshd.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
-	f.BoolVar(&o.keysFile, "keys-file", false, "let sshd read active devices whose ports are free from a file the daemon keeps (STATE/authorized_keys) before it runs the hook: a login then costs a file scan instead of two hook runs (for large fleets; see README, Performance)")
+	f.StringVar(&o.probe.newestWins, "newest-wins", reaper.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
+	f.BoolVar(&o.keysFile, "keys-file", true, "let sshd read active devices whose ports are free from a file the daemon keeps (STATE/authorized_keys) before it runs the hook: a login then costs a file scan instead of two hook runs (--keys-file=false: every login through the hook)")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
@@ -157,7 +154,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		return sshd.SlaveConfig{}, usagef("--probe-timeout (%s) must be shorter than --probe-interval (%s)", o.probe.timeout, o.probe.interval)
 	}
 	switch o.probe.newestWins {
-	case sshd.NewestWinsStale, sshd.NewestWinsAlways, sshd.NewestWinsOff:
+	case reaper.NewestWinsStale, reaper.NewestWinsAlways, reaper.NewestWinsOff:
 	default:
 		return sshd.SlaveConfig{}, usagef("--newest-wins must be stale, always or off, not %q", o.probe.newestWins)
 	}

@@ -8,14 +8,14 @@ import (
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/master/wire"
-	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/source"
 )
 
 // slaveMasterAPI adapts the API client to what a slave needs, telling a
 // refusal (403) apart from a master that does not answer.
 type slaveMasterAPI struct{ c *client.Client }
 
-func newSlaveMasterAPI(url, tokenFile string) (sshd.MasterAPI, error) {
+func newSlaveMasterAPI(url, tokenFile string) (source.MasterAPI, error) {
 	tok, err := token.Load(tokenFile)
 	if err != nil {
 		return nil, err
@@ -34,7 +34,7 @@ func (a slaveMasterAPI) Heartbeat(ctx context.Context, slave string, hb wire.Hea
 func (a slaveMasterAPI) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {
 	v, err := a.c.Validate(ctx, req)
 	if err != nil && client.StatusOf(err) == http.StatusForbidden {
-		return v, fmt.Errorf("%w: %v", sshd.ErrNotAccepted, err)
+		return v, fmt.Errorf("%w: %v", source.ErrNotAccepted, err)
 	}
 	return v, err
 }

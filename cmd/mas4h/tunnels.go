@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/master/wire"
-	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/hookserver"
 )
 
 func newTunnelsCmd(g *globals) *cobra.Command {
@@ -32,7 +32,7 @@ slave daemon running on this host (root); otherwise ask the master.`,
 				if err != nil {
 					return usageError{err}
 				}
-				r, err := sshd.LocalTunnels(cmd.Context(), abs)
+				r, err := hookserver.LocalTunnels(cmd.Context(), abs)
 				if err != nil {
 					return err
 				}

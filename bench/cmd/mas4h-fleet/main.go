@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mas4h/mas4h/agent"
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/bench"
 )
 
@@ -67,7 +67,7 @@ func run() int {
 	fs.DurationVar(&fc.Window, "window", 0, "steady window on mas4h's side (a few 10 s probe cycles)")
 	fs.DurationVar(&fc.RawWindow, "raw-window", 0, "steady window on raw sshd's side")
 	fs.IntVar(&fc.Sources, "sources", 8, "source addresses 127.0.1.1… the devices dial from")
-	fs.Float64Var(&fc.Jitter, "jitter", agent.Jitter(), fmt.Sprintf("reconnect backoff jitter: each delay cut by up to this share (the agent's: %.1f)", agent.Jitter()))
+	fs.Float64Var(&fc.Jitter, "jitter", backoff.DefaultJitter, fmt.Sprintf("reconnect backoff jitter: each delay cut by up to this share (the agent's: %.1f)", backoff.DefaultJitter))
 	fs.DurationVar(&fc.MinBackoff, "min-backoff", time.Second, "first reconnect delay (the agent's)")
 	fs.DurationVar(&fc.MaxBackoff, "max-backoff", time.Minute, "longest reconnect delay (the agent's)")
 	fs.DurationVar(&fc.SetupTimeout, "setup-timeout", 5*time.Minute, "limit for one setup storm or reconnect storm")

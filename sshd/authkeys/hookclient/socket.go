@@ -3,8 +3,9 @@ package hookclient
 import (
 	"bytes"
 	"errors"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Ask sends req to the daemon's socket and reads its reply, all before
@@ -13,23 +14,23 @@ import (
 // timeouts (SO_SNDTIMEO, SO_RCVTIMEO) bound the connect, the write and each
 // read: the net package's poller costs more to set up than one request.
 func Ask(socket string, req Request, deadline time.Time) (Reply, error) {
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return Reply{}, &AskError{"socket", err}
 	}
-	defer syscall.Close(fd)
+	defer unix.Close(fd)
 	// A unix connect waits (up to SO_SNDTIMEO) only while the daemon's
 	// backlog is full.
-	if err := retry(fd, syscall.SO_SNDTIMEO, deadline, func() error {
-		return syscall.Connect(fd, &syscall.SockaddrUnix{Name: socket})
-	}); err != nil && err != syscall.EISCONN {
+	if err := retry(fd, unix.SO_SNDTIMEO, deadline, func() error {
+		return unix.Connect(fd, &unix.SockaddrUnix{Name: socket})
+	}); err != nil && err != unix.EISCONN {
 		return Reply{}, &AskError{"connecting to " + socket, err}
 	}
 	msg := AppendRequest(make([]byte, 0, 128+len(req.Key)), req)
 	for len(msg) > 0 {
 		var n int
-		if err := retry(fd, syscall.SO_SNDTIMEO, deadline, func() (err error) {
-			n, err = syscall.Write(fd, msg)
+		if err := retry(fd, unix.SO_SNDTIMEO, deadline, func() (err error) {
+			n, err = unix.Write(fd, msg)
 			return err
 		}); err != nil {
 			return Reply{}, &AskError{"sending the request", err}
@@ -46,8 +47,8 @@ func Ask(socket string, req Request, deadline time.Time) (Reply, error) {
 			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
 		}
 		var n int
-		if err := retry(fd, syscall.SO_RCVTIMEO, deadline, func() (err error) {
-			n, err = syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err := retry(fd, unix.SO_RCVTIMEO, deadline, func() (err error) {
+			n, err = unix.Read(fd, buf[len(buf):cap(buf)])
 			return err
 		}); err != nil {
 			return Reply{}, &AskError{"reading the reply", err}
@@ -74,12 +75,12 @@ func retry(fd, opt int, deadline time.Time, call func() error) error {
 		if left <= 0 {
 			return errTimeout
 		}
-		tv := syscall.NsecToTimeval(max(left.Nanoseconds(), int64(time.Microsecond)))
-		if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, opt, &tv); err != nil {
+		tv := unix.NsecToTimeval(max(left.Nanoseconds(), int64(time.Microsecond)))
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv); err != nil {
 			return err
 		}
-		if err := call(); err != syscall.EINTR {
-			if err == syscall.EAGAIN {
+		if err := call(); err != unix.EINTR {
+			if err == unix.EAGAIN {
 				return errTimeout
 			}
 			return err

@@ -1,17 +1,15 @@
-package sshd
+package sshdconfig
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mas4h/mas4h/internal/testkit"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func goldenParams() ConfigParams {
-	return ConfigParams{
+func goldenParams() Params {
+	return Params{
 		SlaveName:           "s1",
 		TunnelUser:          "mas4h-tunnel",
 		ListenAddresses:     []string{"0.0.0.0:2222"},
@@ -27,29 +25,17 @@ func goldenParams() ConfigParams {
 }
 
 func TestRenderConfigGolden(t *testing.T) {
-	got, err := RenderConfig(goldenParams())
+	got, err := Render(goldenParams())
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "sshd_config.golden")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run go test ./sshd -run Golden -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("rendered sshd_config differs from %s:\n%s", golden, got)
-	}
+	testkit.Golden(t, filepath.Join("testdata", "sshd_config.golden"), got)
 }
 
 // The security model of DESIGN.md, directive by directive: a template edit
 // that drops one fails here even if someone regenerates the golden file.
 func TestRenderConfigSecurityDirectives(t *testing.T) {
-	got, err := RenderConfig(goldenParams())
+	got, err := Render(goldenParams())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +66,7 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 func TestRenderConfigHookOnly(t *testing.T) {
 	p := goldenParams()
 	p.KeysFile = ""
-	got, err := RenderConfig(p)
+	got, err := Render(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,23 +76,23 @@ func TestRenderConfigHookOnly(t *testing.T) {
 }
 
 func TestRenderConfigRefusesInjection(t *testing.T) {
-	for name, mutate := range map[string]func(*ConfigParams){
-		"newline in user":       func(p *ConfigParams) { p.TunnelUser = "x\nPermitRootLogin yes" },
-		"space in pid file":     func(p *ConfigParams) { p.PidFile = "/a b/pid" },
-		"quote in listen":       func(p *ConfigParams) { p.ListenAddresses = []string{"1.2.3.4:22\""} },
-		"relative hook":         func(p *ConfigParams) { p.HookCommand = "mas4h authkeys" },
-		"newline in hook":       func(p *ConfigParams) { p.HookCommand = "/bin/mas4h\nForceCommand x" },
-		"no host keys":          func(p *ConfigParams) { p.HostKeys = nil },
-		"relative keys file":    func(p *ConfigParams) { p.KeysFile = "authorized_keys" },
-		"token in keys file":    func(p *ConfigParams) { p.KeysFile = "%h/.ssh/authorized_keys" },
-		"newline in keys file":  func(p *ConfigParams) { p.KeysFile = "/k\nPermitRootLogin yes" },
-		"zero client alive":     func(p *ConfigParams) { p.ClientAliveInterval = 0 },
-		"comment in slave name": func(p *ConfigParams) { p.SlaveName = "a#b" },
+	for name, mutate := range map[string]func(*Params){
+		"newline in user":       func(p *Params) { p.TunnelUser = "x\nPermitRootLogin yes" },
+		"space in pid file":     func(p *Params) { p.PidFile = "/a b/pid" },
+		"quote in listen":       func(p *Params) { p.ListenAddresses = []string{"1.2.3.4:22\""} },
+		"relative hook":         func(p *Params) { p.HookCommand = "mas4h authkeys" },
+		"newline in hook":       func(p *Params) { p.HookCommand = "/bin/mas4h\nForceCommand x" },
+		"no host keys":          func(p *Params) { p.HostKeys = nil },
+		"relative keys file":    func(p *Params) { p.KeysFile = "authorized_keys" },
+		"token in keys file":    func(p *Params) { p.KeysFile = "%h/.ssh/authorized_keys" },
+		"newline in keys file":  func(p *Params) { p.KeysFile = "/k\nPermitRootLogin yes" },
+		"zero client alive":     func(p *Params) { p.ClientAliveInterval = 0 },
+		"comment in slave name": func(p *Params) { p.SlaveName = "a#b" },
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := goldenParams()
 			mutate(&p)
-			if out, err := RenderConfig(p); err == nil {
+			if out, err := Render(p); err == nil {
 				t.Fatalf("rendered without error:\n%s", out)
 			}
 		})

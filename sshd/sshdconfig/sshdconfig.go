@@ -1,4 +1,7 @@
-package sshd
+// Package sshdconfig renders the sshd_config of a slave's dedicated sshd from
+// its embedded template: a pure function of Params, golden-tested, that
+// refuses any value which could spill into another directive.
+package sshdconfig
 
 import (
 	"bytes"
@@ -19,9 +22,9 @@ const (
 	pubkeyAlgorithms  = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256"
 )
 
-// ConfigParams is everything the sshd_config template needs. RenderConfig is
+// Params is everything the sshd_config template needs. Render is
 // a pure function of it, so the file is golden-tested.
-type ConfigParams struct {
+type Params struct {
 	SlaveName           string
 	TunnelUser          string
 	ListenAddresses     []string // host:port, IPv6 in brackets
@@ -49,10 +52,10 @@ const (
 
 var sshdConfigTemplate = templates.MustParse("sshd_config.tmpl")
 
-// RenderConfig renders sshd_config. It refuses values that would let one
+// Render renders sshd_config. It refuses values that would let one
 // directive spill into another (newlines, quotes, spaces in paths), since sshd
 // would otherwise parse them as extra configuration.
-func RenderConfig(p ConfigParams) ([]byte, error) {
+func Render(p Params) ([]byte, error) {
 	check := func(what, v string) error {
 		if v == "" {
 			return fmt.Errorf("rendering sshd_config: %s is empty", what)
@@ -99,7 +102,7 @@ func RenderConfig(p ConfigParams) ([]byte, error) {
 		return nil, fmt.Errorf("rendering sshd_config: timeouts must be positive")
 	}
 	data := struct {
-		ConfigParams
+		Params
 		KexAlgorithms, Ciphers, MACs, HostKeyAlgorithms, PubkeyAlgorithms string
 	}{p, kexAlgorithms, ciphers, macs, hostKeyAlgorithms, pubkeyAlgorithms}
 	var buf bytes.Buffer

@@ -1,4 +1,4 @@
-package sshd
+package source
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
@@ -38,19 +39,16 @@ const (
 	refreshPerBeat           = 50
 )
 
-// MasterSource serves devices validated by the master and cached with a TTL
-// in the slave's cache. Positive answers are cached and refreshed before
-// they expire; negative ones only for a few seconds, in memory. While the
-// master is unreachable, cached devices keep connecting and unknown ones are
+// Master serves devices validated by the master and cached with a TTL in
+// the slave's cache. Positive answers are cached and refreshed before they
+// expire; negative ones only for a few seconds, in memory. While the master
+// is unreachable, cached devices keep connecting and unknown ones are
 // refused. Revocations arrive with heartbeat replies.
-type MasterSource struct {
-	API    MasterAPI
-	Slave  string
-	Log    *slog.Logger
-	Status func(ctx context.Context) wire.Heartbeat // this slave's load and tunnels
-	// OnPeers, when set, gets the other nodes of this slave's VIP from each
-	// heartbeat reply.
-	OnPeers func(ctx context.Context, peers []wire.Peer)
+type Master struct {
+	api   MasterAPI
+	slave string
+	log   *slog.Logger
+	now   func() time.Time
 
 	cache *authkeys.Cache
 
@@ -63,21 +61,29 @@ type MasterSource struct {
 	lastBeat time.Time // when the master last answered a heartbeat
 }
 
-// LastHeartbeat is when the master last answered a heartbeat; zero before
-// the first answer.
-func (m *MasterSource) LastHeartbeat() time.Time {
+// NewMaster follows the master behind api as slave. now is the clock (nil:
+// time.Now).
+func NewMaster(api MasterAPI, slave string, now func() time.Time, log *slog.Logger) *Master {
+	if now == nil {
+		now = time.Now
+	}
+	return &Master{api: api, slave: slave, now: now, log: log.With("component", "master"),
+		ttl: DefaultCacheTTL, interval: DefaultHeartbeatInterval, negative: map[string]time.Time{}}
+}
+
+// LastContact implements Source: when the master last answered a
+// heartbeat; zero before the first answer.
+func (m *Master) LastContact() (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.lastBeat
+	return m.lastBeat, true
 }
 
 const seqMetaKey = "master_seq"
 
 // Start implements Source.
-func (m *MasterSource) Start(ctx context.Context, cache *authkeys.Cache) error {
+func (m *Master) Start(ctx context.Context, cache *authkeys.Cache) error {
 	m.cache = cache
-	m.ttl, m.interval = DefaultCacheTTL, DefaultHeartbeatInterval
-	m.negative = map[string]time.Time{}
 	v, err := cache.Meta(ctx, seqMetaKey)
 	if err != nil {
 		return err
@@ -89,11 +95,11 @@ func (m *MasterSource) Start(ctx context.Context, cache *authkeys.Cache) error {
 }
 
 // Lookup implements Source.
-func (m *MasterSource) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (registry.Device, bool, error) {
-	now := time.Now()
+func (m *Master) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (registry.Device, bool, error) {
+	now := m.now()
 	dev, expires, cached, err := m.cache.Get(ctx, fp)
 	if err != nil {
-		m.Log.Error("reading cache", "err", err)
+		m.log.Error("reading cache", "err", err)
 	}
 	if cached && now.Before(expires) {
 		return dev, true, nil
@@ -111,7 +117,7 @@ func (m *MasterSource) Lookup(ctx context.Context, fp string, key ssh.PublicKey)
 	case errors.Is(err, ErrNotAccepted):
 		return registry.Device{}, false, nil
 	case cached:
-		m.Log.Warn("master unreachable; answering from the cache", "device", dev.Name, "err", err)
+		m.log.Warn("master unreachable; answering from the cache", "device", dev.Name, "err", err)
 		return dev, true, nil
 	default:
 		return registry.Device{}, false, fmt.Errorf("asking the master: %w", err)
@@ -119,17 +125,17 @@ func (m *MasterSource) Lookup(ctx context.Context, fp string, key ssh.PublicKey)
 }
 
 // validate asks the master about one key and records the answer.
-func (m *MasterSource) validate(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
+func (m *Master) validate(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
 	ctx, cancel := context.WithTimeout(ctx, validateTimeout)
 	defer cancel()
 	fp := registry.Fingerprint(key)
-	v, err := m.API.Validate(ctx, wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)})
+	v, err := m.api.Validate(ctx, wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)})
 	if errors.Is(err, ErrNotAccepted) {
 		m.mu.Lock()
-		m.negative[fp] = time.Now().Add(negativeCacheFor)
+		m.negative[fp] = m.now().Add(negativeCacheFor)
 		m.mu.Unlock()
 		if derr := m.cache.Delete(context.WithoutCancel(ctx), fp, ""); derr != nil {
-			m.Log.Error("dropping refused key from cache", "err", derr)
+			m.log.Error("dropping refused key from cache", "err", derr)
 		}
 		return registry.Device{}, err
 	}
@@ -146,8 +152,8 @@ func (m *MasterSource) validate(ctx context.Context, key ssh.PublicKey) (registr
 		ttl = m.ttl
 		m.mu.Unlock()
 	}
-	if err := m.cache.Put(context.WithoutCancel(ctx), dev, time.Now().Add(ttl)); err != nil {
-		m.Log.Error("caching device", "device", dev.Name, "err", err)
+	if err := m.cache.Put(context.WithoutCancel(ctx), dev, m.now().Add(ttl)); err != nil {
+		m.log.Error("caching device", "device", dev.Name, "err", err)
 	}
 	return dev, nil
 }
@@ -163,12 +169,19 @@ func deviceFromValidation(v wire.Validation) registry.Device {
 	return d
 }
 
-// Follow implements Source: the heartbeat loop.
-func (m *MasterSource) Follow(ctx context.Context, gone func(registry.Device, string)) {
-	failures := 0
-	connected := false
+// maxRetry caps the wait between heartbeats to a master that does not
+// answer.
+const maxRetry = 30 * time.Second
+
+// Follow implements Source: the heartbeat loop. Heartbeats go every
+// interval (spread by ±10%, so that slaves restarted together do not beat
+// in step); while the master does not answer, with the backoff from the
+// interval up to 30 s.
+func (m *Master) Follow(ctx context.Context, h Handler) {
+	var retry backoff.Backoff
+	failing, connected := false, false
 	for {
-		err := m.beat(ctx, gone)
+		err := m.beat(ctx, h)
 		if ctx.Err() != nil {
 			return
 		}
@@ -176,50 +189,38 @@ func (m *MasterSource) Follow(ctx context.Context, gone func(registry.Device, st
 		wait := m.interval
 		m.mu.Unlock()
 		if err != nil {
-			failures++
-			if connected || failures == 1 {
-				m.Log.Warn("master unreachable; serving cached devices and retrying with backoff", "err", err)
+			if !failing {
+				connected = false
+				m.log.Warn("master unreachable; serving cached devices and retrying with backoff", "err", err)
+				retry = backoff.Backoff{Min: wait, Max: max(wait, maxRetry)}
 			}
-			connected = false
-			wait = backoff(wait, failures)
+			failing = true
+			wait = retry.Next()
 		} else {
 			if !connected {
-				m.Log.Info("heartbeats reach the master", "interval", wait)
+				m.log.Info("heartbeats reach the master", "interval", wait)
 			}
-			connected, failures = true, 0
-			m.refresh(ctx, gone)
+			failing, connected = false, true
+			m.refresh(ctx, h)
+			wait += time.Duration((rand.Float64()*0.2 - 0.1) * float64(wait))
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(wait)):
+		case <-time.After(wait):
 		}
 	}
 }
 
-// backoff doubles the wait per failure up to 30 s.
-func backoff(interval time.Duration, failures int) time.Duration {
-	d := interval
-	for i := 1; i < failures && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
-}
-
-// jitter spreads d by ±10% so that slaves restarted together do not beat in step.
-func jitter(d time.Duration) time.Duration {
-	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
-}
-
-func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, string)) error {
-	hb := m.Status(ctx)
+func (m *Master) beat(ctx context.Context, h Handler) error {
+	hb := h.Status(ctx)
 	m.mu.Lock()
 	hb.Seq = m.seq
 	hb.Events, m.events = m.events, nil
 	m.mu.Unlock()
 	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	reply, err := m.API.Heartbeat(bctx, m.Slave, hb)
+	reply, err := m.api.Heartbeat(bctx, m.slave, hb)
 	if err != nil {
 		m.mu.Lock()
 		m.events = append(hb.Events, m.events...) // send them next time
@@ -235,20 +236,20 @@ func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, stri
 			dev.Forwards = append(dev.Forwards, registry.Forward{RemotePort: p})
 		}
 		if err := m.cache.Delete(ctx, r.Fingerprint, r.Device); err != nil {
-			m.Log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
+			m.log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
 		}
 		reason := "device revoked"
 		if r.Reason == "removed" {
 			reason = "device removed"
 		}
-		m.Log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason)
-		gone(dev, reason)
+		m.log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason)
+		h.Gone(ctx, dev, reason)
 	}
-	if m.OnPeers != nil && hb.VIP != "" {
-		m.OnPeers(ctx, reply.Peers)
+	if hb.VIP != "" {
+		h.Peers(ctx, reply.Peers)
 	}
 	m.mu.Lock()
-	m.lastBeat = time.Now()
+	m.lastBeat = m.now()
 	if reply.IntervalSeconds > 0 {
 		m.interval = time.Duration(reply.IntervalSeconds * float64(time.Second))
 	}
@@ -266,14 +267,14 @@ func (m *MasterSource) beat(ctx context.Context, gone func(registry.Device, stri
 
 // refresh revalidates cached devices whose entry expires within a fifth of
 // the TTL, so that a connecting device rarely waits for the master.
-func (m *MasterSource) refresh(ctx context.Context, gone func(registry.Device, string)) {
+func (m *Master) refresh(ctx context.Context, h Handler) {
 	all, _, err := m.cache.Snapshot(ctx)
 	if err != nil {
-		m.Log.Error("reading cache", "err", err)
+		m.log.Error("reading cache", "err", err)
 		return
 	}
 	m.mu.Lock()
-	horizon := time.Now().Add(m.ttl / 5)
+	horizon := m.now().Add(m.ttl / 5)
 	m.mu.Unlock()
 	n := 0
 	for _, cd := range all {
@@ -287,17 +288,17 @@ func (m *MasterSource) refresh(ctx context.Context, gone func(registry.Device, s
 		}
 		_, err = m.validate(ctx, key)
 		if errors.Is(err, ErrNotAccepted) {
-			m.Log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
-			gone(cd.Device, "device no longer accepted by the master")
+			m.log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
+			h.Gone(ctx, cd.Device, "device no longer accepted by the master")
 		}
 	}
 }
 
 // Report implements Source: events travel with the next heartbeat.
-func (m *MasterSource) Report(ctx context.Context, kind, device, detail string) {
+func (m *Master) Report(ctx context.Context, kind, device, detail string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.events = append(m.events, wire.SlaveEvent{At: time.Now().UTC(), Kind: kind, Device: device, Detail: detail})
+	m.events = append(m.events, wire.SlaveEvent{At: m.now().UTC(), Kind: kind, Device: device, Detail: detail})
 	if len(m.events) > maxQueuedEvents {
 		m.events = m.events[1:]
 	}

@@ -1,28 +1,18 @@
-package sshd
+package keysfile
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
 
 func testDevice(t *testing.T, name, status string, ports ...int) registry.Device {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testkit.NewKey(t, name).Public
 	d := registry.Device{Name: name, Status: status, PublicKey: registry.AuthorizedKey(key), Fingerprint: registry.Fingerprint(key)}
 	for i, p := range ports {
 		d.Forwards = append(d.Forwards, registry.Forward{Name: "f" + string(rune('a'+i)), Target: "localhost:22", RemotePort: p})
@@ -47,7 +37,7 @@ func TestRenderKeysFile(t *testing.T) {
 	}
 	held := map[int]bool{20004: true, 22: true}
 	goneSet := map[string]time.Time{"d-gone": now}
-	data, n, expires := renderKeysFile("s1", all, held, goneSet, now, authkeys.AuthorizedLine)
+	data, n, expires := render("s1", all, held, goneSet, now, authkeys.AuthorizedLine)
 	if n != 2 {
 		t.Errorf("entries = %d, want 2 (a-active, f-fresh):\n%s", n, data)
 	}
@@ -74,7 +64,7 @@ func TestRenderKeysFile(t *testing.T) {
 	}
 
 	// Nothing held, nothing gone: every active device with ports.
-	_, n, _ = renderKeysFile("s1", all, nil, nil, now, authkeys.AuthorizedLine)
+	_, n, _ = render("s1", all, nil, nil, now, authkeys.AuthorizedLine)
 	if n != 4 {
 		t.Errorf("entries with nothing held = %d, want 4", n)
 	}

@@ -1,0 +1,63 @@
+package hookserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authkeys"
+)
+
+// Lookup finds the device for a key; found=false means the key is not
+// accepted, an error that no answer could be had (source.Source.Lookup).
+type Lookup func(ctx context.Context, fingerprint string, key ssh.PublicKey) (dev registry.Device, found bool, err error)
+
+// Authorizer decides authentication attempts: sshd's arguments checked,
+// the device looked up, authkeys.Decide's one rule applied, newest-wins
+// before an allowed device's answer, every decision logged and counted,
+// every denial an event.
+type Authorizer struct {
+	TunnelUser string
+	Lookup     Lookup
+	// Supersede applies newest-wins to an allowed device before sshd gets
+	// its answer (reaper.Reaper.Supersede).
+	Supersede func(ctx context.Context, dev registry.Device)
+	// Report records a denial event.
+	Report  func(ctx context.Context, kind, device, detail string)
+	Metrics *metrics.Slave // nil counts nothing
+	Log     *slog.Logger
+	Now     func() time.Time // nil: time.Now
+}
+
+// Authorize decides one authentication attempt.
+func (a *Authorizer) Authorize(ctx context.Context, req authkeys.HookRequest) (reply authkeys.HookReply) {
+	now := a.Now
+	if now == nil {
+		now = time.Now
+	}
+	defer func(start time.Time) { a.Metrics.Hook(reply.Allow, now().Sub(start)) }(now())
+	_, key, err := authkeys.ParseHookArgs([]string{req.User, req.Fingerprint, req.KeyType, req.Key})
+	if err != nil {
+		a.Log.Warn("auth", "verdict", "deny", "reason", err.Error())
+		return authkeys.HookReply{Reason: err.Error()}
+	}
+	dev, found, err := a.Lookup(ctx, req.Fingerprint, key)
+	if err != nil {
+		a.Log.Error("auth", "fingerprint", req.Fingerprint, "verdict", "deny", "reason", "no answer", "err", err)
+		return authkeys.HookReply{Reason: "no answer: " + err.Error()}
+	}
+	reply = authkeys.Decide(a.TunnelUser, req.User, key, dev, found)
+	if reply.Allow {
+		a.Log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
+		a.Supersede(ctx, dev)
+		return reply
+	}
+	a.Log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
+	a.Report(ctx, registry.EventAuthDeny, reply.Device, fmt.Sprintf("%s (key %s, user %q)", reply.Reason, req.Fingerprint, req.User))
+	return reply
+}

@@ -1,0 +1,258 @@
+// Package supervisor runs one slave's sshd: as a detached process (its own
+// session, so it is not killed with the daemon and tunnels outlive a daemon
+// restart), adopted from its pid file when the daemon starts again, reloaded
+// with SIGHUP when its config changed, and restarted when it dies.
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/process"
+	"github.com/mas4h/mas4h/sshd/sessions"
+)
+
+// StartTimeout bounds how long sshd may take to bind its port and write
+// its pid file.
+const StartTimeout = 5 * time.Second
+
+// Config is one slave's sshd.
+type Config struct {
+	SSHD       string // the sshd binary
+	ConfigPath string // its sshd_config (-f)
+	LogPath    string // its log (-E)
+	PidPath    string // the PidFile of its config
+	ListenAddr string // host:port it binds
+	ProcRoot   string // "/proc", or a fixture
+	UID, GID   int    // the tunnel user it runs as
+	LowPort    bool   // the port is below 1024: start it with CAP_NET_BIND_SERVICE
+}
+
+// Starter starts a program in a session of its own (process.Exec).
+type Starter interface {
+	Start(ctx context.Context, c process.Cmd) (process.Process, error)
+}
+
+// Supervisor owns the sshd of one slave.
+type Supervisor struct {
+	cfg     Config
+	start   Starter
+	metrics *metrics.Slave
+	log     *slog.Logger
+
+	mu        sync.Mutex
+	pid       int
+	startTick uint64 // the process's start: a reused pid has another
+	restarts  int
+}
+
+// New supervises the sshd of cfg; nothing runs until Adopt or Start.
+func New(cfg Config, start Starter, m *metrics.Slave, log *slog.Logger) *Supervisor {
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	return &Supervisor{cfg: cfg, start: start, metrics: m, log: log.With("component", "sshd")}
+}
+
+// PID is the supervised sshd's pid (0: none).
+func (s *Supervisor) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pid
+}
+
+func (s *Supervisor) set(pid int) {
+	tick, _ := sessions.StartTick(s.cfg.ProcRoot, pid)
+	s.mu.Lock()
+	s.pid, s.startTick = pid, tick
+	s.mu.Unlock()
+}
+
+// Adopt takes over an sshd already running from this state dir: the pid in
+// the pid file, alive, and started with this slave's config file.
+func (s *Supervisor) Adopt() bool {
+	b, err := os.ReadFile(s.cfg.PidPath)
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !sessions.Alive(s.cfg.ProcRoot, pid) {
+		return false
+	}
+	cmdline, ok := sessions.Cmdline(s.cfg.ProcRoot, pid)
+	if !ok || !bytes.Contains(cmdline, []byte(s.cfg.ConfigPath)) {
+		return false
+	}
+	s.set(pid)
+	return true
+}
+
+// running reports whether the supervised sshd is alive: its pid lives and
+// started when the one adopted or started did (not a later process that
+// reused the number).
+func (s *Supervisor) running() bool {
+	s.mu.Lock()
+	pid, tick := s.pid, s.startTick
+	s.mu.Unlock()
+	if !sessions.Alive(s.cfg.ProcRoot, pid) {
+		return false
+	}
+	now, ok := sessions.StartTick(s.cfg.ProcRoot, pid)
+	return ok && (tick == 0 || now == tick)
+}
+
+// Start launches sshd and waits until it has bound its port and written its
+// pid file, or failed; a failure carries the tail of sshd's log.
+func (s *Supervisor) Start(ctx context.Context) error {
+	if err := checkPortFree(s.cfg.ListenAddr); err != nil {
+		return err
+	}
+	os.Remove(s.cfg.PidPath)
+	logStart, _ := fileSize(s.cfg.LogPath)
+	c := process.Command(s.cfg.SSHD, "-D", "-f", s.cfg.ConfigPath, "-E", s.cfg.LogPath)
+	c.Dir, c.Cred = "/", &process.Cred{UID: s.cfg.UID, GID: s.cfg.GID}
+	if s.cfg.LowPort {
+		c.AmbientCaps = []uintptr{unix.CAP_NET_BIND_SERVICE}
+	}
+	// Not ctx: sshd outlives the daemon, and its tunnels with it.
+	p, err := s.start.Start(context.WithoutCancel(ctx), c)
+	if err != nil {
+		return err
+	}
+	pid := p.Pid()
+	deadline := time.NewTimer(StartTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.Done():
+			return fmt.Errorf("sshd exited at start (%v): %s", p.Wait(), s.logTail(logStart))
+		case <-deadline.C:
+			unix.Kill(pid, unix.SIGKILL)
+			return fmt.Errorf("sshd did not come up within %s: %s", StartTimeout, s.logTail(logStart))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			b, err := os.ReadFile(s.cfg.PidPath)
+			if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+				s.set(pid)
+				return nil
+			}
+		}
+	}
+}
+
+// Reload makes sshd re-read its config. Sessions are separate processes and
+// stay up; sshd re-executes itself under the same pid.
+func (s *Supervisor) Reload() error {
+	pid := s.PID()
+	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+		return fmt.Errorf("reloading sshd (pid %d): %w", pid, err)
+	}
+	return nil
+}
+
+// Watch restarts sshd whenever it is found dead, every `every`, until ctx
+// ends. It leaves a running sshd alone on exit: tunnels outlive the daemon.
+func (s *Supervisor) Watch(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		failures = s.check(ctx, failures)
+	}
+}
+
+// check is one look of Watch: failures counts the restarts that failed in a
+// row, and after one only every 10th look tries again.
+func (s *Supervisor) check(ctx context.Context, failures int) int {
+	if s.running() {
+		return 0
+	}
+	if failures > 0 && failures%10 != 0 {
+		return failures + 1
+	}
+	old := s.PID()
+	// Another supervisor (sshd's own systemd unit) may have started it.
+	if s.Adopt() {
+		s.log.Info("sshd was restarted from outside; adopted it", "old_pid", old, "pid", s.PID())
+		return 0
+	}
+	s.log.Warn("sshd is gone; restarting it", "old_pid", old)
+	if err := s.Start(ctx); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			s.log.Error("restarting sshd failed", "err", err)
+		}
+		return failures + 1
+	}
+	s.mu.Lock()
+	s.restarts++
+	n := s.restarts
+	s.mu.Unlock()
+	s.metrics.SSHDRestart()
+	s.log.Info("sshd restarted", "pid", s.PID(), "restarts", n)
+	return 0
+}
+
+func (s *Supervisor) logTail(from int64) string {
+	f, err := os.Open(s.cfg.LogPath)
+	if err != nil {
+		return "(no sshd log)"
+	}
+	defer f.Close()
+	f.Seek(from, 0)
+	b := make([]byte, 2048)
+	n, _ := f.Read(b)
+	out := strings.TrimSpace(string(b[:n]))
+	if out == "" {
+		return "(sshd logged nothing)"
+	}
+	return strings.ReplaceAll(out, "\n", "; ")
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// PortInUseError is returned when the slave's SSH listen address is taken.
+type PortInUseError struct{ Addr string }
+
+func (e *PortInUseError) Error() string {
+	return fmt.Sprintf("ssh listen address %s is already in use by another process; stop it or pick another --ssh-listen", e.Addr)
+}
+
+func checkPortFree(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			return &PortInUseError{Addr: addr}
+		}
+		if errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("ssh listen address %s is not an address of this host", addr)
+		}
+		return fmt.Errorf("checking ssh listen address %s: %w", addr, err)
+	}
+	return l.Close()
+}
