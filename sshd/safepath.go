@@ -29,13 +29,13 @@ func CheckRootOwnedPath(path string) error {
 		return fmt.Errorf("checking %s: %w", path, err)
 	}
 	for p := abs; ; p = filepath.Dir(p) {
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return fmt.Errorf("checking %s: %w", path, err)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("checking %s: %s: %w", path, p, err)
 		}
-		st := fi.Sys().(*unix.Stat_t)
+		perm := os.FileMode(st.Mode & 0o777)
 		switch {
-		case fi.Mode()&os.ModeSymlink != 0:
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 			resolved, err := filepath.EvalSymlinks(p)
 			if err != nil {
 				return fmt.Errorf("checking %s: %w", path, err)
@@ -45,8 +45,8 @@ func CheckRootOwnedPath(path string) error {
 			}
 		case st.Uid != 0:
 			return &UnsafePathError{Path: path, Component: p, Why: fmt.Sprintf("is owned by uid %d, not root", st.Uid)}
-		case fi.Mode().Perm()&0o022 != 0:
-			return &UnsafePathError{Path: path, Component: p, Why: fmt.Sprintf("is group/world-writable (mode %04o)", fi.Mode().Perm())}
+		case perm&0o022 != 0:
+			return &UnsafePathError{Path: path, Component: p, Why: fmt.Sprintf("is group/world-writable (mode %04o)", perm)}
 		}
 		if p == "/" {
 			return nil

@@ -136,6 +136,10 @@ func TestNewestWins(t *testing.T) {
 	if !waitListen(t, port(dev), old, 10*time.Second) {
 		t.Fatalf("tunnel did not come up: %s", old.stderr)
 	}
+	// Its device leaves the keys file once its port is held (within about
+	// a second): from then on its logins go through the hook, where
+	// newest-wins judges the older session.
+	waitKeysFile(t, sp, dev, false, 5*time.Second)
 	syscall.Kill(old.cmd.Process.Pid, syscall.SIGSTOP)
 	defer syscall.Kill(old.cmd.Process.Pid, syscall.SIGCONT)
 
@@ -164,6 +168,7 @@ func TestNewestWinsLeavesHealthySessionAlone(t *testing.T) {
 	if !waitListen(t, port(dev), old, 10*time.Second) {
 		t.Fatalf("tunnel did not come up: %s", old.stderr)
 	}
+	waitKeysFile(t, sp, dev, false, 5*time.Second) // its next login goes through the hook
 	second := e.tunnel(k, sp, spec)
 	if code := second.wait(10 * time.Second); code != 255 {
 		t.Fatalf("second client of a healthy device: status %d, want 255 (remote port forwarding failed)", code)

@@ -3,8 +3,6 @@ package authkeys
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"net"
@@ -16,20 +14,11 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 )
 
-func newKey(t testing.TB) ssh.PublicKey {
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func newKey(t testing.TB) ssh.PublicKey { return testkit.NewKey(t, "").Public }
 
 func hookArgs(user string, k ssh.PublicKey) []string {
 	return []string{user, ssh.FingerprintSHA256(k), k.Type(), base64.StdEncoding.EncodeToString(k.Marshal())}
