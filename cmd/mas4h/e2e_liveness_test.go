@@ -21,6 +21,7 @@ import (
 
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // deviceSSHD is a real OpenSSH sshd standing in for a device's own, the
@@ -97,6 +98,17 @@ func (d deviceSSHD) lines(t *testing.T) []string {
 	return out
 }
 
+// listening reports whether something listens on port, from the socket
+// table: without connecting.
+func listening(t *testing.T, port int) bool {
+	t.Helper()
+	ports, err := sessions.ListeningPorts("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ports[port]
+}
+
 // errorLines are those OpenSSH writes at error level for a probe that
 // closes without identifying itself.
 func errorLines(lines []string) int {
@@ -153,10 +165,15 @@ func TestDeviceLogQuietAtDefaults(t *testing.T) {
 		"-R", fmt.Sprintf("%d:localhost:%d", devA.Forwards[1].RemotePort, targets[1].port), e2eTunnelUser+"@127.0.0.1")...)
 	cB := e.tunnel(kB, sp, fmt.Sprintf("%d:localhost:%d", port(devB), targets[2].port))
 	ports := []int{devA.Forwards[0].RemotePort, devA.Forwards[1].RemotePort, port(devB)}
+	// Up once the ports listen: a connection to find out would reach the
+	// device's sshd and be a line in its log.
 	for i, c := range []*tunnelClient{cA, cA, cB} {
-		if !waitListen(t, ports[i], c, 15*time.Second) {
-			t.Fatalf("tunnel to port %d did not come up: %s", ports[i], c.stderr)
-		}
+		testkit.Eventually(t, 15*time.Second, func() bool {
+			if c.exited() {
+				t.Fatalf("tunnel to port %d failed: %s", ports[i], c.stderr)
+			}
+			return listening(t, ports[i])
+		}, "tunnel to port %d did not come up", ports[i])
 	}
 
 	window := 3*time.Minute + 30*time.Second
