@@ -25,6 +25,7 @@ import (
 	"github.com/mas4h/mas4h/sshd/reaper"
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/source"
+	"github.com/mas4h/mas4h/sshd/sshdconfig"
 	"github.com/mas4h/mas4h/sshd/statedir"
 	"github.com/mas4h/mas4h/sshd/supervisor"
 	"github.com/mas4h/mas4h/sshd/vipkeeper"
@@ -42,7 +43,7 @@ type SlaveConfig struct {
 	PublicHost string // what the master tells devices to dial ("" = derive)
 	Capacity   int    // tunnels this slave is sized for (dispatch weight)
 
-	ProbeInterval time.Duration // how often every tunnel is probed
+	ProbeInterval time.Duration // how often a forward is probed end to end while its session's TCP state looks healthy
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
 	NewestWins    string        // reaper.NewestWinsStale, NewestWinsAlways or NewestWinsOff
@@ -237,8 +238,9 @@ func (p *parts) build() {
 	p.reaper = reaper.New(reaper.Config{
 		Slave: s.cfg.Name, Interval: s.cfg.ProbeInterval, Failures: s.cfg.ProbeFailures,
 		Timeout: s.cfg.ProbeTimeout, NewestWins: s.cfg.NewestWins,
+		Keepalive: time.Duration(sshdconfig.DefaultClientAliveInterval) * time.Second, // what writeConfig renders
 	}, reaper.Deps{
-		Sessions: p.table, Leases: &reaper.CacheLeases{Cache: p.cache},
+		Sessions: p.table, TCP: p.table, Leases: &reaper.CacheLeases{Cache: p.cache},
 		Killer: reaper.Terminator{ProcRoot: s.cfg.ProcRoot}, Events: s.src, Prober: reaper.LoopbackProber{},
 		PortHeld: reaper.PortHeld, Clock: reaper.SystemClock{}, Metrics: m, Ended: ended, Log: s.log,
 	})

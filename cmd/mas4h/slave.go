@@ -102,7 +102,7 @@ registry file.`,
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
-	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often every forwarded port is probed")
+	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often a forwarded port is probed end to end while its session's TCP state looks healthy (each probe is a line in the device's sshd log; a session that looks stale is probed at once; without the TCP view, every min(this, 10s))")
 	f.IntVar(&o.probe.failures, "probe-failures", reaper.DefaultFailures, "consecutive failed probes before a session is reaped")
 	f.DurationVar(&o.probe.timeout, "probe-timeout", reaper.DefaultTimeout, "time one probe may take")
 	f.StringVar(&o.vip.addr, "vip", "", "shared virtual IP this slave serves a share of (with --iface, --node, --nodes)")

@@ -165,7 +165,9 @@ type Session struct {
 // Decision is the policy's answer for one session at one time.
 type Decision struct {
 	Verdict Verdict
-	// Reason says why a session is suspect or dead, for logs and events.
+	// Reason says why a session is suspect or dead, for logs and events,
+	// worded to follow "reaped" ("after 2 failed probes of port …", "as its
+	// client stopped answering: …").
 	Reason string
 	// Probe lists the ports to probe now.
 	Probe []int
@@ -177,11 +179,11 @@ type Decision struct {
 // Judge decides on one session at now.
 func (c Config) Judge(now time.Time, s Session) Decision {
 	if !s.TCP.Known {
-		return c.byProbes(now, s, c.FallbackInterval, "")
+		return c.byProbes(now, s, c.FallbackInterval, false, "")
 	}
 	suspect, since, why := c.tcpSuspect(now, s.TCP)
 	if !suspect {
-		return c.byProbes(now, s, c.ProbeInterval, "")
+		return c.byProbes(now, s, c.ProbeInterval, true, "")
 	}
 	// Suspect: one forward's probe settles it (the session is one SSH
 	// connection): the first probed one.
@@ -194,7 +196,7 @@ func (c Config) Judge(now time.Time, s Session) Decision {
 	}
 	if f == nil {
 		if now.Sub(since) >= c.ConfirmAfter {
-			return Decision{Verdict: Dead, Reason: why + "; nothing to probe"}
+			return Decision{Verdict: Dead, Reason: why + ", and it has nothing to probe"}
 		}
 		return Decision{Verdict: Suspect, Reason: why}
 	}
@@ -209,14 +211,14 @@ func (c Config) Judge(now time.Time, s Session) Decision {
 	// Probed fine since the suspicion began and yet silent: the probe's
 	// answer did not reach this connection's counters (or was never asked
 	// for). The probe is the stronger evidence; judge by probes.
-	return c.byProbes(now, s, c.ProbeInterval, why)
+	return c.byProbes(now, s, c.ProbeInterval, true, why)
 }
 
 // tcpSuspect says whether the TCP state alone makes a session suspect, since
 // when, and why.
 func (c Config) tcpSuspect(now time.Time, t sessions.TCPState) (bool, time.Time, string) {
 	if !t.Established() {
-		return true, now, fmt.Sprintf("connection in TCP state %d, not established", t.State)
+		return true, now, fmt.Sprintf("as its connection is in TCP state %d, not established", t.State)
 	}
 	silence := t.LastDataRecv
 	if silence <= c.Silence() {
@@ -227,16 +229,16 @@ func (c Config) tcpSuspect(now time.Time, t sessions.TCPState) (bool, time.Time,
 	}
 	since := now.Add(-(silence - c.Silence()))
 	if t.Unacked > 0 && t.LastAckRecv > c.ReplyGrace {
-		return true, since, fmt.Sprintf("link dead: client silent %s, %d segments unacknowledged for %s, %d retransmissions",
+		return true, since, fmt.Sprintf("as its link is dead: client silent %s, %d segments unacknowledged, no acknowledgement for %s, %d retransmissions",
 			round(silence), t.Unacked, round(t.LastAckRecv), t.Retransmits)
 	}
-	return true, since, fmt.Sprintf("client not answering: silent %s though its kernel acknowledged %s ago", round(silence), round(t.LastAckRecv))
+	return true, since, fmt.Sprintf("as its client stopped answering: silent %s though its kernel acknowledged %s ago", round(silence), round(t.LastAckRecv))
 }
 
 // byProbes is the judgement by end-to-end probes alone, every interval:
-// when the TCP state is unknown (FallbackInterval) or looks healthy
-// (ProbeInterval).
-func (c Config) byProbes(now time.Time, s Session, interval time.Duration, note string) Decision {
+// when the TCP state is unknown (FallbackInterval, a first probe at once)
+// or looks healthy (ProbeInterval, a first probe on the forward's grid).
+func (c Config) byProbes(now time.Time, s Session, interval time.Duration, grid bool, note string) Decision {
 	d := Decision{Verdict: Healthy, Reason: note}
 	if note != "" {
 		d.Verdict = Suspect
@@ -246,9 +248,9 @@ func (c Config) byProbes(now time.Time, s Session, interval time.Duration, note 
 			continue
 		}
 		if f.Failures >= c.ProbeFailures {
-			return Decision{Verdict: Dead, Reason: fmt.Sprintf("%d failed probes of port %d: %s", f.Failures, f.Port, f.LastDetail)}
+			return Decision{Verdict: Dead, Reason: fmt.Sprintf("after %d failed probes of port %d: %s", f.Failures, f.Port, f.LastDetail)}
 		}
-		due := c.due(s, f, interval)
+		due := c.due(s, f, interval, grid)
 		if !due.After(now) {
 			d.Probe = append(d.Probe, f.Port)
 		}
@@ -263,8 +265,10 @@ func (c Config) byProbes(now time.Time, s Session, interval time.Duration, note 
 }
 
 // due is when forward f is next to be probed at the given interval.
-func (c Config) due(s Session, f Forward, interval time.Duration) time.Time {
+func (c Config) due(s Session, f Forward, interval time.Duration, grid bool) time.Time {
 	switch {
+	case f.LastProbe.IsZero() && !grid:
+		return s.FirstSeen
 	case f.LastProbe.IsZero():
 		// No probe in this daemon's life: the first point at or after
 		// FirstSeen of the forward's own grid, anchored at the session's
@@ -280,7 +284,10 @@ func (c Config) due(s Session, f Forward, interval time.Duration) time.Time {
 			first = first.Add(n * interval)
 		}
 		return first
-	case f.Failures > 0:
+	case !f.LastOK:
+		// A failure is checked again soon: confirmed (or cleared) in
+		// seconds. (A failure the caller did not count, a young session's,
+		// is retried alike.)
 		return f.LastProbe.Add(c.ProbeRetry)
 	}
 	return f.LastProbe.Add(interval)
@@ -295,26 +302,23 @@ func (c Config) phase(s Session, port int, interval time.Duration) time.Duration
 }
 
 // Supersede judges an older session of a device that has just logged in
-// again (newest wins), at once: dead when its TCP state says so, otherwise
-// every probed forward is to be probed now, and the caller ends the session
-// if one of those probes fails. Nothing to probe and no TCP evidence leaves
-// it Healthy (alone).
+// again (newest wins), at once: dead when its TCP state says so; otherwise
+// its first probed forward is to be probed now, and the caller ends the
+// session if that probe fails (one probe tells whether its client still
+// carries its forwards). Nothing to probe and no TCP evidence leaves it
+// Healthy (alone). The caller samples the TCP state just before.
 func (c Config) Supersede(now time.Time, s Session) Decision {
 	if s.TCP.Known {
 		if suspect, _, why := c.tcpSuspect(now, s.TCP); suspect {
 			return Decision{Verdict: Dead, Reason: why}
 		}
 	}
-	d := Decision{Verdict: Healthy}
 	for _, f := range s.Forwards {
 		if f.Probed {
-			d.Verdict, d.Probe, d.NextProbe = Suspect, append(d.Probe, f.Port), now
+			return Decision{Verdict: Suspect, Reason: "an older session of a device that logged in again", Probe: []int{f.Port}, NextProbe: now}
 		}
 	}
-	if d.Verdict == Suspect {
-		d.Reason = "an older session of a device that logged in again"
-	}
-	return d
+	return Decision{Verdict: Healthy}
 }
 
 func round(d time.Duration) time.Duration {

@@ -67,28 +67,30 @@ func TestJudge(t *testing.T) {
 		{"healthy idle, probe due", session(idle(5*s), probed(20001, 5*time.Minute, true, 0)), Healthy, []int{20001}, 0, ""},
 		{"keepalive just answered", session(idle(100*time.Millisecond), probed(20001, time.Minute, true, 0)), Healthy, nil, 4 * time.Minute, ""},
 		{"silent just at the limit", session(frozen(8*s, 2*s), probed(20001, time.Minute, true, 0)), Healthy, nil, 4 * time.Minute, ""},
-		{"frozen: silent past two keepalive periods", session(frozen(8*s+time.Millisecond, 2*s), probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "not answering"},
+		{"frozen: silent past two keepalive periods", session(frozen(8*s+time.Millisecond, 2*s), probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "stopped answering"},
 		{"frozen, probed after the suspicion began and failed", session(frozen(12*s, 6*s), probed(20001, 3*s, false, 1)), Dead, nil, -1, "probe of port 20001 failed"},
-		{"frozen, the failed probe is older than the suspicion", session(frozen(12*s, 6*s), probed(20001, 5*s, false, 1)), Suspect, []int{20001}, 0, "not answering"},
-		{"frozen, the probe since the suspicion passed", session(frozen(12*s, 6*s), probed(20001, 3*s, true, 0)), Suspect, nil, 5*time.Minute - 3*s, "not answering"},
-		{"link cut", session(cut(9*s), probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "link dead"},
-		{"link cut, probe failed", session(cut(13*s), probed(20001, 3*s, false, 1)), Dead, nil, -1, "link dead"},
+		{"frozen, the failed probe is older than the suspicion", session(frozen(12*s, 6*s), probed(20001, 5*s, false, 1)), Suspect, []int{20001}, 0, "stopped answering"},
+		{"frozen, the probe since the suspicion passed", session(frozen(12*s, 6*s), probed(20001, 3*s, true, 0)), Suspect, nil, 5*time.Minute - 3*s, "stopped answering"},
+		{"link cut", session(cut(9*s), probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "link is dead"},
+		{"link cut, probe failed", session(cut(13*s), probed(20001, 3*s, false, 1)), Dead, nil, -1, "link is dead"},
 		{"sending to the device and acknowledged (an upload)", session(sessions.TCPState{Known: true, State: 1, LastDataRecv: 30 * s,
 			LastDataSent: 10 * time.Millisecond, LastAckRecv: 5 * time.Millisecond, Unacked: 40}, probed(20001, time.Minute, true, 0)), Healthy, nil, 4 * time.Minute, ""},
 		{"upload stalled on a full window (frozen mid-upload)", session(sessions.TCPState{Known: true, State: 1, LastDataRecv: 30 * s,
-			LastDataSent: 5 * s, LastAckRecv: 200 * time.Millisecond, Probes: 0}, probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "not answering"},
+			LastDataSent: 5 * s, LastAckRecv: 200 * time.Millisecond, Probes: 0}, probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "stopped answering"},
 		{"not established", session(sessions.TCPState{Known: true, State: 8}, probed(20001, time.Minute, true, 0)), Suspect, []int{20001}, 0, "state 8"},
 		{"suspect: only the first probed forward is probed", session(frozen(9*s, 3*s), Forward{Port: 20000}, probed(20001, time.Minute, true, 0),
 			probed(20002, time.Minute, true, 0)), Suspect, []int{20001}, 0, ""},
-		{"suspect, nothing to probe, not long", session(frozen(9*s, 3*s), Forward{Port: 20000}), Suspect, nil, -1, "not answering"},
+		{"suspect, nothing to probe, not long", session(frozen(9*s, 3*s), Forward{Port: 20000}), Suspect, nil, -1, "stopped answering"},
 		{"suspect, nothing to probe, long enough", session(frozen(11*s, 5*s), Forward{Port: 20000}), Dead, nil, -1, "nothing to probe"},
 		{"healthy TCP, a probe failed: retried soon", session(idle(2*s), probed(20001, 500*time.Millisecond, false, 1)), Healthy, nil, 500 * time.Millisecond, ""},
+		{"a failure the caller did not count (young session): retried soon", session(idle(2*s), probed(20001, 500*time.Millisecond, false, 0)), Healthy, nil, 500 * time.Millisecond, ""},
 		{"healthy TCP, retry due", session(idle(2*s), probed(20001, 1*s, false, 1)), Healthy, []int{20001}, 0, ""},
 		{"healthy TCP, forwarding broken: two failures", session(idle(2*s), probed(20001, 1*s, false, 2)), Dead, nil, -1, "2 failed probes of port 20001"},
 		{"no tcp_info: probes every 10 s", session(sessions.TCPState{}, probed(20001, 4*s, true, 0)), Healthy, nil, 6 * s, ""},
 		{"no tcp_info: probe due", session(sessions.TCPState{}, probed(20001, 10*s, true, 0)), Healthy, []int{20001}, 0, ""},
 		{"no tcp_info: two failures", session(sessions.TCPState{}, probed(20001, 1*s, false, 2)), Dead, nil, -1, "2 failed probes"},
 		{"no tcp_info, nothing to probe", session(sessions.TCPState{}, Forward{Port: 20000}), Healthy, nil, -1, ""},
+		{"no tcp_info, never probed: at once", restarted(session(sessions.TCPState{}, probed(20001, never, true, 0))), Healthy, []int{20001}, 0, ""},
 		{"two forwards: the earlier due is next", session(idle(1*s), probed(20001, 4*time.Minute, true, 0), probed(20002, 2*time.Minute, true, 0)),
 			Healthy, nil, time.Minute, ""},
 		{"never probed, seen for an hour: overdue", session(idle(1*s), probed(20001, never, true, 0)), Healthy, []int{20001}, 0, ""},
@@ -143,7 +145,7 @@ func TestFirstProbeGrid(t *testing.T) {
 	phases := map[time.Duration]bool{}
 	for port := 20000; port < 20020; port++ {
 		f := Forward{Port: port, Probed: true}
-		due := c.due(fresh, f, c.ProbeInterval)
+		due := c.due(fresh, f, c.ProbeInterval, true)
 		if due.Before(t0) || !due.Before(t0.Add(c.ProbeInterval)) {
 			t.Fatalf("port %d: first probe at %s, want within the first interval", port, due.Sub(t0))
 		}
@@ -151,7 +153,7 @@ func TestFirstProbeGrid(t *testing.T) {
 		// After a restart an hour and a bit later, the same grid.
 		restarted := fresh
 		restarted.FirstSeen = t0.Add(time.Hour + 17*time.Second)
-		again := c.due(restarted, f, c.ProbeInterval)
+		again := c.due(restarted, f, c.ProbeInterval, true)
 		if again.Before(restarted.FirstSeen) || !again.Before(restarted.FirstSeen.Add(c.ProbeInterval)) {
 			t.Fatalf("port %d after a restart: %s", port, again.Sub(restarted.FirstSeen))
 		}
@@ -165,7 +167,7 @@ func TestFirstProbeGrid(t *testing.T) {
 	// No start time known: anchored where first seen.
 	noStart := fresh
 	noStart.Started = time.Time{}
-	if due := c.due(noStart, Forward{Port: 20000, Probed: true}, c.ProbeInterval); due.Before(t0) || !due.Before(t0.Add(c.ProbeInterval)) {
+	if due := c.due(noStart, Forward{Port: 20000, Probed: true}, c.ProbeInterval, true); due.Before(t0) || !due.Before(t0.Add(c.ProbeInterval)) {
 		t.Errorf("no start time: first probe at %s", due.Sub(t0))
 	}
 }
@@ -180,7 +182,7 @@ func TestSupersede(t *testing.T) {
 	}{
 		{"TCP says frozen: dead at once", session(frozen(9*s, 3*s), probed(20001, time.Minute, true, 0)), Dead, nil},
 		{"TCP says cut: dead at once", session(cut(9*s), probed(20001, time.Minute, true, 0)), Dead, nil},
-		{"TCP healthy: probe every forward now", session(idle(s), probed(20001, time.Minute, true, 0), Forward{Port: 20002}, probed(20003, 0, true, 0)), Suspect, []int{20001, 20003}},
+		{"TCP healthy: probe the first probed forward now", session(idle(s), Forward{Port: 20002}, probed(20001, time.Minute, true, 0), probed(20003, 0, true, 0)), Suspect, []int{20001}},
 		{"no tcp_info: probe now", session(sessions.TCPState{}, probed(20001, time.Minute, true, 0)), Suspect, []int{20001}},
 		{"TCP healthy, nothing to probe: left alone", session(idle(s), Forward{Port: 20002}), Healthy, nil},
 	}

@@ -2,18 +2,21 @@ package reaper
 
 import (
 	"context"
+	"slices"
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/liveness"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
 // Supersede applies newest-wins before the hook answers for dev: an older
-// session still holding one of dev's ports is probed at once and ended if it
-// fails (or always, by policy), so the new client's forward binds on its
-// first try. A forward without a probe leaves its live session alone:
-// there is nothing to judge it by.
+// session still holding one of dev's ports is judged at once — ended when
+// its TCP state says it is stale, otherwise when its forward fails a probe
+// (or always, by policy) — so the new client's forward binds on its first
+// try. A session with no probe and no TCP evidence is left alone: there is
+// nothing to judge it by.
 func (r *Reaper) Supersede(ctx context.Context, dev registry.Device) {
 	if r.cfg.NewestWins == NewestWinsOff {
 		return
@@ -33,42 +36,62 @@ func (r *Reaper) Supersede(ctx context.Context, dev registry.Device) {
 		return
 	}
 	for _, sess := range list {
-		fwd, ok := heldForward(sess, dev, held)
-		if !ok {
+		fwds := heldForwards(sess, dev, held)
+		if len(fwds) == 0 {
 			continue
 		}
 		why := "superseded by a newer session of the same device"
 		if r.cfg.NewestWins != NewestWinsAlways {
-			p, err := probe.Parse(fwd.Probe, fwd.Target)
-			if err != nil || p.Kind == probe.None {
+			var ok bool
+			if why, ok = r.stale(ctx, dev, r.sessionTCP(sess), fwds); !ok {
 				continue
 			}
-			perr := r.d.Prober.Probe(ctx, p, fwd.RemotePort, min(r.cfg.Timeout, SupersedeBudget))
-			r.d.Metrics.Probe(perr == nil)
-			if perr == nil {
-				r.log.Info("older session still healthy; newest does not win", "device", dev.Name, "port", fwd.RemotePort)
-				continue
-			}
-			why = "superseded: older session failed its probe (" + perr.Error() + ")"
 		}
 		r.d.Metrics.Reap(metrics.ReapSuperseded)
 		r.end(ctx, sess, dev.Name, why, "kill")
 	}
 }
 
-// heldForward is the forward of dev whose held port sess listens on.
-func heldForward(sess sessions.Session, dev registry.Device, held map[int]bool) (registry.Forward, bool) {
-	for _, p := range sess.Ports {
-		if !held[p] {
-			continue
+// stale judges an older session of dev for newest-wins: why it is stale,
+// or false to leave it alone.
+func (r *Reaper) stale(ctx context.Context, dev registry.Device, sess sessions.Session, fwds []registry.Forward) (string, bool) {
+	v := liveness.Session{MonitorPID: sess.MonitorPID, StartTick: sess.StartTick, Started: sess.Started, TCP: sess.TCP}
+	probes := map[int]probe.Probe{}
+	for _, f := range fwds {
+		p, err := probe.Parse(f.Probe, f.Target)
+		probed := err == nil && p.Kind != probe.None
+		if probed {
+			probes[f.RemotePort] = p
 		}
-		for _, f := range dev.Forwards {
-			if f.RemotePort == p {
-				return f, true
-			}
+		v.Forwards = append(v.Forwards, liveness.Forward{Port: f.RemotePort, Probed: probed})
+	}
+	d := r.live.Supersede(r.d.Clock.Now(), v)
+	switch d.Verdict {
+	case liveness.Dead:
+		return "superseded: older session stale (" + d.Reason + ")", true
+	case liveness.Healthy:
+		return "", false
+	}
+	for _, port := range d.Probe {
+		perr := r.d.Prober.Probe(ctx, probes[port], port, min(r.cfg.Timeout, SupersedeBudget))
+		r.d.Metrics.Probe(perr == nil)
+		if perr != nil {
+			return "superseded: older session failed its probe (" + perr.Error() + ")", true
+		}
+		r.log.Info("older session still healthy; newest does not win", "device", dev.Name, "port", port)
+	}
+	return "", false
+}
+
+// heldForwards are the forwards of dev whose held ports sess listens on.
+func heldForwards(sess sessions.Session, dev registry.Device, held map[int]bool) []registry.Forward {
+	var out []registry.Forward
+	for _, f := range dev.Forwards {
+		if held[f.RemotePort] && slices.Contains(sess.Ports, f.RemotePort) {
+			out = append(out, f)
 		}
 	}
-	return registry.Forward{}, false
+	return out
 }
 
 // EndDevice ends, in the background, every session that holds one of dev's

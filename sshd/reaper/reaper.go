@@ -1,11 +1,13 @@
-// Package reaper keeps a slave's tunnels honest. Every cycle it rebuilds the
-// list of live tunnels from the session table and the leases, writes
-// connect and disconnect events, probes the forwarded ports, and ends the
-// sessions whose tunnels are stale, so that the device's next `ssh -R`
-// binds its port on the first try. It also ends the sessions of revoked
-// devices, and applies newest-wins when a device authenticates while an
-// older session of its own still holds its port. Everything it touches
-// (sessions, leases, probes, kills, events, the clock) is passed in, so
+// Package reaper keeps a slave's tunnels honest. It rebuilds the list of
+// live tunnels from the session table and the leases, writes connect and
+// disconnect events, judges each session's liveness (sshd/liveness: from
+// its connection's TCP state, read every second, and end-to-end probes of
+// its forwarded ports, rare while the TCP state looks healthy), and ends
+// the sessions judged dead, so that the device's next `ssh -R` binds its
+// port on the first try. It also ends the sessions of revoked devices, and
+// applies newest-wins when a device authenticates while an older session
+// of its own still holds its port. Everything it touches (sessions, their
+// TCP states, leases, probes, kills, events, the clock) is passed in, so
 // each policy is tested with fakes.
 package reaper
 
@@ -20,22 +22,29 @@ import (
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/liveness"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
-// Probing defaults: a stale tunnel is found and its port freed within
-// interval × (failures + 1) + a few seconds.
+// Probing defaults. A forward is probed end to end once in Interval while
+// its session's TCP state looks healthy (each probe is a line in the
+// device's own sshd log), at once when it looks stale; without a TCP view,
+// every min(Interval, 10 s), as before.
 const (
-	DefaultInterval = 10 * time.Second
-	DefaultFailures = 2
+	DefaultInterval = liveness.DefaultProbeInterval
+	DefaultFailures = liveness.DefaultProbeFailures
 	DefaultTimeout  = 3 * time.Second
 	// RetryDelay: a failing tunnel is probed again this soon, not a whole
 	// interval later.
-	RetryDelay = time.Second
+	RetryDelay = liveness.DefaultProbeRetry
 	// DefaultGrace: a session's failed probes do not count while it is
 	// younger than this: its device may still be setting its forwards up.
 	DefaultGrace = 5 * time.Second
+	// DefaultWalk: the session table is walked this often (at most every
+	// Interval) to find tunnels that came up or went down; the TCP states
+	// are read every second in between.
+	DefaultWalk = 10 * time.Second
 	// SupersedeBudget bounds newest-wins' probe, inside the hook's answer
 	// budget.
 	SupersedeBudget  = 600 * time.Millisecond
@@ -59,6 +68,12 @@ type Config struct {
 	Timeout    time.Duration // one probe's budget
 	NewestWins string        // NewestWinsStale, NewestWinsAlways or NewestWinsOff
 	Grace      time.Duration // failed probes of a younger session do not count
+	// Keepalive is sshd's ClientAliveInterval, which the TCP judgement
+	// relies on (0: liveness.DefaultKeepaliveInterval).
+	Keepalive time.Duration
+	// Walk is how often the session table is walked (0: DefaultWalk, at
+	// most Interval).
+	Walk time.Duration
 }
 
 // Lister lists the sessions of the slave's sshd.
@@ -84,6 +99,12 @@ type Killer interface {
 	Kill(ctx context.Context, s sessions.Session) (stillBound []int)
 }
 
+// TCPSampler reads the TCP state of the sshd's connections, by socket
+// inode (sessions.Table.SampleTCP).
+type TCPSampler interface {
+	SampleTCP() (map[uint64]sessions.TCPState, error)
+}
+
 // Reporter records an event for the registry.
 type Reporter interface {
 	Report(ctx context.Context, kind, device, detail string)
@@ -104,10 +125,13 @@ type Clock interface {
 // Deps is what the reaper works with.
 type Deps struct {
 	Sessions Lister
-	Leases   Leases
-	Killer   Killer
-	Events   Reporter
-	Prober   Prober
+	// TCP reads the sessions' TCP states every second; nil: no TCP view,
+	// the probes alone judge (every min(Interval, 10 s)).
+	TCP    TCPSampler
+	Leases Leases
+	Killer Killer
+	Events Reporter
+	Prober Prober
 	// PortHeld reports whether something listens on a port of the slave's
 	// loopback; newest-wins asks it first, cheaply.
 	PortHeld func(port int) bool
@@ -137,31 +161,48 @@ type tunnel struct {
 	probeSpec, probeTarget string
 	probe                  probe.Probe
 	probeErr               error
+
+	firstSeen    time.Time // by this reaper
+	probeStarted time.Time // when the last finished probe started
+	inFlight     bool      // a probe is running
 }
 
-// setProbe parses f's probe unless t already holds it. Call with r.mu held.
-func (t *tunnel) setProbe(f registry.Forward) {
+// probed reports whether the tunnel has an end-to-end probe.
+func (t *tunnel) probed() bool { return t.probeErr == nil && t.probe.Kind != probe.None }
+
+// setProbe parses f's probe unless t already holds it, and reports whether
+// it parsed it anew. Call with r.mu held.
+func (t *tunnel) setProbe(f registry.Forward) bool {
 	if t.probeSpec == f.Probe && t.probeTarget == f.Target && (t.probe.Kind != "" || t.probeErr != nil) {
-		return
+		return false
 	}
 	t.probeSpec, t.probeTarget = f.Probe, f.Target
 	t.probe, t.probeErr = probe.Parse(f.Probe, f.Target)
+	return true
 }
 
 // Reaper is the slave's liveness and reaping loop.
 type Reaper struct {
-	cfg Config
-	d   Deps
-	log *slog.Logger
+	cfg  Config
+	live liveness.Config
+	d    Deps
+	log  *slog.Logger
 
 	mu        sync.Mutex
 	tunnels   map[tunnelKey]*tunnel
-	killed    map[int]string // monitor pid -> why mas4h ended it
-	primed    bool           // a first table walk happened: later tunnels are new
+	sessions  map[int]sessions.Session // by monitor pid, as of the last walk; TCP as of the last sample
+	ports     map[int][]int            // monitor pid -> its leased ports, sorted
+	killed    map[int]string           // monitor pid -> why mas4h ended it
+	ending    map[int]bool             // monitor pids being ended
+	suspect   map[int]string           // monitor pid -> why it is suspect (logged once)
+	primed    bool                     // a first table walk happened: later tunnels are new
 	refreshed time.Time
+	tcpErr    bool // the last TCP sample failed (logged once)
 
 	walkMu sync.Mutex // one refresh at a time
 	kills  sync.WaitGroup
+	probes sync.WaitGroup // in flight
+	sem    chan struct{}  // probes at once
 }
 
 // New makes a reaper; zero fields of cfg get the defaults.
@@ -181,8 +222,22 @@ func New(cfg Config, d Deps) *Reaper {
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
 	}
-	return &Reaper{cfg: cfg, d: d, log: d.Log.With("component", "reaper"),
-		tunnels: map[tunnelKey]*tunnel{}, killed: map[int]string{}}
+	if cfg.Walk <= 0 {
+		cfg.Walk = min(DefaultWalk, cfg.Interval)
+	}
+	live := liveness.Defaults()
+	live.ProbeInterval = cfg.Interval
+	live.FallbackInterval = min(cfg.Interval, liveness.DefaultFallbackInterval)
+	live.ProbeRetry = min(RetryDelay, cfg.Interval)
+	live.ProbeFailures = cfg.Failures
+	live.ConfirmAfter = cfg.Timeout
+	if cfg.Keepalive > 0 {
+		live.KeepaliveInterval = cfg.Keepalive
+	}
+	return &Reaper{cfg: cfg, live: live, d: d, log: d.Log.With("component", "reaper"),
+		tunnels: map[tunnelKey]*tunnel{}, sessions: map[int]sessions.Session{}, ports: map[int][]int{},
+		killed: map[int]string{}, ending: map[int]bool{}, suspect: map[int]string{},
+		sem: make(chan struct{}, probeConcurrency)}
 }
 
 // Count is the number of live tunnels as of the last table walk.
@@ -192,15 +247,23 @@ func (r *Reaper) Count() int {
 	return len(r.tunnels)
 }
 
-// Run cycles every interval until ctx ends, then waits for the sessions it
-// is ending. The first cycle rebuilds the picture from the tables alone,
-// so a restarted daemon knows every tunnel without having seen it connect.
+// Run judges the tunnels every second until ctx ends, walking the session
+// table every Walk, then waits for the probes and the sessions it is
+// ending. The first walk rebuilds the picture from the tables alone, so a
+// restarted daemon knows every tunnel without having seen it connect.
 func (r *Reaper) Run(ctx context.Context) {
 	defer r.kills.Wait()
-	t := time.NewTicker(r.cfg.Interval)
+	defer r.probes.Wait()
+	t := time.NewTicker(r.live.SampleEvery)
 	defer t.Stop()
+	var walked time.Time
 	for {
-		r.cycle(ctx)
+		now := r.d.Clock.Now()
+		walk := walked.IsZero() || now.Sub(walked) >= r.cfg.Walk
+		if walk {
+			walked = now
+		}
+		r.tick(ctx, walk)
 		select {
 		case <-ctx.Done():
 			return
@@ -209,52 +272,32 @@ func (r *Reaper) Run(ctx context.Context) {
 	}
 }
 
-// cycle walks the tables, probes every tunnel, re-probes failing ones after
-// a short delay, and ends the sessions past the failure threshold.
+// cycle is one whole pass, synchronously: walk, judge every session, run
+// the probes due and wait for them, probe failing tunnels again after
+// RetryDelay until each is confirmed or cleared, and wait for the sessions
+// being ended. Run does the same work spread over its ticks; tests drive
+// the reaper by cycles.
 func (r *Reaper) cycle(ctx context.Context) {
-	current, byMonitor, err := r.refresh(ctx)
-	if err != nil {
-		r.log.Error("discovering sessions", "err", err)
-		return
-	}
-	r.probeAll(ctx, current)
-	// A failure is re-checked after a short delay rather than a whole
-	// interval, so a stale session is confirmed (or cleared) in seconds.
-	for {
-		failing := map[tunnelKey]*tunnel{}
+	r.tick(ctx, true)
+	r.probes.Wait()
+	for ctx.Err() == nil {
+		failing := false
 		r.mu.Lock()
-		for k, t := range current {
-			if t.failures > 0 && t.failures < r.cfg.Failures {
-				failing[k] = t
-			}
+		for k, t := range r.tunnels {
+			failing = failing || !r.ending[k.monitor] && t.failures > 0 && t.failures < r.cfg.Failures
 		}
 		r.mu.Unlock()
-		if len(failing) == 0 {
+		if !failing {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return
 		case <-r.d.Clock.After(RetryDelay):
 		}
-		r.probeAll(ctx, failing)
+		r.tick(ctx, false)
+		r.probes.Wait()
 	}
-
-	type doomed struct {
-		device, why string
-	}
-	reap := map[int]doomed{}
-	r.mu.Lock()
-	for k, t := range current {
-		if t.failures >= r.cfg.Failures {
-			reap[k.monitor] = doomed{t.device, fmt.Sprintf("reaped after %d failed probes of port %d: %s", t.failures, k.port, t.last.Detail)}
-		}
-	}
-	r.mu.Unlock()
-	for pid, d := range reap {
-		r.d.Metrics.Reap(metrics.ReapProbe)
-		r.end(ctx, byMonitor[pid], d.device, d.why, "reap")
-	}
+	r.kills.Wait()
 }
 
 // refresh rereads the session table, notes tunnels that came up or went
@@ -272,10 +315,12 @@ func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]se
 		return nil, nil, fmt.Errorf("reading leases: %w", err)
 	}
 	byMonitor := make(map[int]sessions.Session, len(list))
+	ports := map[int][]int{}
 	current := map[tunnelKey]*tunnel{}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.d.Clock.Now()
 	for _, sess := range list {
 		byMonitor[sess.MonitorPID] = sess
 		for _, p := range sess.Ports {
@@ -284,15 +329,18 @@ func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]se
 				continue
 			}
 			k := tunnelKey{sess.MonitorPID, p}
+			ports[sess.MonitorPID] = append(ports[sess.MonitorPID], p)
 			t, seen := r.tunnels[k]
 			if !seen {
-				t = &tunnel{device: l.Device.Name, forward: l.Forward.Name, remote: sess.Remote, since: sess.Started}
+				t = &tunnel{device: l.Device.Name, forward: l.Forward.Name, remote: sess.Remote, since: sess.Started, firstSeen: now}
 				if r.primed {
 					r.log.Info("tunnel up", "device", t.device, "forward", t.forward, "port", p, "remote", t.remote)
 					r.d.Events.Report(ctx, "connect", t.device, fmt.Sprintf("tunnel up: %s on port %d from %s", t.forward, p, t.remote))
 				}
 			}
-			t.setProbe(l.Forward)
+			if t.setProbe(l.Forward) && t.probeErr != nil {
+				r.log.Warn("bad probe spec; not probing", "device", t.device, "forward", t.forward, "err", t.probeErr)
+			}
 			current[k] = t
 		}
 	}
@@ -312,62 +360,32 @@ func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]se
 			delete(r.killed, pid)
 		}
 	}
-	r.tunnels, r.primed = current, true
-	r.refreshed = r.d.Clock.Now()
-	return current, byMonitor, nil
-}
-
-// probeAll probes the given tunnels with bounded concurrency and records
-// the results.
-func (r *Reaper) probeAll(ctx context.Context, ts map[tunnelKey]*tunnel) {
-	type job struct {
-		k tunnelKey
-		t *tunnel
-		p probe.Probe
-	}
-	jobs := make([]job, 0, len(ts))
-	r.mu.Lock()
-	for k, t := range ts {
-		if t.probeErr != nil {
-			r.log.Warn("bad probe spec; not probing", "device", t.device, "forward", t.forward, "err", t.probeErr)
-			continue
-		}
-		if t.probe.Kind == probe.None {
-			continue
-		}
-		jobs = append(jobs, job{k, t, t.probe})
-	}
-	r.mu.Unlock()
-	next := make(chan job)
-	var wg sync.WaitGroup
-	for range min(probeConcurrency, len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				err := r.d.Prober.Probe(ctx, j.p, j.k.port, r.cfg.Timeout)
-				if ctx.Err() != nil {
-					continue
-				}
-				r.record(ctx, j.k, j.t, err)
+	for _, m := range []map[int]bool{r.ending} {
+		for pid := range m {
+			if _, ok := byMonitor[pid]; !ok {
+				delete(m, pid)
 			}
-		}()
+		}
 	}
-	for _, j := range jobs {
-		next <- j
+	for pid := range r.suspect {
+		if _, ok := byMonitor[pid]; !ok {
+			delete(r.suspect, pid)
+		}
 	}
-	close(next)
-	wg.Wait()
+	r.tunnels, r.sessions, r.ports, r.primed = current, byMonitor, ports, true
+	r.refreshed = now
+	return current, byMonitor, nil
 }
 
 // record notes one probe result, with an event when the tunnel's state
 // changes (failing, or ok again).
-func (r *Reaper) record(ctx context.Context, k tunnelKey, t *tunnel, err error) {
+func (r *Reaper) record(ctx context.Context, k tunnelKey, t *tunnel, started time.Time, err error) {
 	r.d.Metrics.Probe(err == nil)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	wasOK := t.last == nil || t.last.OK
 	now := r.d.Clock.Now()
+	t.probeStarted, t.inFlight = started, false
 	p := &wire.Probe{OK: err == nil, At: now.UTC()}
 	if err != nil {
 		p.Detail = err.Error()
@@ -389,8 +407,8 @@ func (r *Reaper) record(ctx context.Context, k tunnelKey, t *tunnel, err error) 
 }
 
 // end ends a session, checks its ports are free, and writes an event of
-// kind ("reap" or "kill").
-func (r *Reaper) end(ctx context.Context, sess sessions.Session, device, why, kind string) {
+// kind ("reap" or "kill"). It reports whether the ports are free.
+func (r *Reaper) end(ctx context.Context, sess sessions.Session, device, why, kind string) bool {
 	r.mu.Lock()
 	r.killed[sess.MonitorPID] = why
 	r.mu.Unlock()
@@ -407,6 +425,7 @@ func (r *Reaper) end(ctx context.Context, sess sessions.Session, device, why, ki
 		"remote", sess.Remote, "why", why, "ports_now", free, "took", r.d.Clock.Now().Sub(start).Round(time.Millisecond))
 	r.d.Events.Report(context.WithoutCancel(ctx), kind, device,
 		fmt.Sprintf("session pid %d from %s on ports %v ended: %s (ports %s)", sess.MonitorPID, sess.Remote, sess.Ports, why, free))
+	return len(bound) == 0
 }
 
 // Tunnels returns the live tunnels with their last probe, for heartbeats

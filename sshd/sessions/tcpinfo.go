@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"encoding/binary"
+	"fmt"
 	"time"
 	"unsafe"
 
@@ -156,4 +157,14 @@ func WithTCP(list []Session, sample map[uint64]TCPState) []Session {
 		out[i] = s
 	}
 	return out
+}
+
+// SampleTCP is the package's SampleTCP for the table's sshd port. A table
+// over a fixture tree has no live sockets to ask about: it returns an
+// error, and liveness falls back to probes.
+func (t *Table) SampleTCP() (map[uint64]TCPState, error) {
+	if t.d.ProcRoot != "/proc" {
+		return nil, fmt.Errorf("sampling tcp_info: %s is not this host's /proc", t.d.ProcRoot)
+	}
+	return SampleTCP(t.d.SSHPort)
 }

@@ -41,13 +41,23 @@ type Params struct {
 // Defaults sized for reconnect storms: sshd refuses unauthenticated
 // connections past MaxStartups, so the "full" figure must cover a slave's
 // worth of devices coming back at once, while the random-drop start keeps a
-// flood from starving the box. A dead link is the reaper's job; ClientAlive
-// is the backstop for sessions nobody probes.
+// flood from starving the box.
+//
+// ClientAlive makes every live client answer sshd every few seconds, which
+// is what the reaper's liveness policy reads in each session's tcp_info: a
+// client silent past two keepalive periods is frozen or cut off. At 3 s
+// (OpenSSH 9.2 sends a keepalive every second interval when the connection
+// is idle: every 6 s) a stale session is suspect within 8 s and its port
+// free within about 13 s; each keepalive costs a client ~100 bytes each
+// way. sshd's own count stays the backstop for sessions nobody judges (the
+// daemon down): 9 unanswered keepalives end a session, 60 s after its client
+// stopped on OpenSSH 9.2. The reaper is told the interval
+// (reaper.Config.Keepalive).
 const (
 	DefaultMaxStartups         = "200:30:2000"
 	DefaultLoginGraceTime      = 30
-	DefaultClientAliveInterval = 15
-	DefaultClientAliveCountMax = 4
+	DefaultClientAliveInterval = 3
+	DefaultClientAliveCountMax = 9
 )
 
 var sshdConfigTemplate = templates.MustParse("sshd_config.tmpl")
