@@ -265,6 +265,8 @@ func TestFrozenClientFreedAtDefaults(t *testing.T) {
 	}
 	stopped := time.Now()
 	for _, p := range []int{port(probed), port(unprobed)} {
+		// Polling by connecting also pokes the frozen client (a channel
+		// open it never answers), as a user retrying through it would.
 		testkit.Eventually(t, 60*time.Second, func() bool { return !dialOK(p) }, "port %d of a frozen client still bound", p)
 		t.Logf("frozen client: port %d free %s after SIGSTOP", p, time.Since(stopped).Round(100*time.Millisecond))
 	}

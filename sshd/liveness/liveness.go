@@ -106,10 +106,13 @@ func (c Config) Validate() error {
 // interval; later versions every one) and the grace of its answer.
 func (c Config) Silence() time.Duration { return 2*c.KeepaliveInterval + c.ReplyGrace }
 
-// busyWithin: sshd sending and the device's kernel acknowledging within it
-// means data is moving toward the device (sshd sends no keepalive then, and
-// a long upload may get no answer for a while).
-const busyWithin = time.Second
+// Silence alone makes a session suspect, whatever sshd sends meanwhile: a
+// frozen client's kernel acknowledges everything sshd sends it (keepalives,
+// the channel opens of whoever keeps connecting to its forwarded port), so
+// data sent and acknowledged proves nothing. The cost falls on a live
+// client that receives a long upload over a slow link without a word (its
+// window adjustments come every megabyte or so): it is probed once per
+// silence, and its answer to the probe ends the suspicion.
 
 // Verdict is the policy's judgement of a session.
 type Verdict int
@@ -223,9 +226,6 @@ func (c Config) tcpSuspect(now time.Time, t sessions.TCPState) (bool, time.Time,
 	silence := t.LastDataRecv
 	if silence <= c.Silence() {
 		return false, time.Time{}, ""
-	}
-	if t.LastDataSent < busyWithin && t.LastAckRecv < busyWithin {
-		return false, time.Time{}, "" // data moving toward the device
 	}
 	since := now.Add(-(silence - c.Silence()))
 	if t.Unacked > 0 && t.LastAckRecv > c.ReplyGrace {
