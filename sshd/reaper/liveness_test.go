@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -176,5 +177,30 @@ func TestNewestWinsByTCP(t *testing.T) {
 	g.r.Supersede(context.Background(), dev)
 	if slices.Contains(g.killer.pids(), 200) || g.prober.count(20001) != 1 {
 		t.Fatalf("healthy by TCP: killed %v, %d probes", g.killer.pids(), g.prober.count(20001))
+	}
+}
+
+// The reaper's own cost of one tick (judging every session from a TCP
+// sample, no probe due) at fleet sizes; the sample itself is
+// sessions.BenchmarkSampleTCP. Run: go test ./sshd/reaper -bench Tick -run x
+func BenchmarkTick(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			g, tcp := newLiveRig(Config{})
+			for i := range n {
+				pid, port := 1000+i, 20000+i
+				g.device("pi-"+strconv.Itoa(i), port, "localhost:22")
+				g.liveSession(pid, port, time.Hour)
+				tcp.set(pid, healthyTCP(2*time.Second))
+			}
+			g.r.tick(context.Background(), true)
+			g.r.probes.Wait()
+			b.ResetTimer()
+			for b.Loop() {
+				g.r.tick(context.Background(), false)
+			}
+			b.StopTimer()
+			g.r.probes.Wait()
+		})
 	}
 }

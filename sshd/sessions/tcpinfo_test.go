@@ -336,3 +336,41 @@ func TestTCPStateUnacked(t *testing.T) {
 	}
 	t.Logf("dead link as sock_diag shows it: %+v", r.s)
 }
+
+// What reading the sessions' TCP states costs each second at fleet sizes
+// (one filtered sock_diag dump per family; connections to other ports are
+// not read). Run: go test ./sshd/sessions -bench SampleTCP -run x
+func BenchmarkSampleTCP(b *testing.B) {
+	for _, n := range []int{1000, 2000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			var conns []net.Conn
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for range n {
+				c, err := net.Dial("tcp", l.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				a, err := l.Accept()
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c, a)
+			}
+			port := l.Addr().(*net.TCPAddr).Port
+			for b.Loop() {
+				if s, err := SampleTCP(port); err != nil || len(s) < n {
+					b.Fatal(err, len(s))
+				}
+			}
+		})
+	}
+}
