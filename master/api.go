@@ -57,7 +57,7 @@ type Store interface {
 	LastEventID(ctx context.Context) (int64, error)
 
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
-	MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error)
+	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
 	RecordSlots(ctx context.Context, grants []registry.SlotGrant) (int, error)
@@ -108,9 +108,7 @@ type Server struct {
 	slave   [sha256.Size]byte
 	limiter *ipLimiter
 	metrics *metrics.Master
-
-	mu     sync.Mutex
-	slaves map[string]*slaveState
+	live    *liveSlaves
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -163,7 +161,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		now:    cfg.Now,
 		admin:  sha256.Sum256([]byte(cfg.AdminToken)),
 		slave:  sha256.Sum256([]byte(cfg.SlaveToken)),
-		slaves: map[string]*slaveState{},
 		writes: make(chan *slotWrite, maxSlotBatch),
 		stop:   make(chan struct{}),
 	}
@@ -174,9 +171,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: loading slaves: %w", err)
 	}
-	for _, sl := range known {
-		s.slaves[sl.Name] = newSlaveState(sl)
-	}
+	s.live = newLiveSlaves(cfg.Now, cfg.HeartbeatInterval, pendingTTL(cfg.HeartbeatInterval), known)
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewRegistry()
 		s.cfg.Metrics = cfg.Metrics

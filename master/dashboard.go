@@ -318,9 +318,9 @@ func (s *Server) handleOverview(c *gin.Context) {
 	default:
 		v.Show = "all"
 	}
-	s.mu.Lock()
+	alive := s.live.Alive()
 	for _, sl := range slaves {
-		sv := slaveView{Name: sl.Name, Host: sl.Host, Port: sl.Port, Alive: s.aliveLocked(sl.Name, now),
+		sv := slaveView{Name: sl.Name, Host: sl.Host, Port: sl.Port, Alive: alive[sl.Name],
 			Capacity: sl.Capacity, CPU: fmt.Sprintf("%.0f%%", sl.CPU), Mem: fmt.Sprintf("%.0f%%", sl.Mem),
 			LastSeen: ago(now, sl.LastSeen)}
 		if sv.Alive {
@@ -348,7 +348,6 @@ func (s *Server) handleOverview(c *gin.Context) {
 		}
 		v.Slaves = append(v.Slaves, sv)
 	}
-	s.mu.Unlock()
 
 	byDevice := map[string][]registry.Tunnel{}
 	for _, t := range tunnels {

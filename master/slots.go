@@ -145,7 +145,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
 		return
 	}
-	slot, ok := s.pick(dev)
+	slot, ok := s.live.Pick(dev)
 	if !ok {
 		// Jittered so that a fleet that lost its slaves does not come back
 		// in lockstep.
@@ -156,7 +156,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		return
 	}
 	if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
-		s.unpick(dev.Name, slot.Slave)
+		s.live.Unpick(dev.Name, slot.Slave)
 		s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
 		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
 		return

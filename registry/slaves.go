@@ -168,15 +168,17 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 }
 
 // MarkSlaveDead marks a live slave dead and writes a slave-down event with
-// detail, in one transaction. It reports false, writing nothing, when the
-// slave was already dead or is unknown.
-func (s *Store) MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error) {
+// detail, in one transaction, unless the slave has beaten since lastSeen
+// (its last heartbeat when it was found silent): a heartbeat that arrives
+// meanwhile wins. It reports false, writing nothing, when the slave was
+// already dead, has beaten since, or is unknown.
+func (s *Store) MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("marking slave %s dead: %w", name, err)
 	}
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, `UPDATE slaves SET alive = 0 WHERE name = ? AND alive = 1`, name)
+	res, err := tx.ExecContext(ctx, `UPDATE slaves SET alive = 0 WHERE name = ? AND alive = 1 AND last_seen = ?`, name, lastSeen.UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("marking slave %s dead: %w", name, err)
 	}
