@@ -75,7 +75,7 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "public_key is required")
 		return
 	}
-	key, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
 	if err != nil {
 		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
 		return

@@ -60,7 +60,7 @@ type Store interface {
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
-	RecordSlots(ctx context.Context, grants []registry.SlotGrant) (int, error)
+	RecordSlots(ctx context.Context, grants []registry.SlotGrant) error
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)
 }
@@ -244,7 +244,7 @@ func (s *Server) slotWriter() {
 		for i, w := range batch {
 			grants[i] = w.grant
 		}
-		_, err := s.store.RecordSlots(context.Background(), grants)
+		err := s.store.RecordSlots(context.Background(), grants)
 		for _, w := range batch {
 			w.done <- err
 		}

@@ -127,7 +127,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		slotFail(c, env, http.StatusBadRequest, "public_key is required", 0)
 		return
 	}
-	key, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
 	if err != nil {
 		slotFail(c, env, http.StatusBadRequest, "public_key: "+err.Error(), 0)
 		return
@@ -247,7 +247,7 @@ func (s *Server) handleValidate(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
 		return
 	case req.PublicKey != "":
-		k, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+		k, err := registry.ParsePublicKey([]byte(req.PublicKey))
 		if err != nil {
 			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
 			return

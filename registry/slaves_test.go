@@ -34,7 +34,7 @@ func TestMigrationFromVersion1KeepsDevices(t *testing.T) {
 	if err != nil || d.LastSlave != "" || len(d.Forwards) != 1 {
 		t.Fatalf("device after migration = %+v, %v", d, err)
 	}
-	if err := s.RecordSlot(ctx, "old", "s1"); err != nil {
+	if err := s.RecordSlots(ctx, []SlotGrant{{Device: "old", Slave: "s1"}}); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := s.Device(ctx, "old"); d.LastSlave != "s1" {
