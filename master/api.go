@@ -1,9 +1,3 @@
-// Package master is the master process: the REST API (/api/v1, gin) with
-// slot dispatch for devices, key validation and heartbeats for slaves, and
-// the admin endpoints for devices, tunnels, events and cluster status; the
-// live view of the slaves and their pending grants; the HTML dashboard. The
-// registry (data model, store, dispatch policy) sits behind the Store
-// interface.
 package master
 
 import (
@@ -122,13 +116,13 @@ type Server struct {
 // once, without waiting for their next heartbeat.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("api: no store")
+		return nil, errors.New("starting the master: no store")
 	}
 	if cfg.AdminToken == "" || cfg.SlaveToken == "" {
-		return nil, errors.New("api: admin and slave tokens are both required")
+		return nil, errors.New("starting the master: admin and slave tokens are both required")
 	}
 	if cfg.AdminToken == cfg.SlaveToken {
-		return nil, errors.New("api: the admin and slave tokens must differ, or a slave could act as admin")
+		return nil, errors.New("starting the master: the admin and slave tokens must differ, or a slave could act as admin")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -149,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.SlotBurst = DefaultSlotBurst
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-		return nil, errors.New("api: TLS needs both a certificate and a key file")
+		return nil, errors.New("starting the master: TLS needs both a certificate and a key file")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -169,7 +163,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	known, err := s.store.Slaves(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("api: loading slaves: %w", err)
+		return nil, fmt.Errorf("starting the master: loading slaves: %w", err)
 	}
 	s.live = newLiveSlaves(cfg.Now, cfg.HeartbeatInterval, pendingTTL(cfg.HeartbeatInterval), known)
 	if cfg.Metrics == nil {
@@ -177,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.cfg.Metrics = cfg.Metrics
 	}
 	if s.metrics, err = metrics.NewMaster(cfg.Metrics, s.metricsSnapshot); err != nil {
-		return nil, fmt.Errorf("api: registering metrics: %w", err)
+		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
 	}
 	s.engine = s.routes()
 	s.writerWG.Add(1)
@@ -209,7 +203,7 @@ func (s *Server) recordSlot(ctx context.Context, device, slave string) error {
 	select {
 	case s.writes <- w:
 	case <-s.stop:
-		return errors.New("server closed")
+		return errors.New("recording the slot: the master is shutting down")
 	case <-ctx.Done():
 		return ctx.Err()
 	}

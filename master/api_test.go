@@ -31,10 +31,10 @@ func TestHealthzAndUnknownRoutes(t *testing.T) {
 		t.Error("404 without a JSON error")
 	}
 	e.want("PUT", "/devices", adminTok, nil, http.StatusMethodNotAllowed, &we)
-	// The dashboard and metrics come later: not registered yet.
+	// Metrics are served at the root (/metrics), not under the API prefix.
 	resp, _ := e.do("GET", "/metrics", "", nil)
 	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /metrics = %d, want 404 until it exists", resp.StatusCode)
+		t.Errorf("GET %s/metrics = %d, want 404", wire.APIPrefix, resp.StatusCode)
 	}
 }
 

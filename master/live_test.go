@@ -22,8 +22,8 @@ func newLive(t *testing.T, known ...registry.Slave) (*liveSlaves, *fakeClock) {
 	return newLiveSlaves(clock.Now, liveInterval, liveTTL, known), clock
 }
 
-// beat is slave name's heartbeat now, with capacity and tunnels of devices.
-func beat(l *liveSlaves, clock *fakeClock, name string, capacity int, devices ...string) {
+// heard gives l slave name's heartbeat now, with capacity and tunnels of devices.
+func heard(l *liveSlaves, clock *fakeClock, name string, capacity int, devices ...string) {
 	r := registry.SlaveReport{Name: name, Host: "h-" + name, Port: 2222, User: "mas4h-tunnel",
 		HostKeys: []string{hostKey}, Capacity: capacity, At: clock.Now()}
 	for i, d := range devices {
@@ -32,7 +32,8 @@ func beat(l *liveSlaves, clock *fakeClock, name string, capacity int, devices ..
 	l.Heard(r)
 }
 
-func dev(name string, forwards int, last string) registry.Device {
+// devWith is device name with forwards forwards, last sent to slave last.
+func devWith(name string, forwards int, last string) registry.Device {
 	d := registry.Device{Name: name, LastSlave: last}
 	for i := range forwards {
 		d.Forwards = append(d.Forwards, registry.Forward{Name: fmt.Sprint("f", i), Target: "localhost:22", RemotePort: 20000 + i})
@@ -63,83 +64,83 @@ func wantPick(t *testing.T, l *liveSlaves, d registry.Device, want string) {
 
 func TestLiveGrantCountsUntilItsTunnelShows(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 1)
-	beat(l, clock, "b", 1)
-	wantPick(t, l, dev("d1", 1, ""), "a")
-	wantPick(t, l, dev("d2", 1, ""), "b") // a is full with d1's grant
-	wantPick(t, l, dev("d3", 1, ""), "")
-	beat(l, clock, "a", 1, "d1") // d1's tunnel: now load as a tunnel
-	wantPick(t, l, dev("d3", 1, ""), "")
-	beat(l, clock, "a", 1) // d1 left; its grant was used up, not pending
-	wantPick(t, l, dev("d3", 1, ""), "a")
+	heard(l, clock, "a", 1)
+	heard(l, clock, "b", 1)
+	wantPick(t, l, devWith("d1", 1, ""), "a")
+	wantPick(t, l, devWith("d2", 1, ""), "b") // a is full with d1's grant
+	wantPick(t, l, devWith("d3", 1, ""), "")
+	heard(l, clock, "a", 1, "d1") // d1's tunnel: now load as a tunnel
+	wantPick(t, l, devWith("d3", 1, ""), "")
+	heard(l, clock, "a", 1) // d1 left; its grant was used up, not pending
+	wantPick(t, l, devWith("d3", 1, ""), "a")
 }
 
 func TestLiveGrantExpires(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 1)
-	wantPick(t, l, dev("d1", 1, ""), "a")
+	heard(l, clock, "a", 1)
+	wantPick(t, l, devWith("d1", 1, ""), "a")
 	for clock.Now().Before(time.Date(2025, 6, 1, 12, 0, 30, 0, time.UTC)) {
 		clock.Advance(liveInterval)
-		beat(l, clock, "a", 1) // d1 never shows up
-		wantPick(t, l, dev("d2", 1, ""), "")
+		heard(l, clock, "a", 1) // d1 never shows up
+		wantPick(t, l, devWith("d2", 1, ""), "")
 	}
 	clock.Advance(time.Second)
-	beat(l, clock, "a", 1)
-	wantPick(t, l, dev("d2", 1, ""), "a")
+	heard(l, clock, "a", 1)
+	wantPick(t, l, devWith("d2", 1, ""), "a")
 }
 
 // A grant weighs as many tunnels as the device has forwards.
 func TestLiveGrantWeighsItsForwards(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 3)
-	wantPick(t, l, dev("d1", 2, ""), "a")
-	wantPick(t, l, dev("d2", 1, ""), "a")
-	wantPick(t, l, dev("d3", 1, ""), "")
+	heard(l, clock, "a", 3)
+	wantPick(t, l, devWith("d1", 2, ""), "a")
+	wantPick(t, l, devWith("d2", 1, ""), "a")
+	wantPick(t, l, devWith("d3", 1, ""), "")
 }
 
 func TestLiveGrantAgainMovesThePendingLoad(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 1)
-	beat(l, clock, "b", 1)
-	wantPick(t, l, dev("d1", 1, ""), "a")
+	heard(l, clock, "a", 1)
+	heard(l, clock, "b", 1)
+	wantPick(t, l, devWith("d1", 1, ""), "a")
 	// d1 asks again before connecting: a is full with d1's own grant, so
 	// d1 goes to b, and its grant on a goes with it.
-	wantPick(t, l, dev("d1", 1, "a"), "b")
-	wantPick(t, l, dev("d2", 1, ""), "a")
-	wantPick(t, l, dev("d3", 1, ""), "")
+	wantPick(t, l, devWith("d1", 1, "a"), "b")
+	wantPick(t, l, devWith("d2", 1, ""), "a")
+	wantPick(t, l, devWith("d3", 1, ""), "")
 }
 
 // A device whose tunnel the slave already lists adds no pending load there.
 func TestLiveGrantOfAConnectedDeviceAddsNothing(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 2, "d1")
-	wantPick(t, l, dev("d1", 1, "a"), "a")
-	wantPick(t, l, dev("d2", 1, ""), "a")
-	wantPick(t, l, dev("d3", 1, ""), "")
+	heard(l, clock, "a", 2, "d1")
+	wantPick(t, l, devWith("d1", 1, "a"), "a")
+	wantPick(t, l, devWith("d2", 1, ""), "a")
+	wantPick(t, l, devWith("d3", 1, ""), "")
 }
 
 func TestLiveUnpick(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 1)
-	wantPick(t, l, dev("d1", 1, ""), "a")
+	heard(l, clock, "a", 1)
+	wantPick(t, l, devWith("d1", 1, ""), "a")
 	l.Unpick("d1", "a")
 	l.Unpick("d1", "nope") // unknown slave: nothing
-	wantPick(t, l, dev("d2", 1, ""), "a")
+	wantPick(t, l, devWith("d2", 1, ""), "a")
 }
 
 func TestLiveDeadSlaveGetsNothing(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 10)
-	beat(l, clock, "b", 10)
-	wantPick(t, l, dev("d1", 1, ""), "a")
+	heard(l, clock, "a", 10)
+	heard(l, clock, "b", 10)
+	wantPick(t, l, devWith("d1", 1, ""), "a")
 	clock.Advance(3 * liveInterval)
-	beat(l, clock, "b", 10)
+	heard(l, clock, "b", 10)
 	if s := l.Silent(); len(s) != 0 {
 		t.Fatalf("silent after exactly three intervals: %+v", s)
 	}
 	clock.Advance(time.Second)
 	// Not marked yet, but past the deadline: dispatch passes it over.
-	wantPick(t, l, dev("d2", 1, "a"), "b")
+	wantPick(t, l, devWith("d2", 1, "a"), "b")
 	if alive := l.Alive(); alive["a"] || !alive["b"] {
 		t.Errorf("alive = %v, want b only", alive)
 	}
@@ -153,28 +154,28 @@ func TestLiveDeadSlaveGetsNothing(t *testing.T) {
 	if s := l.Silent(); len(s) != 0 {
 		t.Errorf("silent after marking = %+v", s)
 	}
-	wantPick(t, l, dev("d3", 1, "a"), "b")
+	wantPick(t, l, devWith("d3", 1, "a"), "b")
 	// Back: d1's grant, not expired yet, was forgotten when a died.
-	beat(l, clock, "a", 1)
-	wantPick(t, l, dev("d4", 1, "a"), "a")
+	heard(l, clock, "a", 1)
+	wantPick(t, l, devWith("d4", 1, "a"), "a")
 }
 
 func TestLiveHeartbeatWinsOverMarkingDead(t *testing.T) {
 	l, clock := newLive(t)
-	beat(l, clock, "a", 1)
+	heard(l, clock, "a", 1)
 	clock.Advance(4 * liveInterval)
 	s := l.Silent()
 	if len(s) != 1 {
 		t.Fatalf("silent = %+v", s)
 	}
-	beat(l, clock, "a", 1) // arrives while the store marks it dead
+	heard(l, clock, "a", 1) // arrives while the store marks it dead
 	if l.MarkDead(s[0]) {
 		t.Error("MarkDead won over a newer heartbeat")
 	}
 	if !l.Alive()["a"] {
 		t.Error("a not alive after its heartbeat")
 	}
-	wantPick(t, l, dev("d1", 1, ""), "a")
+	wantPick(t, l, devWith("d1", 1, ""), "a")
 }
 
 func TestLiveStartsFromTheStore(t *testing.T) {
@@ -190,7 +191,7 @@ func TestLiveStartsFromTheStore(t *testing.T) {
 	if s := l.Silent(); len(s) != 1 || s[0].Name != "c" {
 		t.Errorf("silent = %+v, want c", s)
 	}
-	wantPick(t, l, dev("d1", 1, ""), "") // a is full with its tunnel, b dead, c silent
+	wantPick(t, l, devWith("d1", 1, ""), "") // a is full with its tunnel, b dead, c silent
 }
 
 // Concurrent picks see each other's grants: no slave gets more than its
@@ -199,7 +200,7 @@ func TestLiveConcurrentPicks(t *testing.T) {
 	l, clock := newLive(t)
 	const slaves, capacity = 4, 25
 	for i := range slaves {
-		beat(l, clock, fmt.Sprint("s", i), capacity)
+		heard(l, clock, fmt.Sprint("s", i), capacity)
 	}
 	var (
 		mu  sync.Mutex
@@ -210,7 +211,7 @@ func TestLiveConcurrentPicks(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			slot, ok := l.Pick(dev(fmt.Sprint("d", i), 1, ""))
+			slot, ok := l.Pick(devWith(fmt.Sprint("d", i), 1, ""))
 			mu.Lock()
 			defer mu.Unlock()
 			if !ok {
@@ -229,5 +230,5 @@ func TestLiveConcurrentPicks(t *testing.T) {
 	if got[""] != 0 {
 		t.Errorf("%d devices got no slot", got[""])
 	}
-	wantPick(t, l, dev("one-more", 1, ""), "")
+	wantPick(t, l, devWith("one-more", 1, ""), "")
 }
