@@ -582,6 +582,11 @@ func TestValidate(t *testing.T) {
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: stranger, Slave: "s1"}, http.StatusForbidden, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{Fingerprint: "SHA256:nope"}, http.StatusForbidden, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{}, http.StatusBadRequest, nil)
+	var we wire.Error
+	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak, Slave: "../s1"}, http.StatusBadRequest, &we)
+	if !strings.HasPrefix(we.Error, "slave: slave name must be") {
+		t.Errorf("bad slave name: %q", we.Error)
+	}
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak, Fingerprint: v.Fingerprint}, http.StatusBadRequest, nil)
 	e.want("POST", "/devices/d1/revoke", adminTok, nil, http.StatusOK, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak}, http.StatusForbidden, nil)

@@ -236,9 +236,11 @@ func (s *Server) handleValidate(c *gin.Context) {
 		fail(c, berr.status, berr.msg)
 		return
 	}
-	if req.Slave != "" && names.Slave(req.Slave) != nil {
-		fail(c, http.StatusBadRequest, "slave: not a valid slave name")
-		return
+	if req.Slave != "" {
+		if err := names.Slave(req.Slave); err != nil {
+			fail(c, http.StatusBadRequest, "slave: "+err.Error())
+			return
+		}
 	}
 	ctx := c.Request.Context()
 	var key ssh.PublicKey
