@@ -71,9 +71,9 @@ func (e *Exec) Validate(ctx context.Context, key ssh.PublicKey) (string, map[str
 			msg = msg[:200] + "…"
 		}
 		if msg != "" {
-			return "", nil, fmt.Errorf("%s %s: %v (stderr: %s): %w", e, e.Path, err, msg, ErrDenied)
+			return "", nil, fmt.Errorf("%s %s: %w (stderr: %s): %w", e, e.Path, err, msg, ErrDenied)
 		}
-		return "", nil, fmt.Errorf("%s %s: %v: %w", e, e.Path, err, ErrDenied)
+		return "", nil, fmt.Errorf("%s %s: %w: %w", e, e.Path, err, ErrDenied)
 	}
 	if stdout.truncated {
 		return "", nil, fmt.Errorf("%s %s: more than %d bytes on stdout: %w", e, e.Path, maxOutput, ErrDenied)
