@@ -8,10 +8,8 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"math/big"
@@ -23,7 +21,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -31,6 +28,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/statedir"
@@ -190,25 +188,9 @@ type deviceKey struct {
 
 func (e *env) newKey(name string) deviceKey {
 	e.t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: signer.PublicKey()}
-	if err := os.WriteFile(k.private, pem.EncodeToMemory(block), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.WriteFile(k.public, ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
+	key := testkit.NewKey(e.t, name)
+	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: key.Public}
+	key.Write(e.t, k.private)
 	return k
 }
 
@@ -252,22 +234,8 @@ type slaveProc struct {
 	done     chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the shared locked buffer, under the name these tests knew.
+type syncBuffer = testkit.Buffer
 
 func (e *env) startSlave(name string) *slaveProc {
 	e.t.Helper()
@@ -305,8 +273,7 @@ func (sp *slaveProc) start() {
 	}
 	sp.done = make(chan struct{})
 	go func() { sp.cmd.Wait(); close(sp.done) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		select {
 		case <-sp.done:
 			t.Fatalf("slave %s exited at start:\n%s", sp.name, sp.log)
@@ -314,14 +281,10 @@ func (sp *slaveProc) start() {
 		}
 		up := dialOK(sp.port)
 		if len(sp.wrap) > 0 { // in another namespace: its loopback is not ours
-			up = strings.Contains(sp.log.String(), "started sshd") || strings.Contains(sp.log.String(), "adopted running sshd")
+			up = sp.log.Contains("started sshd") || sp.log.Contains("adopted running sshd")
 		}
-		if strings.Contains(sp.log.String(), "sshd") && strings.Contains(sp.log.String(), "pid=") && up {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("slave %s did not come up:\n%s", sp.name, sp.log)
+		return sp.log.Contains("sshd") && sp.log.Contains("pid=") && up
+	}, "slave %s did not come up:\n%s", sp.name, sp.log)
 }
 
 // kill9 kills the daemon only; sshd and the tunnels must survive it.
@@ -452,20 +415,16 @@ func (e *env) tunnel(k deviceKey, sp *slaveProc, spec string) *tunnelClient {
 	return e.startClient("ssh", sshArgs(k, sp.port, "-N", "-R", spec, e2eTunnelUser+"@127.0.0.1")...)
 }
 
-// waitListen waits until port accepts on loopback or the client exits.
+// waitListen waits until port accepts on loopback; it is false if the
+// client exits first or within passes.
 func waitListen(t *testing.T, port int, c *tunnelClient, within time.Duration) bool {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if dialOK(port) {
-			return true
-		}
-		if c != nil && c.exited() {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return false
+	listening := false
+	testkit.Wait(within, func() bool {
+		listening = dialOK(port)
+		return listening || c != nil && c.exited()
+	})
+	return listening
 }
 
 // echoServer is the device-side target: it greets like an SSH server and

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -27,19 +28,17 @@ func waitKeysFile(t *testing.T, sp *slaveProc, dev registry.Device, present bool
 func waitKey(t *testing.T, sp *slaveProc, name, key string, present bool, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		data, err := os.ReadFile(sp.keysFile())
-		if err != nil {
+	var data []byte
+	if !testkit.Wait(within, func() bool {
+		var err error
+		if data, err = os.ReadFile(sp.keysFile()); err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(data), key) == present {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s's key still %s the keys file after %s:\n%s", name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return strings.Contains(string(data), key) == present
+	}) {
+		t.Fatalf("%s's key still %s the keys file after %s:\n%s", name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
 	}
+	return time.Since(start)
 }
 
 // hookAsked reports whether the daemon decided an authentication of device.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mas4h/mas4h/doctor"
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
@@ -604,18 +605,14 @@ func TestUnitSlaveUnderItsCapabilities(t *testing.T) {
 		}
 		sp.done = make(chan struct{})
 		go func() { sp.cmd.Wait(); close(sp.done) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for !(strings.Contains(sp.log.String(), "pid=") && dialOK(sp.port)) {
+		testkit.Eventually(t, 10*time.Second, func() bool {
 			select {
 			case <-sp.done:
 				t.Fatalf("slave under %s exited:\n%s", caps, sp.log)
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("slave under %s did not come up:\n%s", caps, sp.log)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return sp.log.Contains("pid=") && dialOK(sp.port)
+		}, "slave under %s did not come up:\n%s", caps, sp.log)
 	}
 	start()
 	t.Cleanup(sp.cleanup)
@@ -628,18 +625,15 @@ func TestUnitSlaveUnderItsCapabilities(t *testing.T) {
 	if err := roundTrip(p); err != nil {
 		t.Fatalf("bytes through the tunnel: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _, code := e.mas4h("", "tunnels", "--state-dir", sp.stateDir, "-o", "json")
+	var out string
+	var code int
+	if !testkit.Wait(10*time.Second, func() bool {
+		out, _, code = e.mas4h("", "tunnels", "--state-dir", sp.stateDir, "-o", "json")
 		var tunnels []wire.Tunnel
-		if code == 0 && json.Unmarshal([]byte(out), &tunnels) == nil && len(tunnels) == 1 &&
-			tunnels[0].Port == p && tunnels[0].LastProbe != nil && tunnels[0].LastProbe.OK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon never saw a probed tunnel on port %d: %s (exit %d)\n%s", p, out, code, sp.log)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return code == 0 && json.Unmarshal([]byte(out), &tunnels) == nil && len(tunnels) == 1 &&
+			tunnels[0].Port == p && tunnels[0].LastProbe != nil && tunnels[0].LastProbe.OK
+	}) {
+		t.Fatalf("the daemon never saw a probed tunnel on port %d: %s (exit %d)\n%s", p, out, code, sp.log)
 	}
 
 	sp.kill9()
