@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/wire"
@@ -66,12 +68,12 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 		"--admin-token-file", adminTok, "--slave-token-file", slaveTok,
 		"--slot-rate", "1000000", "--slot-burst", "1000000")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
 	master, err := startChild(cmd)
 	if err != nil {
 		return res, err
 	}
-	defer master.stop(syscall.SIGTERM, 10*time.Second)
+	defer master.stop(unix.SIGTERM, 10*time.Second)
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {

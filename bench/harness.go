@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
 )
@@ -140,7 +142,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	}
 
 	h.log.Info("stopping the slave daemon (sshd stays) to measure the cache fallback")
-	h.slave.stop(syscall.SIGTERM, 10*time.Second)
+	h.slave.stop(unix.SIGTERM, 10*time.Second)
 	if conn, err := net.Dial("unix", filepath.Join(h.state, "run", "hook.sock")); err == nil {
 		conn.Close()
 		return nil, errors.New("the hook socket still answers after the slave daemon stopped")
@@ -258,7 +260,7 @@ func (h *harness) startSlave(ctx context.Context) error {
 	if h.slave, err = startChild(cmd); err != nil {
 		return err
 	}
-	h.onCleanup("stopping the slave daemon", func() error { h.slave.stop(syscall.SIGTERM, 10*time.Second); return nil })
+	h.onCleanup("stopping the slave daemon", func() error { h.slave.stop(unix.SIGTERM, 10*time.Second); return nil })
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -341,7 +343,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 	}
 	h.onCleanup("stopping the raw sshd", func() error {
 		err := stopSSHD(pidPath, cfgPath, 10*time.Second)
-		c.stop(syscall.SIGTERM, 5*time.Second)
+		c.stop(unix.SIGTERM, 5*time.Second)
 		return err
 	})
 	deadline := time.Now().Add(10 * time.Second)
@@ -371,7 +373,7 @@ func (h *harness) cleanup() {
 	if len(h.clients) > 0 {
 		h.log.Info("cleanup: stopping ssh clients", "n", len(h.clients))
 		for _, c := range h.clients {
-			c.stop(syscall.SIGTERM, 3*time.Second)
+			c.stop(unix.SIGTERM, 3*time.Second)
 		}
 	}
 	for i := len(h.undo) - 1; i >= 0; i-- {
@@ -462,8 +464,8 @@ func checkRootOwnedParents(dir string) error {
 		if err != nil {
 			return fmt.Errorf("work parent: %w", err)
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok || st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) != nil || st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
 			return fmt.Errorf("work parent %s: %s must be root-owned and not group/world-writable (sshd refuses the hook otherwise); pick another -work-dir", abs, p)
 		}
 		if p == "/" {

@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // alive reports whether pid exists and is not a zombie.
@@ -98,7 +99,7 @@ func stopSSHD(pidPath, configPath string, timeout time.Duration) error {
 	}
 	pids := append([]int{pid}, descendants(pid)...)
 	for _, p := range pids {
-		syscall.Kill(p, syscall.SIGTERM)
+		unix.Kill(p, unix.SIGTERM)
 	}
 	return waitGone(pids, timeout)
 }
@@ -121,7 +122,7 @@ func waitGone(pids []int, timeout time.Duration) error {
 	var stuck []string
 	for _, p := range pids {
 		if alive(p) {
-			syscall.Kill(p, syscall.SIGKILL)
+			unix.Kill(p, unix.SIGKILL)
 			stuck = append(stuck, strconv.Itoa(p))
 		}
 	}
@@ -148,7 +149,7 @@ func startChild(cmd *exec.Cmd) (*child, error) {
 }
 
 // stop sends sig, waits up to timeout, then SIGKILLs.
-func (c *child) stop(sig syscall.Signal, timeout time.Duration) {
+func (c *child) stop(sig unix.Signal, timeout time.Duration) {
 	select {
 	case <-c.done:
 		return

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // userHZ is the kernel's clock tick for /proc/PID/stat times (USER_HZ);
@@ -222,15 +223,15 @@ func prepareLimits(maxTunnels int, onCleanup func(string, func() error)) Limits 
 	l.ThreadsMax = readIntFile("/proc/sys/kernel/threads-max")
 
 	wantFiles := uint64(maxTunnels*2 + 4096)
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
 		if rl.Cur < wantFiles {
 			old := rl
 			rl.Cur = wantFiles
 			if rl.Max < wantFiles {
 				rl.Max = wantFiles
 			}
-			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 				l.Problems = append(l.Problems, fmt.Sprintf("open files %d < %d needed, cannot raise: %v", old.Cur, wantFiles, err))
 				rl = old
 			} else {
@@ -242,15 +243,14 @@ func prepareLimits(maxTunnels int, onCleanup func(string, func() error)) Limits 
 	// sshd runs as the tunnel user: every session's two processes count
 	// against that user's RLIMIT_NPROC, inherited from here.
 	wantProcs := uint64(maxTunnels*3 + 2048)
-	const rlimitNPROC = 6
-	if err := syscall.Getrlimit(rlimitNPROC, &rl); err == nil {
+	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &rl); err == nil {
 		if rl.Cur < wantProcs {
 			old := rl
 			rl.Cur = wantProcs
 			if rl.Max < wantProcs {
 				rl.Max = wantProcs
 			}
-			if err := syscall.Setrlimit(rlimitNPROC, &rl); err != nil {
+			if err := unix.Setrlimit(unix.RLIMIT_NPROC, &rl); err != nil {
 				l.Problems = append(l.Problems, fmt.Sprintf("max user processes %d < %d needed, cannot raise: %v", old.Cur, wantProcs, err))
 				rl = old
 			} else {
