@@ -21,10 +21,13 @@ build:
 deps:
 	./scripts/deps.sh
 
+# gofmt, go vet, and go.mod/go.sum as `go mod tidy` leaves them (it prints
+# the diff it would apply and fails).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 # The test command of the README and of .ci/run. MAS4H_E2E=1 turns a missing
 # system part or root into a failure instead of a skip.
