@@ -39,10 +39,7 @@ const (
 	e2eRoot       = "/var/lib/mas4h-e2e" // sshd demands root-owned parents: not /tmp
 )
 
-var (
-	testBin         string // the mas4h binary under test
-	createdTestUser bool
-)
+var testBin string // the mas4h binary under test
 
 func TestMain(m *testing.M) {
 	code := func() int {
