@@ -21,6 +21,7 @@ import (
 
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // Config is the harness's configuration, filled and validated in
@@ -91,7 +92,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	if err := h.startSlave(ctx); err != nil {
 		return nil, err
 	}
-	cfgText, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
+	cfgText, err := os.ReadFile(statedir.Dir(h.state).SSHDConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 
 	h.log.Info("stopping the slave daemon (sshd stays) to measure the cache fallback")
 	h.slave.stop(unix.SIGTERM, 10*time.Second)
-	if conn, err := net.Dial("unix", filepath.Join(h.state, "run", "hook.sock")); err == nil {
+	if conn, err := net.Dial("unix", statedir.Dir(h.state).Socket()); err == nil {
 		conn.Close()
 		return nil, errors.New("the hook socket still answers after the slave daemon stopped")
 	}
@@ -240,8 +241,8 @@ func (h *harness) startSlave(ctx context.Context) error {
 	h.onCleanup("removing the tunnel user it created", func() error {
 		return h.removeUser(userExisted, groupExisted)
 	})
-	sshdPid := filepath.Join(h.state, "sshd", "sshd.pid")
-	sshdConfig := filepath.Join(h.state, "sshd_config")
+	sshdPid := statedir.Dir(h.state).PidFile()
+	sshdConfig := statedir.Dir(h.state).SSHDConfig()
 	h.onCleanup("stopping mas4h's sshd", func() error { return stopSSHD(sshdPid, sshdConfig, 10*time.Second) })
 
 	logPath := filepath.Join(h.work, "slave.log")
@@ -268,7 +269,7 @@ func (h *harness) startSlave(ctx context.Context) error {
 			return fmt.Errorf("the slave exited at start (%v): %s", h.slave.err, tail(logPath, 1500))
 		}
 		_, pidErr := pidFromFile(sshdPid, sshdConfig)
-		_, sockErr := os.Stat(filepath.Join(h.state, "run", "hook.sock"))
+		_, sockErr := os.Stat(statedir.Dir(h.state).Socket())
 		_, loop, _ := listeners("/proc")
 		if pidErr == nil && sockErr == nil && loop[h.cfg.SlavePort] {
 			break
@@ -312,7 +313,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 	if err := atomicfile.Write(akPath, keys.Bytes(), 0o644); err != nil {
 		return err
 	}
-	mas4hCfg, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
+	mas4hCfg, err := os.ReadFile(statedir.Dir(h.state).SSHDConfig())
 	if err != nil {
 		return fmt.Errorf("reading mas4h's sshd_config: %w", err)
 	}

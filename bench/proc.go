@@ -11,19 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/sshd/sessions"
 	"golang.org/x/sys/unix"
 )
 
 // alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	// comm may hold spaces and parens; the state follows the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
-}
+func alive(pid int) bool { return sessions.Alive("/proc", pid) }
 
 // descendants lists every process below pid, deepest last, from /proc.
 func descendants(pid int) []int {
@@ -77,8 +70,8 @@ func pidFromFile(pidPath, configPath string) (int, error) {
 	if err != nil || pid <= 1 {
 		return 0, fmt.Errorf("pid file %s: bad pid %q", pidPath, b)
 	}
-	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil || !alive(pid) {
+	cmdline, ok := sessions.Cmdline("/proc", pid)
+	if !ok || !alive(pid) {
 		return 0, fmt.Errorf("pid %d from %s is not running", pid, pidPath)
 	}
 	if !bytes.Contains(cmdline, []byte(configPath)) {

@@ -314,7 +314,7 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	// The slave's host key changes while the master is down: the agent
 	// cannot learn the new key and must refuse, say why, and back off.
 	sp.stopAll(t)
-	keys, _ := filepath.Glob(filepath.Join(sp.stateDir, "sshd", "ssh_host_ed25519_key*"))
+	keys, _ := filepath.Glob(statedir.Dir(sp.stateDir).HostKey() + "*")
 	if len(keys) == 0 {
 		t.Fatal("no host key files to delete")
 	}

@@ -221,7 +221,7 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 type slaveProc struct {
 	e        *env
 	host     string   // listen address (default 127.0.0.1)
-	wrap     []string // run the daemon under this command (e.g. ip netns exec NS)
+	wrap     []string // run the daemon under this command (ip netns exec NS, setpriv …)
 	mode     []string // --db PATH, or --master URL --token-file F
 	name     string
 	stateDir string
@@ -277,7 +277,7 @@ func (sp *slaveProc) start() {
 		default:
 		}
 		up := dialOK(sp.port)
-		if len(sp.wrap) > 0 { // in another namespace: its loopback is not ours
+		if len(sp.wrap) > 0 { // maybe in another namespace, whose loopback is not ours
 			up = sp.log.Contains("started sshd") || sp.log.Contains("adopted running sshd")
 		}
 		return sp.log.Contains("sshd") && sp.log.Contains("pid=") && up

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,10 +12,11 @@ import (
 
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // keysFile is the slave's keys file (sshd's AuthorizedKeysFile).
-func (sp *slaveProc) keysFile() string { return filepath.Join(sp.stateDir, "authorized_keys") }
+func (sp *slaveProc) keysFile() string { return statedir.Dir(sp.stateDir).KeysFile() }
 
 // waitKeysFile waits until dev's key is (or is no longer) in the slave's
 // keys file and returns how long that took.
@@ -79,7 +79,7 @@ func TestKeysFileFastPath(t *testing.T) {
 	if fi.Mode().Perm() != 0o640 || st.Uid != 0 || strconv.Itoa(int(st.Gid)) != u.Gid {
 		t.Errorf("keys file is %v %d:%d, want -rw-r----- root:%s", fi.Mode().Perm(), st.Uid, st.Gid, u.Gid)
 	}
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile "+sp.keysFile()+"\n") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile "+sp.keysFile()+"\n") {
 		t.Error("sshd_config does not name the keys file")
 	}
 	waitKeysFile(t, sp, devA, true, time.Second)
@@ -153,7 +153,7 @@ func TestKeysFileOff(t *testing.T) {
 	if _, err := os.Stat(sp.keysFile()); !os.IsNotExist(err) {
 		t.Fatalf("keys file still there without --keys-file (%v)", err)
 	}
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile none\n") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile none\n") {
 		t.Error("sshd_config still names a keys file")
 	}
 	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/sshd/statedir"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -382,8 +383,8 @@ func TestHookHostileArguments(t *testing.T) {
 	sp := e.startSlave("s1")
 	keyB64 := base64.StdEncoding.EncodeToString(k.pub.Marshal())
 	fp := ssh.FingerprintSHA256(k.pub)
-	hook := filepath.Join(sp.stateDir, "bin", "mas4h-authkeys")
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "AuthorizedKeysCommand "+hook+" --state-dir") {
+	hook := filepath.Join(statedir.Dir(sp.stateDir).Bin(), "mas4h-authkeys")
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "AuthorizedKeysCommand "+hook+" --state-dir") {
 		t.Fatalf("sshd_config does not run the lean hook %s", hook)
 	}
 	base := []string{"--state-dir", sp.stateDir, "--"}
@@ -432,7 +433,7 @@ func TestHookHostileArguments(t *testing.T) {
 // key: the slave has taken in the device's enrolment.
 func (sp *slaveProc) waitKnown(t *testing.T, k deviceKey) {
 	t.Helper()
-	hook := filepath.Join(sp.stateDir, "bin", "mas4h-authkeys")
+	hook := filepath.Join(statedir.Dir(sp.stateDir).Bin(), "mas4h-authkeys")
 	args := []string{"--state-dir", sp.stateDir, "--", e2eTunnelUser, ssh.FingerprintSHA256(k.pub), k.pub.Type(), base64.StdEncoding.EncodeToString(k.pub.Marshal())}
 	var out, stderr string
 	if !testkit.Wait(10*time.Second, func() bool {

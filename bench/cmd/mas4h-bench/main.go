@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -70,12 +69,7 @@ func run() int {
 
 	res, err := bench.Run(ctx, cfg, log)
 	if err != nil {
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("interrupted: %w", err)
-		}
+		err = bench.RunError(ctx, timeout, err)
 		fmt.Fprintln(os.Stderr, "mas4h-bench:", err)
 		return 1
 	}
