@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -162,18 +163,25 @@ func freePort(t *testing.T) int {
 // mas4h runs the binary and returns stdout, stderr and the exit status.
 func (e *env) mas4h(stdin string, args ...string) (string, string, int) {
 	e.t.Helper()
-	cmd := exec.Command(testBin, args...)
+	return exitOf(e.t, exec.Command(testBin, args...), stdin)
+}
+
+// exitOf runs cmd with stdin and returns its stdout, stderr and exit
+// status; a command that cannot start fails the test.
+func exitOf(t testing.TB, cmd *exec.Cmd, stdin string) (string, string, int) {
+	t.Helper()
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("running mas4h %v: %v", args, err)
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitCode()
+	case err != nil:
+		t.Fatalf("running %s: %v", strings.Join(cmd.Args, " "), err)
 	}
-	return out.String(), errb.String(), code
+	return out.String(), errb.String(), 0
 }
 
 type deviceKey struct {
@@ -504,19 +512,11 @@ func mustRead(t *testing.T, path string) []byte {
 
 // newCmd returns a runner for a command that reports stdout, stderr and the
 // exit status, with no environment but PATH (as sshd gives its hook).
-func newCmd(name string, args ...string) func() (string, string, int) {
+func newCmd(t testing.TB, name string, args ...string) func() (string, string, int) {
 	return func() (string, string, int) {
+		t.Helper()
 		cmd := exec.Command(name, args...)
 		cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin"}
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return out.String(), errb.String(), ee.ExitCode()
-		}
-		if err != nil {
-			return "", err.Error(), -1
-		}
-		return out.String(), errb.String(), 0
+		return exitOf(t, cmd, "")
 	}
 }

@@ -239,17 +239,7 @@ func counts(m map[string]string) map[string]int {
 // mas4hIn runs the mas4h binary in namespace ns.
 func mas4hIn(t *testing.T, ns string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, testBin}, args...)...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("running mas4h %v in %s: %v", args, ns, err)
-	}
-	return out.String(), errb.String(), code
+	return exitOf(t, exec.Command("ip", append([]string{"netns", "exec", ns, testBin}, args...)...), "")
 }
 
 func (lab *vipLab) apply(k int, extra ...string) string {

@@ -449,7 +449,7 @@ func (sp *slaveProc) waitKnown(t *testing.T, k deviceKey) {
 func runAs(t *testing.T, bin string, args ...string) (string, string, int) {
 	t.Helper()
 	cmdArgs := append([]string{"--reuid=" + e2eTunnelUser, "--regid=" + e2eTunnelUser, "--init-groups", bin}, args...)
-	return newCmd("setpriv", cmdArgs...)()
+	return newCmd(t, "setpriv", cmdArgs...)()
 }
 
 // A daemon restarted with a changed configuration adopts the running sshd and
