@@ -212,6 +212,26 @@ func waitRoundTrip(t *testing.T, sp *slaveProc, port int, since time.Time, withi
 	return time.Since(since)
 }
 
+// reconnects ends the device's session with kill and waits until the
+// device is back: a new session on sp that carries bytes through port. It
+// returns how long that took.
+func reconnects(t *testing.T, sp *slaveProc, port int, within time.Duration, what string, logs fmt.Stringer, kill func()) time.Duration {
+	t.Helper()
+	old := sp.sessions(t)
+	kill()
+	killed := time.Now()
+	waitNewSession(t, sp, old, within)
+	return waitRoundTrip(t, sp, port, killed, within, what, logs)
+}
+
+// killOneSession ends the slave's one session, as the reaper does.
+func (sp *slaveProc) killOneSession(t *testing.T) {
+	t.Helper()
+	if n := sp.killSessions(t); n != 1 {
+		t.Fatalf("killed %d sessions, want 1", n)
+	}
+}
+
 // waitNewSession waits until the slave has a session other than old.
 func waitNewSession(t *testing.T, sp *slaveProc, old [][]int, within time.Duration) {
 	t.Helper()
@@ -289,23 +309,15 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	t.Logf("%s: agent (%s) VmRSS with the tunnel up: %s", client, filepath.Base(argv[3]), vmRSS(pid))
 
 	// The slave kills the session: the agent reconnects within its backoff.
-	old := sp.sessions(t)
-	if n := sp.killSessions(t); n != 1 {
-		t.Fatalf("killed %d sessions, want 1", n)
-	}
-	killed := time.Now()
-	waitNewSession(t, sp, old, 15*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 15*time.Second, "after the slave killed the session", ag.log)
+	took = reconnects(t, sp, p, 15*time.Second, "after the slave killed the session", ag.log, func() { sp.killOneSession(t) })
 	t.Logf("%s: tunnel up again %s after the slave killed the session", client, took.Round(time.Millisecond))
 
 	// The master goes away; the client is killed: the agent reconnects to
 	// the last slave directly.
 	m.stop()
-	old = sp.sessions(t)
-	syscall.Kill(childNamed(t, pid, comm, 5*time.Second), syscall.SIGKILL)
-	killed = time.Now()
-	waitNewSession(t, sp, old, 20*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 20*time.Second, "master down", ag.log)
+	took = reconnects(t, sp, p, 20*time.Second, "master down", ag.log, func() {
+		syscall.Kill(childNamed(t, pid, comm, 5*time.Second), syscall.SIGKILL)
+	})
 	t.Logf("%s: with the master down, tunnel up again %s after the client was killed", client, took.Round(time.Millisecond))
 	if !strings.Contains(ag.log.String(), "connecting to the last slave directly") {
 		t.Errorf("the agent did not say it used the last slot:\n%s", ag.log)
@@ -428,22 +440,14 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "script first connect", sc.log)
 	t.Logf("script: tunnel up %s after start", took.Round(time.Millisecond))
 
-	old := sp.sessions(t)
-	if n := sp.killSessions(t); n != 1 {
-		t.Fatalf("killed %d sessions, want 1", n)
-	}
-	killed := time.Now()
-	waitNewSession(t, sp, old, 15*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 15*time.Second, "script after the session was killed", sc.log)
+	took = reconnects(t, sp, p, 15*time.Second, "script after the session was killed", sc.log, func() { sp.killOneSession(t) })
 	t.Logf("script: tunnel up again %s after the slave killed the session", took.Round(time.Millisecond))
 
 	// The master goes away: the script reconnects with its last slot.
 	m.stop()
-	old = sp.sessions(t)
-	syscall.Kill(childNamed(t, sc.cmd.Process.Pid, "dbclient", 5*time.Second), syscall.SIGKILL)
-	killed = time.Now()
-	waitNewSession(t, sp, old, 20*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 20*time.Second, "script with the master down", sc.log)
+	took = reconnects(t, sp, p, 20*time.Second, "script with the master down", sc.log, func() {
+		syscall.Kill(childNamed(t, sc.cmd.Process.Pid, "dbclient", 5*time.Second), syscall.SIGKILL)
+	})
 	t.Logf("script: with the master down, tunnel up again %s after dbclient was killed", took.Round(time.Millisecond))
 	if !strings.Contains(sc.log.String(), "using the last slot") {
 		t.Errorf("script did not say it used the last slot:\n%s", sc.log)
