@@ -124,15 +124,7 @@ func TestDashboardInChromium(t *testing.T) {
 	waitSlavesAlive(t, m, 2)
 	_, k := m.enrol("pi-dash", fwd(es))
 	m.enrol("pi-never") // enrolled, never connected
-	slot, code, body := m.slot(k)
-	if code != 200 {
-		t.Fatalf("slot: %d %s", code, body)
-	}
-	c := e.tunnelTo(k, slot, es.port)
-	p := slot.Forwards[0].RemotePort
-	if !waitListen(t, p, c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	slot, c, p := m.connect(k, es)
 	waitTunnelCount(t, m, 1, 5*time.Second)
 	tok := strings.TrimSpace(string(mustRead(t, m.adminToken)))
 	dir := artifactDir(t)

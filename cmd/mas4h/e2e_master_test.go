@@ -116,15 +116,7 @@ func TestMasterKill9DropsNoTunnel(t *testing.T) {
 	var ports []int
 	for i := 0; i < 3; i++ {
 		_, k := m.enrol(fmt.Sprintf("dev-%d", i), fwd(es))
-		slot, code, body := m.slot(k)
-		if code != 200 {
-			t.Fatalf("slot: %d %s", code, body)
-		}
-		c := e.tunnelTo(k, slot, es.port)
-		p := slot.Forwards[0].RemotePort
-		if !waitListen(t, p, c, 10*time.Second) {
-			t.Fatalf("tunnel did not come up: %s", c.stderr)
-		}
+		_, _, p := m.connect(k, es)
 		ports = append(ports, p)
 	}
 	waitTunnelCount(t, m, 3, 5*e2eHeartbeat)
