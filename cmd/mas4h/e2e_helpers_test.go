@@ -420,6 +420,17 @@ func (e *env) tunnel(k deviceKey, sp *slaveProc, spec string) *tunnelClient {
 	return e.startClient("ssh", sshArgs(k, sp.port, "-N", "-R", spec, e2eTunnelUser+"@127.0.0.1")...)
 }
 
+// upTunnel starts k's tunnel from dev's port on sp to the echo server es,
+// and waits until the port listens.
+func (e *env) upTunnel(k deviceKey, sp *slaveProc, dev registry.Device, es *echoServer) *tunnelClient {
+	e.t.Helper()
+	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
+	if !waitListen(e.t, port(dev), c, 10*time.Second) {
+		e.t.Fatalf("tunnel of %s did not come up: %s", k.name, c.stderr)
+	}
+	return c
+}
+
 // waitListen waits until port accepts on loopback; it is false if the
 // client exits first or within passes.
 func waitListen(t *testing.T, port int, c *tunnelClient, within time.Duration) bool {

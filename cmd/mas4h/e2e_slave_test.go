@@ -224,10 +224,7 @@ func TestRevokeKillsLiveSession(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-revoke", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	c := e.upTunnel(k, sp, dev, es)
 	start := time.Now()
 	if _, stderr, code := e.mas4h("", "device", "revoke", "pi-revoke", "--db", e.db); code != 0 {
 		t.Fatal(stderr)
@@ -284,10 +281,7 @@ func TestDaemonKill9KeepsTunnels(t *testing.T) {
 	es := startEcho(t)
 	dev1, k1 := e.enrol("pi-one", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k1, sp, fmt.Sprintf("%d:localhost:%d", port(dev1), es.port))
-	if !waitListen(t, port(dev1), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	c := e.upTunnel(k1, sp, dev1, es)
 	sshdBefore := sp.sshdPid()
 	stop := make(chan struct{})
 	failures, checks, done := watchTunnel(port(dev1), stop)
@@ -344,10 +338,7 @@ func TestSSHDKill9IsRestarted(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-one", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	e.upTunnel(k, sp, dev, es)
 	old := sp.sshdPid()
 	killed := time.Now()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
@@ -460,10 +451,7 @@ func TestRestartWithNewConfigReloadsSSHD(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-reload", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	e.upTunnel(k, sp, dev, es)
 	pid := sp.sshdPid()
 	sp.kill9()
 	oldPort := sp.port
