@@ -78,7 +78,7 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if master.exited() {
-			return res, fmt.Errorf("the master exited at start (%v): %s", master.err, tail(logPath, 1500))
+			return res, fmt.Errorf("the master exited at start (%v): %s", master.err, tail(logPath))
 		}
 		if resp, err := http.Get(base + wire.APIPrefix + "/healthz"); err == nil {
 			resp.Body.Close()
@@ -87,7 +87,7 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 			}
 		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("the master did not answer /healthz within 60s: %s", tail(logPath, 1500))
+			return res, fmt.Errorf("the master did not answer /healthz within 60s: %s", tail(logPath))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -266,7 +266,7 @@ func (h *harness) startSlave(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if h.slave.exited() {
-			return fmt.Errorf("the slave exited at start (%v): %s", h.slave.err, tail(logPath, 1500))
+			return fmt.Errorf("the slave exited at start (%v): %s", h.slave.err, tail(logPath))
 		}
 		_, pidErr := pidFromFile(sshdPid, sshdConfig)
 		_, sockErr := os.Stat(statedir.Dir(h.state).Socket())
@@ -275,7 +275,7 @@ func (h *harness) startSlave(ctx context.Context) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the slave was not ready within 30s: %s", tail(logPath, 1500))
+			return fmt.Errorf("the slave was not ready within 30s: %s", tail(logPath))
 		}
 		select {
 		case <-ctx.Done():
@@ -350,7 +350,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c.exited() {
-			return fmt.Errorf("raw sshd exited at start (%v): %s", c.err, tail(logPath, 1500))
+			return fmt.Errorf("raw sshd exited at start (%v): %s", c.err, tail(logPath))
 		}
 		_, pidErr := pidFromFile(pidPath, cfgPath)
 		_, loop, _ := listeners("/proc")
@@ -358,7 +358,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("raw sshd did not come up within 10s: %s", tail(logPath, 1500))
+			return fmt.Errorf("raw sshd did not come up within 10s: %s", tail(logPath))
 		}
 		select {
 		case <-ctx.Done():

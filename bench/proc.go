@@ -166,17 +166,20 @@ func (c *child) exited() bool {
 	}
 }
 
-// tail returns the last n bytes of a file, for error messages.
-func tail(path string, n int64) string {
+// tailLen is how much of a log an error message quotes: its end.
+const tailLen = 1500
+
+// tail returns the end of a log file, for error messages.
+func tail(path string) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return "(no log)"
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > n {
-		f.Seek(fi.Size()-n, 0)
+	if fi, err := f.Stat(); err == nil && fi.Size() > tailLen {
+		f.Seek(fi.Size()-tailLen, 0)
 	}
-	b := make([]byte, n)
+	b := make([]byte, tailLen)
 	k, _ := f.Read(b)
 	return strings.TrimSpace(string(b[:k]))
 }

@@ -299,7 +299,7 @@ func (in *installer) user(ctx context.Context, name, home string, tunnel bool) {
 		in.err = err
 		return
 	}
-	_, hadGroup, err := LookupGroup(c.Root, name)
+	hadGroup, err := HasGroup(c.Root, name)
 	if err != nil {
 		in.err = err
 		return
