@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // FleetConfig is issue 7's run: the load generator against a mas4h slave
@@ -107,7 +108,7 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 	if err := r.findPids(); err != nil {
 		return res, err
 	}
-	cfgText, err := os.ReadFile(filepath.Join(r.state, "sshd_config"))
+	cfgText, err := os.ReadFile(statedir.Dir(r.state).SSHDConfig())
 	if err != nil {
 		return res, err
 	}
@@ -343,13 +344,13 @@ func copyFile(from, to string) error {
 func (r *fleetRun) findPids() error {
 	var err error
 	r.daemonPid = r.slave.cmd.Process.Pid
-	if r.slaveL, err = pidFromFile(filepath.Join(r.state, "sshd", "sshd.pid"), filepath.Join(r.state, "sshd_config")); err != nil {
+	if r.slaveL, err = pidFromFile(statedir.Dir(r.state).PidFile(), statedir.Dir(r.state).SSHDConfig()); err != nil {
 		return err
 	}
 	if r.rawL, err = pidFromFile(filepath.Join(r.raw, "sshd.pid"), filepath.Join(r.raw, "sshd_config")); err != nil {
 		return err
 	}
-	r.slaveLog = filepath.Join(r.state, "sshd", "sshd.log")
+	r.slaveLog = statedir.Dir(r.state).Log()
 	r.rawLog = filepath.Join(r.raw, "sshd.log")
 	r.metrics = "http://127.0.0.1:" + strconv.Itoa(r.fc.MetricsPort) + "/metrics"
 	return nil

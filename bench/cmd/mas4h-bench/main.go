@@ -8,15 +8,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/bench"
 )
@@ -62,19 +62,14 @@ func run() int {
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	res, err := bench.Run(ctx, cfg, log)
 	if err != nil {
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("interrupted: %w", err)
-		}
+		err = bench.RunError(ctx, timeout, err)
 		fmt.Fprintln(os.Stderr, "mas4h-bench:", err)
 		return 1
 	}

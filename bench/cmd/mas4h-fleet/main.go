@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -20,8 +19,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/bench"
@@ -173,7 +173,7 @@ func run() int {
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 	note := waitForIdle(ctx, waitIdle, log)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -184,12 +184,7 @@ func run() int {
 		res.Notes = append(res.Notes, note)
 	}
 	if err != nil {
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("interrupted: %w", err)
-		}
+		err = bench.RunError(ctx, timeout, err)
 		fmt.Fprintln(os.Stderr, "mas4h-fleet:", err)
 		if res != nil && len(res.Points) > 0 {
 			res.Notes = append(res.Notes, "INCOMPLETE: "+err.Error())
