@@ -49,13 +49,14 @@ func TestUsage(t *testing.T) {
 func TestDepsAreStaticAndSmall(t *testing.T) {
 	const self = "github.com/mas4h/mas4h/cmd/mas4h-agent"
 	mas4h := map[string]bool{
-		self:                                   true,
-		"github.com/mas4h/mas4h/agent":         true,
-		"github.com/mas4h/mas4h/master/client": true,
-		"github.com/mas4h/mas4h/master/wire":   true,
-		"github.com/mas4h/mas4h/atomicfile":    true, // its state files
-		"github.com/mas4h/mas4h/backoff":       true, // reconnect delays
-		"github.com/mas4h/mas4h/process":       true, // the ssh client
+		self:                                             true,
+		"github.com/mas4h/mas4h/agent":                   true,
+		"github.com/mas4h/mas4h/master/client":           true,
+		"github.com/mas4h/mas4h/master/wire":             true,
+		"github.com/mas4h/mas4h/atomicfile":              true, // its state files
+		"github.com/mas4h/mas4h/backoff":                 true, // reconnect delays
+		"github.com/mas4h/mas4h/process":                 true, // the ssh client
+		"github.com/mas4h/mas4h/cmd/internal/agentflags": true, // the agent's flags, shared with mas4h agent
 	}
 	modules := map[string]bool{
 		"golang.org/x/crypto":           true, // ssh keys, slot signatures
