@@ -43,7 +43,7 @@ type FleetConfig struct {
 
 	Freeze bool
 
-	KeysFile bool // run the slave with --keys-file
+	KeysFile bool // run the slave with its keys file (its default) or --keys-file=false (hook only)
 
 	DispatchDevices  int // 0: no dispatch run
 	DispatchSlaves   int
@@ -93,9 +93,7 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 	if err := r.prepare(ctx, res); err != nil {
 		return res, err
 	}
-	if r.fc.KeysFile {
-		r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--keys-file")
-	}
+	r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--keys-file="+strconv.FormatBool(r.fc.KeysFile))
 	res.Params.SlaveFlags = append([]string(nil), r.cfg.SlaveArgs...)
 	r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--metrics-listen", "127.0.0.1:"+strconv.Itoa(r.fc.MetricsPort),
 		"--capacity", strconv.Itoa(max(r.maxPoint(), 2000)))
