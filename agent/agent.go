@@ -36,6 +36,9 @@ type Config struct {
 	UserAgent      string
 }
 
+// DefaultStateDir is the agent's state dir unless told otherwise.
+const DefaultStateDir = "/var/lib/mas4h-agent"
+
 // Defaults fills the zero fields.
 func (c *Config) Defaults() {
 	if c.SSHClient == "" {

@@ -3,8 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -21,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -111,52 +110,18 @@ func (l fakeLookup) Version(_ context.Context, path string) string { return l[fi
 
 var openssh = fakeLookup{"ssh": "OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15"}
 
-// syncBuf is a log sink.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // writeKey writes a fresh ed25519 key in OpenSSH format.
 func writeKey(t *testing.T, dir string) (path, pub string) {
 	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.NewKey(t, "test")
 	path = filepath.Join(dir, "id_ed25519")
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sp, _ := ssh.NewPublicKey(priv.Public())
-	pub = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
-	if err := os.WriteFile(path+".pub", []byte(pub+" test\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path, pub
+	k.Write(t, path)
+	return path, k.AuthorizedKey
 }
 
 func testSlot(t *testing.T) wire.Slot {
-	_, hk, _ := ed25519.GenerateKey(rand.Reader)
-	sp, _ := ssh.NewPublicKey(hk.Public())
 	return wire.Slot{Device: "pi-1", Slave: "s1", Host: "198.18.0.1", Port: 2222, User: "mas4h-tunnel",
-		HostKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))},
+		HostKeys: []string{testkit.NewKey(t, "").AuthorizedKey},
 		Forwards: []wire.Forward{{Name: "ssh", Target: "localhost:22", RemotePort: 20000}, {Name: "web", Target: "127.0.0.1:80", RemotePort: 20001}}}
 }
 
@@ -164,7 +129,7 @@ type harness struct {
 	agent  *Agent
 	clock  *fakeClock
 	runner *fakeRunner
-	log    *syncBuf
+	log    *testkit.Buffer
 	state  string
 	key    string
 	pub    string
@@ -183,7 +148,7 @@ func newHarness(t *testing.T, master string, sleeps int, lookup Lookup, runs ...
 			cancel()
 		}
 	}
-	h := &harness{clock: clock, runner: &fakeRunner{clock: clock, runs: runs}, log: &syncBuf{}, state: filepath.Join(dir, "state"), key: key, pub: pub}
+	h := &harness{clock: clock, runner: &fakeRunner{clock: clock, runs: runs}, log: &testkit.Buffer{}, state: filepath.Join(dir, "state"), key: key, pub: pub}
 	a, err := New(Config{Master: master, KeyPath: key, StateDir: h.state}, slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Deps{Runner: h.runner, Clock: clock, Lookup: lookup, Rand: func() float64 { return 0.5 }})
 	if err != nil {
@@ -471,8 +436,7 @@ func TestKeyProblems(t *testing.T) {
 		{"empty", func(t *testing.T, key string) { os.WriteFile(key, nil, 0o600) }, "is empty"},
 		{"directory", func(t *testing.T, key string) { os.Remove(key); os.Mkdir(key, 0o700) }, "not a regular file"},
 		{"encrypted", func(t *testing.T, key string) {
-			_, priv, _ := ed25519.GenerateKey(rand.Reader)
-			b, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte("secret"))
+			b, err := ssh.MarshalPrivateKeyWithPassphrase(testkit.NewKey(t, "").Private, "", []byte("secret"))
 			if err != nil {
 				t.Fatal(err)
 			}

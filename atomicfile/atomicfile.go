@@ -51,6 +51,47 @@ func Check(check func(tmpPath string) error) Option {
 // and the options' owner, atomically and durably. The directory must
 // exist. A symbolic link at path is replaced, not followed.
 func Write(path string, data []byte, mode os.FileMode, opts ...Option) error {
+	t, err := pending(path, data, mode, opts)
+	if err != nil {
+		return err
+	}
+	defer t.Cleanup() // removes the temp file unless it was renamed
+	if err := t.CloseAtomicallyReplace(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("writing %s: syncing its directory: %w", path, err)
+	}
+	return nil
+}
+
+// Create is Write for a file that must not be replaced once it exists (a
+// token, a key): the complete temp file is linked into place, so that path
+// appears whole or not at all, and an existing path (a link included) is
+// left alone with an error that matches fs.ErrExist.
+func Create(path string, data []byte, mode os.FileMode, opts ...Option) error {
+	t, err := pending(path, data, mode, opts)
+	if err != nil {
+		return err
+	}
+	defer t.Cleanup() // removes the temp name; the link stays
+	if err := t.File.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Link(t.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("creating %s: it exists already: %w", path, fs.ErrExist)
+		}
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("writing %s: syncing its directory: %w", path, err)
+	}
+	return nil
+}
+
+// pending is the complete, synced and checked temp file for path.
+func pending(path string, data []byte, mode os.FileMode, opts []Option) (*renameio.PendingFile, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -59,40 +100,37 @@ func Write(path string, data []byte, mode os.FileMode, opts ...Option) error {
 	t, err := renameio.NewPendingFile(path, renameio.WithTempDir(dir), renameio.WithStaticPermissions(mode))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("writing %s: directory %s does not exist: %w", path, dir, fs.ErrNotExist)
+			return nil, fmt.Errorf("writing %s: directory %s does not exist: %w", path, dir, fs.ErrNotExist)
 		}
-		return fmt.Errorf("writing %s: %w", path, err)
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
-	defer t.Cleanup() // removes the temp file unless it was renamed
+	fail := func(err error) (*renameio.PendingFile, error) {
+		t.Cleanup()
+		return nil, err
+	}
 	if o.owner {
 		if err := t.Chown(o.uid, o.gid); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
+			return fail(fmt.Errorf("writing %s: %w", path, err))
 		}
 	}
 	// renameio sets the permission bits only, and chown clears set-ID bits.
 	if mode&^fs.ModePerm != 0 {
 		if err := t.Chmod(mode); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
+			return fail(fmt.Errorf("writing %s: %w", path, err))
 		}
 	}
 	if _, err := t.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+		return fail(fmt.Errorf("writing %s: %w", path, err))
+	}
+	if err := t.Sync(); err != nil {
+		return fail(fmt.Errorf("writing %s: %w", path, err))
 	}
 	if o.check != nil {
-		if err := t.Sync(); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
-		}
 		if err := o.check(t.Name()); err != nil {
-			return fmt.Errorf("checking the new %s: %w", path, err)
+			return fail(fmt.Errorf("checking the new %s: %w", path, err))
 		}
 	}
-	if err := t.CloseAtomicallyReplace(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("writing %s: syncing its directory: %w", path, err)
-	}
-	return nil
+	return t, nil
 }
 
 // WriteIfChanged is Write, skipped when path already holds data with mode

@@ -245,3 +245,39 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 		t.Errorf("%s holds %v, want %v", dir, got, names)
 	}
 }
+
+// Create writes a file whole once and never replaces it: a second Create
+// fails with fs.ErrExist and leaves the first content, and no temp file
+// stays behind either way.
+func TestCreate(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "admin.token")
+	if err := Create(path, []byte("first\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Create(path, []byte("second\n"), 0o600)
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("second Create: %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "first\n" {
+		t.Errorf("content %q after a refused Create", b)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode().Perm())
+	}
+	// A dangling link is not followed: its target is not created.
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(filepath.Join(dir, "target"), link); err != nil {
+		t.Fatal(err)
+	}
+	if err := Create(link, []byte("x"), 0o600); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("Create over a link: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "target")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the link's target was created")
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("directory holds %d entries, want the file and the link", len(entries))
+	}
+}

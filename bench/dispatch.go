@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/wire"
@@ -66,17 +68,17 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 		"--admin-token-file", adminTok, "--slave-token-file", slaveTok,
 		"--slot-rate", "1000000", "--slot-burst", "1000000")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
 	master, err := startChild(cmd)
 	if err != nil {
 		return res, err
 	}
-	defer master.stop(syscall.SIGTERM, 10*time.Second)
+	defer master.stop(unix.SIGTERM, 10*time.Second)
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if master.exited() {
-			return res, fmt.Errorf("the master exited at start (%v): %s", master.err, tail(logPath, 1500))
+			return res, fmt.Errorf("the master exited at start (%v): %s", master.err, tail(logPath))
 		}
 		if resp, err := http.Get(base + wire.APIPrefix + "/healthz"); err == nil {
 			resp.Body.Close()
@@ -85,7 +87,7 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 			}
 		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("the master did not answer /healthz within 60s: %s", tail(logPath, 1500))
+			return res, fmt.Errorf("the master did not answer /healthz within 60s: %s", tail(logPath))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

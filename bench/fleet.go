@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // FleetConfig is issue 7's run: the load generator against a mas4h slave
@@ -42,7 +43,7 @@ type FleetConfig struct {
 
 	Freeze bool
 
-	KeysFile bool // run the slave with --keys-file
+	KeysFile bool // run the slave with its keys file (its default) or --keys-file=false (hook only)
 
 	DispatchDevices  int // 0: no dispatch run
 	DispatchSlaves   int
@@ -92,9 +93,7 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 	if err := r.prepare(ctx, res); err != nil {
 		return res, err
 	}
-	if r.fc.KeysFile {
-		r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--keys-file")
-	}
+	r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--keys-file="+strconv.FormatBool(r.fc.KeysFile))
 	res.Params.SlaveFlags = append([]string(nil), r.cfg.SlaveArgs...)
 	r.cfg.SlaveArgs = append(r.cfg.SlaveArgs, "--metrics-listen", "127.0.0.1:"+strconv.Itoa(r.fc.MetricsPort),
 		"--capacity", strconv.Itoa(max(r.maxPoint(), 2000)))
@@ -107,7 +106,7 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 	if err := r.findPids(); err != nil {
 		return res, err
 	}
-	cfgText, err := os.ReadFile(filepath.Join(r.state, "sshd_config"))
+	cfgText, err := os.ReadFile(statedir.Dir(r.state).SSHDConfig())
 	if err != nil {
 		return res, err
 	}
@@ -343,13 +342,13 @@ func copyFile(from, to string) error {
 func (r *fleetRun) findPids() error {
 	var err error
 	r.daemonPid = r.slave.cmd.Process.Pid
-	if r.slaveL, err = pidFromFile(filepath.Join(r.state, "sshd", "sshd.pid"), filepath.Join(r.state, "sshd_config")); err != nil {
+	if r.slaveL, err = pidFromFile(statedir.Dir(r.state).PidFile(), statedir.Dir(r.state).SSHDConfig()); err != nil {
 		return err
 	}
 	if r.rawL, err = pidFromFile(filepath.Join(r.raw, "sshd.pid"), filepath.Join(r.raw, "sshd_config")); err != nil {
 		return err
 	}
-	r.slaveLog = filepath.Join(r.state, "sshd", "sshd.log")
+	r.slaveLog = statedir.Dir(r.state).Log()
 	r.rawLog = filepath.Join(r.raw, "sshd.log")
 	r.metrics = "http://127.0.0.1:" + strconv.Itoa(r.fc.MetricsPort) + "/metrics"
 	return nil

@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cpuSample is a process's own CPU ticks at one moment.
@@ -91,7 +92,7 @@ func readFrom(path string, offset int64) ([]byte, error) {
 // killAll sends SIGKILL to every pid at once.
 func killAll(pids []int) {
 	for _, p := range pids {
-		syscall.Kill(p, syscall.SIGKILL)
+		unix.Kill(p, unix.SIGKILL)
 	}
 }
 

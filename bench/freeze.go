@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Freeze is detection-to-free for a frozen OpenSSH client (SIGSTOP: its TCP
@@ -44,8 +45,8 @@ func runFreeze(ctx context.Context, s freezeSpec) Freeze {
 	var clients []*child
 	defer func() {
 		for _, c := range clients {
-			c.cmd.Process.Signal(syscall.SIGCONT)
-			c.stop(syscall.SIGKILL, 3*time.Second)
+			c.cmd.Process.Signal(unix.SIGCONT)
+			c.stop(unix.SIGKILL, 3*time.Second)
 		}
 	}()
 	w := newPortWatcher(ctx, 20*time.Millisecond)
@@ -72,7 +73,7 @@ func runFreeze(ctx context.Context, s freezeSpec) Freeze {
 	}
 	t0 := time.Now()
 	for _, c := range clients {
-		c.cmd.Process.Signal(syscall.SIGSTOP)
+		c.cmd.Process.Signal(unix.SIGSTOP)
 	}
 	var wg sync.WaitGroup
 	out := make([]float64, 2)

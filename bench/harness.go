@@ -17,8 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // Config is the harness's configuration, filled and validated in
@@ -89,7 +92,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	if err := h.startSlave(ctx); err != nil {
 		return nil, err
 	}
-	cfgText, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
+	cfgText, err := os.ReadFile(statedir.Dir(h.state).SSHDConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -140,8 +143,8 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	}
 
 	h.log.Info("stopping the slave daemon (sshd stays) to measure the cache fallback")
-	h.slave.stop(syscall.SIGTERM, 10*time.Second)
-	if conn, err := net.Dial("unix", filepath.Join(h.state, "run", "hook.sock")); err == nil {
+	h.slave.stop(unix.SIGTERM, 10*time.Second)
+	if conn, err := net.Dial("unix", statedir.Dir(h.state).Socket()); err == nil {
 		conn.Close()
 		return nil, errors.New("the hook socket still answers after the slave daemon stopped")
 	}
@@ -238,8 +241,8 @@ func (h *harness) startSlave(ctx context.Context) error {
 	h.onCleanup("removing the tunnel user it created", func() error {
 		return h.removeUser(userExisted, groupExisted)
 	})
-	sshdPid := filepath.Join(h.state, "sshd", "sshd.pid")
-	sshdConfig := filepath.Join(h.state, "sshd_config")
+	sshdPid := statedir.Dir(h.state).PidFile()
+	sshdConfig := statedir.Dir(h.state).SSHDConfig()
 	h.onCleanup("stopping mas4h's sshd", func() error { return stopSSHD(sshdPid, sshdConfig, 10*time.Second) })
 
 	logPath := filepath.Join(h.work, "slave.log")
@@ -258,21 +261,21 @@ func (h *harness) startSlave(ctx context.Context) error {
 	if h.slave, err = startChild(cmd); err != nil {
 		return err
 	}
-	h.onCleanup("stopping the slave daemon", func() error { h.slave.stop(syscall.SIGTERM, 10*time.Second); return nil })
+	h.onCleanup("stopping the slave daemon", func() error { h.slave.stop(unix.SIGTERM, 10*time.Second); return nil })
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if h.slave.exited() {
-			return fmt.Errorf("the slave exited at start (%v): %s", h.slave.err, tail(logPath, 1500))
+			return fmt.Errorf("the slave exited at start (%v): %s", h.slave.err, tail(logPath))
 		}
 		_, pidErr := pidFromFile(sshdPid, sshdConfig)
-		_, sockErr := os.Stat(filepath.Join(h.state, "run", "hook.sock"))
+		_, sockErr := os.Stat(statedir.Dir(h.state).Socket())
 		_, loop, _ := listeners("/proc")
 		if pidErr == nil && sockErr == nil && loop[h.cfg.SlavePort] {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the slave was not ready within 30s: %s", tail(logPath, 1500))
+			return fmt.Errorf("the slave was not ready within 30s: %s", tail(logPath))
 		}
 		select {
 		case <-ctx.Done():
@@ -310,7 +313,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 	if err := atomicfile.Write(akPath, keys.Bytes(), 0o644); err != nil {
 		return err
 	}
-	mas4hCfg, err := os.ReadFile(filepath.Join(h.state, "sshd_config"))
+	mas4hCfg, err := os.ReadFile(statedir.Dir(h.state).SSHDConfig())
 	if err != nil {
 		return fmt.Errorf("reading mas4h's sshd_config: %w", err)
 	}
@@ -341,13 +344,13 @@ func (h *harness) startRaw(ctx context.Context) error {
 	}
 	h.onCleanup("stopping the raw sshd", func() error {
 		err := stopSSHD(pidPath, cfgPath, 10*time.Second)
-		c.stop(syscall.SIGTERM, 5*time.Second)
+		c.stop(unix.SIGTERM, 5*time.Second)
 		return err
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c.exited() {
-			return fmt.Errorf("raw sshd exited at start (%v): %s", c.err, tail(logPath, 1500))
+			return fmt.Errorf("raw sshd exited at start (%v): %s", c.err, tail(logPath))
 		}
 		_, pidErr := pidFromFile(pidPath, cfgPath)
 		_, loop, _ := listeners("/proc")
@@ -355,7 +358,7 @@ func (h *harness) startRaw(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("raw sshd did not come up within 10s: %s", tail(logPath, 1500))
+			return fmt.Errorf("raw sshd did not come up within 10s: %s", tail(logPath))
 		}
 		select {
 		case <-ctx.Done():
@@ -371,7 +374,7 @@ func (h *harness) cleanup() {
 	if len(h.clients) > 0 {
 		h.log.Info("cleanup: stopping ssh clients", "n", len(h.clients))
 		for _, c := range h.clients {
-			c.stop(syscall.SIGTERM, 3*time.Second)
+			c.stop(unix.SIGTERM, 3*time.Second)
 		}
 	}
 	for i := len(h.undo) - 1; i >= 0; i-- {
@@ -462,8 +465,8 @@ func checkRootOwnedParents(dir string) error {
 		if err != nil {
 			return fmt.Errorf("work parent: %w", err)
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok || st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) != nil || st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
 			return fmt.Errorf("work parent %s: %s must be root-owned and not group/world-writable (sshd refuses the hook otherwise); pick another -work-dir", abs, p)
 		}
 		if p == "/" {

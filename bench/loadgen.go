@@ -65,11 +65,10 @@ type fleet struct {
 
 	up       atomic.Int64
 	mu       sync.Mutex
-	upAt     []time.Time     // last time each device's forward was bound
-	started  []time.Time     // first attempt of each device
-	conns    []ssh.Conn      // live connection per device
-	counters genCounters     // under mu
-	fails    map[string]bool // first error per class seen (under mu)
+	upAt     []time.Time // last time each device's forward was bound
+	started  []time.Time // first attempt of each device
+	conns    []ssh.Conn  // live connection per device
+	counters genCounters // under mu
 }
 
 func newFleet(cfg genConfig, devs []device) *fleet {

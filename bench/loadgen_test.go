@@ -2,13 +2,12 @@ package bench
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"io"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -17,8 +16,7 @@ import (
 // what it read from it to banners.
 func fakeSSHD(t *testing.T, allow map[uint32]bool, banners chan<- string) string {
 	t.Helper()
-	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
-	hostKey, _ := ssh.NewSignerFromKey(hostPriv)
+	hostKey := testkit.NewKey(t, "").Signer
 	cfg := &ssh.ServerConfig{PublicKeyCallback: func(ssh.ConnMetadata, ssh.PublicKey) (*ssh.Permissions, error) { return nil, nil }}
 	cfg.AddHostKey(hostKey)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -106,19 +104,12 @@ func TestFleetForwardsAndBanner(t *testing.T) {
 			t.Errorf("forwarded connection read %q, want the banner", b)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c := f.snapshot(false)
-		if c.Failures[failForward] == 1 {
-			if c.Attempts != 3 || c.Successes != 2 {
-				t.Errorf("counters %+v", c)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("refused forward not counted: %+v", c)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var c genCounters
+	if !testkit.Wait(10*time.Second, func() bool { c = f.snapshot(false); return c.Failures[failForward] == 1 }) {
+		t.Fatalf("refused forward not counted: %+v", c)
+	}
+	if c.Attempts != 3 || c.Successes != 2 {
+		t.Errorf("counters %+v", c)
 	}
 	if f.Up() != 2 {
 		t.Errorf("up %d, want 2", f.Up())

@@ -9,20 +9,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/mas4h/mas4h/sshd/sessions"
+	"golang.org/x/sys/unix"
 )
 
 // alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	// comm may hold spaces and parens; the state follows the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
-}
+func alive(pid int) bool { return sessions.Alive("/proc", pid) }
 
 // descendants lists every process below pid, deepest last, from /proc.
 func descendants(pid int) []int {
@@ -76,8 +70,8 @@ func pidFromFile(pidPath, configPath string) (int, error) {
 	if err != nil || pid <= 1 {
 		return 0, fmt.Errorf("pid file %s: bad pid %q", pidPath, b)
 	}
-	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil || !alive(pid) {
+	cmdline, ok := sessions.Cmdline("/proc", pid)
+	if !ok || !alive(pid) {
 		return 0, fmt.Errorf("pid %d from %s is not running", pid, pidPath)
 	}
 	if !bytes.Contains(cmdline, []byte(configPath)) {
@@ -98,7 +92,7 @@ func stopSSHD(pidPath, configPath string, timeout time.Duration) error {
 	}
 	pids := append([]int{pid}, descendants(pid)...)
 	for _, p := range pids {
-		syscall.Kill(p, syscall.SIGTERM)
+		unix.Kill(p, unix.SIGTERM)
 	}
 	return waitGone(pids, timeout)
 }
@@ -121,7 +115,7 @@ func waitGone(pids []int, timeout time.Duration) error {
 	var stuck []string
 	for _, p := range pids {
 		if alive(p) {
-			syscall.Kill(p, syscall.SIGKILL)
+			unix.Kill(p, unix.SIGKILL)
 			stuck = append(stuck, strconv.Itoa(p))
 		}
 	}
@@ -148,7 +142,7 @@ func startChild(cmd *exec.Cmd) (*child, error) {
 }
 
 // stop sends sig, waits up to timeout, then SIGKILLs.
-func (c *child) stop(sig syscall.Signal, timeout time.Duration) {
+func (c *child) stop(sig unix.Signal, timeout time.Duration) {
 	select {
 	case <-c.done:
 		return
@@ -172,17 +166,20 @@ func (c *child) exited() bool {
 	}
 }
 
-// tail returns the last n bytes of a file, for error messages.
-func tail(path string, n int64) string {
+// tailLen is how much of a log an error message quotes: its end.
+const tailLen = 1500
+
+// tail returns the end of a log file, for error messages.
+func tail(path string) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return "(no log)"
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > n {
-		f.Seek(fi.Size()-n, 0)
+	if fi, err := f.Stat(); err == nil && fi.Size() > tailLen {
+		f.Seek(fi.Size()-tailLen, 0)
 	}
-	b := make([]byte, n)
+	b := make([]byte, tailLen)
 	k, _ := f.Read(b)
 	return strings.TrimSpace(string(b[:k]))
 }

@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mas4h/mas4h/atomicfile"
 )
@@ -71,6 +74,18 @@ func (s *Side) finish(devices int) {
 // WriteJSON writes r to dir/issue2-<date>.json and returns the path.
 func (r *Result) WriteJSON(dir string) (string, error) {
 	return writeJSON(dir, "issue2-"+r.Date+".json", r)
+}
+
+// RunError is err of a run whose ctx had a limit of timeout, saying when
+// the limit or an interruption ended it.
+func RunError(ctx context.Context, timeout time.Duration, err error) error {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	return err
 }
 
 // writeJSON writes v, indented, to dir/name (creating dir) and returns the

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stormSpec is one side of the tunnel comparison: an sshd to connect to.
@@ -117,7 +119,7 @@ func sshCommand(s stormSpec, d device) *exec.Cmd {
 	cmd.Stderr = &limitedBuffer{max: 2048}
 	// Own process group: a terminal's ^C reaches the harness, which stops
 	// the clients in order. Pdeathsig: no client outlives a killed harness.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
 	return cmd
 }
 
@@ -127,7 +129,7 @@ func stopClients(ctx context.Context, clients []*child, devs []device) error {
 	var wg sync.WaitGroup
 	for _, c := range clients {
 		wg.Add(1)
-		go func(c *child) { defer wg.Done(); c.stop(syscall.SIGTERM, 5*time.Second) }(c)
+		go func(c *child) { defer wg.Done(); c.stop(unix.SIGTERM, 5*time.Second) }(c)
 	}
 	wg.Wait()
 	var ports []int

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // userHZ is the kernel's clock tick for /proc/PID/stat times (USER_HZ);
@@ -204,6 +205,27 @@ func sysctlSet(path string, v int) (restore func() error, err error) {
 	return func() error { return os.WriteFile(path, bytes.TrimSpace(old), 0o644) }, nil
 }
 
+// raiseRlimit raises this process's soft (and if need be hard) limit of
+// resource to want, noting the change or why it could not, and returns the
+// limit in force; 0 when it cannot be read.
+func (l *Limits) raiseRlimit(resource int, want uint64, what, name string) uint64 {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(resource, &rl); err != nil {
+		return 0
+	}
+	if rl.Cur >= want {
+		return rl.Cur
+	}
+	old := rl
+	rl.Cur, rl.Max = want, max(rl.Max, want)
+	if err := unix.Setrlimit(resource, &rl); err != nil {
+		l.Problems = append(l.Problems, fmt.Sprintf("%s %d < %d needed, cannot raise: %v", what, old.Cur, want, err))
+		return old.Cur
+	}
+	l.Changes = append(l.Changes, fmt.Sprintf("%s %d → %d", name, old.Cur, rl.Cur))
+	return rl.Cur
+}
+
 // prepareLimits checks what maxTunnels tunnels (two sshd processes each,
 // one socket each in this process) need and raises what it may: its own
 // open-file and process limits (inherited by the slave daemon and the
@@ -221,44 +243,11 @@ func prepareLimits(maxTunnels int, onCleanup func(string, func() error)) Limits 
 	l.Somaxconn = readIntFile("/proc/sys/net/core/somaxconn")
 	l.ThreadsMax = readIntFile("/proc/sys/kernel/threads-max")
 
-	wantFiles := uint64(maxTunnels*2 + 4096)
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil {
-		if rl.Cur < wantFiles {
-			old := rl
-			rl.Cur = wantFiles
-			if rl.Max < wantFiles {
-				rl.Max = wantFiles
-			}
-			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-				l.Problems = append(l.Problems, fmt.Sprintf("open files %d < %d needed, cannot raise: %v", old.Cur, wantFiles, err))
-				rl = old
-			} else {
-				l.Changes = append(l.Changes, fmt.Sprintf("RLIMIT_NOFILE of the harness (inherited by the slave and sshd) %d → %d", old.Cur, rl.Cur))
-			}
-		}
-		l.NoFile = rl.Cur
-	}
+	l.NoFile = l.raiseRlimit(unix.RLIMIT_NOFILE, uint64(maxTunnels*2+4096),
+		"open files", "RLIMIT_NOFILE of the harness (inherited by the slave and sshd)")
 	// sshd runs as the tunnel user: every session's two processes count
 	// against that user's RLIMIT_NPROC, inherited from here.
-	wantProcs := uint64(maxTunnels*3 + 2048)
-	const rlimitNPROC = 6
-	if err := syscall.Getrlimit(rlimitNPROC, &rl); err == nil {
-		if rl.Cur < wantProcs {
-			old := rl
-			rl.Cur = wantProcs
-			if rl.Max < wantProcs {
-				rl.Max = wantProcs
-			}
-			if err := syscall.Setrlimit(rlimitNPROC, &rl); err != nil {
-				l.Problems = append(l.Problems, fmt.Sprintf("max user processes %d < %d needed, cannot raise: %v", old.Cur, wantProcs, err))
-				rl = old
-			} else {
-				l.Changes = append(l.Changes, fmt.Sprintf("RLIMIT_NPROC %d → %d", old.Cur, rl.Cur))
-			}
-		}
-		l.NProc = rl.Cur
-	}
+	l.NProc = l.raiseRlimit(unix.RLIMIT_NPROC, uint64(maxTunnels*3+2048), "max user processes", "RLIMIT_NPROC")
 	// Every tunnel is two sshd processes; leave room for the rest of the box.
 	l.PidMax = readIntFile("/proc/sys/kernel/pid_max")
 	if need := maxTunnels*2 + 8192; l.PidMax > 0 && l.PidMax < need {

@@ -286,17 +286,24 @@ func checkSSHDPath(r *report, check, path, what, consequence, fix string) bool {
 	return false
 }
 
-// checkKeysFile looks at the keys file of a slave run with --keys-file:
-// sshd ignores one that is not root-owned or is writable by others, and
-// every device then costs two hook runs again.
+// checkKeysFile looks at the slave's keys file (its default; none with
+// --keys-file=false, which its sshd_config says): sshd ignores one that is
+// not root-owned or is writable by others, and every device then costs two
+// hook runs again.
 func checkKeysFile(c *Config, r *report) {
 	if c.StateDir == "" {
 		return
 	}
-	path := filepath.Join(c.path(c.StateDir), "authorized_keys")
+	dir := statedir.Dir(c.path(c.StateDir))
+	path := dir.KeysFile()
+	named := keysFileNamed(dir.SSHDConfig())
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return // the slave runs hook-only (its default)
+		if named {
+			r.add("keys file", Warn, fmt.Sprintf("sshd_config names %s but it does not exist: every login runs the hook", path),
+				"start the slave (it writes the file), or check its log for why it could not")
+		}
+		return // hook only (--keys-file=false), or a slave that never ran
 	}
 	if err != nil {
 		r.add("keys file", Fail, err.Error(), "")
@@ -313,6 +320,21 @@ func checkKeysFile(c *Config, r *report) {
 		}
 	}
 	r.add("keys file", OK, fmt.Sprintf("%s: %d devices sshd finds without the hook", path, n), "")
+}
+
+// keysFileNamed reports whether a slave's sshd_config names a keys file
+// (AuthorizedKeysFile other than none).
+func keysFileNamed(sshdConfig string) bool {
+	b, err := os.ReadFile(sshdConfig)
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "AuthorizedKeysFile "); ok {
+			return strings.TrimSpace(v) != "none"
+		}
+	}
+	return false
 }
 
 func (c *Config) path(p string) string {

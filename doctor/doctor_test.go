@@ -85,19 +85,30 @@ func TestHookPathUnderTmpFails(t *testing.T) {
 	}
 }
 
-// A keys file below /tmp (1777) is one sshd ignores; none at all is the
-// hook-only default and no finding.
+// A keys file below /tmp (1777) is one sshd ignores; none at all is no
+// finding when sshd_config names none (--keys-file=false), and a warning
+// when it names one.
 func TestKeysFileChecks(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "slave-x")
 	cfg := Config{Role: "slave", StateDir: state, SSHListen: "127.0.0.1:0",
 		Runner: fakeHost("OpenSSH_9.2")}
-	for _, r := range Run(context.Background(), cfg) {
-		if r.Check == "keys file" {
-			t.Errorf("a finding without a keys file: %+v", r)
-		}
-	}
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	sshdConfig := filepath.Join(state, "sshd_config")
+	if err := os.WriteFile(sshdConfig, []byte("AuthorizedKeysFile none\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range Run(context.Background(), cfg) {
+		if r.Check == "keys file" {
+			t.Errorf("a finding without a keys file (hook only): %+v", r)
+		}
+	}
+	if err := os.WriteFile(sshdConfig, []byte("AuthorizedKeysFile "+filepath.Join(state, "authorized_keys")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := find(t, Run(context.Background(), cfg), "keys file"); r.Status != Warn || !strings.Contains(r.Detail, "does not exist") {
+		t.Errorf("a keys file named and missing: %+v", r)
 	}
 	if err := os.WriteFile(filepath.Join(state, "authorized_keys"), []byte("# managed\nrestrict ssh-ed25519 AAAA\n"), 0o640); err != nil {
 		t.Fatal(err)

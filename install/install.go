@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/mas4h/mas4h/agent"
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/process"
@@ -39,7 +40,7 @@ const (
 	DefaultMasterUser = "mas4h"
 	DefaultBin        = "/usr/bin/mas4h"
 	StateRoot         = "/var/lib/mas4h"
-	AgentStateDir     = "/var/lib/mas4h-agent"
+	AgentStateDir     = agent.DefaultStateDir
 	ConfDir           = "/etc/mas4h"
 	UnitDir           = "/etc/systemd/system"
 )
@@ -298,7 +299,7 @@ func (in *installer) user(ctx context.Context, name, home string, tunnel bool) {
 		in.err = err
 		return
 	}
-	_, hadGroup, err := LookupGroup(c.Root, name)
+	hadGroup, err := HasGroup(c.Root, name)
 	if err != nil {
 		in.err = err
 		return

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -25,18 +26,15 @@ func stopSlaveSSHD(procRoot, stateDir string) (int, bool) {
 	if err != nil || pid <= 1 {
 		return 0, false
 	}
-	cmdline, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "cmdline"))
-	if err != nil || !bytes.Contains(cmdline, []byte(filepath.Join(stateDir, "sshd_config"))) {
+	cmdline, ok := sessions.Cmdline(procRoot, pid)
+	if !ok || !bytes.Contains(cmdline, []byte(statedir.Dir(stateDir).SSHDConfig())) {
 		return 0, false
 	}
 	for _, child := range children(procRoot, pid) {
 		unix.Kill(child, unix.SIGTERM)
 	}
 	unix.Kill(pid, unix.SIGTERM)
-	for i := 0; i < 40; i++ {
-		if unix.Kill(pid, 0) != nil {
-			break
-		}
+	for i := 0; i < 40 && sessions.Alive(procRoot, pid); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return pid, true

@@ -161,7 +161,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 		}
 		fmt.Fprintf(c.Out, "removed user %s\n", s.Path)
 	case KindGroup:
-		if _, ok, err := LookupGroup(c.Root, s.Path); err != nil || !ok {
+		if ok, err := HasGroup(c.Root, s.Path); err != nil || !ok {
 			return err // userdel removed it with the user
 		}
 		if err := c.run(ctx, "groupdel", append(prefixArgs(c.Root), s.Path)...); err != nil {

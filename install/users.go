@@ -40,21 +40,14 @@ func LookupUser(root, name string) (Account, bool, error) {
 	return a, found, err
 }
 
-// LookupGroup reads root/etc/group and returns the group's gid.
-func LookupGroup(root, name string) (int, bool, error) {
-	gid, found := 0, false
+// HasGroup reports whether root/etc/group has the group name.
+func HasGroup(root, name string) (bool, error) {
+	found := false
 	err := scanColon(filepath.Join(root, "etc/group"), func(f []string) bool {
-		if len(f) < 3 || f[0] != name {
-			return true
-		}
-		g, err := strconv.Atoi(f[2])
-		if err != nil {
-			return true
-		}
-		gid, found = g, true
-		return false
+		found = len(f) >= 3 && f[0] == name
+		return !found
 	})
-	return gid, found, err
+	return found, err
 }
 
 // PasswordField returns a user's password field from root/etc/shadow

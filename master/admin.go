@@ -32,26 +32,19 @@ func (s *Server) handleStatus(c *gin.Context) {
 		s.internal(c, err)
 		return
 	}
-	now := s.now()
+	alive := s.live.Alive()
 	st := wire.Status{Slaves: make([]wire.SlaveStatus, len(slaves)),
 		Devices: wire.DeviceCounts{Total: total, Active: active, Revoked: revoked, Online: online}}
-	s.mu.Lock()
 	for i, sl := range slaves {
-		alive := false
-		if m := s.slaves[sl.Name]; m != nil {
-			live := registry.SlaveLoad{LastSeen: m.lastSeen}.Live(now, s.cfg.HeartbeatInterval)
-			alive = m.alive && live
-		}
 		load := 0.0
 		if sl.Capacity > 0 {
 			load = float64(sl.Tunnels) / float64(sl.Capacity)
 		}
 		st.Slaves[i] = wire.SlaveStatus{
-			Name: sl.Name, Host: sl.Host, Port: sl.Port, Alive: alive, Tunnels: sl.Tunnels,
+			Name: sl.Name, Host: sl.Host, Port: sl.Port, Alive: alive[sl.Name], Tunnels: sl.Tunnels,
 			Capacity: sl.Capacity, Load: load, CPU: sl.CPU, MemUsed: sl.Mem, LastSeen: sl.LastSeen,
 		}
 	}
-	s.mu.Unlock()
 	c.JSON(http.StatusOK, st)
 }
 
@@ -82,7 +75,7 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "public_key is required")
 		return
 	}
-	key, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
 	if err != nil {
 		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
 		return

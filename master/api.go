@@ -1,9 +1,3 @@
-// Package master is the master process: the REST API (/api/v1, gin) with
-// slot dispatch for devices, key validation and heartbeats for slaves, and
-// the admin endpoints for devices, tunnels, events and cluster status; the
-// live view of the slaves and their pending grants; the HTML dashboard. The
-// registry (data model, store, dispatch policy) sits behind the Store
-// interface.
 package master
 
 import (
@@ -57,10 +51,10 @@ type Store interface {
 	LastEventID(ctx context.Context) (int64, error)
 
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
-	MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error)
+	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
-	RecordSlots(ctx context.Context, grants []registry.SlotGrant) (int, error)
+	RecordSlots(ctx context.Context, grants []registry.SlotGrant) error
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)
 }
@@ -108,9 +102,7 @@ type Server struct {
 	slave   [sha256.Size]byte
 	limiter *ipLimiter
 	metrics *metrics.Master
-
-	mu     sync.Mutex
-	slaves map[string]*slaveState
+	live    *liveSlaves
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -124,13 +116,13 @@ type Server struct {
 // once, without waiting for their next heartbeat.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("api: no store")
+		return nil, errors.New("starting the master: no store")
 	}
 	if cfg.AdminToken == "" || cfg.SlaveToken == "" {
-		return nil, errors.New("api: admin and slave tokens are both required")
+		return nil, errors.New("starting the master: admin and slave tokens are both required")
 	}
 	if cfg.AdminToken == cfg.SlaveToken {
-		return nil, errors.New("api: the admin and slave tokens must differ, or a slave could act as admin")
+		return nil, errors.New("starting the master: the admin and slave tokens must differ, or a slave could act as admin")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -151,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.SlotBurst = DefaultSlotBurst
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-		return nil, errors.New("api: TLS needs both a certificate and a key file")
+		return nil, errors.New("starting the master: TLS needs both a certificate and a key file")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -163,7 +155,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		now:    cfg.Now,
 		admin:  sha256.Sum256([]byte(cfg.AdminToken)),
 		slave:  sha256.Sum256([]byte(cfg.SlaveToken)),
-		slaves: map[string]*slaveState{},
 		writes: make(chan *slotWrite, maxSlotBatch),
 		stop:   make(chan struct{}),
 	}
@@ -172,17 +163,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	known, err := s.store.Slaves(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("api: loading slaves: %w", err)
+		return nil, fmt.Errorf("starting the master: loading slaves: %w", err)
 	}
-	for _, sl := range known {
-		s.slaves[sl.Name] = newSlaveState(sl)
-	}
+	s.live = newLiveSlaves(cfg.Now, cfg.HeartbeatInterval, pendingTTL(cfg.HeartbeatInterval), known)
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewRegistry()
 		s.cfg.Metrics = cfg.Metrics
 	}
 	if s.metrics, err = metrics.NewMaster(cfg.Metrics, s.metricsSnapshot); err != nil {
-		return nil, fmt.Errorf("api: registering metrics: %w", err)
+		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
 	}
 	s.engine = s.routes()
 	s.writerWG.Add(1)
@@ -214,7 +203,7 @@ func (s *Server) recordSlot(ctx context.Context, device, slave string) error {
 	select {
 	case s.writes <- w:
 	case <-s.stop:
-		return errors.New("server closed")
+		return errors.New("recording the slot: the master is shutting down")
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -249,7 +238,7 @@ func (s *Server) slotWriter() {
 		for i, w := range batch {
 			grants[i] = w.grant
 		}
-		_, err := s.store.RecordSlots(context.Background(), grants)
+		err := s.store.RecordSlots(context.Background(), grants)
 		for _, w := range batch {
 			w.done <- err
 		}

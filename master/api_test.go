@@ -31,10 +31,10 @@ func TestHealthzAndUnknownRoutes(t *testing.T) {
 		t.Error("404 without a JSON error")
 	}
 	e.want("PUT", "/devices", adminTok, nil, http.StatusMethodNotAllowed, &we)
-	// The dashboard and metrics come later: not registered yet.
+	// Metrics are served at the root (/metrics), not under the API prefix.
 	resp, _ := e.do("GET", "/metrics", "", nil)
 	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /metrics = %d, want 404 until it exists", resp.StatusCode)
+		t.Errorf("GET %s/metrics = %d, want 404", wire.APIPrefix, resp.StatusCode)
 	}
 }
 
@@ -215,24 +215,6 @@ func TestSlotRateLimit(t *testing.T) {
 	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusOK, nil)
 	// Other endpoints are not limited.
 	e.want("GET", "/healthz", "", nil, http.StatusOK, nil)
-}
-
-func TestIPLimiterEvictsIdleBuckets(t *testing.T) {
-	l := newIPLimiter(1, 1)
-	now := time.Unix(1000, 0)
-	for i := range 100 {
-		l.allow(fmt.Sprintf("192.0.2.%d", i), now)
-	}
-	if ok, _ := l.allow("192.0.2.1", now); ok {
-		t.Error("second request within the burst allowed")
-	}
-	if l.size() != 100 {
-		t.Fatalf("buckets = %d", l.size())
-	}
-	l.allow("198.51.100.1", now.Add(idleAfter+sweepInterval))
-	if l.size() != 1 {
-		t.Errorf("after idling, buckets = %d, want 1", l.size())
-	}
 }
 
 func TestSlotEnvFormatParsesInSh(t *testing.T) {
@@ -600,6 +582,11 @@ func TestValidate(t *testing.T) {
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: stranger, Slave: "s1"}, http.StatusForbidden, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{Fingerprint: "SHA256:nope"}, http.StatusForbidden, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{}, http.StatusBadRequest, nil)
+	var we wire.Error
+	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak, Slave: "../s1"}, http.StatusBadRequest, &we)
+	if !strings.HasPrefix(we.Error, "slave: slave name must be") {
+		t.Errorf("bad slave name: %q", we.Error)
+	}
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak, Fingerprint: v.Fingerprint}, http.StatusBadRequest, nil)
 	e.want("POST", "/devices/d1/revoke", adminTok, nil, http.StatusOK, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak}, http.StatusForbidden, nil)

@@ -12,7 +12,6 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,184 +203,39 @@ func (s *Server) handleLogout(c *gin.Context) {
 	c.Redirect(http.StatusSeeOther, "/")
 }
 
-type slaveView struct {
-	Name      string
-	Host      string
-	Port      int
-	Alive     bool
-	Tunnels   int
-	Capacity  int
-	LoadPct   int    // 0-100, for the bar
-	Load      string // "12.5%"
-	LoadClass string // ok, warn, high
-	CPU, Mem  string
-	LastSeen  string // "3s ago"
-}
-
-type probeView struct {
-	Known  bool
-	OK     bool
-	Ago    string
-	Detail string
-}
-
-type portView struct {
-	Forward string
-	Target  string
-	Port    int
-	Live    bool
-	Slave   string
-	Remote  string
-	Uptime  string
-	Probe   probeView
-}
-
-type deviceView struct {
-	Name      string
-	Revoked   bool
-	Online    bool
-	Slaves    string // where its tunnels are, comma-separated
-	LastSlave string // the slave the master last sent it to
-	Ports     []portView
-	Uptime    string // of its oldest live tunnel
-	Probe     probeView
-}
-
-type eventView struct {
-	At     string
-	Ago    string
-	Kind   string
-	Device string
-	Slave  string
-	Detail string
-}
-
-type overviewView struct {
-	pageView
-	Slaves       []slaveView
-	SlavesAlive  int
-	Devices      []deviceView
-	Total        int
-	Online       int
-	Offline      int
-	Revoked      int
-	Matching     int
-	Query        string
-	Show         string
-	Truncated    bool
-	MaxDevices   int
-	Events       []eventView
-	TunnelsLive  int
-	CapacityLive int
-}
-
-type deviceDetailView struct {
-	pageView
-	Device      deviceView
-	Fingerprint string
-	KeyType     string
-	LastSlave   string
-	Created     string
-	Events      []eventView
-}
-
 func (s *Server) handleOverview(c *gin.Context) {
 	if !s.requireSession(c) {
 		return
 	}
-	ctx := c.Request.Context()
-	now := s.now()
-	slaves, err := s.store.Slaves(ctx)
+	d, err := s.overviewData(c.Request.Context())
 	if err != nil {
 		s.internal(c, err)
 		return
 	}
-	devs, err := s.store.Devices(ctx)
-	if err != nil {
-		s.internal(c, err)
-		return
-	}
-	tunnels, err := s.store.LiveTunnels(ctx)
-	if err != nil {
-		s.internal(c, err)
-		return
-	}
-	events, err := s.latestEvents(ctx, "", dashEvents)
-	if err != nil {
-		s.internal(c, err)
-		return
-	}
-	v := overviewView{pageView: s.page("mas4h", dashRefresh, true), MaxDevices: dashMaxDevices,
-		Query: strings.TrimSpace(c.Query("q")), Show: c.Query("show")}
-	switch v.Show {
-	case "online", "offline", "revoked":
-	default:
-		v.Show = "all"
-	}
-	s.mu.Lock()
-	for _, sl := range slaves {
-		sv := slaveView{Name: sl.Name, Host: sl.Host, Port: sl.Port, Alive: s.aliveLocked(sl.Name, now),
-			Capacity: sl.Capacity, CPU: fmt.Sprintf("%.0f%%", sl.CPU), Mem: fmt.Sprintf("%.0f%%", sl.Mem),
-			LastSeen: ago(now, sl.LastSeen)}
-		if sv.Alive {
-			sv.Tunnels = sl.Tunnels
-			v.SlavesAlive++
-			v.TunnelsLive += sl.Tunnels
-			v.CapacityLive += sl.Capacity
-		}
-		load := 0.0
-		if sl.Capacity > 0 {
-			load = float64(sv.Tunnels) / float64(sl.Capacity)
-		}
-		sv.LoadPct = min(max(int(load*100+0.5), 0), 100)
-		if load > 0 && sv.LoadPct == 0 {
-			sv.LoadPct = 1 // a sliver, so that "some" does not look like "none"
-		}
-		sv.Load = fmt.Sprintf("%.1f%%", load*100)
-		switch {
-		case load >= 0.9:
-			sv.LoadClass = "high"
-		case load >= 0.7:
-			sv.LoadClass = "warn"
-		default:
-			sv.LoadClass = "ok"
-		}
-		v.Slaves = append(v.Slaves, sv)
-	}
-	s.mu.Unlock()
-
-	byDevice := map[string][]registry.Tunnel{}
-	for _, t := range tunnels {
-		byDevice[t.Device] = append(byDevice[t.Device], t)
-	}
-	q := strings.ToLower(v.Query)
-	for _, d := range devs {
-		dv := s.deviceView(d, byDevice[d.Name], now)
-		v.Total++
-		switch {
-		case dv.Revoked:
-			v.Revoked++
-		case dv.Online:
-			v.Online++
-		default:
-			v.Offline++
-		}
-		if q != "" && !strings.Contains(strings.ToLower(d.Name), q) {
-			continue
-		}
-		match := v.Show == "all" || v.Show == "revoked" && dv.Revoked ||
-			v.Show == "online" && dv.Online && !dv.Revoked || v.Show == "offline" && !dv.Online && !dv.Revoked
-		if !match {
-			continue
-		}
-		v.Matching++
-		if len(v.Devices) < dashMaxDevices {
-			v.Devices = append(v.Devices, dv)
-		}
-	}
-	v.Truncated = v.Matching > len(v.Devices)
-	v.Events = eventViews(events, now)
+	v := buildOverview(d, c.Query("q"), c.Query("show"), s.now())
+	v.pageView = s.page("mas4h", dashRefresh, true)
 	s.renderHTML(c, http.StatusOK, "dashboard.tmpl", v)
+}
+
+// overviewData reads what the overview shows from the store and the live
+// view.
+func (s *Server) overviewData(ctx context.Context) (overviewData, error) {
+	var d overviewData
+	var err error
+	if d.Slaves, err = s.store.Slaves(ctx); err != nil {
+		return d, err
+	}
+	d.Alive = s.live.Alive()
+	if d.Devices, err = s.store.Devices(ctx); err != nil {
+		return d, err
+	}
+	if d.Tunnels, err = s.store.LiveTunnels(ctx); err != nil {
+		return d, err
+	}
+	if d.Events, err = s.latestEvents(ctx, "", dashEvents); err != nil {
+		return d, err
+	}
+	return d, nil
 }
 
 func (s *Server) handleDevicePage(c *gin.Context) {
@@ -404,106 +258,14 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 		s.internal(c, err)
 		return
 	}
-	var mine []registry.Tunnel
-	for _, t := range tunnels {
-		if t.Device == dev.Name {
-			mine = append(mine, t)
-		}
-	}
 	events, err := s.latestEvents(ctx, dev.Name, deviceEvents)
 	if err != nil {
 		s.internal(c, err)
 		return
 	}
-	now := s.now()
-	v := deviceDetailView{
-		pageView: s.page(dev.Name+" — mas4h", dashRefresh, true), Device: s.deviceView(dev, mine, now),
-		Fingerprint: dev.Fingerprint, KeyType: dev.KeyType, LastSlave: dev.LastSlave,
-		Created: dev.CreatedAt.UTC().Format("2006-01-02 15:04:05Z"), Events: eventViews(events, now),
-	}
+	v := buildDeviceDetail(dev, tunnels, events, s.now())
+	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, true)
 	s.renderHTML(c, http.StatusOK, "dashboard_device.tmpl", v)
-}
-
-// deviceView joins a device with its live tunnels.
-func (s *Server) deviceView(d registry.Device, tunnels []registry.Tunnel, now time.Time) deviceView {
-	dv := deviceView{Name: d.Name, Revoked: d.Status != registry.StatusActive, Online: len(tunnels) > 0, LastSlave: d.LastSlave}
-	var slaves []string
-	var oldest time.Time
-	var shown *registry.Probe
-	for _, f := range d.Forwards {
-		pv := portView{Forward: f.Name, Target: f.Target, Port: f.RemotePort}
-		for _, t := range tunnels {
-			if t.Port != f.RemotePort {
-				continue
-			}
-			pv.Live, pv.Slave, pv.Remote = true, t.Slave, t.Remote
-			if !t.Since.IsZero() {
-				pv.Uptime = since(now, t.Since)
-			}
-			pv.Probe = viewProbe(t.Probe, now)
-		}
-		dv.Ports = append(dv.Ports, pv)
-	}
-	for _, t := range tunnels {
-		if !contains(slaves, t.Slave) {
-			slaves = append(slaves, t.Slave)
-		}
-		if !t.Since.IsZero() && (oldest.IsZero() || t.Since.Before(oldest)) {
-			oldest = t.Since
-		}
-		if worthShowing(t.Probe, shown) {
-			shown = t.Probe
-		}
-	}
-	sort.Strings(slaves)
-	dv.Slaves = strings.Join(slaves, ", ")
-	if !oldest.IsZero() {
-		dv.Uptime = since(now, oldest)
-	}
-	dv.Probe = viewProbe(shown, now)
-	return dv
-}
-
-// worthShowing prefers, for a device's one "last probe" cell, a failing
-// probe over a passing one (that is what the operator must see), then the
-// newer one.
-func worthShowing(p, cur *registry.Probe) bool {
-	switch {
-	case p == nil:
-		return false
-	case cur == nil:
-		return true
-	case p.OK != cur.OK:
-		return !p.OK
-	default:
-		return p.At.After(cur.At)
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func viewProbe(p *registry.Probe, now time.Time) probeView {
-	if p == nil {
-		return probeView{}
-	}
-	return probeView{Known: true, OK: p.OK, Ago: ago(now, p.At), Detail: p.Detail}
-}
-
-func eventViews(events []registry.Event, now time.Time) []eventView {
-	out := make([]eventView, 0, len(events))
-	for i := len(events) - 1; i >= 0; i-- { // newest first
-		e := events[i]
-		out = append(out, eventView{At: e.At.UTC().Format("2006-01-02 15:04:05Z"), Ago: ago(now, e.At),
-			Kind: e.Kind, Device: e.Device, Slave: e.Slave, Detail: e.Detail})
-	}
-	return out
 }
 
 // latestEvents returns the newest n events (of device, or of all devices
@@ -526,32 +288,5 @@ func (s *Server) latestEvents(ctx context.Context, device string, n int) ([]regi
 			}
 			return evs, nil
 		}
-	}
-}
-
-// ago is a short age: "4s ago", "3m ago", "2h10m ago", "3d4h ago".
-func ago(now, t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return short(now.Sub(t)) + " ago"
-}
-
-// since is a short duration from t to now, for uptimes.
-func since(now, t time.Time) string { return short(now.Sub(t)) }
-
-func short(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d/time.Second))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm%02ds", int(d/time.Minute), int(d%time.Minute/time.Second))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
-	default:
-		return fmt.Sprintf("%dd%dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
 	}
 }

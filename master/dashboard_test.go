@@ -1,7 +1,6 @@
 package master
 
 import (
-	"github.com/mas4h/mas4h/metrics"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -9,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/metrics"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
@@ -153,14 +154,7 @@ func (e *testEnv) want(method, path, token string, body any, status int, out any
 
 func newKey(t testing.TB) (ssh.PublicKey, string) {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testkit.NewKey(t, "").Public
 	return k, registry.AuthorizedKey(k)
 }
 

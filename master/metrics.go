@@ -8,7 +8,6 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/mas4h/mas4h/metrics"
-	"github.com/mas4h/mas4h/registry"
 )
 
 // countSlots counts every answered slot request by its outcome, read from
@@ -52,13 +51,6 @@ func (s *Server) countValidations(c *gin.Context) {
 	s.metrics.Validation(r, time.Since(start))
 }
 
-// alive reports whether slave name is live now: marked alive and heard
-// from within registry.DeadAfter intervals. The caller holds s.mu.
-func (s *Server) aliveLocked(name string, now time.Time) bool {
-	m := s.slaves[name]
-	return m != nil && m.alive && registry.SlaveLoad{LastSeen: m.lastSeen}.Live(now, s.cfg.HeartbeatInterval)
-}
-
 // metricsSnapshot reads the registry for the gauges of one scrape.
 func (s *Server) metricsSnapshot(ctx context.Context) (metrics.MasterSnapshot, error) {
 	var snap metrics.MasterSnapshot
@@ -76,10 +68,9 @@ func (s *Server) metricsSnapshot(ctx context.Context) (metrics.MasterSnapshot, e
 	}
 	snap.DevicesActive, snap.DevicesRevoked, snap.DevicesOnline = active, revoked, online
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	alive := s.live.Alive()
 	for _, sl := range slaves {
-		ss := metrics.SlaveSnapshot{Name: sl.Name, Alive: s.aliveLocked(sl.Name, now), HeartbeatAge: now.Sub(sl.LastSeen)}
+		ss := metrics.SlaveSnapshot{Name: sl.Name, Alive: alive[sl.Name], HeartbeatAge: now.Sub(sl.LastSeen)}
 		if ss.Alive {
 			ss.Tunnels = sl.Tunnels
 		}

@@ -64,10 +64,3 @@ func (l *ipLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
 	}
 	return false, wait
 }
-
-// size is the number of buckets held, for tests.
-func (l *ipLimiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
-}

@@ -127,7 +127,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		slotFail(c, env, http.StatusBadRequest, "public_key is required", 0)
 		return
 	}
-	key, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
 	if err != nil {
 		slotFail(c, env, http.StatusBadRequest, "public_key: "+err.Error(), 0)
 		return
@@ -145,7 +145,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
 		return
 	}
-	slot, ok := s.pick(dev)
+	slot, ok := s.live.Pick(dev)
 	if !ok {
 		// Jittered so that a fleet that lost its slaves does not come back
 		// in lockstep.
@@ -156,7 +156,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 		return
 	}
 	if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
-		s.unpick(dev.Name, slot.Slave)
+		s.live.Unpick(dev.Name, slot.Slave)
 		s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
 		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
 		return
@@ -236,9 +236,11 @@ func (s *Server) handleValidate(c *gin.Context) {
 		fail(c, berr.status, berr.msg)
 		return
 	}
-	if req.Slave != "" && names.Slave(req.Slave) != nil {
-		fail(c, http.StatusBadRequest, "slave: not a valid slave name")
-		return
+	if req.Slave != "" {
+		if err := names.Slave(req.Slave); err != nil {
+			fail(c, http.StatusBadRequest, "slave: "+err.Error())
+			return
+		}
 	}
 	ctx := c.Request.Context()
 	var key ssh.PublicKey
@@ -247,7 +249,7 @@ func (s *Server) handleValidate(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
 		return
 	case req.PublicKey != "":
-		k, _, err := registry.ParsePublicKey([]byte(req.PublicKey))
+		k, err := registry.ParsePublicKey([]byte(req.PublicKey))
 		if err != nil {
 			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
 			return

@@ -577,7 +577,7 @@ func reconcile(table, chain string, cur []string, want []rule, own bool) []Step 
 			}
 		}
 		steps = append(steps, Step{Op: OpInsert, Table: table, Chain: chain, Pos: prev + 2, Rule: w.spec})
-		sim = slices.Insert(sim, prev+1, entry{id: w.id, spec: w.spec})
+		sim = slices.Insert(sim, prev+1, entry(w))
 	}
 	wanted := map[string]bool{}
 	for _, w := range want {

@@ -49,6 +49,8 @@ type Cmd struct {
 	// DieWithParent (Start only) has the kernel send SIGTERM to the process
 	// when the caller dies, for a child that must not outlive it (the
 	// agent's ssh client); never for sshd, whose tunnels outlive the daemon.
+	// The kernel ties it to the thread that forked, so it costs an OS
+	// thread for the child's lifetime: not for thousands of children.
 	DieWithParent bool
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/names"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -21,16 +22,46 @@ func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, f
 
 // EnrolDevice is AddDevice with a note put in front of the enrol event's
 // detail, saying who enrolled the device (e.g. "auto-enrolled by exec
-// validator").
+// validator"). Every error it returns starts "enrolling device NAME: " and
+// wraps one of the package's sentinels when the input is the cause.
 func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange, note string) (Device, error) {
+	e, err := newEnrolment(name, key, forwards, pr)
+	var d Device
+	if err == nil {
+		d, err = s.insertDevice(ctx, e, note)
+	}
+	if err != nil {
+		if names.Device(name) != nil {
+			name = quoteTrunc(name)
+		}
+		return Device{}, fmt.Errorf("enrolling device %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// enrolment is a device ready to be written: every field checked, forwards
+// in canonical form.
+type enrolment struct {
+	name        string
+	fingerprint string
+	keyType     string
+	publicKey   string // AuthorizedKey form
+	forwards    []ForwardSpec
+	ports       PortRange // where its forwards lease their ports
+}
+
+// newEnrolment checks a device about to be enrolled, without the store:
+// its name, key, port range and forwards (DefaultForward when none; names
+// unique, as many as the range can hold).
+func newEnrolment(name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange) (enrolment, error) {
 	if err := ValidateDeviceName(name); err != nil {
-		return Device{}, fmt.Errorf("adding device: %w", err)
+		return enrolment{}, err
 	}
 	if err := CheckKey(key); err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return enrolment{}, err
 	}
 	if err := pr.validate(); err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return enrolment{}, err
 	}
 	if len(forwards) == 0 {
 		forwards = []ForwardSpec{DefaultForward()}
@@ -40,80 +71,86 @@ func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey,
 	for i, f := range forwards {
 		n, err := f.normalize()
 		if err != nil {
-			return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+			return enrolment{}, err
 		}
 		if seen[n.Name] {
-			return Device{}, fmt.Errorf("adding device %s: forward name %q given twice: %w", name, n.Name, ErrInvalid)
+			return enrolment{}, fmt.Errorf("forward name %q given twice: %w", n.Name, ErrInvalid)
 		}
 		seen[n.Name] = true
 		specs[i] = n
 	}
 	if len(specs) > pr.Size() {
-		return Device{}, fmt.Errorf("adding device %s: %d forwards do not fit in port range %s; widen --port-range: %w", name, len(specs), pr, ErrRangeFull)
+		return enrolment{}, fmt.Errorf("%d forwards do not fit in port range %s; widen --port-range: %w", len(specs), pr, ErrRangeFull)
 	}
-	fp := Fingerprint(key)
+	return enrolment{
+		name: name, fingerprint: Fingerprint(key), keyType: key.Type(), publicKey: AuthorizedKey(key),
+		forwards: specs, ports: pr,
+	}, nil
+}
 
+// insertDevice writes e (device, port leases, enrol event) in one
+// transaction, so on any error nothing is.
+func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Device, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
 	defer tx.Rollback()
 
 	var holder string
-	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE name = ?`, name).Scan(&holder)
+	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE name = ?`, e.name).Scan(&holder)
 	switch {
 	case err == nil:
-		return Device{}, fmt.Errorf("adding device %s: name is taken: %w", name, ErrExists)
+		return Device{}, fmt.Errorf("name is taken: %w", ErrExists)
 	case !errors.Is(err, sql.ErrNoRows):
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
-	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE fingerprint = ?`, fp).Scan(&holder)
+	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE fingerprint = ?`, e.fingerprint).Scan(&holder)
 	switch {
 	case err == nil:
-		return Device{}, fmt.Errorf("adding device %s: key %s is already enrolled as device %q (one key per device): %w", name, fp, holder, ErrDuplicateKey)
+		return Device{}, fmt.Errorf("key %s is already enrolled as device %q (one key per device): %w", e.fingerprint, holder, ErrDuplicateKey)
 	case !errors.Is(err, sql.ErrNoRows):
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
 
-	ports, err := leasePorts(ctx, tx, pr, len(specs))
+	ports, err := leasePorts(ctx, tx, e.ports, len(e.forwards))
 	if err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
-
 	now := s.now().UTC()
 	res, err := tx.ExecContext(ctx,
 		`INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at)
 		 VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		name, fp, key.Type(), AuthorizedKey(key), StatusActive, now.UnixNano(), now.UnixNano())
+		e.name, e.fingerprint, e.keyType, e.publicKey, StatusActive, now.UnixNano(), now.UnixNano())
 	if err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
-	detail := make([]string, len(specs))
-	for i, f := range specs {
+	detail := make([]string, len(e.forwards))
+	for i, f := range e.forwards {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO forwards (device_id, position, name, target, probe, remote_port) VALUES (?, ?, ?, ?, ?, ?)`,
 			id, i, f.Name, f.Target, f.Probe, ports[i]); err != nil {
-			return Device{}, fmt.Errorf("adding device %s: leasing port %d for forward %s: %w", name, ports[i], f.Name, err)
+			return Device{}, fmt.Errorf("leasing port %d for forward %s: %w", ports[i], f.Name, err)
 		}
 		detail[i] = fmt.Sprintf("%s %s on port %d", f.Name, f.Target, ports[i])
 	}
-	msg := fmt.Sprintf("key %s; forwards: %s", fp, strings.Join(detail, ", "))
+	msg := fmt.Sprintf("key %s; forwards: %s", e.fingerprint, strings.Join(detail, ", "))
 	if note != "" {
 		msg = note + "; " + msg
 	}
-	if err := addEvent(ctx, tx, now, EventEnrol, name, msg); err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+	if err := addEvent(ctx, tx, now, EventEnrol, e.name, msg); err != nil {
+		return Device{}, fmt.Errorf("logging the enrol event: %w", err)
 	}
-	d, err := deviceWhere(ctx, tx, "name", name)
+	d, err := deviceWhere(ctx, tx, "name", e.name)
 	if err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, fmt.Errorf("reading the device back: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return Device{}, fmt.Errorf("adding device %s: %w", name, err)
+		return Device{}, err
 	}
 	return d, nil
 }

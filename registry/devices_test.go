@@ -150,6 +150,13 @@ func TestAddDeviceRefusals(t *testing.T) {
 					t.Errorf("error %q does not mention %s", err, w)
 				}
 			}
+			prefix := "enrolling device " + tt.device + ": "
+			if tt.device == "Bad Name" {
+				prefix = `enrolling device "Bad Name": `
+			}
+			if !strings.HasPrefix(err.Error(), prefix) {
+				t.Errorf("error %q does not start %q", err, prefix)
+			}
 		})
 	}
 	if d, e, f := countRows(t, s, "devices"), countRows(t, s, "events"), countRows(t, s, "forwards"); d != devicesBefore || e != eventsBefore || f != forwardsBefore {

@@ -13,7 +13,7 @@ func FuzzParsePublicKey(f *testing.F) {
 	f.Add([]byte("\n# c\n\n"))
 	f.Add([]byte("sk-ssh-ed25519@openssh.com AAAA"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		k, _, err := ParsePublicKey(data)
+		k, err := ParsePublicKey(data)
 		if err == nil {
 			if CheckKey(k) != nil {
 				t.Fatalf("ParsePublicKey accepted a key CheckKey refuses: %s", AuthorizedKey(k))

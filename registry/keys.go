@@ -9,6 +9,10 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// keyAlgoDSA names DSA keys, which are refused by name (ssh's constant for
+// it is deprecated, since nothing should use DSA any more).
+const keyAlgoDSA = "ssh-dss"
+
 // MinRSABits is the smallest RSA modulus accepted for a device key.
 const MinRSABits = 2048
 
@@ -18,21 +22,22 @@ const maxKeyFileSize = 64 << 10
 
 // ParsePublicKey reads the content of an OpenSSH public key file (one
 // authorized_keys-style line, with optional comment; blank lines and '#'
-// lines around it are ignored) and returns the key and its comment.
+// lines around it are ignored) and returns the key. Its comment is dropped:
+// the device's name is what names it in mas4h.
 //
 // It refuses, saying why, anything a device should not enrol with: private
 // keys, several keys, keys with authorized_keys options, and key types that
 // are weak, deprecated or need a human (security keys). Errors never contain
 // key material, since a pasted private key must not end up in a log.
-func ParsePublicKey(data []byte) (ssh.PublicKey, string, error) {
+func ParsePublicKey(data []byte) (ssh.PublicKey, error) {
 	if len(data) > maxKeyFileSize {
-		return nil, "", fmt.Errorf("public key input is %d bytes, more than a key file can be (max %d): %w", len(data), maxKeyFileSize, ErrInvalid)
+		return nil, fmt.Errorf("public key input is %d bytes, more than a key file can be (max %d): %w", len(data), maxKeyFileSize, ErrInvalid)
 	}
 	if looksPrivate(data) {
-		return nil, "", fmt.Errorf("this looks like a PRIVATE key; give the public key instead (the .pub file, e.g. id_ed25519.pub), and keep the private one on the device: %w", ErrInvalid)
+		return nil, fmt.Errorf("this looks like a PRIVATE key; give the public key instead (the .pub file, e.g. id_ed25519.pub), and keep the private one on the device: %w", ErrInvalid)
 	}
 	if bytes.Contains(data, []byte("---- BEGIN SSH2 PUBLIC KEY")) {
-		return nil, "", fmt.Errorf("this is an RFC 4716 (SSH2) public key; convert it with `ssh-keygen -i -f FILE` to OpenSSH format: %w", ErrInvalid)
+		return nil, fmt.Errorf("this is an RFC 4716 (SSH2) public key; convert it with `ssh-keygen -i -f FILE` to OpenSSH format: %w", ErrInvalid)
 	}
 
 	type keyLine struct {
@@ -48,7 +53,7 @@ func ParsePublicKey(data []byte) (ssh.PublicKey, string, error) {
 		lines = append(lines, keyLine{i + 1, l})
 	}
 	if len(lines) == 0 {
-		return nil, "", fmt.Errorf("no public key found: input is empty: %w", ErrInvalid)
+		return nil, fmt.Errorf("no public key found: input is empty: %w", ErrInvalid)
 	}
 	if len(lines) > 1 {
 		n := 0
@@ -58,9 +63,9 @@ func ParsePublicKey(data []byte) (ssh.PublicKey, string, error) {
 			}
 		}
 		if n > 1 {
-			return nil, "", fmt.Errorf("found %d public keys; exactly one is wanted per device: %w", n, ErrInvalid)
+			return nil, fmt.Errorf("found %d public keys; exactly one is wanted per device: %w", n, ErrInvalid)
 		}
-		return nil, "", fmt.Errorf("found %d non-comment lines; a public key file holds exactly one line like \"ssh-ed25519 AAAA... comment\": %w", len(lines), ErrInvalid)
+		return nil, fmt.Errorf("found %d non-comment lines; a public key file holds exactly one line like \"ssh-ed25519 AAAA... comment\": %w", len(lines), ErrInvalid)
 	}
 
 	line := lines[0].text
@@ -72,20 +77,20 @@ func ParsePublicKey(data []byte) (ssh.PublicKey, string, error) {
 	}
 	if len(first) > 0 {
 		if err := checkKeyType(string(first)); err != nil && isKnownRefusedType(string(first)) {
-			return nil, "", err
+			return nil, err
 		}
 	}
-	key, comment, options, _, err := ssh.ParseAuthorizedKey(line)
+	key, _, options, _, err := ssh.ParseAuthorizedKey(line)
 	if err != nil {
-		return nil, "", fmt.Errorf("not an OpenSSH public key (expected one line like \"ssh-ed25519 AAAA... comment\"): %w", ErrInvalid)
+		return nil, fmt.Errorf("not an OpenSSH public key (expected one line like \"ssh-ed25519 AAAA... comment\"): %w", ErrInvalid)
 	}
 	if len(options) > 0 {
-		return nil, "", fmt.Errorf("the key has authorized_keys options in front of it (%d option(s)); give the bare key, options are set by mas4h: %w", len(options), ErrInvalid)
+		return nil, fmt.Errorf("the key has authorized_keys options in front of it (%d option(s)); give the bare key, options are set by mas4h: %w", len(options), ErrInvalid)
 	}
 	if err := CheckKey(key); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	return key, comment, nil
+	return key, nil
 }
 
 // looksPrivate spots the common private key containers: PEM (OpenSSH, PKCS#1,
@@ -101,7 +106,7 @@ func looksPrivate(data []byte) bool {
 // isKnownRefusedType reports whether checkKeyType refuses t for a reason
 // worth telling before the parser gets a say.
 func isKnownRefusedType(t string) bool {
-	return t == ssh.InsecureKeyAlgoDSA || strings.HasPrefix(t, "sk-") || strings.Contains(t, "-cert-")
+	return t == keyAlgoDSA || strings.HasPrefix(t, "sk-") || strings.Contains(t, "-cert-")
 }
 
 // checkKeyType refuses key types by name.
@@ -110,7 +115,7 @@ func checkKeyType(t string) error {
 	case t == ssh.KeyAlgoED25519, t == ssh.KeyAlgoECDSA256, t == ssh.KeyAlgoECDSA384,
 		t == ssh.KeyAlgoECDSA521, t == ssh.KeyAlgoRSA:
 		return nil
-	case t == ssh.InsecureKeyAlgoDSA:
+	case t == keyAlgoDSA:
 		return fmt.Errorf("DSA (ssh-dss) keys are refused: deprecated and removed from OpenSSH; generate an ed25519 key (ssh-keygen -t ed25519): %w", ErrInvalid)
 	case strings.HasPrefix(t, "sk-"):
 		return fmt.Errorf("security-key (%s) keys are refused: an unattended device cannot touch a hardware key; use a plain ed25519 key: %w", quoteTrunc(t), ErrInvalid)

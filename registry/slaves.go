@@ -168,15 +168,17 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 }
 
 // MarkSlaveDead marks a live slave dead and writes a slave-down event with
-// detail, in one transaction. It reports false, writing nothing, when the
-// slave was already dead or is unknown.
-func (s *Store) MarkSlaveDead(ctx context.Context, name string, at time.Time, detail string) (bool, error) {
+// detail, in one transaction, unless the slave has beaten since lastSeen
+// (its last heartbeat when it was found silent): a heartbeat that arrives
+// meanwhile wins. It reports false, writing nothing, when the slave was
+// already dead, has beaten since, or is unknown.
+func (s *Store) MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("marking slave %s dead: %w", name, err)
 	}
 	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, `UPDATE slaves SET alive = 0 WHERE name = ? AND alive = 1`, name)
+	res, err := tx.ExecContext(ctx, `UPDATE slaves SET alive = 0 WHERE name = ? AND alive = 1 AND last_seen = ?`, name, lastSeen.UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("marking slave %s dead: %w", name, err)
 	}
@@ -276,48 +278,38 @@ type SlotGrant struct {
 	Slave  string
 }
 
-// RecordSlot notes that device was sent to slave: its last_slave, which
-// dispatch sticks to, and a slot event, in one transaction.
-func (s *Store) RecordSlot(ctx context.Context, device, slave string) error {
-	n, err := s.RecordSlots(ctx, []SlotGrant{{device, slave}})
-	if err == nil && n == 0 {
-		return fmt.Errorf("recording slot of %s: %w", quoteTrunc(device), ErrNotFound)
-	}
-	return err
-}
-
-// RecordSlots records several grants in one transaction, so a master under
-// a storm of slot requests commits them in groups. Grants of devices that
-// no longer exist are skipped; n is how many were recorded.
-func (s *Store) RecordSlots(ctx context.Context, grants []SlotGrant) (n int, err error) {
+// RecordSlots notes that each grant's device was sent to its slave: the
+// device's last_slave, which dispatch sticks to, and a slot event. All in
+// one transaction, so a master under a storm of slot requests commits them
+// in groups. Grants of devices that no longer exist are skipped.
+func (s *Store) RecordSlots(ctx context.Context, grants []SlotGrant) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, fmt.Errorf("recording slots: %w", err)
+		return fmt.Errorf("recording slots: %w", err)
 	}
 	defer tx.Rollback()
 	upd, err := tx.PrepareContext(ctx, `UPDATE devices SET last_slave = ? WHERE name = ?`)
 	if err != nil {
-		return 0, fmt.Errorf("recording slots: %w", err)
+		return fmt.Errorf("recording slots: %w", err)
 	}
 	defer upd.Close()
 	now := s.now().UTC()
 	for _, g := range grants {
 		res, err := upd.ExecContext(ctx, g.Slave, g.Device)
 		if err != nil {
-			return 0, fmt.Errorf("recording slot of %s: %w", g.Device, err)
+			return fmt.Errorf("recording slot of %s: %w", g.Device, err)
 		}
 		if k, err := res.RowsAffected(); err != nil {
-			return 0, fmt.Errorf("recording slot of %s: %w", g.Device, err)
+			return fmt.Errorf("recording slot of %s: %w", g.Device, err)
 		} else if k == 0 {
 			continue
 		}
 		if err := addSlaveEvent(ctx, tx, now, EventSlot, g.Slave, g.Device, "granted slave "+g.Slave); err != nil {
-			return 0, fmt.Errorf("recording slot of %s: %w", g.Device, err)
+			return fmt.Errorf("recording slot of %s: %w", g.Device, err)
 		}
-		n++
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("recording slots: %w", err)
+		return fmt.Errorf("recording slots: %w", err)
 	}
-	return n, nil
+	return nil
 }

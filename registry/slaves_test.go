@@ -34,7 +34,7 @@ func TestMigrationFromVersion1KeepsDevices(t *testing.T) {
 	if err != nil || d.LastSlave != "" || len(d.Forwards) != 1 {
 		t.Fatalf("device after migration = %+v, %v", d, err)
 	}
-	if err := s.RecordSlot(ctx, "old", "s1"); err != nil {
+	if err := s.RecordSlots(ctx, []SlotGrant{{Device: "old", Slave: "s1"}}); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := s.Device(ctx, "old"); d.LastSlave != "s1" {
@@ -68,11 +68,15 @@ func TestHeartbeatsSlavesAndTunnels(t *testing.T) {
 	if n, _ := s.OnlineDevices(ctx); n != 2 {
 		t.Errorf("online = %d", n)
 	}
-	changed, err := s.MarkSlaveDead(ctx, "s1", t0.Add(time.Minute), "gone")
+	// Found silent as of its first beat: it has beaten since, which wins.
+	if changed, err := s.MarkSlaveDead(ctx, "s1", t0, t0.Add(time.Minute), "gone"); err != nil || changed {
+		t.Fatalf("MarkSlaveDead of a slave that beat since = %v, %v; want false", changed, err)
+	}
+	changed, err := s.MarkSlaveDead(ctx, "s1", t0.Add(5*time.Second), t0.Add(time.Minute), "gone")
 	if err != nil || !changed {
 		t.Fatalf("MarkSlaveDead = %v, %v", changed, err)
 	}
-	if changed, _ := s.MarkSlaveDead(ctx, "s1", t0.Add(time.Minute), "gone"); changed {
+	if changed, _ := s.MarkSlaveDead(ctx, "s1", t0.Add(5*time.Second), t0.Add(time.Minute), "gone"); changed {
 		t.Error("second MarkSlaveDead changed something")
 	}
 	if ts, _ := s.LiveTunnels(ctx); len(ts) != 0 {

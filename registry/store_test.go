@@ -3,8 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -13,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -29,15 +28,7 @@ func openTemp(t *testing.T) (*Store, string) {
 
 func newEd25519(t testing.TB) ssh.PublicKey {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return testkit.NewKey(t, "").Public
 }
 
 func TestOpenCreatesPrivateFileAndIsIdempotent(t *testing.T) {

@@ -164,7 +164,7 @@ func validateProbe(p string) error {
 			return fmt.Errorf("probe banner:REGEX needs a regex: %w", ErrInvalid)
 		}
 		if _, err := regexp.Compile(re); err != nil {
-			return fmt.Errorf("probe banner:REGEX: bad regex %s: %v: %w", quoteTrunc(re), err, ErrInvalid)
+			return fmt.Errorf("probe banner:REGEX: bad regex %s: %w: %w", quoteTrunc(re), err, ErrInvalid)
 		}
 		return nil
 	case strings.HasPrefix(p, "send-expect:"):
@@ -183,7 +183,7 @@ func validateProbe(p string) error {
 			return fmt.Errorf("probe send-expect:TEXT|REGEX needs a regex: %w", ErrInvalid)
 		}
 		if _, err := regexp.Compile(re); err != nil {
-			return fmt.Errorf("probe send-expect: bad regex %s: %v: %w", quoteTrunc(re), err, ErrInvalid)
+			return fmt.Errorf("probe send-expect: bad regex %s: %w: %w", quoteTrunc(re), err, ErrInvalid)
 		}
 		return nil
 	default:

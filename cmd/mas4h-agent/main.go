@@ -14,16 +14,18 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/agent"
+	"github.com/mas4h/mas4h/cmd/internal/agentflags"
 )
 
 // version is set at build time: -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -35,12 +37,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var showVersion bool
 	fs := flag.NewFlagSet("mas4h-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.Master, "master", "", "the master's `URL`, e.g. https://master.example:8080")
-	fs.StringVar(&cfg.KeyPath, "key", "", "the device's private key `file` (OpenSSH, PEM or dropbear format, mode 0600)")
-	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/mas4h-agent", "`dir` for the last slot, known_hosts and converted keys")
-	fs.StringVar(&cfg.SSHClient, "ssh-client", agent.ClientAuto, "the SSH `client` to run: auto, openssh or dropbear")
-	fs.DurationVar(&cfg.Keepalive, "keepalive", 0, "keepalive `interval`; the client gives up after 3 unanswered (default 10s)")
-	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 0, "`timeout` of the master call and of OpenSSH's connect (default 15s)")
+	agentflags.Add(fs, &cfg)
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")

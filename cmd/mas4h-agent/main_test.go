@@ -40,20 +40,84 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-// The agent must build static: nothing that needs cgo, and none of the
-// master's weight.
+// The agent runs on routers and NAS boxes, built with CGO_ENABLED=0 for
+// arm, arm64 and mips: it must link no cgo and none of the master's or the
+// slave's weight (gin, SQLite, cobra, gopsutil, the registry). Every
+// package it links is allowed here: the standard library but runtime/cgo,
+// the mas4h packages and the modules below. Anything else fails, with the
+// chain of imports that pulled it in.
 func TestDepsAreStaticAndSmall(t *testing.T) {
-	cmd := exec.Command("go", "list", "-deps", ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v: %s", err, out)
+	const self = "github.com/mas4h/mas4h/cmd/mas4h-agent"
+	mas4h := map[string]bool{
+		self:                                             true,
+		"github.com/mas4h/mas4h/agent":                   true,
+		"github.com/mas4h/mas4h/master/client":           true,
+		"github.com/mas4h/mas4h/master/wire":             true,
+		"github.com/mas4h/mas4h/atomicfile":              true, // its state files
+		"github.com/mas4h/mas4h/backoff":                 true, // reconnect delays
+		"github.com/mas4h/mas4h/process":                 true, // the ssh client
+		"github.com/mas4h/mas4h/cmd/internal/agentflags": true, // the agent's flags, shared with mas4h agent
 	}
-	for _, bad := range []string{"runtime/cgo", "github.com/mattn/go-sqlite3", "github.com/gin-gonic/gin", "github.com/spf13/cobra", "github.com/shirou/gopsutil", "github.com/mas4h/mas4h/registry\n", "github.com/mas4h/mas4h/sshd"} {
-		if strings.Contains(string(out)+"\n", bad) {
-			t.Errorf("mas4h-agent depends on %s", strings.TrimSpace(bad))
+	modules := map[string]bool{
+		"golang.org/x/crypto":           true, // ssh keys, slot signatures
+		"golang.org/x/sys":              true, // system calls, pure Go
+		"github.com/google/renameio/v2": true, // atomicfile's temp files
+	}
+	cmd := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}|{{.Standard}}|{{with .Module}}{{.Path}}{{end}}|{{join .Imports " "}}`, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, stderr.Bytes())
+	}
+	imports := map[string][]string{}
+	var refused []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.SplitN(line, "|", 4)
+		if len(f) != 4 {
+			t.Fatalf("go list printed %q", line)
+		}
+		pkg, std, mod := f[0], f[1] == "true", f[2]
+		imports[pkg] = strings.Fields(f[3])
+		switch {
+		case std && pkg != "runtime/cgo":
+		case mod == "github.com/mas4h/mas4h" && mas4h[pkg]:
+		case mod != "github.com/mas4h/mas4h" && modules[mod]:
+		default:
+			refused = append(refused, pkg)
 		}
 	}
+	if !mas4h[self] || imports[self] == nil {
+		t.Fatalf("go list did not list %s", self)
+	}
+	for _, pkg := range refused {
+		t.Errorf("mas4h-agent links %s, which is not on its allow list: %s", pkg, strings.Join(importChain(imports, self, pkg), " → "))
+	}
+}
+
+// importChain is the shortest chain of imports from root to pkg.
+func importChain(imports map[string][]string, root, pkg string) []string {
+	from := map[string]string{root: ""}
+	queue := []string{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if p == pkg {
+			var chain []string
+			for ; p != ""; p = from[p] {
+				chain = append([]string{p}, chain...)
+			}
+			return chain
+		}
+		for _, q := range imports[p] {
+			if _, seen := from[q]; !seen {
+				from[q] = p
+				queue = append(queue, q)
+			}
+		}
+	}
+	return []string{pkg}
 }
 
 func TestBuildsStatic(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/agent"
+	"github.com/mas4h/mas4h/cmd/internal/agentflags"
 )
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -33,12 +34,6 @@ static, as mas4h-agent for small devices.`,
 			return a.Run(cmd.Context())
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&cfg.Master, "master", "", "the master's URL, e.g. https://master.example:8080")
-	f.StringVar(&cfg.KeyPath, "key", "", "the device's private key (OpenSSH, PEM or dropbear format, mode 0600)")
-	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/mas4h-agent", "where the agent keeps the last slot, known_hosts and converted keys")
-	f.StringVar(&cfg.SSHClient, "ssh-client", agent.ClientAuto, "the SSH client to run: auto, openssh or dropbear")
-	f.DurationVar(&cfg.Keepalive, "keepalive", 0, "keepalive interval; the client gives up after 3 unanswered (default 10s)")
-	f.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 0, "timeout of the master call and of OpenSSH's connect (default 15s)")
+	agentflags.Add(cmd.Flags(), &cfg)
 	return cmd
 }

@@ -192,7 +192,7 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, _, err := registry.ParsePublicKey(data)
+			key, err := registry.ParsePublicKey(data)
 			if err != nil {
 				return fmt.Errorf("key %s: %w", keyFile, err)
 			}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
@@ -87,15 +88,8 @@ func (sp *slaveProc) stopAll(t *testing.T) {
 	t.Helper()
 	pid := sp.sshdPid()
 	sp.cleanup()
-	for deadline := time.Now().Add(10 * time.Second); pid > 0 && syscall.Kill(pid, 0) == nil; {
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd %d did not exit", pid)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for dialOK(sp.port) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return pid <= 0 || syscall.Kill(pid, 0) != nil }, "sshd %d did not exit", pid)
+	testkit.Eventually(t, 10*time.Second, func() bool { return !dialOK(sp.port) }, "port %d still accepts after sshd %d exited", sp.port, pid)
 }
 
 // devProc is a device-side process (agent or script) in its own process
@@ -182,17 +176,17 @@ func childPids(pid int) []int {
 // childNamed waits for a child of pid running comm and returns its pid.
 func childNamed(t *testing.T, pid int, comm string, within time.Duration) int {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	child := 0
+	testkit.Eventually(t, within, func() bool {
 		for _, c := range childPids(pid) {
 			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c)); err == nil && strings.TrimSpace(string(b)) == comm {
-				return c
+				child = c
+				return true
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no %s child of %d", comm, pid)
-	return 0
+		return false
+	}, "no %s child of %d", comm, pid)
+	return child
 }
 
 func vmRSS(pid int) string {
@@ -213,14 +207,28 @@ func vmRSS(pid int) string {
 // long it took.
 func waitRoundTrip(t *testing.T, sp *slaveProc, port int, since time.Time, within time.Duration, what string, logs fmt.Stringer) time.Duration {
 	t.Helper()
-	for {
-		if len(sp.sessions(t)) > 0 && roundTrip(port) == nil {
-			return time.Since(since)
-		}
-		if time.Since(since) > within {
-			t.Fatalf("%s: tunnel not up after %s; device log:\n%s", what, within, logs)
-		}
-		time.Sleep(100 * time.Millisecond)
+	testkit.Eventually(t, within-time.Since(since), func() bool { return len(sp.sessions(t)) > 0 && roundTrip(port) == nil },
+		"%s: tunnel not up; device log:\n%s", what, logs)
+	return time.Since(since)
+}
+
+// reconnects ends the device's session with kill and waits until the
+// device is back: a new session on sp that carries bytes through port. It
+// returns how long that took.
+func reconnects(t *testing.T, sp *slaveProc, port int, within time.Duration, what string, logs fmt.Stringer, kill func()) time.Duration {
+	t.Helper()
+	old := sp.sessions(t)
+	kill()
+	killed := time.Now()
+	waitNewSession(t, sp, old, within)
+	return waitRoundTrip(t, sp, port, killed, within, what, logs)
+}
+
+// killOneSession ends the slave's one session, as the reaper does.
+func (sp *slaveProc) killOneSession(t *testing.T) {
+	t.Helper()
+	if n := sp.killSessions(t); n != 1 {
+		t.Fatalf("killed %d sessions, want 1", n)
 	}
 }
 
@@ -233,16 +241,14 @@ func waitNewSession(t *testing.T, sp *slaveProc, old [][]int, within time.Durati
 			seen[p] = true
 		}
 	}
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, within, func() bool {
 		for _, pids := range sp.sessions(t) {
 			if len(pids) > 0 && !seen[pids[0]] {
-				return
+				return true
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no new session on slave %s within %s", sp.name, within)
+		return false
+	}, "no new session on slave %s", sp.name)
 }
 
 func countLines(log, level, msg string) int {
@@ -298,29 +304,20 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	pid := ag.cmd.Process.Pid // ip netns exec execs the agent: same pid
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "first connect", ag.log)
 	t.Logf("%s: tunnel up %s after the agent started", client, took.Round(time.Millisecond))
-	if !strings.Contains(ag.log.String(), `msg="tunnel up"`) {
-		time.Sleep(6 * time.Second) // "up" is logged once the client has run 5 s
-	}
+	// "up" is logged once the client has run 5 s.
+	testkit.Eventually(t, 10*time.Second, func() bool { return ag.log.Contains(`msg="tunnel up"`) }, "the agent did not log the tunnel up:\n%s", ag.log)
 	t.Logf("%s: agent (%s) VmRSS with the tunnel up: %s", client, filepath.Base(argv[3]), vmRSS(pid))
 
 	// The slave kills the session: the agent reconnects within its backoff.
-	old := sp.sessions(t)
-	if n := sp.killSessions(t); n != 1 {
-		t.Fatalf("killed %d sessions, want 1", n)
-	}
-	killed := time.Now()
-	waitNewSession(t, sp, old, 15*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 15*time.Second, "after the slave killed the session", ag.log)
+	took = reconnects(t, sp, p, 15*time.Second, "after the slave killed the session", ag.log, func() { sp.killOneSession(t) })
 	t.Logf("%s: tunnel up again %s after the slave killed the session", client, took.Round(time.Millisecond))
 
 	// The master goes away; the client is killed: the agent reconnects to
 	// the last slave directly.
 	m.stop()
-	old = sp.sessions(t)
-	syscall.Kill(childNamed(t, pid, comm, 5*time.Second), syscall.SIGKILL)
-	killed = time.Now()
-	waitNewSession(t, sp, old, 20*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 20*time.Second, "master down", ag.log)
+	took = reconnects(t, sp, p, 20*time.Second, "master down", ag.log, func() {
+		syscall.Kill(childNamed(t, pid, comm, 5*time.Second), syscall.SIGKILL)
+	})
 	t.Logf("%s: with the master down, tunnel up again %s after the client was killed", client, took.Round(time.Millisecond))
 	if !strings.Contains(ag.log.String(), "connecting to the last slave directly") {
 		t.Errorf("the agent did not say it used the last slot:\n%s", ag.log)
@@ -329,7 +326,7 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	// The slave's host key changes while the master is down: the agent
 	// cannot learn the new key and must refuse, say why, and back off.
 	sp.stopAll(t)
-	keys, _ := filepath.Glob(filepath.Join(sp.stateDir, "sshd", "ssh_host_ed25519_key*"))
+	keys, _ := filepath.Glob(statedir.Dir(sp.stateDir).HostKey() + "*")
 	if len(keys) == 0 {
 		t.Fatal("no host key files to delete")
 	}
@@ -338,7 +335,7 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	}
 	logMark := len(ag.log.String())
 	sp.start()
-	time.Sleep(12 * time.Second)
+	time.Sleep(12 * time.Second) // a window to count refusals in, not a wait for one
 	since := ag.log.String()[logMark:]
 	if dialOK(p) {
 		t.Fatal("the agent's tunnel is up through a slave with an unpinned host key")
@@ -364,11 +361,7 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	if code := ag.stop(10 * time.Second); code != 0 {
 		t.Errorf("agent exit status %d after SIGTERM", code)
 	}
-	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(sshPid, 0) == nil; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("ssh client %d still runs after the agent stopped", sshPid)
-		}
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return syscall.Kill(sshPid, 0) != nil }, "ssh client %d still runs after the agent stopped", sshPid)
 	if !strings.Contains(ag.log.String(), "agent stopped") {
 		t.Errorf("no clean stop logged:\n%s", ag.log)
 	}
@@ -446,24 +439,15 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "script first connect", sc.log)
 	t.Logf("script: tunnel up %s after start", took.Round(time.Millisecond))
-	time.Sleep(time.Second)
 
-	old := sp.sessions(t)
-	if n := sp.killSessions(t); n != 1 {
-		t.Fatalf("killed %d sessions, want 1", n)
-	}
-	killed := time.Now()
-	waitNewSession(t, sp, old, 15*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 15*time.Second, "script after the session was killed", sc.log)
+	took = reconnects(t, sp, p, 15*time.Second, "script after the session was killed", sc.log, func() { sp.killOneSession(t) })
 	t.Logf("script: tunnel up again %s after the slave killed the session", took.Round(time.Millisecond))
 
 	// The master goes away: the script reconnects with its last slot.
 	m.stop()
-	old = sp.sessions(t)
-	syscall.Kill(childNamed(t, sc.cmd.Process.Pid, "dbclient", 5*time.Second), syscall.SIGKILL)
-	killed = time.Now()
-	waitNewSession(t, sp, old, 20*time.Second)
-	took = waitRoundTrip(t, sp, p, killed, 20*time.Second, "script with the master down", sc.log)
+	took = reconnects(t, sp, p, 20*time.Second, "script with the master down", sc.log, func() {
+		syscall.Kill(childNamed(t, sc.cmd.Process.Pid, "dbclient", 5*time.Second), syscall.SIGKILL)
+	})
 	t.Logf("script: with the master down, tunnel up again %s after dbclient was killed", took.Round(time.Millisecond))
 	if !strings.Contains(sc.log.String(), "using the last slot") {
 		t.Errorf("script did not say it used the last slot:\n%s", sc.log)
@@ -472,11 +456,7 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	if code := sc.stop(10 * time.Second); code != 0 {
 		t.Errorf("script exit status %d after SIGTERM", code)
 	}
-	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(dbPid, 0) == nil; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("dbclient %d still runs after the script stopped", dbPid)
-		}
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return syscall.Kill(dbPid, 0) != nil }, "dbclient %d still runs after the script stopped", dbPid)
 }
 
 // A master answering hostile or refusing values never gets them onto the
@@ -515,16 +495,12 @@ func TestClientScriptBadMaster(t *testing.T) {
 	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
 	waitLog := func(msg string, within time.Duration) {
 		t.Helper()
-		for deadline := time.Now().Add(within); !strings.Contains(sc.log.String(), msg); time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the script did not say %q within %s:\n%s", msg, within, sc.log)
-			}
-		}
+		testkit.Eventually(t, within, func() bool { return sc.log.Contains(msg) }, "the script did not say %q:\n%s", msg, sc.log)
 	}
 	waitLog("not a usable slot", 15*time.Second)
 	set(func(w http.ResponseWriter) { w.WriteHeader(403); fmt.Fprint(w, "MAS4H_ERROR='key not accepted'\n") })
 	waitLog("the master refuses this key", 30*time.Second)
-	time.Sleep(4 * time.Second) // a retry or two more, which must stay quiet
+	time.Sleep(4 * time.Second) // a window for a retry or two more, which must stay quiet
 	sc.stop(5 * time.Second)
 	log := sc.log.String()
 	if _, err := os.Stat(pwned); err == nil {

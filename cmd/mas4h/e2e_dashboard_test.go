@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/mas4h/mas4h/internal/testkit"
 )
 
 // artifactDir is where tests leave files for people to look at:
@@ -123,15 +124,7 @@ func TestDashboardInChromium(t *testing.T) {
 	waitSlavesAlive(t, m, 2)
 	_, k := m.enrol("pi-dash", fwd(es))
 	m.enrol("pi-never") // enrolled, never connected
-	slot, code, body := m.slot(k)
-	if code != 200 {
-		t.Fatalf("slot: %d %s", code, body)
-	}
-	c := e.tunnelTo(k, slot, es.port)
-	p := slot.Forwards[0].RemotePort
-	if !waitListen(t, p, c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	slot, c, p := m.connect(k, es)
 	waitTunnelCount(t, m, 1, 5*time.Second)
 	tok := strings.TrimSpace(string(mustRead(t, m.adminToken)))
 	dir := artifactDir(t)
@@ -171,13 +164,8 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	defer syscall.Kill(c.cmd.Process.Pid, syscall.SIGCONT)
 	waitReaped(t, p, time.Now(), reapLimit())
-	deadline := time.Now().Add(30 * time.Second)
-	for attr(t, ctx, `tr[data-device="pi-dash"]`, "data-state") != "offline" {
-		if time.Now().After(deadline) {
-			t.Fatal("the page did not show pi-dash offline within 30 s of the reap")
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return attr(t, ctx, `tr[data-device="pi-dash"]`, "data-state") == "offline" },
+		"the page did not show pi-dash offline after the reap")
 	reloaded := get(t, ctx, chromedp.Text(chromedp.CSS(`#events`)))
 	if !strings.Contains(reloaded, "reap") {
 		t.Errorf("latest events lack the reap:\n%s", reloaded)

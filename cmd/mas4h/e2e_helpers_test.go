@@ -8,10 +8,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
-	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -23,7 +22,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -31,6 +29,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/statedir"
@@ -41,10 +40,7 @@ const (
 	e2eRoot       = "/var/lib/mas4h-e2e" // sshd demands root-owned parents: not /tmp
 )
 
-var (
-	testBin         string // the mas4h binary under test
-	createdTestUser bool
-)
+var testBin string // the mas4h binary under test
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -167,18 +163,25 @@ func freePort(t *testing.T) int {
 // mas4h runs the binary and returns stdout, stderr and the exit status.
 func (e *env) mas4h(stdin string, args ...string) (string, string, int) {
 	e.t.Helper()
-	cmd := exec.Command(testBin, args...)
+	return exitOf(e.t, exec.Command(testBin, args...), stdin)
+}
+
+// exitOf runs cmd with stdin and returns its stdout, stderr and exit
+// status; a command that cannot start fails the test.
+func exitOf(t testing.TB, cmd *exec.Cmd, stdin string) (string, string, int) {
+	t.Helper()
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("running mas4h %v: %v", args, err)
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitCode()
+	case err != nil:
+		t.Fatalf("running %s: %v", strings.Join(cmd.Args, " "), err)
 	}
-	return out.String(), errb.String(), code
+	return out.String(), errb.String(), 0
 }
 
 type deviceKey struct {
@@ -190,25 +193,9 @@ type deviceKey struct {
 
 func (e *env) newKey(name string) deviceKey {
 	e.t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: signer.PublicKey()}
-	if err := os.WriteFile(k.private, pem.EncodeToMemory(block), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.WriteFile(k.public, ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
+	key := testkit.NewKey(e.t, name)
+	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: key.Public}
+	key.Write(e.t, k.private)
 	return k
 }
 
@@ -242,7 +229,7 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 type slaveProc struct {
 	e        *env
 	host     string   // listen address (default 127.0.0.1)
-	wrap     []string // run the daemon under this command (e.g. ip netns exec NS)
+	wrap     []string // run the daemon under this command (ip netns exec NS, setpriv …)
 	mode     []string // --db PATH, or --master URL --token-file F
 	name     string
 	stateDir string
@@ -252,22 +239,8 @@ type slaveProc struct {
 	done     chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the shared locked buffer, under the name these tests knew.
+type syncBuffer = testkit.Buffer
 
 func (e *env) startSlave(name string) *slaveProc {
 	e.t.Helper()
@@ -305,23 +278,18 @@ func (sp *slaveProc) start() {
 	}
 	sp.done = make(chan struct{})
 	go func() { sp.cmd.Wait(); close(sp.done) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		select {
 		case <-sp.done:
 			t.Fatalf("slave %s exited at start:\n%s", sp.name, sp.log)
 		default:
 		}
 		up := dialOK(sp.port)
-		if len(sp.wrap) > 0 { // in another namespace: its loopback is not ours
-			up = strings.Contains(sp.log.String(), "started sshd") || strings.Contains(sp.log.String(), "adopted running sshd")
+		if len(sp.wrap) > 0 { // maybe in another namespace, whose loopback is not ours
+			up = sp.log.Contains("started sshd") || sp.log.Contains("adopted running sshd")
 		}
-		if strings.Contains(sp.log.String(), "sshd") && strings.Contains(sp.log.String(), "pid=") && up {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("slave %s did not come up:\n%s", sp.name, sp.log)
+		return sp.log.Contains("sshd") && sp.log.Contains("pid=") && up
+	}, "slave %s did not come up:\n%s", sp.name, sp.log)
 }
 
 // kill9 kills the daemon only; sshd and the tunnels must survive it.
@@ -452,20 +420,27 @@ func (e *env) tunnel(k deviceKey, sp *slaveProc, spec string) *tunnelClient {
 	return e.startClient("ssh", sshArgs(k, sp.port, "-N", "-R", spec, e2eTunnelUser+"@127.0.0.1")...)
 }
 
-// waitListen waits until port accepts on loopback or the client exits.
+// upTunnel starts k's tunnel from dev's port on sp to the echo server es,
+// and waits until the port listens.
+func (e *env) upTunnel(k deviceKey, sp *slaveProc, dev registry.Device, es *echoServer) *tunnelClient {
+	e.t.Helper()
+	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
+	if !waitListen(e.t, port(dev), c, 10*time.Second) {
+		e.t.Fatalf("tunnel of %s did not come up: %s", k.name, c.stderr)
+	}
+	return c
+}
+
+// waitListen waits until port accepts on loopback; it is false if the
+// client exits first or within passes.
 func waitListen(t *testing.T, port int, c *tunnelClient, within time.Duration) bool {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if dialOK(port) {
-			return true
-		}
-		if c != nil && c.exited() {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return false
+	listening := false
+	testkit.Wait(within, func() bool {
+		listening = dialOK(port)
+		return listening || c != nil && c.exited()
+	})
+	return listening
 }
 
 // echoServer is the device-side target: it greets like an SSH server and
@@ -548,19 +523,11 @@ func mustRead(t *testing.T, path string) []byte {
 
 // newCmd returns a runner for a command that reports stdout, stderr and the
 // exit status, with no environment but PATH (as sshd gives its hook).
-func newCmd(name string, args ...string) func() (string, string, int) {
+func newCmd(t testing.TB, name string, args ...string) func() (string, string, int) {
 	return func() (string, string, int) {
+		t.Helper()
 		cmd := exec.Command(name, args...)
 		cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin"}
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return out.String(), errb.String(), ee.ExitCode()
-		}
-		if err != nil {
-			return "", err.Error(), -1
-		}
-		return out.String(), errb.String(), 0
+		return exitOf(t, cmd, "")
 	}
 }

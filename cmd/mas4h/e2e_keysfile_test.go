@@ -4,18 +4,19 @@ import (
 	"fmt"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
 // keysFile is the slave's keys file (sshd's AuthorizedKeysFile).
-func (sp *slaveProc) keysFile() string { return filepath.Join(sp.stateDir, "authorized_keys") }
+func (sp *slaveProc) keysFile() string { return statedir.Dir(sp.stateDir).KeysFile() }
 
 // waitKeysFile waits until dev's key is (or is no longer) in the slave's
 // keys file and returns how long that took.
@@ -27,19 +28,17 @@ func waitKeysFile(t *testing.T, sp *slaveProc, dev registry.Device, present bool
 func waitKey(t *testing.T, sp *slaveProc, name, key string, present bool, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		data, err := os.ReadFile(sp.keysFile())
-		if err != nil {
+	var data []byte
+	if !testkit.Wait(within, func() bool {
+		var err error
+		if data, err = os.ReadFile(sp.keysFile()); err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(data), key) == present {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s's key still %s the keys file after %s:\n%s", name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return strings.Contains(string(data), key) == present
+	}) {
+		t.Fatalf("%s's key still %s the keys file after %s:\n%s", name, map[bool]string{true: "missing from", false: "in"}[present], within, data)
 	}
+	return time.Since(start)
 }
 
 // hookAsked reports whether the daemon decided an authentication of device.
@@ -80,7 +79,7 @@ func TestKeysFileFastPath(t *testing.T) {
 	if fi.Mode().Perm() != 0o640 || st.Uid != 0 || strconv.Itoa(int(st.Gid)) != u.Gid {
 		t.Errorf("keys file is %v %d:%d, want -rw-r----- root:%s", fi.Mode().Perm(), st.Uid, st.Gid, u.Gid)
 	}
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile "+sp.keysFile()+"\n") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile "+sp.keysFile()+"\n") {
 		t.Error("sshd_config does not name the keys file")
 	}
 	waitKeysFile(t, sp, devA, true, time.Second)
@@ -154,7 +153,7 @@ func TestKeysFileOff(t *testing.T) {
 	if _, err := os.Stat(sp.keysFile()); !os.IsNotExist(err) {
 		t.Fatalf("keys file still there with --keys-file=false (%v)", err)
 	}
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "\nAuthorizedKeysFile none\n") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile none\n") {
 		t.Error("sshd_config still names a keys file")
 	}
 	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -54,22 +55,19 @@ func (m *masterProc) start() {
 	}
 	m.done = make(chan struct{})
 	go func() { m.cmd.Wait(); close(m.done) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		select {
 		case <-m.done:
 			t.Fatalf("master exited at start:\n%s", m.log)
 		default:
 		}
-		if resp, err := http.Get(m.url + "/api/v1/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		resp, err := http.Get(m.url + "/api/v1/healthz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("master did not come up:\n%s", m.log)
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "master did not come up:\n%s", m.log)
 }
 
 func (m *masterProc) kill9() {

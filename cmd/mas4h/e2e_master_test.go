@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -51,7 +52,14 @@ func TestMasterSpreadsDevicesAndFailsOver(t *testing.T) {
 	}
 
 	s1.kill9() // heartbeats stop; its sshd and tunnels stay
-	time.Sleep(3*e2eHeartbeat + 1500*time.Millisecond)
+	testkit.Eventually(t, 3*e2eHeartbeat+5*time.Second, func() bool {
+		for _, s := range m.status().Slaves {
+			if s.Name == "s1" {
+				return !s.Alive
+			}
+		}
+		return false
+	}, "the master still counts the silent s1 alive")
 	for i := 0; i < 4; i++ {
 		slot, code, body := m.slot(keys[i])
 		if code != 200 || slot.Slave != "s2" {
@@ -68,34 +76,25 @@ func TestMasterSpreadsDevicesAndFailsOver(t *testing.T) {
 
 func waitSlavesAlive(t *testing.T, m *masterProc, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		alive := 0
 		for _, s := range m.status().Slaves {
 			if s.Alive {
 				alive++
 			}
 		}
-		if alive >= n {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("fewer than %d slaves alive after 10 s", n)
+		return alive >= n
+	}, "fewer than %d slaves alive", n)
 }
 
 func waitTunnelCount(t *testing.T, m *masterProc, n int, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		if st := m.status(); tunnelsIn(st) == n {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("status does not list %d tunnels after %s: %+v", n, within, m.status())
-		}
-		time.Sleep(100 * time.Millisecond)
+	var st wire.Status
+	if !testkit.Wait(within, func() bool { st = m.status(); return tunnelsIn(st) == n }) {
+		t.Fatalf("status does not list %d tunnels after %s: %+v", n, within, st)
 	}
+	return time.Since(start)
 }
 
 func tunnelsIn(st wire.Status) int {
@@ -112,20 +111,12 @@ func TestMasterKill9DropsNoTunnel(t *testing.T) {
 	e := newEnv(t)
 	es := startEcho(t)
 	m := e.startMaster()
-	m.startSlave("s1")
+	sp := m.startSlave("s1")
 	waitSlavesAlive(t, m, 1)
 	var ports []int
 	for i := 0; i < 3; i++ {
 		_, k := m.enrol(fmt.Sprintf("dev-%d", i), fwd(es))
-		slot, code, body := m.slot(k)
-		if code != 200 {
-			t.Fatalf("slot: %d %s", code, body)
-		}
-		c := e.tunnelTo(k, slot, es.port)
-		p := slot.Forwards[0].RemotePort
-		if !waitListen(t, p, c, 10*time.Second) {
-			t.Fatalf("tunnel did not come up: %s", c.stderr)
-		}
+		_, _, p := m.connect(k, es)
 		ports = append(ports, p)
 	}
 	waitTunnelCount(t, m, 3, 5*e2eHeartbeat)
@@ -138,23 +129,26 @@ func TestMasterKill9DropsNoTunnel(t *testing.T) {
 		fails, checks, dones = append(fails, f), append(checks, c), append(dones, d)
 	}
 	m.kill9()
-	time.Sleep(2 * e2eHeartbeat) // slaves find it gone and back off
+	// The slave finds it gone and backs off.
+	testkit.Eventually(t, 3*e2eHeartbeat+5*time.Second, func() bool { return sp.log.Contains("master unreachable") },
+		"the slave did not notice the master was gone:\n%s", sp.log)
 	restarted := time.Now()
 	m.start()
 	// Fresh heartbeats, not rows left from before the crash, must list them.
-	for {
-		st := m.status()
-		if len(st.Slaves) == 1 && st.Slaves[0].LastSeen.After(restarted) && tunnelsIn(st) == 3 {
-			break
-		}
-		if time.Since(restarted) > 2*e2eHeartbeat+2*time.Second {
-			t.Fatalf("no fresh heartbeat listing 3 tunnels: %+v", st)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var st wire.Status
+	if !testkit.Wait(2*e2eHeartbeat+2*time.Second, func() bool {
+		st = m.status()
+		return len(st.Slaves) == 1 && st.Slaves[0].LastSeen.After(restarted) && tunnelsIn(st) == 3
+	}) {
+		t.Fatalf("no fresh heartbeat listing 3 tunnels: %+v", st)
 	}
 	took := time.Since(restarted)
 	t.Logf("status lists the 3 tunnels again %s after the master restarted", took.Round(time.Millisecond))
-	time.Sleep(500 * time.Millisecond)
+	// A few more round trips through each tunnel with the master back.
+	for i := range ports {
+		n := checks[i].Load()
+		testkit.Eventually(t, 5*time.Second, func() bool { return checks[i].Load() >= n+3 }, "no round trips through port %d", ports[i])
+	}
 	close(stop)
 	for i := range ports {
 		<-dones[i]
@@ -199,15 +193,12 @@ func TestMasterDownCachedDeviceStillConnects(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("slot after enrolment: %d %s", code, body)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c3 := e.tunnelTo(stranger, slot2, es.port)
-		if waitListen(t, slot2.Forwards[0].RemotePort, c3, 5*time.Second) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("enrolled device still refused: %s", c3.stderr)
-		}
+	var c3 *tunnelClient
+	if !testkit.Wait(15*time.Second, func() bool {
+		c3 = e.tunnelTo(stranger, slot2, es.port)
+		return waitListen(t, slot2.Forwards[0].RemotePort, c3, 5*time.Second)
+	}) {
+		t.Fatalf("enrolled device still refused: %s", c3.stderr)
 	}
 }
 
@@ -224,11 +215,8 @@ func TestMasterRevokeKillsSession(t *testing.T) {
 		t.Fatal(stderr)
 	}
 	limit := e2eHeartbeat + 2*time.Second + 500*time.Millisecond // one (jittered) heartbeat + 2 s
-	for dialOK(p) || !c.exited() {
-		if time.Since(start) > limit {
-			t.Fatalf("session still up %s after revoke", time.Since(start))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Wait(limit, func() bool { return !dialOK(p) && c.exited() }) {
+		t.Fatalf("session still up %s after revoke", time.Since(start))
 	}
 	t.Logf("session gone %s after revoke on the master", time.Since(start).Round(time.Millisecond))
 	if _, code, _ := m.slot(k); code != 403 {
@@ -289,6 +277,12 @@ func TestExecValidatorThatHangs(t *testing.T) {
 	}
 	t.Logf("denied after %s", took.Round(time.Millisecond))
 	// The slave is unaffected: still alive and heartbeating.
-	time.Sleep(2 * e2eHeartbeat)
-	waitSlavesAlive(t, m, 1)
+	after := time.Now()
+	var st wire.Status
+	if !testkit.Wait(3*e2eHeartbeat+2*time.Second, func() bool {
+		st = m.status()
+		return len(st.Slaves) == 1 && st.Slaves[0].Alive && st.Slaves[0].LastSeen.After(after)
+	}) {
+		t.Fatalf("no heartbeat from the slave after the hanging validator: %+v", st)
+	}
 }

@@ -2,13 +2,15 @@ package main
 
 import (
 	"fmt"
-	"github.com/mas4h/mas4h/metrics"
 	"io"
 	"net/http"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/metrics"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -42,17 +44,11 @@ func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) flo
 // waitMetric scrapes url until cond holds for the sample, or fails after within.
 func waitMetric(t *testing.T, url, name string, labels []string, cond func(float64) bool, within time.Duration) float64 {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		v := sample(scrape(t, url), name, labels...)
-		if cond(v) {
-			return v
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v at %s after %s", name, labels, v, url, within)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var v float64
+	if !testkit.Wait(within, func() bool { v = sample(scrape(t, url), name, labels...); return cond(v) }) {
+		t.Fatalf("%s%v = %v at %s after %s", name, labels, v, url, within)
 	}
+	return v
 }
 
 func eq(want float64) func(float64) bool   { return func(v float64) bool { return v == want } }

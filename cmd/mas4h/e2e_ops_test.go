@@ -21,7 +21,6 @@ import (
 
 	"github.com/mas4h/mas4h/doctor"
 	"github.com/mas4h/mas4h/install"
-	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -591,33 +590,9 @@ func TestUnitSlaveUnderItsCapabilities(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("dev-caps", "--forward", fwd(es))
 	sp := &slaveProc{e: e, name: "caps", stateDir: filepath.Join(e.dir, "slave-caps"), port: freePort(t),
+		wrap: []string{"setpriv", "--bounding-set", caps, "--no-new-privs", "--"},
 		mode: []string{"--db", e.db, "--probe-interval", "1s", "--probe-timeout", "500ms"}}
-	start := func() {
-		t.Helper()
-		sp.log = &syncBuffer{}
-		args := append([]string{"--bounding-set", caps, "--no-new-privs", "--", testBin, "slave", "--name", sp.name,
-			"--state-dir", sp.stateDir, "--ssh-listen", "127.0.0.1:" + fmt.Sprint(sp.port), "--tunnel-user", e2eTunnelUser}, sp.mode...)
-		sp.cmd = exec.Command("setpriv", args...)
-		sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log
-		if err := sp.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sp.done = make(chan struct{})
-		go func() { sp.cmd.Wait(); close(sp.done) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for !(strings.Contains(sp.log.String(), "pid=") && dialOK(sp.port)) {
-			select {
-			case <-sp.done:
-				t.Fatalf("slave under %s exited:\n%s", caps, sp.log)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("slave under %s did not come up:\n%s", caps, sp.log)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	start()
+	sp.start()
 	t.Cleanup(sp.cleanup)
 
 	p := port(dev)
@@ -628,22 +603,10 @@ func TestUnitSlaveUnderItsCapabilities(t *testing.T) {
 	if err := roundTrip(p); err != nil {
 		t.Fatalf("bytes through the tunnel: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _, code := e.mas4h("", "tunnels", "--state-dir", sp.stateDir, "-o", "json")
-		var tunnels []wire.Tunnel
-		if code == 0 && json.Unmarshal([]byte(out), &tunnels) == nil && len(tunnels) == 1 &&
-			tunnels[0].Port == p && tunnels[0].LastProbe != nil && tunnels[0].LastProbe.OK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon never saw a probed tunnel on port %d: %s (exit %d)\n%s", p, out, code, sp.log)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitProbed(t, e, sp, p, time.Time{})
 
 	sp.kill9()
-	start()
+	sp.start()
 	if !strings.Contains(sp.log.String(), "adopted running sshd") {
 		t.Errorf("restarted daemon did not adopt sshd:\n%s", sp.log)
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/sshd/statedir"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -67,13 +69,7 @@ func nonLoopbackAddrs() []string {
 
 func waitClosed(t *testing.T, port int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for dialOK(port) {
-		if time.Now().After(deadline) {
-			t.Fatalf("port %d still listening", port)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return !dialOK(port) }, "port %d still listening", port)
 }
 
 // Each refusal: the client fails (or its forward does), nothing reaches the
@@ -228,20 +224,13 @@ func TestRevokeKillsLiveSession(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-revoke", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	c := e.upTunnel(k, sp, dev, es)
 	start := time.Now()
 	if _, stderr, code := e.mas4h("", "device", "revoke", "pi-revoke", "--db", e.db); code != 0 {
 		t.Fatal(stderr)
 	}
-	deadline := start.Add(2 * time.Second)
-	for dialOK(port(dev)) || !c.exited() {
-		if time.Now().After(deadline) {
-			t.Fatalf("session still up %s after revoke (port open: %v, client exited: %v)", time.Since(start), dialOK(port(dev)), c.exited())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Wait(2*time.Second, func() bool { return !dialOK(port(dev)) && c.exited() }) {
+		t.Fatalf("session still up %s after revoke (port open: %v, client exited: %v)", time.Since(start), dialOK(port(dev)), c.exited())
 	}
 	t.Logf("session gone %s after revoke", time.Since(start).Round(time.Millisecond))
 	// And the next attempt is refused.
@@ -292,16 +281,15 @@ func TestDaemonKill9KeepsTunnels(t *testing.T) {
 	es := startEcho(t)
 	dev1, k1 := e.enrol("pi-one", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k1, sp, fmt.Sprintf("%d:localhost:%d", port(dev1), es.port))
-	if !waitListen(t, port(dev1), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	c := e.upTunnel(k1, sp, dev1, es)
 	sshdBefore := sp.sshdPid()
 	stop := make(chan struct{})
 	failures, checks, done := watchTunnel(port(dev1), stop)
 
 	sp.kill9()
-	time.Sleep(500 * time.Millisecond)
+	// The tunnel carries bytes with no daemon at all.
+	down := checks.Load()
+	testkit.Eventually(t, 5*time.Second, func() bool { return checks.Load() >= down+3 }, "no round trips checked while the daemon was down")
 	sp.start()
 	if !strings.Contains(sp.log.String(), "adopted running sshd") {
 		t.Errorf("restarted daemon did not adopt sshd:\n%s", sp.log)
@@ -310,7 +298,7 @@ func TestDaemonKill9KeepsTunnels(t *testing.T) {
 		t.Errorf("sshd pid changed %d -> %d", sshdBefore, sp.sshdPid())
 	}
 	dev2, k2 := e.enrol("pi-two", "--forward", fwd(es))
-	time.Sleep(700 * time.Millisecond) // one registry poll
+	sp.waitKnown(t, k2)
 	c2 := e.tunnel(k2, sp, fmt.Sprintf("%d:localhost:%d", port(dev2), es.port))
 	if !waitListen(t, port(dev2), c2, 10*time.Second) {
 		t.Fatalf("second device could not connect after the restart: %s", c2.stderr)
@@ -350,30 +338,22 @@ func TestSSHDKill9IsRestarted(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-one", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	e.upTunnel(k, sp, dev, es)
 	old := sp.sshdPid()
 	killed := time.Now()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if pid := sp.sshdPid(); pid != old && pid != 0 && dialOK(sp.port) {
-			break
-		}
-		if time.Since(killed) > 5*time.Second {
-			t.Fatalf("sshd not back within 5 s:\n%s", sp.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		pid := sp.sshdPid()
+		return pid != old && pid != 0 && dialOK(sp.port)
+	}, "sshd not back:\n%s", sp.log)
 	t.Logf("sshd back %s after kill -9", time.Since(killed).Round(time.Millisecond))
 	if err := roundTrip(port(dev)); err != nil {
 		t.Fatalf("existing tunnel lost with the listener: %v", err)
 	}
 	dev2, k2 := e.enrol("pi-two", "--forward", fwd(es))
-	time.Sleep(700 * time.Millisecond)
+	sp.waitKnown(t, k2)
 	c2 := e.tunnel(k2, sp, fmt.Sprintf("%d:localhost:%d", port(dev2), es.port))
 	if !waitListen(t, port(dev2), c2, 10*time.Second) {
 		t.Fatalf("new device refused by the restarted sshd: %s", c2.stderr)
@@ -394,8 +374,8 @@ func TestHookHostileArguments(t *testing.T) {
 	sp := e.startSlave("s1")
 	keyB64 := base64.StdEncoding.EncodeToString(k.pub.Marshal())
 	fp := ssh.FingerprintSHA256(k.pub)
-	hook := filepath.Join(sp.stateDir, "bin", "mas4h-authkeys")
-	if !strings.Contains(string(mustRead(t, filepath.Join(sp.stateDir, "sshd_config"))), "AuthorizedKeysCommand "+hook+" --state-dir") {
+	hook := filepath.Join(statedir.Dir(sp.stateDir).Bin(), "mas4h-authkeys")
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "AuthorizedKeysCommand "+hook+" --state-dir") {
 		t.Fatalf("sshd_config does not run the lean hook %s", hook)
 	}
 	base := []string{"--state-dir", sp.stateDir, "--"}
@@ -440,11 +420,27 @@ func TestHookHostileArguments(t *testing.T) {
 	})
 }
 
+// waitKnown waits until the slave's hook, run as sshd runs it, accepts k's
+// key: the slave has taken in the device's enrolment.
+func (sp *slaveProc) waitKnown(t *testing.T, k deviceKey) {
+	t.Helper()
+	hook := filepath.Join(statedir.Dir(sp.stateDir).Bin(), "mas4h-authkeys")
+	args := []string{"--state-dir", sp.stateDir, "--", e2eTunnelUser, ssh.FingerprintSHA256(k.pub), k.pub.Type(), base64.StdEncoding.EncodeToString(k.pub.Marshal())}
+	var out, stderr string
+	if !testkit.Wait(10*time.Second, func() bool {
+		var code int
+		out, stderr, code = runAs(t, hook, args...)
+		return code == 0 && strings.Contains(out, "permitlisten=")
+	}) {
+		t.Fatalf("slave %s does not accept %s: %q %s\n%s", sp.name, k.name, out, stderr, sp.log)
+	}
+}
+
 // runAs runs the hook as the tunnel user, as sshd's AuthorizedKeysCommandUser.
 func runAs(t *testing.T, bin string, args ...string) (string, string, int) {
 	t.Helper()
 	cmdArgs := append([]string{"--reuid=" + e2eTunnelUser, "--regid=" + e2eTunnelUser, "--init-groups", bin}, args...)
-	return newCmd("setpriv", cmdArgs...)()
+	return newCmd(t, "setpriv", cmdArgs...)()
 }
 
 // A daemon restarted with a changed configuration adopts the running sshd and
@@ -455,10 +451,7 @@ func TestRestartWithNewConfigReloadsSSHD(t *testing.T) {
 	es := startEcho(t)
 	dev, k := e.enrol("pi-reload", "--forward", fwd(es))
 	sp := e.startSlave("s1")
-	c := e.tunnel(k, sp, fmt.Sprintf("%d:localhost:%d", port(dev), es.port))
-	if !waitListen(t, port(dev), c, 10*time.Second) {
-		t.Fatalf("tunnel did not come up: %s", c.stderr)
-	}
+	e.upTunnel(k, sp, dev, es)
 	pid := sp.sshdPid()
 	sp.kill9()
 	oldPort := sp.port
@@ -477,7 +470,7 @@ func TestRestartWithNewConfigReloadsSSHD(t *testing.T) {
 		t.Fatalf("tunnel lost in the reload: %v", err)
 	}
 	dev2, k2 := e.enrol("pi-reload-2", "--forward", fwd(es))
-	time.Sleep(700 * time.Millisecond)
+	sp.waitKnown(t, k2)
 	c2 := e.tunnel(k2, sp, fmt.Sprintf("%d:localhost:%d", port(dev2), es.port))
 	if !waitListen(t, port(dev2), c2, 10*time.Second) {
 		t.Fatalf("new device on the new port: %s", c2.stderr)

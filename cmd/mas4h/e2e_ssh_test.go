@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -125,27 +126,20 @@ func TestSSHThroughSlave(t *testing.T) {
 	t.Cleanup(func() { fw.Process.Kill(); <-done })
 	re := regexp.MustCompile(`pi/echo is at 127\.0\.0\.1:(\d+) \(port \d+ on slave s1`)
 	var local int
-	deadline := time.Now().Add(10 * time.Second)
-	for local == 0 {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		if mm := re.FindStringSubmatch(stdout.String()); mm != nil {
 			local, _ = strconv.Atoi(mm[1])
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mas4h ssh --forward printed no local address: %q %s", stdout, errb)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for !dialOK(local) {
+		return local != 0
+	}, "mas4h ssh --forward printed no local address: %q %s", stdout, errb)
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		select {
 		case <-done:
 			t.Fatalf("the forward's ssh exited: %s", errb)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("local port %d never listened: %s", local, errb)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return dialOK(local)
+	}, "local port %d never listened: %s", local, errb)
 	if err := roundTrip(local); err != nil {
 		t.Fatalf("through the local forward: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -27,13 +28,30 @@ func (e *env) startProbingSlave(name string, extra ...string) *slaveProc {
 // waitReaped waits until port is free and returns how long it took.
 func waitReaped(t *testing.T, port int, since time.Time, limit time.Duration) time.Duration {
 	t.Helper()
-	for dialOK(port) {
-		if time.Since(since) > limit {
-			t.Fatalf("port %d still bound %s later", port, time.Since(since).Round(time.Millisecond))
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Wait(limit-time.Since(since), func() bool { return !dialOK(port) }) {
+		t.Fatalf("port %d still bound %s later", port, time.Since(since).Round(time.Millisecond))
 	}
 	return time.Since(since)
+}
+
+// waitProbed waits until the slave's own view of its tunnels has the one on
+// port probed healthy at or after after.
+func waitProbed(t *testing.T, e *env, sp *slaveProc, port int, after time.Time) {
+	t.Helper()
+	var out string
+	if !testkit.Wait(10*time.Second, func() bool {
+		out, _, _ = e.mas4h("", "tunnels", "--state-dir", sp.stateDir, "-o", "json")
+		var tunnels []wire.Tunnel
+		json.Unmarshal([]byte(out), &tunnels)
+		for _, tu := range tunnels {
+			if tu.Port == port && tu.LastProbe != nil && tu.LastProbe.OK && !tu.LastProbe.At.Before(after) {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("slave %s has no healthy probe of port %d since %s: %s", sp.name, port, after.Format(time.StampMilli), out)
+	}
 }
 
 func eventsFor(t *testing.T, e *env, device string) string {
@@ -49,22 +67,17 @@ func eventsFor(t *testing.T, e *env, device string) string {
 // (events are written just after the port is freed).
 func waitEvents(t *testing.T, e *env, device string, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ev := eventsFor(t, e, device)
-		missing := ""
+	var ev, missing string
+	if !testkit.Wait(5*time.Second, func() bool {
+		ev, missing = eventsFor(t, e, device), ""
 		for _, w := range want {
 			if !strings.Contains(ev, w) {
 				missing = w
 			}
 		}
-		if missing == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("events of %s lack %q:\n%s", device, missing, ev)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return missing == ""
+	}) {
+		t.Fatalf("events of %s lack %q:\n%s", device, missing, ev)
 	}
 }
 
@@ -78,7 +91,7 @@ func TestFrozenClientIsReaped(t *testing.T) {
 	if !waitListen(t, port(dev), c, 10*time.Second) {
 		t.Fatalf("tunnel did not come up: %s", c.stderr)
 	}
-	time.Sleep(2 * time.Second) // a few healthy probes first
+	waitProbed(t, e, sp, port(dev), time.Time{}) // healthy before it freezes
 	if err := syscall.Kill(c.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +130,7 @@ func TestBrokenForwardIsReaped(t *testing.T) {
 	if !waitListen(t, port(dev), c, 10*time.Second) {
 		t.Fatalf("tunnel did not come up: %s", c.stderr)
 	}
-	time.Sleep(2 * time.Second)
+	waitProbed(t, e, sp, port(dev), time.Time{})
 	target.Close() // the device's service dies; SSH itself stays healthy
 	broke := time.Now()
 	took := waitReaped(t, port(dev), broke, reapLimit())
@@ -228,12 +241,13 @@ func TestHealthyTunnelsAreNeverReaped(t *testing.T) {
 		t.Fatalf("tunnels did not come up: %s %s", cf.stderr, cs.stderr)
 	}
 	t.Logf("soaking for %s", soak)
-	deadline := time.Now().Add(soak)
-	for time.Now().Before(deadline) {
-		if cf.exited() || cs.exited() {
-			t.Fatalf("a healthy tunnel was ended: fast %v slow %v\n%s", cf.exited(), cs.exited(), sp.log)
-		}
-		time.Sleep(time.Second)
+	select { // the soak is the test: no condition ends it early but a failure
+	case <-cf.done:
+	case <-cs.done:
+	case <-time.After(soak):
+	}
+	if cf.exited() || cs.exited() {
+		t.Fatalf("a healthy tunnel was ended: fast %v slow %v\n%s", cf.exited(), cs.exited(), sp.log)
 	}
 	for _, d := range []string{"pi-fast", "pi-slow"} {
 		if ev := eventsFor(t, e, d); strings.Contains(ev, "reap") || strings.Contains(ev, "failing") {
@@ -271,7 +285,9 @@ func TestReaperTouchesOnlyItsOwnSessions(t *testing.T) {
 	syscall.Kill(cB.cmd.Process.Pid, syscall.SIGSTOP)
 	defer syscall.Kill(cB.cmd.Process.Pid, syscall.SIGCONT)
 	waitReaped(t, port(devB), time.Now(), reapLimit())
-	time.Sleep(3 * time.Second)
+	// s1 runs a whole probe cycle after the reap: had it seen pi-b's
+	// session, it would have judged it by now.
+	waitProbed(t, e, s1, port(devA), time.Now())
 	if cA.exited() || cAdmin.exited() {
 		t.Fatalf("a session that was not stale was ended: s1's %v, admin's %v", cA.exited(), cAdmin.exited())
 	}
@@ -323,13 +339,9 @@ func startAdminSSHD(t *testing.T, e *env) adminSSHD {
 		cmd.Process.Signal(syscall.SIGTERM)
 		<-done
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for !dialOK(port) {
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(dir + "/sshd.log")
-			t.Fatalf("admin sshd did not start: %s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Wait(5*time.Second, func() bool { return dialOK(port) }) {
+		b, _ := os.ReadFile(dir + "/sshd.log")
+		t.Fatalf("admin sshd did not start: %s", b)
 	}
 	return adminSSHD{port: port, key: k}
 }
@@ -345,21 +357,19 @@ func TestTunnelsView(t *testing.T) {
 	_, _, p := m.connect(k, es)
 	check := func(what string, list func() (string, int)) {
 		t.Helper()
-		deadline := time.Now().Add(3*e2eHeartbeat + 3*time.Second)
-		for {
-			out, code := list()
+		var out string
+		var code int
+		if !testkit.Wait(3*e2eHeartbeat+3*time.Second, func() bool {
+			out, code = list()
 			var tunnels []wire.Tunnel
-			if code == 0 && json.Unmarshal([]byte(out), &tunnels) == nil && len(tunnels) == 1 {
-				tu := tunnels[0]
-				if tu.Device == "pi-view" && tu.Forward == "ssh" && tu.Slave == "s1" && tu.Port == p &&
-					strings.HasPrefix(tu.Remote, "127.0.0.1:") && !tu.Since.IsZero() && tu.LastProbe != nil && tu.LastProbe.OK {
-					return
-				}
+			if code != 0 || json.Unmarshal([]byte(out), &tunnels) != nil || len(tunnels) != 1 {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: tunnels %s (exit %d)", what, out, code)
-			}
-			time.Sleep(200 * time.Millisecond)
+			tu := tunnels[0]
+			return tu.Device == "pi-view" && tu.Forward == "ssh" && tu.Slave == "s1" && tu.Port == p &&
+				strings.HasPrefix(tu.Remote, "127.0.0.1:") && !tu.Since.IsZero() && tu.LastProbe != nil && tu.LastProbe.OK
+		}) {
+			t.Fatalf("%s: tunnels %s (exit %d)", what, out, code)
 		}
 	}
 	check("local slave", func() (string, int) {
@@ -440,7 +450,7 @@ func TestLinkDownIsReaped(t *testing.T) {
 	if err := roundTrip(port(dev)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	waitProbed(t, e, sp, port(dev), time.Time{})
 	d.linkDown(t, true)
 	down := time.Now()
 	took := waitReaped(t, port(dev), down, reapLimit())

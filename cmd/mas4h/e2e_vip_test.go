@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/netfilter"
 )
@@ -86,16 +87,11 @@ func TestSlaveTakesOverDeadPeersBuckets(t *testing.T) {
 	waitMask := func(want string, within time.Duration) time.Duration {
 		t.Helper()
 		start := time.Now()
-		for {
-			got := mask()
-			if got == want {
-				return time.Since(start)
-			}
-			if time.Since(start) > within {
-				t.Fatalf("nodemask %q after %s, want %s\n%s", got, within, want, sp.log)
-			}
-			time.Sleep(100 * time.Millisecond)
+		var got string
+		if !testkit.Wait(within, func() bool { got = mask(); return got == want }) {
+			t.Fatalf("nodemask %q after %s, want %s\n%s", got, within, want, sp.log)
 		}
+		return time.Since(start)
 	}
 	waitMask("0x00000001", 5*time.Second) // its own bucket only, the peer is alive
 
@@ -134,16 +130,12 @@ func TestSlaveTakesOverDeadPeersBuckets(t *testing.T) {
 	}
 	c := e.startClient("ssh", sshArgs(k, sp.port, "-N", "-o", "ServerAliveInterval=5",
 		"-R", fmt.Sprintf("%d:%s:%d", e.portLo, d.hostIP, es.port), e2eTunnelUser+"@"+vip)...)
-	deadline := time.Now().Add(3*e2eHeartbeat + 5*time.Second)
-	for {
-		out, _, _ := m.admin("tunnels", "-o", "json")
-		if strings.Contains(out, `"pi-vip"`) {
-			break
-		}
-		if c.exited() || time.Now().After(deadline) {
-			t.Fatalf("tunnel through the VIP not listed (client exited: %v): %s %s", c.exited(), out, c.stderr)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var out string
+	if !testkit.Wait(3*e2eHeartbeat+5*time.Second, func() bool {
+		out, _, _ = m.admin("tunnels", "-o", "json")
+		return strings.Contains(out, `"pi-vip"`) || c.exited()
+	}) || c.exited() {
+		t.Fatalf("tunnel through the VIP not listed (client exited: %v): %s %s", c.exited(), out, c.stderr)
 	}
 	peerAlive.Store(true)
 	took = waitMask("0x00000001", 5*time.Second)

@@ -78,7 +78,7 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	return cmd
 }
 
-func newUninstallCmd(g *globals) *cobra.Command {
+func newUninstallCmd() *cobra.Command {
 	o := &installOpts{}
 	cmd := &cobra.Command{
 		Use:   "uninstall master|slave NAME|agent [--purge]",

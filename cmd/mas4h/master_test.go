@@ -13,36 +13,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
-// lockedBuffer is a bytes.Buffer safe to write from a running command while
-// the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // cli runs mas4h in-process as run() does, with its own output buffers.
-func cli(ctx context.Context, stdout, stderr *lockedBuffer, args ...string) int {
+func cli(ctx context.Context, stdout, stderr *testkit.Buffer, args ...string) int {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := newRootCmd(g)
 	root.SetArgs(args)
@@ -60,7 +41,7 @@ func cli(ctx context.Context, stdout, stderr *lockedBuffer, args ...string) int 
 
 func cliRun(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb lockedBuffer
+	var out, errb testkit.Buffer
 	code := cli(context.Background(), &out, &errb, args...)
 	return out.String(), errb.String(), code
 }
@@ -76,7 +57,7 @@ func startMasterInProcess(t *testing.T, extra ...string) (url, dir string) {
 	addr := ln.Addr().String()
 	ln.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
+	var out, errb testkit.Buffer
 	done := make(chan int, 1)
 	args := append([]string{"master", "--listen", addr, "--db", filepath.Join(dir, "state", "registry.db")}, extra...)
 	go func() { done <- cli(ctx, &out, &errb, args...) }()

@@ -89,7 +89,7 @@ its leased ports on the slave's loopback and nothing else.`,
 		newNetfilterCmd(g),
 		newAgentCmd(g), newClientScriptCmd(g),
 		newSSHCmd(g),
-		newInstallCmd(g), newUninstallCmd(g), newDoctorCmd(g), newManCmd(g),
+		newInstallCmd(g), newUninstallCmd(), newDoctorCmd(g), newManCmd(g),
 	)
 	return root
 }

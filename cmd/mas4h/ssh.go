@@ -8,7 +8,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/spf13/cobra"
 
@@ -283,7 +284,7 @@ func execSSH(sshPath string, argv []string) error {
 	if err != nil {
 		return fmt.Errorf("the OpenSSH client %q is not installed (apt-get install openssh-client): %w", sshPath, err)
 	}
-	if err := syscall.Exec(path, append([]string{sshPath}, argv...), os.Environ()); err != nil {
+	if err := unix.Exec(path, append([]string{sshPath}, argv...), os.Environ()); err != nil {
 		return fmt.Errorf("running %s: %w", path, err)
 	}
 	return nil // not reached

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mas4h/mas4h/atomicfile"
 )
 
 // MinLength is the shortest token accepted from a file: shorter ones are
@@ -73,7 +75,8 @@ func LoadOrCreate(path string) (tok string, created bool, err error) {
 		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
 	}
 	tok = hex.EncodeToString(raw)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Whole or not at all: a crash leaves no empty token file behind.
+	err = atomicfile.Create(path, []byte(tok+"\n"), 0o600)
 	if errors.Is(err, os.ErrExist) {
 		// Another process made it first: use theirs.
 		tok, err := Load(path)
@@ -81,20 +84,6 @@ func LoadOrCreate(path string) (tok string, created bool, err error) {
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
-	}
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		f.Close()
-		os.Remove(path)
-		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return "", false, fmt.Errorf("writing token file %s: %w", path, err)
 	}
 	return tok, true, nil
 }

@@ -9,10 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/registry"
 )
@@ -50,10 +50,10 @@ func (e *Exec) Validate(ctx context.Context, key ssh.PublicKey) (string, map[str
 	cmd.Env = append(os.Environ(), "MAS4H_FINGERPRINT="+registry.Fingerprint(key))
 	var stdout, stderr capBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// The negative pid names the process group Setpgid gave it.
-		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	}
 	// A grandchild that inherited stdout would keep Wait waiting for EOF.
 	cmd.WaitDelay = 200 * time.Millisecond
@@ -71,9 +71,9 @@ func (e *Exec) Validate(ctx context.Context, key ssh.PublicKey) (string, map[str
 			msg = msg[:200] + "…"
 		}
 		if msg != "" {
-			return "", nil, fmt.Errorf("%s %s: %v (stderr: %s): %w", e, e.Path, err, msg, ErrDenied)
+			return "", nil, fmt.Errorf("%s %s: %w (stderr: %s): %w", e, e.Path, err, msg, ErrDenied)
 		}
-		return "", nil, fmt.Errorf("%s %s: %v: %w", e, e.Path, err, ErrDenied)
+		return "", nil, fmt.Errorf("%s %s: %w: %w", e, e.Path, err, ErrDenied)
 	}
 	if stdout.truncated {
 		return "", nil, fmt.Errorf("%s %s: more than %d bytes on stdout: %w", e, e.Path, maxOutput, ErrDenied)

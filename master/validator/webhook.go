@@ -69,12 +69,12 @@ func (w *Webhook) Validate(ctx context.Context, key ssh.PublicKey) (string, map[
 		if ctx.Err() != nil {
 			return "", nil, fmt.Errorf("%s %s: %w", w, w.URL, ctx.Err())
 		}
-		return "", nil, fmt.Errorf("%s %s: %v: %w", w, w.URL, err, ErrDenied)
+		return "", nil, fmt.Errorf("%s %s: %w: %w", w, w.URL, err, ErrDenied)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxOutput+1))
 	if err != nil {
-		return "", nil, fmt.Errorf("%s %s: reading answer: %v: %w", w, w.URL, err, ErrDenied)
+		return "", nil, fmt.Errorf("%s %s: reading answer: %w: %w", w, w.URL, err, ErrDenied)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return "", nil, fmt.Errorf("%s %s: answered %s: %w", w, w.URL, resp.Status, ErrDenied)

@@ -179,7 +179,7 @@ func TestDiscoverCacheRereadsYoungProcesses(t *testing.T) {
 }
 
 // Discovery with the monitor's cache, every process already seen: the
-// cost of a steady cycle. Run: go test ./sshd -bench Discover -run x
+// cost of a steady cycle. Run: go test ./sshd/sessions -bench Discover -run x
 func BenchmarkDiscoverCached(b *testing.B) {
 	for _, n := range []int{1000, 5000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {

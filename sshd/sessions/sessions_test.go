@@ -116,7 +116,7 @@ func TestParseHexAddr(t *testing.T) {
 }
 
 // Discovery cost per cycle at fleet sizes (issue 4's goal: <= 1 core-second
-// at 5,000 tunnels). Run: go test ./sshd -bench Discover -run x
+// at 5,000 tunnels). Run: go test ./sshd/sessions -bench Discover -run x
 func BenchmarkDiscover(b *testing.B) {
 	for _, n := range []int{1000, 5000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {

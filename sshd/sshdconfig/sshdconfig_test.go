@@ -62,7 +62,7 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 	}
 }
 
-// Without a keys file (the default) every key goes through the hook.
+// Without a keys file (--keys-file=false) every key goes through the hook.
 func TestRenderConfigHookOnly(t *testing.T) {
 	p := goldenParams()
 	p.KeysFile = ""

@@ -8,15 +8,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"syscall"
+	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/bench"
 )
@@ -48,6 +49,7 @@ func run() int {
 	fs.StringVar(&cfg.PortRange, "port-range", "30000-30999", "range devices lease their ports from (outside the ephemeral port range)")
 	fs.StringVar(&cfg.SSHD, "sshd", "/usr/sbin/sshd", "OpenSSH sshd (both sides)")
 	fs.StringVar(&cfg.SSH, "ssh", "/usr/bin/ssh", "OpenSSH client")
+	keysFile := fs.Bool("keys-file", false, "run the slave with its keys file (its default); off, every login goes through the hook, which is what this harness compares with raw sshd")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -55,6 +57,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "mas4h-bench: -n, -hook-runs, -fallback-runs, -rounds and -parallel must be positive; no arguments")
 		return 2
 	}
+	cfg.SlaveArgs = append(cfg.SlaveArgs, "--keys-file="+strconv.FormatBool(*keysFile))
 	var err error
 	if cfg.Bin, err = filepath.Abs(cfg.Bin); err != nil {
 		fmt.Fprintln(os.Stderr, "mas4h-bench:", err)
@@ -62,19 +65,14 @@ func run() int {
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	res, err := bench.Run(ctx, cfg, log)
 	if err != nil {
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("interrupted: %w", err)
-		}
+		err = bench.RunError(ctx, timeout, err)
 		fmt.Fprintln(os.Stderr, "mas4h-bench:", err)
 		return 1
 	}

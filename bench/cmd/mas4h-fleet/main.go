@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -20,8 +19,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/bench"
@@ -72,7 +72,7 @@ func run() int {
 	fs.DurationVar(&fc.MaxBackoff, "max-backoff", time.Minute, "longest reconnect delay (the agent's)")
 	fs.DurationVar(&fc.SetupTimeout, "setup-timeout", 5*time.Minute, "limit for one setup storm or reconnect storm")
 	fs.IntVar(&fc.HookRuns, "hook-runs", 0, "idle hook runs")
-	fs.BoolVar(&fc.KeysFile, "keys-file", false, "run the slave with --keys-file (sshd reads known, disconnected devices from a file before the hook)")
+	fs.BoolVar(&fc.KeysFile, "keys-file", true, "run the slave with its keys file, its default (sshd reads known, disconnected devices from a file before the hook); -keys-file=false: every login through the hook")
 	fs.BoolVar(&fc.Freeze, "freeze", true, "time detection of frozen OpenSSH clients (about 75 s, while dispatch runs)")
 	fs.IntVar(&fc.DispatchDevices, "dispatch-devices", -1, "devices in the master's registry for the dispatch run (0: no dispatch run)")
 	fs.IntVar(&fc.DispatchSlaves, "dispatch-slaves", 10, "fake slaves heartbeating to the master")
@@ -90,7 +90,7 @@ func run() int {
 	fs.StringVar(&out, "out", "bench/results", "directory for issue7-<date>-<preset>.json")
 	fs.DurationVar(&timeout, "timeout", 0, "limit for the whole run (preset: short 10m, full 90m)")
 	fs.DurationVar(&waitIdle, "wait-idle", 15*time.Minute, "wait up to this long for other test runs (go test, *.test) to finish first")
-	fs.StringVar(&labelFlag, "label", "", "name part of the JSON file (default: the preset, plus -keysfile with -keys-file)")
+	fs.StringVar(&labelFlag, "label", "", "name part of the JSON file (default: the preset, plus -hookonly with -keys-file=false)")
 	fs.StringVar(&render, "render", "", "print the table of an earlier run's JSON file and exit (runs nothing)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -109,8 +109,8 @@ func run() int {
 		return 0
 	}
 	label := name // of the JSON file
-	if fc.KeysFile {
-		label += "-keysfile"
+	if !fc.KeysFile {
+		label += "-hookonly"
 	}
 	if labelFlag != "" {
 		label = labelFlag
@@ -173,7 +173,7 @@ func run() int {
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 	note := waitForIdle(ctx, waitIdle, log)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -184,12 +184,7 @@ func run() int {
 		res.Notes = append(res.Notes, note)
 	}
 	if err != nil {
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			err = fmt.Errorf("run exceeded -timeout %s: %w", timeout, err)
-		case errors.Is(ctx.Err(), context.Canceled):
-			err = fmt.Errorf("interrupted: %w", err)
-		}
+		err = bench.RunError(ctx, timeout, err)
 		fmt.Fprintln(os.Stderr, "mas4h-fleet:", err)
 		if res != nil && len(res.Points) > 0 {
 			res.Notes = append(res.Notes, "INCOMPLETE: "+err.Error())

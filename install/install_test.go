@@ -1,0 +1,105 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mas4h/mas4h/process"
+	"github.com/mas4h/mas4h/systemd"
+)
+
+// fakeRoot is a target root with an empty passwd and group, and a runner
+// whose useradd adds the user there, as the real one would.
+func fakeRoot(t *testing.T) (string, *process.Fake) {
+	t.Helper()
+	if os.Geteuid() != 0 { // Install gives its directories to root
+		if os.Getenv("MAS4H_E2E") != "" {
+			t.Fatal("MAS4H_E2E is set: this test needs root")
+		}
+		t.Skip("needs root")
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"passwd", "group"} {
+		if err := os.WriteFile(filepath.Join(root, "etc", f), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := &process.Fake{Handle: func(c process.Cmd) ([]byte, error) {
+		if c.Argv[0] == "useradd" {
+			name := c.Argv[len(c.Argv)-1]
+			appendLine(t, filepath.Join(root, "etc/passwd"), name+":x:990:990::/nonexistent:/usr/sbin/nologin")
+			appendLine(t, filepath.Join(root, "etc/group"), name+":x:990:")
+		}
+		return nil, nil
+	}}
+	return root, run
+}
+
+func appendLine(t *testing.T, path, line string) {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString(line + "\n")
+}
+
+func TestInstallSlaveRunsTheUserTools(t *testing.T) {
+	root, run := fakeRoot(t)
+	var out bytes.Buffer
+	m, err := Install(context.Background(), Config{Role: RoleSlave, Name: "s1", Root: root, Units: systemd.Units, Runner: run, Out: &out})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	want := []string{
+		"useradd --prefix " + root + " --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --comment \"mas4h reverse tunnels\" mas4h-tunnel",
+		"usermod --prefix " + root + " -p * mas4h-tunnel",
+	}
+	if got := run.Commands(); !slices.Equal(got, want) {
+		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, c := range run.Calls() {
+		if !slices.Contains(c.Env, "LC_ALL=C") {
+			t.Errorf("%s runs without LC_ALL=C", c)
+		}
+	}
+	var kinds []string
+	for _, s := range m.Created {
+		kinds = append(kinds, s.Kind+" "+s.Path)
+	}
+	for _, w := range []string{KindGroup + " mas4h-tunnel", KindUser + " mas4h-tunnel", KindFile + " /etc/mas4h/slave-s1.conf"} {
+		if !slices.Contains(kinds, w) {
+			t.Errorf("manifest lacks %q: %v", w, kinds)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(root, ManifestPath(RoleSlave, "s1"))); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("manifest file: %v", err)
+	}
+}
+
+func TestInstallStopsAtAFailingTool(t *testing.T) {
+	root, run := fakeRoot(t)
+	run.On("useradd", "", process.Exit(9, "useradd: cannot lock /etc/passwd; try again later.\n"))
+	var out bytes.Buffer
+	m, err := Install(context.Background(), Config{Role: RoleSlave, Name: "s1", Root: root, Units: systemd.Units, Runner: run, Out: &out})
+	if err == nil || !strings.Contains(err.Error(), "creating user mas4h-tunnel: running useradd --prefix "+root) ||
+		!strings.HasSuffix(err.Error(), "exit status 9: useradd: cannot lock /etc/passwd; try again later.") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(run.Commands()) != 1 {
+		t.Errorf("ran on after the failure: %q", run.Commands())
+	}
+	for _, s := range m.Created {
+		if s.Kind == KindUser || s.Kind == KindGroup || s.Kind == KindFile {
+			t.Errorf("manifest records %s %s, which the failure stopped", s.Kind, s.Path)
+		}
+	}
+}

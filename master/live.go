@@ -1,0 +1,218 @@
+package master
+
+import (
+	"sync"
+	"time"
+
+	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
+)
+
+// minPendingTTL is the shortest time a grant counts as load: a slave lists
+// a new tunnel only once its reaper has seen it, which may take a probe
+// cycle or two, and a grant forgotten before that would let the next
+// devices pile onto the same slave.
+const minPendingTTL = 30 * time.Second
+
+// pendingTTL is how long a granted slot counts as load without its tunnel
+// showing up, for slaves told to beat every interval: the device had that
+// long to connect.
+func pendingTTL(interval time.Duration) time.Duration {
+	return max(registry.DeadAfter*interval, minPendingTTL)
+}
+
+// liveSlaves is the master's memory of its slaves between heartbeats: what
+// each said last, whether it is alive, and the slots granted to it that its
+// heartbeats do not show yet. Dispatch reads it on every slot request, so
+// it is kept in memory; the store keeps the same facts for status pages.
+// It is safe for concurrent use.
+type liveSlaves struct {
+	now        func() time.Time
+	interval   time.Duration // slaves beat this often
+	pendingTTL time.Duration // how long an unseen grant counts as load
+
+	mu     sync.Mutex
+	slaves map[string]*slaveState
+}
+
+// slaveState is one slave as its last heartbeat described it.
+type slaveState struct {
+	name     string
+	host     string
+	port     int
+	user     string
+	hostKeys []string
+	capacity int
+	tunnels  int
+	devices  map[string]bool // devices with a tunnel in its last heartbeat
+	lastSeen time.Time
+	alive    bool // false once marked dead, until it beats again
+	// pending holds slots granted to this slave and not yet seen as a
+	// tunnel in its heartbeats, by device. They count as load until seen
+	// or until they expire, so devices asking one after another between
+	// two heartbeats spread out.
+	pending map[string]grant
+}
+
+type grant struct {
+	at       time.Time
+	forwards int
+}
+
+// newLiveSlaves starts from the slaves the store knows, so that a restarted
+// master dispatches to the slaves that were live before it at once,
+// without waiting for their next heartbeat. now is the clock, interval the
+// heartbeat interval slaves are told, ttl how long a grant counts as load
+// without its tunnel showing up.
+func newLiveSlaves(now func() time.Time, interval, ttl time.Duration, known []registry.Slave) *liveSlaves {
+	l := &liveSlaves{now: now, interval: interval, pendingTTL: ttl, slaves: make(map[string]*slaveState, len(known))}
+	for _, sl := range known {
+		l.slaves[sl.Name] = &slaveState{
+			name: sl.Name, host: sl.Host, port: sl.Port, user: sl.User, hostKeys: sl.HostKeys,
+			capacity: sl.Capacity, tunnels: sl.Tunnels, lastSeen: sl.LastSeen, alive: sl.Alive,
+			devices: map[string]bool{}, pending: map[string]grant{},
+		}
+	}
+	return l
+}
+
+// pendingCount drops expired grants and counts the forwards of the rest.
+func (st *slaveState) pendingCount(now time.Time, ttl time.Duration) int {
+	n := 0
+	for dev, g := range st.pending {
+		if now.Sub(g.at) > ttl {
+			delete(st.pending, dev)
+			continue
+		}
+		n += g.forwards
+	}
+	return n
+}
+
+// Heard records heartbeat r, received at r.At: the slave is alive, its
+// tunnels replace the previous ones, and grants whose tunnel it now lists
+// stop counting as pending.
+func (l *liveSlaves) Heard(r registry.SlaveReport) {
+	devices := make(map[string]bool, len(r.Tunnels))
+	for _, t := range r.Tunnels {
+		devices[t.Device] = true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.slaves[r.Name]
+	if st == nil {
+		st = &slaveState{name: r.Name, pending: map[string]grant{}}
+		l.slaves[r.Name] = st
+	}
+	st.host, st.port, st.user, st.hostKeys = r.Host, r.Port, r.User, r.HostKeys
+	st.capacity, st.tunnels, st.devices = r.Capacity, len(r.Tunnels), devices
+	st.lastSeen, st.alive = r.At, true
+	for dev := range st.pending {
+		if devices[dev] {
+			delete(st.pending, dev)
+		}
+	}
+	st.pendingCount(r.At, l.pendingTTL)
+}
+
+// silence is a slave found silent: its name and its last heartbeat.
+type silence struct {
+	Name     string
+	LastSeen time.Time
+}
+
+// Silent lists the slaves still counted alive that have not beaten for
+// registry.DeadAfter intervals, to be marked dead.
+func (l *liveSlaves) Silent() []silence {
+	deadline := l.now().Add(-registry.DeadAfter * l.interval)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []silence
+	for _, st := range l.slaves {
+		if st.alive && st.lastSeen.Before(deadline) {
+			out = append(out, silence{st.name, st.lastSeen})
+		}
+	}
+	return out
+}
+
+// MarkDead marks a slave found silent dead and forgets its pending grants,
+// unless it has beaten since: a heartbeat that arrives while the slave is
+// being marked dead wins. It reports whether the slave was marked.
+func (l *liveSlaves) MarkDead(s silence) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.slaves[s.Name]
+	if st == nil || !st.alive || !st.lastSeen.Equal(s.LastSeen) {
+		return false
+	}
+	st.alive = false
+	st.pending = map[string]grant{}
+	return true
+}
+
+// Alive returns the names of the slaves live now: not marked dead and
+// heard from within registry.DeadAfter intervals.
+func (l *liveSlaves) Alive() map[string]bool {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]bool, len(l.slaves))
+	for name, st := range l.slaves {
+		if st.alive && (registry.SlaveLoad{LastSeen: st.lastSeen}).Live(now, l.interval) {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// Pick chooses the slave for dev (registry.Dispatch over the live slaves,
+// pending grants counted as load) and counts the grant as pending load on
+// it, under one lock so that concurrent requests see each other's grants.
+// A device granted again takes its pending load along to its new slave.
+// ok is false when no live slave has room.
+func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	loads := make([]registry.SlaveLoad, 0, len(l.slaves))
+	for _, st := range l.slaves {
+		if !st.alive {
+			continue
+		}
+		loads = append(loads, registry.SlaveLoad{
+			Name: st.name, Tunnels: st.tunnels, Pending: st.pendingCount(now, l.pendingTTL),
+			Capacity: st.capacity, LastSeen: st.lastSeen,
+		})
+	}
+	name, ok := registry.Dispatch(loads, dev.LastSlave, now, l.interval)
+	if !ok {
+		return wire.Slot{}, false
+	}
+	for _, st := range l.slaves {
+		delete(st.pending, dev.Name) // the device goes where it is sent now
+	}
+	st := l.slaves[name]
+	if !st.devices[dev.Name] {
+		st.pending[dev.Name] = grant{at: now, forwards: max(len(dev.Forwards), 1)}
+	}
+	slot = wire.Slot{
+		Device: dev.Name, Slave: name, Host: st.host, Port: st.port, User: st.user,
+		HostKeys: append([]string{}, st.hostKeys...),
+		Forwards: make([]wire.Forward, len(dev.Forwards)),
+	}
+	for i, f := range dev.Forwards {
+		slot.Forwards[i] = f.Wire()
+	}
+	return slot, true
+}
+
+// Unpick takes back device's pending grant on slave, for a slot that could
+// not be recorded.
+func (l *liveSlaves) Unpick(device, slave string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st := l.slaves[slave]; st != nil {
+		delete(st.pending, device)
+	}
+}
