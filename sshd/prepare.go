@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
@@ -130,8 +131,8 @@ func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookC
 		KeysFile:            keysFile,
 		MaxStartups:         sshdconfig.DefaultMaxStartups,
 		LoginGraceTime:      sshdconfig.DefaultLoginGraceTime,
-		ClientAliveInterval: sshdconfig.DefaultClientAliveInterval,
-		ClientAliveCountMax: sshdconfig.DefaultClientAliveCountMax,
+		ClientAliveInterval: int(s.cfg.Keepalive / time.Second),
+		ClientAliveCountMax: sshdconfig.KeepaliveCountMax(int(s.cfg.Keepalive / time.Second)),
 	})
 	if err != nil {
 		return false, err

@@ -47,6 +47,7 @@ type SlaveConfig struct {
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
 	NewestWins    string        // reaper.NewestWinsStale, NewestWinsAlways or NewestWinsOff
+	Keepalive     time.Duration // sshd's ClientAliveInterval, whole seconds; 0: sshdconfig's default
 	KeysFile      bool          // keep STATE/authorized_keys for sshd to read before the hook
 	MetricsListen string        // host:port serving GET /metrics; "" = none
 	DebugPprof    bool          // also serve net/http/pprof under /debug/pprof/ on MetricsListen
@@ -84,6 +85,12 @@ func NewSlave(cfg SlaveConfig, src source.Source, log *slog.Logger) (*Slave, err
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
+	}
+	if cfg.Keepalive == 0 {
+		cfg.Keepalive = sshdconfig.DefaultClientAliveInterval * time.Second
+	}
+	if cfg.Keepalive < time.Second || cfg.Keepalive%time.Second != 0 {
+		return nil, fmt.Errorf("keepalive %s: must be whole seconds, at least 1s", cfg.Keepalive)
 	}
 	switch cfg.NewestWins {
 	case "":
@@ -238,7 +245,7 @@ func (p *parts) build() {
 	p.reaper = reaper.New(reaper.Config{
 		Slave: s.cfg.Name, Interval: s.cfg.ProbeInterval, Failures: s.cfg.ProbeFailures,
 		Timeout: s.cfg.ProbeTimeout, NewestWins: s.cfg.NewestWins,
-		Keepalive: time.Duration(sshdconfig.DefaultClientAliveInterval) * time.Second, // what writeConfig renders
+		Keepalive: s.cfg.Keepalive, // what writeConfig renders
 	}, reaper.Deps{
 		Sessions: p.table, TCP: p.table, Leases: &reaper.CacheLeases{Cache: p.cache},
 		Killer: reaper.Terminator{ProcRoot: s.cfg.ProcRoot}, Events: s.src, Prober: reaper.LoopbackProber{},

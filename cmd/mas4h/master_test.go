@@ -177,6 +177,11 @@ func TestDeviceAndStatusUsageErrors(t *testing.T) {
 		{[]string{"master", "--tls-cert", "c.pem"}, "go together"},
 		{[]string{"master", "--port-range", "5-1"}, "port range"},
 		{[]string{"master", "--slot-burst", "0"}, "slot-burst"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--keepalive", "1500ms"}, "--keepalive must be whole seconds"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--keepalive", "0s"}, "--keepalive must be whole seconds"},
+		{[]string{"slave", "--name", "-s1", "--db", "x.db"}, "slave name must be"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--newest-wins", "sometimes"}, "--newest-wins must be"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--probe-interval", "2s", "--probe-timeout", "3s"}, "must be shorter"},
 	} {
 		_, stderr, code := cliRun(t, tc.args...)
 		if tc.args[0] == "status" && len(tc.args) > 1 {

@@ -16,6 +16,7 @@ import (
 	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/reaper"
 	"github.com/mas4h/mas4h/sshd/source"
+	"github.com/mas4h/mas4h/sshd/sshdconfig"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -31,9 +32,9 @@ type slaveOpts struct {
 		node, nodes                            int
 	}
 	probe struct {
-		interval, timeout time.Duration
-		failures          int
-		newestWins        string
+		interval, timeout, keepalive time.Duration
+		failures                     int
+		newestWins                   string
 	}
 	stateDir   string
 	sshListen  string
@@ -102,6 +103,7 @@ registry file.`,
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
+	f.DurationVar(&o.probe.keepalive, "keepalive", sshdconfig.DefaultClientAliveInterval*time.Second, "sshd's ClientAliveInterval: a live client answers a keepalive every two of these when idle, and one silent for four and 2s more is judged at once (each keepalive costs a device about 100 bytes each way: raise it for metered links, at the price of slower detection of a frozen client or a dead link)")
 	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often a forwarded port is probed end to end while its session's TCP state looks healthy (each probe is a line in the device's sshd log; a session that looks stale is probed at once; without the TCP view, every min(this, 10s))")
 	f.IntVar(&o.probe.failures, "probe-failures", reaper.DefaultFailures, "consecutive failed probes before a session is reaped")
 	f.DurationVar(&o.probe.timeout, "probe-timeout", reaper.DefaultTimeout, "time one probe may take")
@@ -150,6 +152,9 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if o.probe.interval < 100*time.Millisecond || o.probe.timeout < 10*time.Millisecond || o.probe.failures < 1 {
 		return sshd.SlaveConfig{}, usagef("--probe-interval must be at least 100ms, --probe-timeout at least 10ms, --probe-failures at least 1")
 	}
+	if o.probe.keepalive < time.Second || o.probe.keepalive > time.Hour || o.probe.keepalive%time.Second != 0 {
+		return sshd.SlaveConfig{}, usagef("--keepalive must be whole seconds from 1s to 1h, not %s", o.probe.keepalive)
+	}
 	if o.probe.timeout >= o.probe.interval {
 		return sshd.SlaveConfig{}, usagef("--probe-timeout (%s) must be shorter than --probe-interval (%s)", o.probe.timeout, o.probe.interval)
 	}
@@ -188,6 +193,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		ProbeFailures: o.probe.failures,
 		ProbeTimeout:  o.probe.timeout,
 		NewestWins:    o.probe.newestWins,
+		Keepalive:     o.probe.keepalive,
 		KeysFile:      o.keysFile,
 		MetricsListen: o.metrics,
 		DebugPprof:    o.debugPprof,

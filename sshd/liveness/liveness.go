@@ -62,7 +62,6 @@ type Config struct {
 // in 5 minutes.
 const (
 	DefaultKeepaliveInterval = 3 * time.Second
-	DefaultKeepaliveCountMax = 9 // sshd's own backstop: 10 unanswered keepalives, 60 s on OpenSSH 9.2
 	DefaultReplyGrace        = 2 * time.Second
 	DefaultProbeInterval     = 5 * time.Minute
 	DefaultFallbackInterval  = 10 * time.Second

@@ -53,14 +53,24 @@ type Params struct {
 // daemon down): 9 unanswered keepalives end a session, 60 s after its client
 // stopped on OpenSSH 9.2. The reaper is told the interval
 // (reaper.Config.Keepalive).
+//
+// A slave may choose another interval (mas4h slave --keepalive);
+// KeepaliveCountMax keeps the backstop near a minute for it.
 const (
 	DefaultMaxStartups         = "200:30:2000"
 	DefaultLoginGraceTime      = 30
 	DefaultClientAliveInterval = 3
-	DefaultClientAliveCountMax = 9
 )
 
 var sshdConfigTemplate = templates.MustParse("sshd_config.tmpl")
+
+// KeepaliveCountMax is the ClientAliveCountMax that ends an unanswered
+// session about a minute after its client stopped, for an interval of
+// seconds (OpenSSH 9.2 counts a keepalive every second interval when
+// idle), and never fewer than 3. KeepaliveCountMax(3) is 9.
+func KeepaliveCountMax(seconds int) int {
+	return max(3, 60/(2*max(seconds, 1))-1)
+}
 
 // Render renders sshd_config. It refuses values that would let one
 // directive spill into another (newlines, quotes, spaces in paths), since sshd

@@ -20,7 +20,7 @@ func goldenParams() Params {
 		MaxStartups:         DefaultMaxStartups,
 		LoginGraceTime:      DefaultLoginGraceTime,
 		ClientAliveInterval: DefaultClientAliveInterval,
-		ClientAliveCountMax: DefaultClientAliveCountMax,
+		ClientAliveCountMax: KeepaliveCountMax(DefaultClientAliveInterval),
 	}
 }
 
@@ -96,5 +96,15 @@ func TestRenderConfigRefusesInjection(t *testing.T) {
 				t.Fatalf("rendered without error:\n%s", out)
 			}
 		})
+	}
+}
+
+// The backstop stays near a minute whatever the interval: OpenSSH 9.2
+// counts an unanswered keepalive every second interval when idle.
+func TestKeepaliveCountMax(t *testing.T) {
+	for _, c := range []struct{ interval, want int }{{3, 9}, {1, 29}, {5, 5}, {10, 3}, {15, 3}, {60, 3}} {
+		if got := KeepaliveCountMax(c.interval); got != c.want {
+			t.Errorf("KeepaliveCountMax(%d) = %d, want %d", c.interval, got, c.want)
+		}
 	}
 }
