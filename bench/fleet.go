@@ -32,7 +32,7 @@ type FleetConfig struct {
 	Points       []int         // fleet sizes: setup and density at each, both sides
 	ReconnectAt  int           // fleet size of the reconnect storm (one of Points; 0: none)
 	HookStormAt  int           // fleet size whose mas4h setup storm also times the hook (0: the largest ≤ 2000)
-	Window       time.Duration // steady window on mas4h's side: a few probe cycles
+	Window       time.Duration // steady window on mas4h's side: a few 10 s table walks
 	RawWindow    time.Duration // steady window on raw's side (no probes)
 	Sources      int           // source addresses 127.0.1.1… the devices dial from
 	Jitter       float64       // reconnect backoff jitter (the agent's: backoff.DefaultJitter)

@@ -64,7 +64,7 @@ func run() int {
 	fs.IntVar(&fc.ReconnectAt, "reconnect-at", -1, "fleet size of the reconnect storm, one of -points (0: none)")
 	fs.StringVar(&fc.Bin, "bin", "bin/mas4h", "mas4h binary under test")
 	fs.IntVar(&fc.Parallel, "parallel", 64, "devices in their first handshake at once during setup")
-	fs.DurationVar(&fc.Window, "window", 0, "steady window on mas4h's side (a few 10 s probe cycles)")
+	fs.DurationVar(&fc.Window, "window", 0, "steady window on mas4h's side (a few 10 s table walks)")
 	fs.DurationVar(&fc.RawWindow, "raw-window", 0, "steady window on raw sshd's side")
 	fs.IntVar(&fc.Sources, "sources", 8, "source addresses 127.0.1.1… the devices dial from")
 	fs.Float64Var(&fc.Jitter, "jitter", backoff.DefaultJitter, fmt.Sprintf("reconnect backoff jitter: each delay cut by up to this share (the agent's: %.1f)", backoff.DefaultJitter))
