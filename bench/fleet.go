@@ -134,7 +134,7 @@ func (r *fleetRun) run(ctx context.Context) (*FleetResult, error) {
 			defer closeFn()
 			f := runFreeze(ctx, freezeSpec{SSHPath: r.cfg.SSH, Port: r.cfg.SlavePort, User: r.cfg.TunnelUser, TargetPort: port,
 				Probed: r.freezeDev[0], Unprobed: r.freezeDev[1], Settle: 2 * time.Second, Limit: 150 * time.Second})
-			f.Settings = freezeSettings("10 s")
+			f.Settings = freezeSettings()
 			res.Freeze = &f
 			r.log.Info("freeze done", "probe_s", f.ProbeSeconds, "client_alive_s", f.ClientAliveSeconds, "err", f.Error)
 		}()

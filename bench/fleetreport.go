@@ -317,8 +317,8 @@ func (r *FleetResult) WriteTable(w io.Writer) {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| detection | seconds |")
 		fmt.Fprintln(w, "|---|---:|")
-		fmt.Fprintf(w, "| mas4h probe (ssh-banner) and reaper | **%.1f** |\n", f.ProbeSeconds)
-		fmt.Fprintf(w, "| OpenSSH ClientAlive only (probe=none) | %.1f |\n", f.ClientAliveSeconds)
+		fmt.Fprintf(w, "| the default forward (ssh-banner probe) | **%.1f** |\n", f.ProbeSeconds)
+		fmt.Fprintf(w, "| a forward with probe=none (TCP state alone; before 2026-12, OpenSSH's ClientAlive) | %.1f |\n", f.ClientAliveSeconds)
 		fmt.Fprintf(w, "\n%s\n", f.Settings)
 		if f.Error != "" {
 			fmt.Fprintf(w, "\nerror: %s\n", f.Error)

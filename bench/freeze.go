@@ -16,8 +16,9 @@ type Freeze struct {
 	// ProbeSeconds: the forward has the default ssh-banner probe; mas4h's
 	// reaper frees it.
 	ProbeSeconds float64 `json:"probe_seconds"`
-	// ClientAliveSeconds: the forward's probe is none; only sshd's
-	// ClientAliveInterval × ClientAliveCountMax ends the session.
+	// ClientAliveSeconds: the forward's probe is none. Until 2026-12 only
+	// sshd's ClientAliveInterval × ClientAliveCountMax ended such a
+	// session; since, the reaper judges it on its TCP state alone.
 	ClientAliveSeconds float64 `json:"client_alive_seconds"`
 	Settings           string  `json:"settings"`
 	Error              string  `json:"error,omitempty"`
@@ -130,6 +131,8 @@ func bannerServer() (port int, closeFn func() error, err error) {
 	return l.Addr().(*net.TCPAddr).Port, l.Close, nil
 }
 
-func freezeSettings(probeInterval string) string {
-	return "probe interval " + probeInterval + ", 2 failures, 3 s timeout, 1 s retry; sshd ClientAliveInterval 15 × ClientAliveCountMax 4"
+// freezeSettings describes the slave's default liveness settings.
+func freezeSettings() string {
+	return "liveness: each session's TCP state read every second, suspect after 2 × ClientAliveInterval 3 s + 2 s of silence, " +
+		"then one probe (3 s timeout; probe=none: 3 s more of suspicion); sshd's ClientAliveCountMax 9 the backstop"
 }
