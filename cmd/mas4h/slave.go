@@ -103,7 +103,7 @@ registry file.`,
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
-	f.DurationVar(&o.probe.keepalive, "keepalive", sshdconfig.DefaultClientAliveInterval*time.Second, "sshd's ClientAliveInterval: a live client answers a keepalive every two of these when idle, and one silent for four and 2s more is judged at once (each keepalive costs a device about 100 bytes each way: raise it for metered links, at the price of slower detection of a frozen client or a dead link)")
+	f.DurationVar(&o.probe.keepalive, "keepalive", sshdconfig.DefaultClientAliveInterval*time.Second, "sshd's ClientAliveInterval: a live client answers a keepalive every two of these when idle, and one silent for four and 2s more is judged at once (each keepalive costs a device about 300 bytes with TCP/IP headers, some 4 MB a day at 3s: raise it for metered links, at the price of slower detection of a frozen client or a dead link)")
 	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often a forwarded port is probed end to end while its session's TCP state looks healthy (each probe is a line in the device's sshd log; a session that looks stale is probed at once; without the TCP view, every min(this, 10s))")
 	f.IntVar(&o.probe.failures, "probe-failures", reaper.DefaultFailures, "consecutive failed probes before a session is reaped")
 	f.DurationVar(&o.probe.timeout, "probe-timeout", reaper.DefaultTimeout, "time one probe may take")
