@@ -94,7 +94,12 @@ func (b *Buffer) String() string {
 // Contains reports whether what was written so far holds s.
 func (b *Buffer) Contains(s string) bool { return strings.Contains(b.String(), s) }
 
-var update = flag.Bool("update", false, "rewrite the golden files with what the tests got")
+var update = flag.Bool("update", false, "rewrite the golden files and recorded test data with what the tests got")
+
+// Updating reports whether the tests run with -update: recorded test data
+// (golden files, seed corpora captured from the live system) is rewritten
+// instead of checked.
+func Updating() bool { return *update }
 
 // Golden compares got with the file at path (conventionally
 // testdata/NAME.golden); `go test -update` writes got there instead.

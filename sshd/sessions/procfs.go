@@ -59,16 +59,21 @@ func readProc(root string, pid int) (procInfo, bool) {
 	return readStat(root, pid, make([]byte, 1024))
 }
 
-// readStat parses /proc/PID/stat (uid left -1: see procUID). It
-// reads with bare system calls into buf: the table is walked every cycle,
-// and os.ReadFile costs twice the calls. comm is in parentheses and may
-// itself hold spaces or parentheses, so the fields after it are found from
-// the last ')'.
+// readStat reads /proc/PID/stat (uid left -1: see procUID). It reads with
+// bare system calls into buf: the table is walked every cycle, and
+// os.ReadFile costs twice the calls.
 func readStat(root string, pid int, buf []byte) (procInfo, bool) {
 	b, ok := readSmall(root+"/"+strconv.Itoa(pid)+"/stat", buf)
 	if !ok {
 		return procInfo{}, false
 	}
+	return parseStat(pid, b)
+}
+
+// parseStat parses the text of /proc/PID/stat. comm is in parentheses and
+// may itself hold spaces or parentheses, so the fields after it are found
+// from the last ')'.
+func parseStat(pid int, b []byte) (procInfo, bool) {
 	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
 	if open < 0 || end < open || end+2 >= len(b) {
 		return procInfo{}, false

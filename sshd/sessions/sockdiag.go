@@ -79,9 +79,9 @@ type diagRequest struct {
 	filter []byte // a filter program (INET_DIAG_REQ_BYTECODE), or nil
 }
 
-// diagDump sends one dump request and hands each inet_diag_msg of the
-// answer (with its attributes) to each.
-func diagDump(fd int, r diagRequest, buf []byte, each func([]byte)) error {
+// encode is the request as sent: nlmsghdr, inet_diag_req_v2, and the
+// filter program as an INET_DIAG_REQ_BYTECODE attribute.
+func (r diagRequest) encode() []byte {
 	const hdr, reqLen = unix.NLMSG_HDRLEN, 56 // nlmsghdr + inet_diag_req_v2
 	n := hdr + reqLen
 	if r.filter != nil {
@@ -102,8 +102,13 @@ func diagDump(fd int, r diagRequest, buf []byte, each func([]byte)) error {
 		binary.NativeEndian.PutUint16(a[2:4], inetDiagReqBytecode)
 		copy(a[4:], r.filter)
 	}
-	seq := r.seq
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	return req
+}
+
+// diagDump sends one dump request and hands each inet_diag_msg of the
+// answer (with its attributes) to each.
+func diagDump(fd int, r diagRequest, buf []byte, each func([]byte)) error {
+	if err := unix.Sendto(fd, r.encode(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag request: %w", err)
 	}
 	for {
@@ -114,29 +119,39 @@ func diagDump(fd int, r diagRequest, buf []byte, each func([]byte)) error {
 		if err != nil {
 			return fmt.Errorf("sock_diag answer: %w", err)
 		}
-		msgs, err := netlinkMessages(buf[:n])
-		if err != nil {
-			return fmt.Errorf("sock_diag answer: %w", err)
-		}
-		for _, m := range msgs {
-			if m.seq != seq {
-				continue
-			}
-			switch m.typ {
-			case unix.NLMSG_DONE:
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(m.data) >= 4 {
-					if errno := -int32(binary.NativeEndian.Uint32(m.data[:4])); errno != 0 {
-						return fmt.Errorf("sock_diag: %w", unix.Errno(errno))
-					}
-				}
-				return errors.New("sock_diag: error answer")
-			case unix.SOCK_DIAG_BY_FAMILY:
-				each(m.data)
-			}
+		if done, err := diagAnswer(buf[:n], r.seq, each); done || err != nil {
+			return err
 		}
 	}
+}
+
+// diagAnswer reads one datagram of the answer to dump seq, handing each of
+// its inet_diag_msgs to each; done says the dump ended (NLMSG_DONE, or an
+// NLMSG_ERROR, returned as its errno).
+func diagAnswer(b []byte, seq uint32, each func([]byte)) (done bool, err error) {
+	msgs, err := netlinkMessages(b)
+	if err != nil {
+		return true, fmt.Errorf("sock_diag answer: %w", err)
+	}
+	for _, m := range msgs {
+		if m.seq != seq {
+			continue
+		}
+		switch m.typ {
+		case unix.NLMSG_DONE:
+			return true, nil
+		case unix.NLMSG_ERROR:
+			if len(m.data) >= 4 {
+				if errno := -int32(binary.NativeEndian.Uint32(m.data[:4])); errno != 0 {
+					return true, fmt.Errorf("sock_diag: %w", unix.Errno(errno))
+				}
+			}
+			return true, errors.New("sock_diag: error answer")
+		case unix.SOCK_DIAG_BY_FAMILY:
+			each(m.data)
+		}
+	}
+	return false, nil
 }
 
 // addDiagSocket decodes one inet_diag_msg: family, state, timer, retrans;
