@@ -65,12 +65,14 @@ const (
 // decodeTCPInfo reads a struct tcp_info as the kernel sent it. Kernels
 // send the length they know: an older kernel's shorter struct leaves the
 // newer fields zero; a newer kernel's longer one is cut to what x/sys knows.
+// A field the attribute does not hold whole stays zero (the 64-bit fields
+// sit at multiples of 8): half a byte counter is no count.
 func decodeTCPInfo(b []byte) TCPState {
 	if len(b) < minTCPInfoLen {
 		return TCPState{}
 	}
 	var ti unix.TCPInfo
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&ti)), unix.SizeofTCPInfo), b)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&ti)), unix.SizeofTCPInfo), b[:len(b)&^7])
 	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 	return TCPState{
 		Known:         true,
