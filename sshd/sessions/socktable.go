@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -99,8 +100,8 @@ func parseSocketLine(line []byte, sshPort int, socks map[uint64]sockInfo) {
 	}
 	ino := uint64(0)
 	for _, c := range f[9] {
-		if c < '0' || c > '9' {
-			return
+		if c < '0' || c > '9' || ino > (math.MaxUint64-uint64(c-'0'))/10 {
+			return // not a number, or past 64 bits: not an inode the kernel printed
 		}
 		ino = ino*10 + uint64(c-'0')
 	}
