@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // The hand-written checks agree with the regular expressions they stand
@@ -47,4 +48,37 @@ func TestErrors(t *testing.T) {
 			t.Errorf("%v is not ErrInvalid", c.err)
 		}
 	}
+}
+
+// FuzzNames: each check agrees with its regular expression on any input,
+// and a refusal is an ErrInvalid whose message quotes the name on one line
+// and at a bounded length, whatever the name holds.
+func FuzzNames(f *testing.F) {
+	deviceRE := regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	userRE := regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	for _, s := range []string{"pi-kitchen", "nas", "edge-01.site_b", "mas4h-tunnel", "_mas4h", "s1", "gw1", "",
+		"A/../x", "-s1", "root;id", "a\nb", "é", "x\x00y", strings.Repeat("a", 63), strings.Repeat("é", 40)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, c := range []struct {
+			kind string
+			err  error
+			re   *regexp.Regexp
+		}{{"device", Device(s), deviceRE}, {"slave", Slave(s), deviceRE}, {"user", User(s), userRE}} {
+			if (c.err == nil) != c.re.MatchString(s) {
+				t.Fatalf("%s %q: %v, the expression says %v", c.kind, s, c.err, c.re.MatchString(s))
+			}
+			if c.err == nil {
+				continue
+			}
+			msg := c.err.Error()
+			if !errors.Is(c.err, ErrInvalid) || len(msg) > 400 || strings.ContainsAny(msg, "\n\r\x00") || !utf8.ValidString(msg) {
+				t.Fatalf("%s %q: error %q", c.kind, s, msg)
+			}
+		}
+		if ValidUser(s) != (User(s) == nil) {
+			t.Fatalf("ValidUser(%q) disagrees with User", s)
+		}
+	})
 }
