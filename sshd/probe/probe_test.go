@@ -84,3 +84,63 @@ func TestParseProbeRefuses(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParse: a probe spec parses into a probe the slave can run, holding
+// what the spec says (its kind, its regex as written, its text unescaped),
+// or is refused; an empty spec picks the kind from the target's port. (That
+// the slave parses every spec the master accepts is registry's
+// FuzzParseForwardSpec: registry uses this package.)
+func FuzzParse(f *testing.F) {
+	for _, c := range [][2]string{
+		{"", "localhost:22"}, {"", "192.168.1.10:80"}, {"", "[::1]:8080"}, {"", "db:5432"}, {"", "x"},
+		{"ssh-banner", "localhost:22"}, {"http", "web:80"}, {"none", "x:1"},
+		{`banner:^SSH-2\.0-Open`, "x:22"}, {"banner:^220 ", "mail:25"}, {"banner:a{1,3}", "x:1"},
+		{`send-expect:PING\r\n|^\+PONG`, "redis:6379"}, {"send-expect:a|b|c", "x:1"},
+		{"banner:(", "x:1"}, {"ssh-banner:x", "x:1"}, {"nope", "x:1"},
+	} {
+		f.Add(c[0], c[1])
+	}
+	f.Fuzz(func(t *testing.T, spec, target string) {
+		p, err := Parse(spec, target)
+		if err != nil {
+			return
+		}
+		kind, arg, _ := strings.Cut(spec, ":")
+		switch {
+		case spec == "":
+			_, port, _ := net.SplitHostPort(target)
+			want := map[string]string{"22": SSHBanner, "80": HTTP, "8080": HTTP, "8000": HTTP, "8888": HTTP}[port]
+			if want == "" {
+				want = None
+			}
+			if p.Kind != want || p.Expect != nil || p.Send != "" {
+				t.Fatalf("default for %q: %+v, want kind %s", target, p, want)
+			}
+		case p.Kind != kind:
+			t.Fatalf("spec %q: kind %q", spec, p.Kind)
+		case kind == SSHBanner || kind == HTTP || kind == None:
+			if spec != kind || p.Expect != nil || p.Send != "" {
+				t.Fatalf("spec %q: %+v", spec, p)
+			}
+		case kind == Banner:
+			if p.Expect == nil || p.Expect.String() != arg || p.Send != "" {
+				t.Fatalf("spec %q: %+v", spec, p)
+			}
+		case kind == SendExpect:
+			i := strings.LastIndex(arg, "|")
+			if p.Expect == nil || p.Expect.String() != arg[i+1:] || p.Send == "" {
+				t.Fatalf("spec %q: %+v", spec, p)
+			}
+			if !strings.Contains(arg[:i], `\`) && p.Send != arg[:i] {
+				t.Fatalf("spec %q: text %q", spec, p.Send)
+			}
+		default:
+			t.Fatalf("spec %q: unknown kind %q accepted", spec, p.Kind)
+		}
+		// Judging any answer settles or waits; it does not panic (Run
+		// never reads for none).
+		if p.Kind != None {
+			p.judge([]byte(target))
+		}
+	})
+}
