@@ -48,10 +48,10 @@ func Parse(spec, target string) (Probe, error) {
 		}
 		return Probe{Kind: None}, nil
 	}
-	kind, arg, _ := strings.Cut(spec, ":")
+	kind, arg, hasArg := strings.Cut(spec, ":")
 	switch kind {
 	case SSHBanner, HTTP, None:
-		if arg != "" {
+		if hasArg {
 			return Probe{}, fmt.Errorf("probe %s takes no argument", kind)
 		}
 		return Probe{Kind: kind}, nil
