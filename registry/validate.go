@@ -36,6 +36,15 @@ type ForwardSpec struct {
 	Probe  string // probe spec; empty means the slave's default
 }
 
+// String is the spec as ParseForwardSpec reads it back:
+// NAME=HOST:PORT[,probe=SPEC].
+func (f ForwardSpec) String() string {
+	if f.Probe == "" {
+		return f.Name + "=" + f.Target
+	}
+	return f.Name + "=" + f.Target + ",probe=" + f.Probe
+}
+
 // DefaultForward is what a device gets when enrolled without --forward:
 // its own sshd.
 func DefaultForward() ForwardSpec { return ForwardSpec{Name: "ssh", Target: "localhost:22"} }

@@ -48,7 +48,7 @@ PATH). Output is the same either way.`,
 // deviceBackend is where device commands act: a local registry file or a
 // master's API. Both answer with the API's shapes, so output is identical.
 type deviceBackend interface {
-	add(ctx context.Context, name string, key ssh.PublicKey, forwards []string, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error)
+	add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error)
 	list(ctx context.Context) ([]wire.Device, error)
 	show(ctx context.Context, name string) (wire.Device, error)
 	revoke(ctx context.Context, name string) (wire.Device, error)
@@ -102,7 +102,7 @@ func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(devic
 
 type localBackend struct{ st *registry.Store }
 
-func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, _ []string, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error) {
+func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error) {
 	d, err := b.st.AddDevice(ctx, name, key, specs, pr)
 	return d.Wire(), err
 }
@@ -130,7 +130,13 @@ func (b localBackend) remove(ctx context.Context, name string) error { return b.
 
 type masterBackend struct{ c *client.Client }
 
-func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, forwards []string, _ []registry.ForwardSpec, _ registry.PortRange) (wire.Device, error) {
+// add sends the specs as parsed here, rendered: the master reads them back
+// the same (registry's FuzzParseForwardSpec holds it to that).
+func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, _ registry.PortRange) (wire.Device, error) {
+	var forwards []string
+	for _, s := range specs {
+		forwards = append(forwards, s.String())
+	}
 	return b.c.AddDevice(ctx, wire.AddDeviceRequest{Name: name, PublicKey: registry.AuthorizedKey(key), Forwards: forwards})
 }
 
@@ -197,7 +203,7 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 				return fmt.Errorf("key %s: %w", keyFile, err)
 			}
 			return o.withBackend(cmd.Context(), true, func(b deviceBackend, f outputFormat) error {
-				dev, err := b.add(cmd.Context(), name, key, forwards, specs, pr)
+				dev, err := b.add(cmd.Context(), name, key, specs, pr)
 				if err != nil {
 					return err
 				}

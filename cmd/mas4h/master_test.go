@@ -133,7 +133,8 @@ func TestDeviceCommandsSameOutputWithMasterAndDB(t *testing.T) {
 		return strings.Join(lines, "\n")
 	}
 	for _, args := range [][]string{
-		{"device", "add", "pi-1", "--key", key, "--forward", "ssh=localhost:22", "--forward", "web=127.0.0.1:80,probe=http"},
+		{"device", "add", "pi-1", "--key", key, "--forward", "ssh=localhost:22", "--forward", "web=127.0.0.1:80,probe=http",
+			"--forward", "db=[0:0::1]:05432,probe=none"}, // to the master as parsed: [::1]:5432
 		{"device", "list"},
 		{"device", "list", "-o", "json"},
 		{"device", "show", "pi-1", "-o", "json"},
