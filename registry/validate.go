@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mas4h/mas4h/names"
+	"github.com/mas4h/mas4h/sshd/probe"
 )
 
 var (
@@ -159,11 +160,26 @@ func validHost(h string) bool {
 	return true
 }
 
-// validateProbe checks a probe spec; "" means the slave's default.
+// validateProbe checks a probe spec; "" means the slave's default. Beyond
+// the checks here (stricter than the slave's, with the operator's messages),
+// the spec must be one the slave's probe.Parse runs: its reading of a
+// send-expect text's escapes is the one rule.
 func validateProbe(p string) error {
 	if err := checkPrintable(p); err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}
+	if err := validateProbeForm(p); err != nil {
+		return err
+	}
+	if p != "" {
+		if _, err := probe.Parse(p, ""); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+func validateProbeForm(p string) error {
 	switch {
 	case p == "", p == "ssh-banner", p == "http", p == "none":
 		return nil

@@ -105,6 +105,7 @@ func TestParseForwardSpec(t *testing.T) {
 		{"ssh=localhost:22,probe=send-expect:|PONG", ForwardSpec{}, "non-empty text"},
 		{"ssh=localhost:22,probe=send-expect:PING|", ForwardSpec{}, "needs a regex"},
 		{"ssh=localhost:22,probe=send-expect:PING|[", ForwardSpec{}, "bad regex"},
+		{`ssh=localhost:22,probe=send-expect:PING\q|^\+PONG`, ForwardSpec{}, "bad escape"}, // the slave could not run it
 		{"ssh=localhost:22,probe=banner:" + strings.Repeat("x", 2000), ForwardSpec{}, "max"},
 	}
 	for _, tt := range tests {
