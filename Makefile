@@ -6,7 +6,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test lint bench bench-full demo demo-stop install clean dist man deb
+.PHONY: all build deps test lint fuzz bench bench-full demo demo-stop install clean dist man deb
 
 all: build
 
@@ -36,6 +36,15 @@ lint:
 # system part or root into a failure instead of a skip.
 test: deps lint build
 	$(GO) test -count=1 -timeout 45m ./...
+
+# Every fuzz target (the parsers of what devices, sshd, the kernel and
+# operators hand mas4h) for FUZZTIME each, one after the other (go test
+# -fuzz takes one target a run): 14 targets, about 32 minutes at the default.
+# FUZZ=REGEXP picks targets by package or name. `make test` runs their seed
+# corpora.
+FUZZTIME ?= 2m
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # Benchmarks (root; see bench/README.md). bench: the short fleet run, under
 # 5 minutes, prints the table. bench-full: issue 2's hook and 50-tunnel
