@@ -110,7 +110,7 @@ func (m *Master) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (regi
 	if refused && now.Before(until) && !cached {
 		return registry.Device{}, false, nil
 	}
-	fresh, err := m.validate(ctx, key)
+	fresh, err := m.validate(ctx, fp, key)
 	switch {
 	case err == nil:
 		return fresh, true, nil
@@ -124,12 +124,18 @@ func (m *Master) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (regi
 	}
 }
 
-// validate asks the master about one key and records the answer.
-func (m *Master) validate(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
+// validate asks the master about one key (by its fingerprint alone when
+// key is nil: the slave then asks about a session's key, which only an
+// enrolled key can have) and records the answer.
+func (m *Master) validate(ctx context.Context, fp string, key ssh.PublicKey) (registry.Device, error) {
 	ctx, cancel := context.WithTimeout(ctx, validateTimeout)
 	defer cancel()
-	fp := registry.Fingerprint(key)
-	v, err := m.api.Validate(ctx, wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)})
+	req := wire.ValidateRequest{Fingerprint: fp}
+	if key != nil {
+		fp = registry.Fingerprint(key)
+		req = wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)}
+	}
+	v, err := m.api.Validate(ctx, req)
 	if errors.Is(err, ErrNotAccepted) {
 		m.mu.Lock()
 		m.negative[fp] = m.now().Add(negativeCacheFor)
@@ -143,8 +149,11 @@ func (m *Master) validate(ctx context.Context, key ssh.PublicKey) (registry.Devi
 		return registry.Device{}, err
 	}
 	dev := deviceFromValidation(v)
-	if dev.Fingerprint != fp || dev.PublicKey != registry.AuthorizedKey(key) {
+	if dev.Fingerprint != fp || (key != nil && dev.PublicKey != registry.AuthorizedKey(key)) {
 		return registry.Device{}, fmt.Errorf("master answered for another key (%s)", dev.Fingerprint)
+	}
+	if pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(dev.PublicKey)); err != nil || registry.Fingerprint(pk) != fp {
+		return registry.Device{}, fmt.Errorf("master answered with a key that is not %s", fp)
 	}
 	ttl := time.Duration(v.TTLSeconds) * time.Second
 	if ttl <= 0 {
@@ -286,7 +295,7 @@ func (m *Master) refresh(ctx context.Context, h Handler) {
 		if err != nil {
 			continue
 		}
-		_, err = m.validate(ctx, key)
+		_, err = m.validate(ctx, cd.Device.Fingerprint, key)
 		if errors.Is(err, ErrNotAccepted) {
 			m.log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
 			h.Gone(ctx, cd.Device, "device no longer accepted by the master")
