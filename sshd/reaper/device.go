@@ -28,6 +28,11 @@ const SupersedeEvery = 5 * time.Second
 // key query: knowing a device's public key gives nothing. The judging runs
 // in the background; Run waits for it.
 func (r *Reaper) Accepted(ctx context.Context, a authlog.Accepted) {
+	r.kills.Add(1)
+	go func() {
+		defer r.kills.Done()
+		r.capKey(ctx, a.Fingerprint)
+	}()
 	if r.cfg.NewestWins == NewestWinsOff {
 		return
 	}
@@ -47,16 +52,20 @@ func (r *Reaper) Accepted(ctx context.Context, a authlog.Accepted) {
 	r.kills.Add(1)
 	go func() {
 		defer r.kills.Done()
-		r.supersede(ctx, dev, a.Remote)
+		judged := r.supersede(ctx, dev, a.Remote)
 		r.mu.Lock()
-		r.superseded[dev.Name] = r.d.Clock.Now()
+		if judged {
+			r.superseded[dev.Name] = r.d.Clock.Now()
+		} else {
+			delete(r.superseded, dev.Name) // nothing to judge: the next login may
+		}
 		r.mu.Unlock()
 	}()
 }
 
 // supersede judges every session of dev but the one from newest that holds
-// one of dev's ports.
-func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest netip.AddrPort) {
+// one of dev's ports, and reports whether there was one.
+func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest netip.AddrPort) (judged bool) {
 	held := map[int]bool{}
 	for _, f := range dev.Forwards {
 		if r.d.PortHeld(f.RemotePort) {
@@ -64,12 +73,12 @@ func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest neti
 		}
 	}
 	if len(held) == 0 {
-		return
+		return false
 	}
 	list, err := r.d.Sessions.Sessions()
 	if err != nil {
 		r.log.Error("listing sessions for newest-wins", "device", dev.Name, "err", err)
-		return
+		return false
 	}
 	for _, sess := range list {
 		if remote, ok := remoteOf(sess); ok && remote == newest {
@@ -79,6 +88,7 @@ func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest neti
 		if len(fwds) == 0 {
 			continue
 		}
+		judged = true
 		why := "superseded by a newer session of the same device"
 		if r.cfg.NewestWins != NewestWinsAlways {
 			var ok bool
@@ -96,6 +106,7 @@ func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest neti
 		r.d.Metrics.Reap(metrics.ReapSuperseded)
 		r.end(ctx, sess, dev.Name, why, "kill")
 	}
+	return judged
 }
 
 // stale judges an older session of dev for newest-wins: why it is stale,
@@ -116,6 +127,7 @@ func (r *Reaper) stale(ctx context.Context, dev registry.Device, sess sessions.S
 	case liveness.Dead:
 		return "superseded: older session stale (" + d.Reason + ")", true
 	case liveness.Healthy:
+		r.log.Info("older session looks healthy; newest does not win", "device", dev.Name, "monitor_pid", sess.MonitorPID)
 		return "", false
 	}
 	for _, port := range d.Probe {

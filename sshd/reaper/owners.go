@@ -77,32 +77,42 @@ func (r *Reaper) owners(ctx context.Context, list []sessions.Session) []owned {
 
 // trespass says why a session must end although nothing is wrong with its
 // connection: its key is no device's (removed), its device is revoked, or
-// it holds a port leased to no device or to another device. "" when it may
-// stay (or when its key is unknown: it is then judged by its ports alone).
-func trespass(o owned, leases map[int]Lease) (why, metric string) {
+// it holds a port leased to no device or to another device — and which
+// device the event belongs to (the one whose port it holds, if any). ""
+// when it may stay (or when its key is unknown: it is then judged by its
+// ports alone).
+func trespass(o owned, leases map[int]Lease) (device, why, metric string) {
 	if o.fp == "" {
-		return "", ""
+		return "", "", ""
 	}
 	if !o.found {
-		return fmt.Sprintf("its key %s is no enrolled device's", o.fp), metrics.ReapRevoked
+		why = fmt.Sprintf("its key %s is no enrolled device's", o.fp)
+		for _, p := range o.sess.Ports {
+			if l, ok := leases[p]; ok {
+				return l.Device.Name, fmt.Sprintf("%s; it holds port %d, leased to device %s", why, p, l.Device.Name), metrics.ReapTrespass
+			}
+		}
+		return "", why, metrics.ReapRevoked
 	}
 	if o.owner.Status != registry.StatusActive {
-		return fmt.Sprintf("device %s is %s", o.owner.Name, o.owner.Status), metrics.ReapRevoked
+		return o.owner.Name, fmt.Sprintf("device %s is %s", o.owner.Name, o.owner.Status), metrics.ReapRevoked
 	}
 	for _, p := range o.sess.Ports {
 		l, ok := leases[p]
 		switch {
 		case !ok:
-			return fmt.Sprintf("device %s holds port %d, which is leased to no device", o.owner.Name, p), metrics.ReapTrespass
+			return o.owner.Name, fmt.Sprintf("device %s holds port %d, which is leased to no device", o.owner.Name, p), metrics.ReapTrespass
 		case l.Device.Fingerprint != o.fp:
-			return fmt.Sprintf("device %s holds port %d, which is leased to device %s", o.owner.Name, p, l.Device.Name), metrics.ReapTrespass
+			return o.owner.Name, fmt.Sprintf("device %s holds port %d, which is leased to device %s", o.owner.Name, p, l.Device.Name), metrics.ReapTrespass
 		}
 	}
-	return "", ""
+	return "", "", ""
 }
 
 // overCap picks the sessions of each key beyond max, keeping those that
-// hold ports (the tunnels) and the oldest of the rest.
+// hold ports (the tunnels) and the newest of the rest (a device that just
+// logged in again keeps its new session; the port-less ones it left behind
+// go first).
 func overCap(all []owned, max int) []owned {
 	if max <= 0 {
 		return nil
@@ -124,9 +134,9 @@ func overCap(all []owned, max int) []owned {
 				return pi // port holders first: kept
 			}
 			if !os[i].sess.Started.Equal(os[j].sess.Started) {
-				return os[i].sess.Started.Before(os[j].sess.Started) // then the oldest
+				return os[i].sess.Started.After(os[j].sess.Started) // then the newest
 			}
-			return os[i].sess.MonitorPID < os[j].sess.MonitorPID
+			return os[i].sess.MonitorPID > os[j].sess.MonitorPID
 		})
 		out = append(out, os[max:]...)
 	}
@@ -138,13 +148,13 @@ func overCap(all []owned, max int) []owned {
 func (r *Reaper) police(all []owned, leases map[int]Lease) map[int]doomed {
 	out := map[int]doomed{}
 	for _, o := range all {
-		if why, metric := trespass(o, leases); why != "" {
-			out[o.sess.MonitorPID] = doomed{o.sess, o.owner.Name, why, metric}
+		if device, why, metric := trespass(o, leases); why != "" {
+			out[o.sess.MonitorPID] = doomed{o.sess, device, why, metric}
 		}
 	}
 	for _, o := range overCap(all, r.cfg.MaxSessions) {
 		if _, ok := out[o.sess.MonitorPID]; !ok {
-			why := fmt.Sprintf("device %s has more than %d sessions", o.owner.Name, r.cfg.MaxSessions)
+			why := fmt.Sprintf("session cap: device %s has more than %d sessions (--max-sessions-per-device)", o.owner.Name, r.cfg.MaxSessions)
 			out[o.sess.MonitorPID] = doomed{o.sess, o.owner.Name, why, metrics.ReapCap}
 		}
 	}
@@ -168,4 +178,33 @@ func (r *Reaper) endAll(ctx context.Context, ds map[int]doomed) {
 			r.end(ctx, d.sess, d.device, d.why, "kill")
 		}()
 	}
+}
+
+// capKey ends the sessions of key fp beyond the cap at once, when the key
+// index counts more than the cap (a login sshd took from the keys file,
+// before the file could leave the device out).
+func (r *Reaper) capKey(ctx context.Context, fp string) {
+	if r.cfg.MaxSessions <= 0 || r.d.Keys == nil || r.d.Keys.Count(fp) <= r.cfg.MaxSessions {
+		return
+	}
+	list, err := r.d.Sessions.Sessions()
+	if err != nil {
+		r.log.Error("listing sessions for the session cap", "err", err)
+		return
+	}
+	var mine []sessions.Session
+	for _, sess := range list {
+		if remote, ok := remoteOf(sess); ok {
+			if a, known := r.d.Keys.Lookup(remote); known && a.Fingerprint == fp {
+				mine = append(mine, sess)
+			}
+		}
+	}
+	all := r.owners(ctx, mine)
+	ds := map[int]doomed{}
+	for _, o := range overCap(all, r.cfg.MaxSessions) {
+		why := fmt.Sprintf("session cap: device %s has more than %d sessions (--max-sessions-per-device)", o.owner.Name, r.cfg.MaxSessions)
+		ds[o.sess.MonitorPID] = doomed{o.sess, o.owner.Name, why, metrics.ReapCap}
+	}
+	r.endAll(ctx, ds)
 }

@@ -100,8 +100,8 @@ func TestEndDeviceByKey(t *testing.T) {
 	}
 }
 
-// Beyond the cap, a walk ends the newest sessions that hold no port; the
-// tunnel stays.
+// Beyond the cap, a walk ends the oldest sessions that hold no port; the
+// tunnel and the newest stay.
 func TestSessionCap(t *testing.T) {
 	g, idx := keyedRig(Config{MaxSessions: 2})
 	dev := g.device("pi", 20001, "localhost:22")
@@ -116,8 +116,8 @@ func TestSessionCap(t *testing.T) {
 	g.r.Wait()
 	killed := g.killer.pids()
 	slices.Sort(killed)
-	if !slices.Equal(killed, []int{300, 400}) {
-		t.Fatalf("killed %v, want the two newest port-less sessions [300 400]", killed)
+	if !slices.Equal(killed, []int{200, 300}) {
+		t.Fatalf("killed %v, want the two oldest port-less sessions [200 300]", killed)
 	}
 }
 

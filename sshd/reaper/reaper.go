@@ -106,6 +106,8 @@ type Keys interface {
 	Keep(live map[netip.AddrPort]bool, grace time.Duration)
 	// Close forgets a connection that ended.
 	Close(remote netip.AddrPort)
+	// Count is how many connections authenticated with key fp.
+	Count(fp string) int
 }
 
 // Killer ends a session and returns the ports it held that are still
