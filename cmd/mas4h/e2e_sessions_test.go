@@ -298,3 +298,35 @@ func quickTrip(port int) error {
 	}
 	return nil
 }
+
+// Under a master that heartbeats every 10 s, a revoke reaches the slave at
+// once (its ask for revocations waits on the master): a second login of
+// the revoked key right after the revoke is refused, and its live session
+// ends, long before the next heartbeat.
+func TestMasterRevokeRefusesAtOnce(t *testing.T) {
+	e := newEnv(t)
+	es := startEcho(t)
+	m := e.startMaster("--heartbeat-interval", "10s")
+	sp := m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	_, k := m.enrol("pi-quick", fwd(es))
+	slot, c, p := m.connect(k, es)
+	time.Sleep(time.Second) // past the slave's first ask: it waits on the master now
+	start := time.Now()
+	if _, stderr, code := m.admin("device", "revoke", "pi-quick"); code != 0 {
+		t.Fatal(stderr)
+	}
+	testkit.Eventually(t, 15*time.Second, func() bool { return strings.Contains(sp.log.String(), "revocation from the master") },
+		"the slave did not hear of the revoke")
+	if !strings.Contains(sp.log.String(), "via=feed") {
+		t.Errorf("the revoke reached the slave with a heartbeat, not through the feed:\n%s", sp.log)
+	}
+	heard := time.Since(start)
+	second := e.tunnelTo(k, slot, es.port)
+	if code := second.wait(10 * time.Second); code != 255 {
+		t.Fatalf("a login of the revoked key %s after the revoke: status %d, want 255", time.Since(start).Round(time.Millisecond), code)
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return c.exited() && !dialOK(p) }, "the revoked device's session survived")
+	t.Logf("the slave heard of the revoke %s after it (heartbeats every 10 s); its session ended %s after it",
+		heard.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}

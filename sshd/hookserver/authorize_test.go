@@ -135,6 +135,10 @@ func (m *masterAPI) Validate(_ context.Context, req wire.ValidateRequest) (wire.
 	return v, nil
 }
 
+func (m *masterAPI) Revocations(context.Context, string, int64, time.Duration) (wire.RevocationsReply, error) {
+	return wire.RevocationsReply{}, source.ErrNoRevocationFeed
+}
+
 func (m *masterAPI) Heartbeat(context.Context, string, wire.Heartbeat) (wire.HeartbeatReply, error) {
 	return wire.HeartbeatReply{}, nil
 }

@@ -63,6 +63,10 @@ func (f *fakeMaster) Heartbeat(_ context.Context, _ string, hb wire.Heartbeat) (
 	return r, nil
 }
 
+func (f *fakeMaster) Revocations(ctx context.Context, _ string, after int64, wait time.Duration) (wire.RevocationsReply, error) {
+	return wire.RevocationsReply{}, fmt.Errorf("%w: not in this fake", ErrNoRevocationFeed)
+}
+
 func (f *fakeMaster) calls() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
