@@ -43,7 +43,7 @@ const (
 	DefaultCacheTTL          = 5 * time.Minute
 	negativeCacheFor         = 5 * time.Second
 	revocationWait           = 25 * time.Second // how long one ask for revocations waits on the master
-	validateTimeout          = time.Second // inside the hook's 1.2 s socket budget
+	validateTimeout          = time.Second      // inside the hook's 1.2 s socket budget
 	maxQueuedEvents          = 1000
 	refreshPerBeat           = 50
 )
