@@ -42,6 +42,9 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultCacheTTL          = 5 * time.Minute
 	negativeCacheFor         = 5 * time.Second
+	// maxNegative bounds the refusals remembered: unknown keys are what
+	// anyone can send, as many as they like.
+	maxNegative = 10000
 	revocationWait           = 25 * time.Second // how long one ask for revocations waits on the master
 	validateTimeout          = time.Second      // inside the hook's 1.2 s socket budget
 	maxQueuedEvents          = 1000
@@ -148,9 +151,7 @@ func (m *Master) validate(ctx context.Context, fp string, key ssh.PublicKey) (re
 	}
 	v, err := m.api.Validate(ctx, req)
 	if errors.Is(err, ErrNotAccepted) {
-		m.mu.Lock()
-		m.negative[fp] = m.now().Add(negativeCacheFor)
-		m.mu.Unlock()
+		m.rememberRefusal(fp)
 		if derr := m.cache.Delete(context.WithoutCancel(ctx), fp, ""); derr != nil {
 			m.log.Error("dropping refused key from cache", "err", derr)
 		}
@@ -389,4 +390,25 @@ func (m *Master) Report(ctx context.Context, kind, device, detail string) {
 	if len(m.events) > maxQueuedEvents {
 		m.events = m.events[1:]
 	}
+}
+
+// rememberRefusal notes that the master refused fp, for a few seconds. The
+// memory is bounded: past maxNegative entries the expired ones go, and if
+// that is not enough, all of them (a flood of unknown keys is then asked
+// about again, which is the master's rate limit's business).
+func (m *Master) rememberRefusal(fp string) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.negative) >= maxNegative {
+		for k, until := range m.negative {
+			if !now.Before(until) {
+				delete(m.negative, k)
+			}
+		}
+		if len(m.negative) >= maxNegative {
+			clear(m.negative)
+		}
+	}
+	m.negative[fp] = now.Add(negativeCacheFor)
 }

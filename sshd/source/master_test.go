@@ -313,3 +313,15 @@ func TestMasterAnswerForAnotherKey(t *testing.T) {
 		t.Fatalf("found %v, err %v", found, err)
 	}
 }
+
+// The refusals remembered are bounded: a flood of unknown keys cannot grow
+// the slave's memory.
+func TestMasterRefusalsBounded(t *testing.T) {
+	g := newMasterRig(t, t.TempDir())
+	for i := 0; i < 3*maxNegative; i++ {
+		g.m.rememberRefusal(fmt.Sprintf("SHA256:%043d", i))
+	}
+	if n := len(g.m.negative); n > maxNegative {
+		t.Fatalf("%d refusals remembered, at most %d", n, maxNegative)
+	}
+}
