@@ -44,11 +44,11 @@ const (
 	negativeCacheFor         = 5 * time.Second
 	// maxNegative bounds the refusals remembered: unknown keys are what
 	// anyone can send, as many as they like.
-	maxNegative = 10000
-	revocationWait           = 25 * time.Second // how long one ask for revocations waits on the master
-	validateTimeout          = time.Second      // inside the hook's 1.2 s socket budget
-	maxQueuedEvents          = 1000
-	refreshPerBeat           = 50
+	maxNegative     = 10000
+	revocationWait  = 25 * time.Second // how long one ask for revocations waits on the master
+	validateTimeout = time.Second      // inside the hook's 1.2 s socket budget
+	maxQueuedEvents = 1000
+	refreshPerBeat  = 50
 )
 
 // Master serves devices validated by the master and cached with a TTL in
