@@ -1,6 +1,7 @@
 package authlog
 
 import (
+	"maps"
 	"net/netip"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ type Index struct {
 
 	mu       sync.Mutex
 	byRemote map[netip.AddrPort]entry
+	byKey    map[string]int // connections per fingerprint
 }
 
 type entry struct {
@@ -28,20 +30,22 @@ func NewIndex(now func() time.Time) *Index {
 	if now == nil {
 		now = time.Now
 	}
-	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}}
+	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}, byKey: map[string]int{}}
 }
 
 // Accept records an authentication.
 func (x *Index) Accept(a Accepted) {
 	x.mu.Lock()
+	x.drop(a.Remote)
 	x.byRemote[a.Remote] = entry{a, x.now()}
+	x.byKey[a.Fingerprint]++
 	x.mu.Unlock()
 }
 
 // Close forgets a connection that ended.
 func (x *Index) Close(remote netip.AddrPort) {
 	x.mu.Lock()
-	delete(x.byRemote, remote)
+	x.drop(remote)
 	x.mu.Unlock()
 }
 
@@ -62,7 +66,7 @@ func (x *Index) Keep(live map[netip.AddrPort]bool, grace time.Duration) {
 	defer x.mu.Unlock()
 	for r, e := range x.byRemote {
 		if !live[r] && e.at.Before(cutoff) {
-			delete(x.byRemote, r)
+			x.drop(r)
 		}
 	}
 }
@@ -71,24 +75,14 @@ func (x *Index) Keep(live map[netip.AddrPort]bool, grace time.Duration) {
 func (x *Index) Count(fp string) int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	n := 0
-	for _, e := range x.byRemote {
-		if e.Fingerprint == fp {
-			n++
-		}
-	}
-	return n
+	return x.byKey[fp]
 }
 
 // Fingerprints counts the connections of every key that has one.
 func (x *Index) Fingerprints() map[string]int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	out := make(map[string]int, len(x.byRemote))
-	for _, e := range x.byRemote {
-		out[e.Fingerprint]++
-	}
-	return out
+	return maps.Clone(x.byKey)
 }
 
 // Len is the number of connections the index knows.
@@ -96,4 +90,16 @@ func (x *Index) Len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return len(x.byRemote)
+}
+
+// drop forgets one connection. Call with x.mu held.
+func (x *Index) drop(remote netip.AddrPort) {
+	e, ok := x.byRemote[remote]
+	if !ok {
+		return
+	}
+	delete(x.byRemote, remote)
+	if x.byKey[e.Fingerprint]--; x.byKey[e.Fingerprint] <= 0 {
+		delete(x.byKey, e.Fingerprint)
+	}
 }
