@@ -113,6 +113,7 @@ func (s *Server) handleRevokeDevice(c *gin.Context) {
 		s.storeFail(c, err)
 		return
 	}
+	s.revoked.notify()
 	s.log.Info("device revoked", "device", dev.Name)
 	c.JSON(http.StatusOK, dev.Wire())
 }
@@ -123,6 +124,7 @@ func (s *Server) handleRemoveDevice(c *gin.Context) {
 		s.storeFail(c, err)
 		return
 	}
+	s.revoked.notify()
 	s.log.Info("device removed", "device", name)
 	c.JSON(http.StatusOK, wire.Removed{Removed: name})
 }

@@ -103,6 +103,7 @@ type Server struct {
 	limiter *ipLimiter
 	metrics *metrics.Master
 	live    *liveSlaves
+	revoked *feed // wakes slaves waiting for revocations
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -149,14 +150,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Now = time.Now
 	}
 	s := &Server{
-		cfg:    cfg,
-		store:  cfg.Store,
-		log:    cfg.Logger.With("component", "api"),
-		now:    cfg.Now,
-		admin:  sha256.Sum256([]byte(cfg.AdminToken)),
-		slave:  sha256.Sum256([]byte(cfg.SlaveToken)),
-		writes: make(chan *slotWrite, maxSlotBatch),
-		stop:   make(chan struct{}),
+		cfg:     cfg,
+		store:   cfg.Store,
+		log:     cfg.Logger.With("component", "api"),
+		now:     cfg.Now,
+		admin:   sha256.Sum256([]byte(cfg.AdminToken)),
+		slave:   sha256.Sum256([]byte(cfg.SlaveToken)),
+		writes:  make(chan *slotWrite, maxSlotBatch),
+		revoked: newFeed(),
+		stop:    make(chan struct{}),
 	}
 	if cfg.SlotRate > 0 {
 		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)

@@ -87,26 +87,11 @@ func (s *Server) heartbeatReply(ctx context.Context, r registry.SlaveReport, seq
 		}
 		reply.Peers = vipPeers(slaves, r.Name, r.VIP, r.At.Add(-registry.DeadAfter*s.cfg.HeartbeatInterval))
 	}
-	cur, err := s.store.RevocationSeq(ctx)
+	revs, err := s.revocationsAfter(ctx, seq)
 	if err != nil {
 		return reply, err
 	}
-	if seq <= 0 || seq > cur {
-		// A fresh slave has nothing cached to revoke; a slave ahead of
-		// the master follows a registry that was replaced. Both start
-		// from now.
-		reply.Seq = cur
-		return reply, nil
-	}
-	revs, err := s.store.Revocations(ctx, seq, maxRevocations)
-	if err != nil {
-		return reply, err
-	}
-	reply.Seq = seq
-	for _, r := range revs {
-		reply.Revocations = append(reply.Revocations, r.Wire())
-		reply.Seq = r.Seq
-	}
+	reply.Seq, reply.Revocations = revs.Seq, revs.Revocations
 	return reply, nil
 }
 

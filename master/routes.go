@@ -57,6 +57,7 @@ func (s *Server) routes() *gin.Engine {
 
 	slave := v1.Group("", s.auth(roleSlave))
 	slave.POST("/slaves/:name/heartbeat", s.handleHeartbeat)
+	slave.GET("/slaves/:name/revocations", s.handleRevocations)
 	slave.POST("/validate", s.countValidations, s.handleValidate)
 
 	admin := v1.Group("", s.auth(roleAdmin))

@@ -12,6 +12,8 @@ const (
 	ReapProbe      = "probe"      // failed its probes
 	ReapRevoked    = "revoked"    // the device was revoked or removed
 	ReapSuperseded = "superseded" // a newer session of the same device won
+	ReapTrespass   = "trespass"   // it held a port not its device's, or its key is no device's
+	ReapCap        = "cap"        // its device had more sessions than --max-sessions-per-device
 )
 
 // Slave holds a slave daemon's metrics. A nil *Slave counts nothing, so
@@ -68,7 +70,7 @@ func NewSlave(reg prometheus.Registerer, g SlaveGauges) (*Slave, error) {
 	for _, r := range []string{"ok", "fail"} {
 		s.probes.WithLabelValues(r)
 	}
-	for _, r := range []string{ReapProbe, ReapRevoked, ReapSuperseded} {
+	for _, r := range []string{ReapProbe, ReapRevoked, ReapSuperseded, ReapTrespass, ReapCap} {
 		s.reaps.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{s.hooks, s.hookDuration, s.probes, s.reaps, s.sshdRestarts}
@@ -131,7 +133,7 @@ func (s *Slave) Probe(ok bool) {
 }
 
 // Reap counts one session ended for reason (ReapProbe, ReapRevoked,
-// ReapSuperseded).
+// ReapSuperseded, ReapTrespass, ReapCap).
 func (s *Slave) Reap(reason string) {
 	if s != nil {
 		s.reaps.WithLabelValues(reason).Inc()

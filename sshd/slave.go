@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
+	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/hookserver"
 	"github.com/mas4h/mas4h/sshd/keysfile"
 	"github.com/mas4h/mas4h/sshd/reaper"
@@ -47,10 +49,13 @@ type SlaveConfig struct {
 	ProbeFailures int           // consecutive failures before a session is reaped
 	ProbeTimeout  time.Duration // one probe's budget
 	NewestWins    string        // reaper.NewestWinsStale, NewestWinsAlways or NewestWinsOff
-	Keepalive     time.Duration // sshd's ClientAliveInterval, whole seconds; 0: sshdconfig's default
-	KeysFile      bool          // keep STATE/authorized_keys for sshd to read before the hook
-	MetricsListen string        // host:port serving GET /metrics; "" = none
-	DebugPprof    bool          // also serve net/http/pprof under /debug/pprof/ on MetricsListen
+	// MaxSessionsPerDevice caps the sessions one device's key may hold at
+	// once (0: no cap).
+	MaxSessionsPerDevice int
+	Keepalive            time.Duration // sshd's ClientAliveInterval, whole seconds; 0: sshdconfig's default
+	KeysFile             bool          // keep STATE/authorized_keys for sshd to read before the hook
+	MetricsListen        string        // host:port serving GET /metrics; "" = none
+	DebugPprof           bool          // also serve net/http/pprof under /debug/pprof/ on MetricsListen
 
 	// VIP, when set, is this slave's share of a shared virtual IP: the
 	// slave keeps its rules applied and takes over dead peers' buckets.
@@ -114,6 +119,8 @@ type parts struct {
 	sup      *supervisor.Supervisor
 	reaper   *reaper.Reaper
 	keys     *keysfile.File // nil without the keys file
+	auths    *authlog.Index // which key each live connection authenticated with
+	follow   *authlog.Follower
 	vip      *vipkeeper.Keeper
 	hook     *hookserver.Server
 
@@ -234,20 +241,24 @@ func (p *parts) build() {
 	}, s.run, m, s.log)
 	p.table = sessions.NewTable(sessions.Discoverer{ProcRoot: s.cfg.ProcRoot, TunnelUID: p.user.UID,
 		LogPath: s.dir.Log(), SSHPort: s.port}, p.sup.PID)
+	p.auths = authlog.NewIndex(nil)
+	p.follow = &authlog.Follower{Path: s.dir.Log(), Log: s.log.With("component", "auth-log")}
 	if s.cfg.KeysFile {
 		p.keys = keysfile.New(keysfile.Config{Slave: s.cfg.Name, Path: s.dir.KeysFile(), GID: p.user.GID, LogPath: s.dir.Log()},
-			keysfile.Deps{Cache: p.cache, Held: p.table.ListeningPorts, Log: s.log})
+			keysfile.Deps{Cache: p.cache, Held: p.table.ListeningPorts, Busy: p.auths.Fingerprints, Log: s.log})
 	}
 	var ended func()
 	if p.keys != nil {
 		ended = p.keys.Poke // its ports are free: its device may go back in the keys file
 	}
+	ask := func(ctx context.Context, fp string) (registry.Device, bool, error) { return s.src.Lookup(ctx, fp, nil) }
 	p.reaper = reaper.New(reaper.Config{
 		Slave: s.cfg.Name, Interval: s.cfg.ProbeInterval, Failures: s.cfg.ProbeFailures,
 		Timeout: s.cfg.ProbeTimeout, NewestWins: s.cfg.NewestWins,
-		Keepalive: s.cfg.Keepalive, // what writeConfig renders
+		Keepalive:   s.cfg.Keepalive, // what writeConfig renders
+		MaxSessions: s.cfg.MaxSessionsPerDevice,
 	}, reaper.Deps{
-		Sessions: p.table, TCP: p.table, Leases: &reaper.CacheLeases{Cache: p.cache},
+		Sessions: p.table, TCP: p.table, Leases: &reaper.CacheLeases{Cache: p.cache, Ask: ask}, Keys: p.auths,
 		Killer: reaper.Terminator{ProcRoot: s.cfg.ProcRoot}, Events: s.src, Prober: reaper.LoopbackProber{},
 		PortHeld: reaper.PortHeld, Clock: reaper.SystemClock{}, Metrics: m, Ended: ended, Log: s.log,
 	})
@@ -255,7 +266,7 @@ func (p *parts) build() {
 
 func (p *parts) authorizer() *hookserver.Authorizer {
 	return &hookserver.Authorizer{
-		TunnelUser: p.user.Name, Lookup: p.s.src.Lookup, Supersede: p.reaper.Supersede,
+		TunnelUser: p.user.Name, Lookup: p.s.src.Lookup, Sessions: p.sessionsOf, MaxSessions: p.s.cfg.MaxSessionsPerDevice,
 		Report: p.s.src.Report, Metrics: p.metrics, Log: p.s.log,
 	}
 }
@@ -318,6 +329,9 @@ func (p *parts) serve(ctx context.Context) {
 	}
 	run(func(ctx context.Context) { p.sup.Watch(ctx, 500*time.Millisecond) })
 	run(p.reaper.Run)
+	run(func(ctx context.Context) {
+		p.follow.Run(ctx, func(line []byte, live bool) { p.logLine(ctx, line, live) })
+	})
 	run(func(ctx context.Context) { p.s.src.Follow(ctx, follower{p}) })
 	run(p.hook.Serve)
 	wg.Wait()
@@ -350,4 +364,48 @@ func (f follower) Peers(ctx context.Context, peers []wire.Peer) {
 	if f.p.vip != nil {
 		f.p.vip.Peers(ctx, peers)
 	}
+}
+
+// logLine takes one line of sshd's log: an authentication is noted (and,
+// as it happens, lets newest-wins judge the device's older sessions), a
+// connection's end forgotten.
+func (p *parts) logLine(ctx context.Context, line []byte, live bool) {
+	if a, ok := authlog.ParseAccepted(string(line)); ok {
+		if a.User != p.user.Name {
+			return
+		}
+		p.auths.Accept(a)
+		if live {
+			p.reaper.Accepted(ctx, a)
+		}
+		return
+	}
+	if c, ok := authlog.ParseClosed(string(line)); ok {
+		p.auths.Close(c.Remote)
+	}
+}
+
+// sessionsOf counts the live sessions that authenticated with key fp: from
+// the log's index, checked against a walk of the session table when it
+// reaches the cap (the index may still hold a connection that just ended).
+func (p *parts) sessionsOf(_ context.Context, fp string) int {
+	n := p.auths.Count(fp)
+	if n < p.s.cfg.MaxSessionsPerDevice {
+		return n
+	}
+	list, err := p.table.Sessions()
+	if err != nil {
+		return n
+	}
+	live := 0
+	for _, sess := range list {
+		ap, err := netip.ParseAddrPort(sess.Remote)
+		if err != nil {
+			continue
+		}
+		if a, ok := p.auths.Lookup(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())); ok && a.Fingerprint == fp {
+			live++
+		}
+	}
+	return live
 }

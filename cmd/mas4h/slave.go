@@ -27,6 +27,7 @@ type slaveOpts struct {
 	tokenFile  string
 	publicHost string
 	capacity   int
+	maxPerDev  int
 	vip        struct {
 		addr, iface, mode, hashSeed, rateLimit string
 		node, nodes                            int
@@ -103,6 +104,7 @@ registry file.`,
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
+	f.IntVar(&o.maxPerDev, "max-sessions-per-device", 2, "sessions one device's key may hold at once (its tunnel and a reconnect); a login beyond is refused (a deny event), and a walk ends any extra session (0: no cap)")
 	f.DurationVar(&o.probe.keepalive, "keepalive", sshdconfig.DefaultClientAliveInterval*time.Second, "sshd's ClientAliveInterval: a live client answers a keepalive every two of these when idle, and one silent for four and 2s more is judged at once (each keepalive costs a device about 300 bytes with TCP/IP headers, some 4 MB a day at 3s: raise it for metered links, at the price of slower detection of a frozen client or a dead link)")
 	f.DurationVar(&o.probe.interval, "probe-interval", reaper.DefaultInterval, "how often a forwarded port is probed end to end while its session's TCP state looks healthy (each probe is a line in the device's sshd log; a session that looks stale is probed at once; without the TCP view, every min(this, 10s))")
 	f.IntVar(&o.probe.failures, "probe-failures", reaper.DefaultFailures, "consecutive failed probes before a session is reaped")
@@ -149,6 +151,9 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if o.capacity < 1 {
 		return sshd.SlaveConfig{}, usagef("--capacity must be at least 1")
 	}
+	if o.maxPerDev < 0 {
+		return sshd.SlaveConfig{}, usagef("--max-sessions-per-device must be 0 (no cap) or more")
+	}
 	if o.probe.interval < 100*time.Millisecond || o.probe.timeout < 10*time.Millisecond || o.probe.failures < 1 {
 		return sshd.SlaveConfig{}, usagef("--probe-interval must be at least 100ms, --probe-timeout at least 10ms, --probe-failures at least 1")
 	}
@@ -194,9 +199,11 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		ProbeTimeout:  o.probe.timeout,
 		NewestWins:    o.probe.newestWins,
 		Keepalive:     o.probe.keepalive,
-		KeysFile:      o.keysFile,
-		MetricsListen: o.metrics,
-		DebugPprof:    o.debugPprof,
+
+		MaxSessionsPerDevice: o.maxPerDev,
+		KeysFile:             o.keysFile,
+		MetricsListen:        o.metrics,
+		DebugPprof:           o.debugPprof,
 	}, nil
 }
 

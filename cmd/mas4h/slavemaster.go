@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/token"
@@ -29,6 +30,14 @@ func newSlaveMasterAPI(url, tokenFile string) (source.MasterAPI, error) {
 
 func (a slaveMasterAPI) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
 	return a.c.Heartbeat(ctx, slave, hb)
+}
+
+func (a slaveMasterAPI) Revocations(ctx context.Context, slave string, after int64, wait time.Duration) (wire.RevocationsReply, error) {
+	r, err := a.c.Revocations(ctx, slave, after, wait)
+	if err != nil && (client.StatusOf(err) == http.StatusNotFound || client.StatusOf(err) == http.StatusMethodNotAllowed) {
+		return r, fmt.Errorf("%w: %v", source.ErrNoRevocationFeed, err)
+	}
+	return r, err
 }
 
 func (a slaveMasterAPI) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {

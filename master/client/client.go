@@ -112,9 +112,14 @@ func StatusOf(err error) int {
 
 // do sends a JSON request and decodes a JSON answer into out (nil: drop).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
-	if c.timeout > 0 {
+	return c.doWithin(ctx, c.timeout, method, path, query, in, out)
+}
+
+// doWithin is do bounded by timeout instead of the client's.
+func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, path string, query url.Values, in, out any) error {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	target := c.base + wire.APIPrefix + path
@@ -148,8 +153,8 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 			return fmt.Errorf("%s %s: %w", method, path, parent)
 		}
 		err = stripURL(err)
-		if errors.Is(err, context.DeadlineExceeded) && c.timeout > 0 {
-			err = fmt.Errorf("no answer within %s", c.timeout)
+		if errors.Is(err, context.DeadlineExceeded) && timeout > 0 {
+			err = fmt.Errorf("no answer within %s", timeout)
 		}
 		return &UnreachableError{URL: c.base, Err: err}
 	}
@@ -304,6 +309,15 @@ func (c *Client) Events(ctx context.Context, q EventQuery) ([]wire.Event, error)
 func (c *Client) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
 	var r wire.HeartbeatReply
 	err := c.do(ctx, http.MethodPost, "/slaves/"+url.PathEscape(slave)+"/heartbeat", nil, hb, &r)
+	return r, err
+}
+
+// Revocations asks for the revocations after sequence number after (slave
+// token), waiting up to wait on the master for one to happen.
+func (c *Client) Revocations(ctx context.Context, slave string, after int64, wait time.Duration) (wire.RevocationsReply, error) {
+	var r wire.RevocationsReply
+	q := url.Values{"after": {strconv.FormatInt(after, 10)}, "wait": {strconv.Itoa(int(wait / time.Second))}}
+	err := c.doWithin(ctx, wait+c.timeout, http.MethodGet, "/slaves/"+url.PathEscape(slave)+"/revocations", q, nil, &r)
 	return r, err
 }
 

@@ -162,6 +162,13 @@ type Revocation struct {
 	Reason      string `json:"reason"` // "revoked" or "removed"
 }
 
+// RevocationsReply answers GET /slaves/NAME/revocations: the revocations
+// after the slave's sequence number, and the one to ask from next.
+type RevocationsReply struct {
+	Seq         int64        `json:"seq"`
+	Revocations []Revocation `json:"revocations"`
+}
+
 // HeartbeatReply answers a heartbeat: revocations after the slave's Seq,
 // the new Seq to send next time, and the interval the master expects.
 type HeartbeatReply struct {

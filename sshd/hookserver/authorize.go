@@ -18,15 +18,17 @@ import (
 type Lookup func(ctx context.Context, fingerprint string, key ssh.PublicKey) (dev registry.Device, found bool, err error)
 
 // Authorizer decides authentication attempts: sshd's arguments checked,
-// the device looked up, authkeys.Decide's one rule applied, newest-wins
-// before an allowed device's answer, every decision logged and counted,
-// every denial an event.
+// the device looked up, authkeys.Decide's one rule applied, the session cap
+// enforced, every decision logged and counted, every denial an event. It
+// acts on nothing: sshd asks before the client has proven it holds the key
+// (newest-wins waits for the authenticated session, in the reaper).
 type Authorizer struct {
 	TunnelUser string
 	Lookup     Lookup
-	// Supersede applies newest-wins to an allowed device before sshd gets
-	// its answer (reaper.Reaper.Supersede).
-	Supersede func(ctx context.Context, dev registry.Device)
+	// Sessions counts the live sessions that authenticated with a key;
+	// MaxSessions (0: no cap) refuses a key that has that many already.
+	Sessions    func(ctx context.Context, fingerprint string) int
+	MaxSessions int
 	// Report records a denial event.
 	Report  func(ctx context.Context, kind, device, detail string)
 	Metrics *metrics.Slave // nil counts nothing
@@ -52,9 +54,14 @@ func (a *Authorizer) Authorize(ctx context.Context, req authkeys.HookRequest) (r
 		return authkeys.HookReply{Reason: "no answer: " + err.Error()}
 	}
 	reply = authkeys.Decide(a.TunnelUser, req.User, key, dev, found)
+	if reply.Allow && a.MaxSessions > 0 && a.Sessions != nil {
+		if n := a.Sessions(ctx, req.Fingerprint); n >= a.MaxSessions {
+			reply = authkeys.HookReply{Device: dev.Name,
+				Reason: fmt.Sprintf("session cap: device %s has %d sessions, at most %d (--max-sessions-per-device)", dev.Name, n, a.MaxSessions)}
+		}
+	}
 	if reply.Allow {
 		a.Log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
-		a.Supersede(ctx, dev)
 		return reply
 	}
 	a.Log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)

@@ -37,15 +37,13 @@ func request(user string, k ssh.PublicKey) authkeys.HookRequest {
 
 // authRig is an Authorizer whose newest-wins and events are recorded.
 type authRig struct {
-	a          *Authorizer
-	superseded []string
-	events     []string
+	a      *Authorizer
+	events []string
 }
 
 func newAuthRig(lookup Lookup) *authRig {
 	g := &authRig{}
 	g.a = &Authorizer{TunnelUser: tunnelUser, Lookup: lookup,
-		Supersede: func(_ context.Context, d registry.Device) { g.superseded = append(g.superseded, d.Name) },
 		Report: func(_ context.Context, kind, device, detail string) {
 			g.events = append(g.events, kind+" "+device+": "+detail)
 		},
@@ -99,16 +97,10 @@ func TestAuthorize(t *testing.T) {
 				if len(r.Lines) != 1 || r.Lines[0] != want {
 					t.Errorf("lines %q, want %q", r.Lines, want)
 				}
-				if len(g.superseded) != 1 || g.superseded[0] != "pi" {
-					t.Errorf("newest-wins ran for %v, want [pi]", g.superseded)
-				}
 				return
 			}
 			if len(r.Lines) != 0 || !strings.Contains(r.Reason, c.reason) {
 				t.Errorf("reply %+v, want a refusal saying %q", r, c.reason)
-			}
-			if len(g.superseded) != 0 {
-				t.Error("newest-wins ran for a refused key: a public key alone must not end a session")
 			}
 		})
 	}
@@ -141,6 +133,10 @@ func (m *masterAPI) Validate(_ context.Context, req wire.ValidateRequest) (wire.
 		v.Forwards = append(v.Forwards, f.Wire())
 	}
 	return v, nil
+}
+
+func (m *masterAPI) Revocations(context.Context, string, int64, time.Duration) (wire.RevocationsReply, error) {
+	return wire.RevocationsReply{}, source.ErrNoRevocationFeed
 }
 
 func (m *masterAPI) Heartbeat(context.Context, string, wire.Heartbeat) (wire.HeartbeatReply, error) {
@@ -176,5 +172,32 @@ func TestAuthorizeUnderMaster(t *testing.T) {
 	}
 	if r := g.a.Authorize(context.Background(), request(tunnelUser, stranger)); r.Allow || r.Reason != "unknown key" {
 		t.Errorf("unknown key under a master: %+v", r)
+	}
+}
+
+// A key that holds --max-sessions-per-device sessions already is refused
+// with a reason and an event; below the cap it logs in.
+func TestAuthorizeSessionCap(t *testing.T) {
+	dev, k := newDevice(t, "pi", registry.StatusActive)
+	g := newAuthRig(registryOf(dev))
+	live := 0
+	g.a.MaxSessions = 2
+	g.a.Sessions = func(_ context.Context, fp string) int {
+		if fp != dev.Fingerprint {
+			t.Errorf("sessions asked for %s", fp)
+		}
+		return live
+	}
+	for live = 0; live < 2; live++ {
+		if r := g.a.Authorize(context.Background(), request(tunnelUser, k)); !r.Allow {
+			t.Fatalf("%d live sessions: refused: %s", live, r.Reason)
+		}
+	}
+	r := g.a.Authorize(context.Background(), request(tunnelUser, k))
+	if r.Allow || !strings.Contains(r.Reason, "session cap: device pi has 2 sessions, at most 2") {
+		t.Fatalf("at the cap: %+v", r)
+	}
+	if len(g.events) != 1 || !strings.Contains(g.events[0], registry.EventAuthDeny+" pi: session cap") {
+		t.Errorf("events %q", g.events)
 	}
 }

@@ -2,7 +2,8 @@
 // that sshd reads (AuthorizedKeysFile) before it runs AuthorizedKeysCommand
 // (OpenSSH 8.9 and later), so a device listed there logs in without the two
 // hook processes an authentication otherwise costs. The daemon lists every
-// active device none of whose leased ports is held, with the very line the
+// active device with no live session (none of its leased ports held, no
+// connection authenticated with its key), with the very line the
 // hook would print. Everything else goes through the hook: unknown keys
 // (validated on a miss, under a master), revoked or expired entries, and
 // devices whose port is still held — whose reconnect is exactly when
@@ -53,6 +54,10 @@ type Deps struct {
 	Cache Cache
 	// Held lists the ports something listens on.
 	Held func() (map[int]bool, error)
+	// Busy counts the live connections of each key (authlog.Index
+	// Fingerprints); nil: none known. A device with one goes through the
+	// hook, where newest-wins and the session cap apply.
+	Busy func() map[string]int
 	Now  func() time.Time
 	Log  *slog.Logger
 }
@@ -67,6 +72,7 @@ type File struct {
 	all      []authkeys.CachedDevice // the cache's snapshot as of allGen (shared: never modified)
 	allGen   uint64
 	held     map[int]bool         // listening ports at the last look
+	busy     map[string]int       // live connections by key at the last look
 	gone     map[string]time.Time // revoked or removed, with when
 	lines    map[string]string    // rendered lines by device name + key + ports
 	wrote    bool
@@ -170,13 +176,16 @@ func (k *File) Write(ctx context.Context, look bool) error {
 			return err
 		}
 		k.held, k.lastLook, k.poked, k.logMark = held, now, false, mark
+		if k.d.Busy != nil {
+			k.busy = k.d.Busy()
+		}
 	}
 	for name, at := range k.gone {
 		if now.Sub(at) > goneFor {
 			delete(k.gone, name)
 		}
 	}
-	data, entries, expires := render(k.cfg.Slave, k.all, k.held, k.gone, now, k.line)
+	data, entries, expires := render(k.cfg.Slave, k.all, k.held, k.busy, k.gone, now, k.line)
 	sum := sha256.Sum256(data)
 	if !k.wrote || sum != k.sum {
 		if err := atomicfile.Write(k.cfg.Path, data, 0o640, atomicfile.Owner(0, k.cfg.GID)); err != nil {
@@ -226,13 +235,13 @@ func (k *File) Count() int {
 // device that is not gone, holds none of its leased ports, and whose cache
 // entry has not expired, in name order; and the earliest expiry among them.
 // A device whose line cannot be rendered is left out (to the hook).
-func render(slave string, all []authkeys.CachedDevice, held map[int]bool, gone map[string]time.Time,
+func render(slave string, all []authkeys.CachedDevice, held map[int]bool, busy map[string]int, gone map[string]time.Time,
 	now time.Time, line func(registry.Device) (string, error)) ([]byte, int, time.Time) {
 	sorted := make([]authkeys.CachedDevice, len(all))
 	copy(sorted, all)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Device.Name < sorted[j].Device.Name })
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# managed by mas4h slave %s: active devices whose ports are free. Rewritten by the daemon; do not edit.\n", slave)
+	fmt.Fprintf(&b, "# managed by mas4h slave %s: active devices with no live session. Rewritten by the daemon; do not edit.\n", slave)
 	n := 0
 	var expires time.Time
 next:
@@ -243,6 +252,9 @@ next:
 		}
 		if _, ok := gone[d.Name]; ok {
 			continue
+		}
+		if busy[d.Fingerprint] > 0 {
+			continue // a connection has its key: the hook decides (newest wins, the session cap)
 		}
 		for _, f := range d.Forwards {
 			if held[f.RemotePort] {

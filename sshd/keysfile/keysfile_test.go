@@ -29,15 +29,17 @@ func TestRenderKeysFile(t *testing.T) {
 	expired := testDevice(t, "e-expired", registry.StatusActive, 20006)
 	fresh := testDevice(t, "f-fresh", registry.StatusActive, 20007)
 	noPorts := testDevice(t, "g-noports", registry.StatusActive)
+	portless := testDevice(t, "h-portless-session", registry.StatusActive, 20008)
 	all := []authkeys.CachedDevice{
 		{Device: fresh, Expires: now.Add(3 * time.Minute)},
 		{Device: active}, {Device: revoked}, {Device: live}, {Device: gone},
 		{Device: expired, Expires: now.Add(-time.Second)},
-		{Device: noPorts},
+		{Device: noPorts}, {Device: portless},
 	}
 	held := map[int]bool{20004: true, 22: true}
+	busy := map[string]int{portless.Fingerprint: 1} // a session that holds no port yet
 	goneSet := map[string]time.Time{"d-gone": now}
-	data, n, expires := render("s1", all, held, goneSet, now, authkeys.AuthorizedLine)
+	data, n, expires := render("s1", all, held, busy, goneSet, now, authkeys.AuthorizedLine)
 	if n != 2 {
 		t.Errorf("entries = %d, want 2 (a-active, f-fresh):\n%s", n, data)
 	}
@@ -57,15 +59,15 @@ func TestRenderKeysFile(t *testing.T) {
 			t.Errorf("line %d = %q, want the hook's line %q", i+1, lines[i+1], want)
 		}
 	}
-	for _, d := range []registry.Device{revoked, live, gone, expired} {
+	for _, d := range []registry.Device{revoked, live, gone, expired, portless} {
 		if strings.Contains(string(data), d.PublicKey) {
 			t.Errorf("%s is in the file:\n%s", d.Name, data)
 		}
 	}
 
 	// Nothing held, nothing gone: every active device with ports.
-	_, n, _ = render("s1", all, nil, nil, now, authkeys.AuthorizedLine)
-	if n != 4 {
-		t.Errorf("entries with nothing held = %d, want 4", n)
+	_, n, _ = render("s1", all, nil, nil, nil, now, authkeys.AuthorizedLine)
+	if n != 5 {
+		t.Errorf("entries with nothing held = %d, want 5", n)
 	}
 }

@@ -2,25 +2,70 @@ package reaper
 
 import (
 	"context"
+	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/liveness"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
-// Supersede applies newest-wins before the hook answers for dev: an older
-// session still holding one of dev's ports is judged at once — ended when
+// SupersedeEvery bounds newest-wins per device: one judgement at a time,
+// and none within this long of the last (a device whose key sits on two
+// machines does not make them end each other's sessions in a loop).
+const SupersedeEvery = 5 * time.Second
+
+// Accepted applies newest-wins once a session has authenticated (sshd's
+// log says so): an older session of the same device still holding one of
+// its ports is judged at once with the reaper's own standard — ended when
 // its TCP state says it is stale, otherwise when its forward fails a probe
-// (or always, by policy) — so the new client's forward binds on its first
-// try. A session with no probe and no TCP evidence is left alone: there is
-// nothing to judge it by.
-func (r *Reaper) Supersede(ctx context.Context, dev registry.Device) {
+// (or always, by policy) — so the device's next attempt binds its port if
+// this one's forward lost the race. Nothing is done on an unauthenticated
+// key query: knowing a device's public key gives nothing. The judging runs
+// in the background; Run waits for it.
+func (r *Reaper) Accepted(ctx context.Context, a authlog.Accepted) {
+	r.kills.Add(1)
+	go func() {
+		defer r.kills.Done()
+		r.capKey(ctx, a.Fingerprint)
+	}()
 	if r.cfg.NewestWins == NewestWinsOff {
 		return
 	}
+	dev, found, err := r.d.Leases.Owner(ctx, a.Fingerprint)
+	if err != nil || !found || dev.Status != registry.StatusActive {
+		return
+	}
+	now := r.d.Clock.Now()
+	r.mu.Lock()
+	last, judging := r.superseded[dev.Name]
+	if judging && (last.IsZero() || now.Sub(last) < SupersedeEvery) {
+		r.mu.Unlock()
+		return
+	}
+	r.superseded[dev.Name] = time.Time{} // in flight
+	r.mu.Unlock()
+	r.kills.Add(1)
+	go func() {
+		defer r.kills.Done()
+		judged := r.supersede(ctx, dev, a.Remote)
+		r.mu.Lock()
+		if judged {
+			r.superseded[dev.Name] = r.d.Clock.Now()
+		} else {
+			delete(r.superseded, dev.Name) // nothing to judge: the next login may
+		}
+		r.mu.Unlock()
+	}()
+}
+
+// supersede judges every session of dev but the one from newest that holds
+// one of dev's ports, and reports whether there was one.
+func (r *Reaper) supersede(ctx context.Context, dev registry.Device, newest netip.AddrPort) (judged bool) {
 	held := map[int]bool{}
 	for _, f := range dev.Forwards {
 		if r.d.PortHeld(f.RemotePort) {
@@ -28,18 +73,22 @@ func (r *Reaper) Supersede(ctx context.Context, dev registry.Device) {
 		}
 	}
 	if len(held) == 0 {
-		return
+		return false
 	}
 	list, err := r.d.Sessions.Sessions()
 	if err != nil {
 		r.log.Error("listing sessions for newest-wins", "device", dev.Name, "err", err)
-		return
+		return false
 	}
 	for _, sess := range list {
+		if remote, ok := remoteOf(sess); ok && remote == newest {
+			continue
+		}
 		fwds := heldForwards(sess, dev, held)
 		if len(fwds) == 0 {
 			continue
 		}
+		judged = true
 		why := "superseded by a newer session of the same device"
 		if r.cfg.NewestWins != NewestWinsAlways {
 			var ok bool
@@ -47,9 +96,17 @@ func (r *Reaper) Supersede(ctx context.Context, dev registry.Device) {
 				continue
 			}
 		}
+		r.mu.Lock()
+		busy := r.ending[sess.MonitorPID]
+		r.ending[sess.MonitorPID] = true
+		r.mu.Unlock()
+		if busy {
+			continue
+		}
 		r.d.Metrics.Reap(metrics.ReapSuperseded)
 		r.end(ctx, sess, dev.Name, why, "kill")
 	}
+	return judged
 }
 
 // stale judges an older session of dev for newest-wins: why it is stale,
@@ -70,10 +127,11 @@ func (r *Reaper) stale(ctx context.Context, dev registry.Device, sess sessions.S
 	case liveness.Dead:
 		return "superseded: older session stale (" + d.Reason + ")", true
 	case liveness.Healthy:
+		r.log.Info("older session looks healthy; newest does not win", "device", dev.Name, "monitor_pid", sess.MonitorPID)
 		return "", false
 	}
 	for _, port := range d.Probe {
-		perr := r.d.Prober.Probe(ctx, probes[port], port, min(r.cfg.Timeout, SupersedeBudget))
+		perr := r.d.Prober.Probe(ctx, probes[port], port, r.cfg.Timeout)
 		r.d.Metrics.Probe(perr == nil)
 		if perr != nil {
 			return "superseded: older session failed its probe (" + perr.Error() + ")", true
@@ -94,9 +152,10 @@ func heldForwards(sess sessions.Session, dev registry.Device, held map[int]bool)
 	return out
 }
 
-// EndDevice ends, in the background, every session that holds one of dev's
-// ports, for reason (the device was revoked or removed). Run waits for
-// them before it returns.
+// EndDevice ends, in the background, every session of dev — the sessions
+// that authenticated with its key, whatever they hold, and any that holds
+// one of its ports — for reason (the device was revoked or removed). Run
+// waits for them before it returns.
 func (r *Reaper) EndDevice(ctx context.Context, dev registry.Device, reason string) {
 	ports := map[int]bool{}
 	for _, f := range dev.Forwards {
@@ -107,22 +166,23 @@ func (r *Reaper) EndDevice(ctx context.Context, dev registry.Device, reason stri
 		r.log.Error("listing sessions", "device", dev.Name, "err", err)
 		return
 	}
+	ds := map[int]doomed{}
 	for _, sess := range list {
 		hit := false
 		for _, p := range sess.Ports {
 			hit = hit || ports[p]
 		}
-		if !hit {
-			continue
+		if remote, ok := remoteOf(sess); ok && r.d.Keys != nil && dev.Fingerprint != "" {
+			a, known := r.d.Keys.Lookup(remote)
+			hit = hit || known && a.Fingerprint == dev.Fingerprint
 		}
-		r.d.Metrics.Reap(metrics.ReapRevoked)
-		r.kills.Add(1)
-		go func() {
-			defer r.kills.Done()
-			r.end(ctx, sess, dev.Name, reason, "kill")
-		}()
+		if hit {
+			ds[sess.MonitorPID] = doomed{sess, dev.Name, reason, metrics.ReapRevoked}
+		}
 	}
+	r.endAll(ctx, ds)
 }
 
-// Wait returns once the sessions EndDevice started ending are gone.
+// Wait returns once the sessions EndDevice, Accepted and the walks started
+// ending are gone.
 func (r *Reaper) Wait() { r.kills.Wait() }

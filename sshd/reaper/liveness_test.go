@@ -168,13 +168,13 @@ func TestNewestWinsByTCP(t *testing.T) {
 	dev := g.device("pi", 20001, "localhost:22")
 	g.liveSession(100, 20001, time.Hour)
 	tcp.set(100, frozenTCP(9*time.Second))
-	g.r.Supersede(context.Background(), dev)
+	g.accepted(dev)
 	if !slices.Contains(g.killer.pids(), 100) || g.prober.count(20001) != 0 {
 		t.Fatalf("stale by TCP: killed %v, %d probes", g.killer.pids(), g.prober.count(20001))
 	}
 	g.liveSession(200, 20001, time.Hour)
 	tcp.set(200, healthyTCP(time.Second))
-	g.r.Supersede(context.Background(), dev)
+	g.accepted(dev)
 	if slices.Contains(g.killer.pids(), 200) || g.prober.count(20001) != 1 {
 		t.Fatalf("healthy by TCP: killed %v, %d probes", g.killer.pids(), g.prober.count(20001))
 	}

@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/liveness"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
@@ -44,10 +46,7 @@ const (
 	// DefaultWalk: the session table is walked this often (at most every
 	// Interval) to find tunnels that came up or went down; the TCP states
 	// are read every second in between.
-	DefaultWalk = 10 * time.Second
-	// SupersedeBudget bounds newest-wins' probe, inside the hook's answer
-	// budget.
-	SupersedeBudget  = 600 * time.Millisecond
+	DefaultWalk      = 10 * time.Second
 	probeConcurrency = 64
 	killGrace        = 2 * time.Second
 )
@@ -74,6 +73,9 @@ type Config struct {
 	// Walk is how often the session table is walked (0: DefaultWalk, at
 	// most Interval).
 	Walk time.Duration
+	// MaxSessions is how many sessions one device's key may hold at once
+	// (0: no cap); a walk ends the ones beyond it.
+	MaxSessions int
 }
 
 // Lister lists the sessions of the slave's sshd.
@@ -87,10 +89,25 @@ type Lease struct {
 	Forward registry.Forward
 }
 
-// Leases maps each leased port to its lease. Callers must not change the
-// map it returns.
+// Leases maps each leased port to its lease, and tells which device a key
+// is. Callers must not change the map it returns.
 type Leases interface {
 	Leases(ctx context.Context) (map[int]Lease, error)
+	// Owner is the device whose key has fingerprint fp; found=false when
+	// the registry does not know the key (removed, never enrolled). An
+	// error means no answer could be had: nothing is done on it.
+	Owner(ctx context.Context, fp string) (dev registry.Device, found bool, err error)
+}
+
+// Keys says which key each connection authenticated with (authlog.Index).
+type Keys interface {
+	Lookup(remote netip.AddrPort) (authlog.Accepted, bool)
+	// Keep forgets the connections not in live (except recent ones).
+	Keep(live map[netip.AddrPort]bool, grace time.Duration)
+	// Close forgets a connection that ended.
+	Close(remote netip.AddrPort)
+	// Count is how many connections authenticated with key fp.
+	Count(fp string) int
 }
 
 // Killer ends a session and returns the ports it held that are still
@@ -129,6 +146,9 @@ type Deps struct {
 	// the probes alone judge (every min(Interval, 10 s)).
 	TCP    TCPSampler
 	Leases Leases
+	// Keys knows the key of each session; nil: sessions are known by the
+	// ports they hold alone.
+	Keys   Keys
 	Killer Killer
 	Events Reporter
 	Prober Prober
@@ -188,16 +208,19 @@ type Reaper struct {
 	d    Deps
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	tunnels   map[tunnelKey]*tunnel
-	sessions  map[int]sessions.Session // by monitor pid, as of the last walk; TCP as of the last sample
-	ports     map[int][]int            // monitor pid -> its leased ports, sorted
-	killed    map[int]string           // monitor pid -> why mas4h ended it
-	ending    map[int]bool             // monitor pids being ended
-	suspect   map[int]string           // monitor pid -> why it is suspect (logged once)
-	primed    bool                     // a first table walk happened: later tunnels are new
-	refreshed time.Time
-	tcpErr    bool // the last TCP sample failed (logged once)
+	mu       sync.Mutex
+	tunnels  map[tunnelKey]*tunnel
+	sessions map[int]sessions.Session // by monitor pid, as of the last walk; TCP as of the last sample
+	ports    map[int][]int            // monitor pid -> its leased ports, sorted
+	killed   map[int]string           // monitor pid -> why mas4h ended it
+	ending   map[int]bool             // monitor pids being ended
+	suspect  map[int]string           // monitor pid -> why it is suspect (logged once)
+	// superseded: per device, when newest-wins last judged its sessions
+	// (zero while it does).
+	superseded map[string]time.Time
+	primed     bool // a first table walk happened: later tunnels are new
+	refreshed  time.Time
+	tcpErr     bool // the last TCP sample failed (logged once)
 
 	walkMu sync.Mutex // one refresh at a time
 	kills  sync.WaitGroup
@@ -236,7 +259,7 @@ func New(cfg Config, d Deps) *Reaper {
 	}
 	return &Reaper{cfg: cfg, live: live, d: d, log: d.Log.With("component", "reaper"),
 		tunnels: map[tunnelKey]*tunnel{}, sessions: map[int]sessions.Session{}, ports: map[int][]int{},
-		killed: map[int]string{}, ending: map[int]bool{}, suspect: map[int]string{},
+		killed: map[int]string{}, ending: map[int]bool{}, suspect: map[int]string{}, superseded: map[string]time.Time{},
 		sem: make(chan struct{}, probeConcurrency)}
 }
 
@@ -301,8 +324,8 @@ func (r *Reaper) cycle(ctx context.Context) {
 }
 
 // refresh rereads the session table, notes tunnels that came up or went
-// down (with events), and returns the live ones with the sessions by
-// monitor pid.
+// down (with events), ends the sessions whose ownership is wrong (see
+// police), and returns the live tunnels with the sessions by monitor pid.
 func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]sessions.Session, error) {
 	r.walkMu.Lock()
 	defer r.walkMu.Unlock()
@@ -314,15 +337,18 @@ func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]se
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading leases: %w", err)
 	}
+	bad := r.police(r.owners(ctx, list), leases)
 	byMonitor := make(map[int]sessions.Session, len(list))
 	ports := map[int][]int{}
 	current := map[tunnelKey]*tunnel{}
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	now := r.d.Clock.Now()
 	for _, sess := range list {
 		byMonitor[sess.MonitorPID] = sess
+		if _, ok := bad[sess.MonitorPID]; ok {
+			continue // not the tunnel of the device its ports are leased to
+		}
 		for _, p := range sess.Ports {
 			l, ok := leases[p]
 			if !ok {
@@ -374,6 +400,8 @@ func (r *Reaper) refresh(ctx context.Context) (map[tunnelKey]*tunnel, map[int]se
 	}
 	r.tunnels, r.sessions, r.ports, r.primed = current, byMonitor, ports, true
 	r.refreshed = now
+	r.mu.Unlock()
+	r.endAll(ctx, bad)
 	return current, byMonitor, nil
 }
 
@@ -414,6 +442,9 @@ func (r *Reaper) end(ctx context.Context, sess sessions.Session, device, why, ki
 	r.mu.Unlock()
 	start := r.d.Clock.Now()
 	bound := r.d.Killer.Kill(ctx, sess)
+	if remote, ok := remoteOf(sess); ok && r.d.Keys != nil {
+		r.d.Keys.Close(remote)
+	}
 	if r.d.Ended != nil {
 		r.d.Ended()
 	}

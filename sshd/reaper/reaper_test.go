@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
@@ -58,6 +60,15 @@ func (f *fakeTable) held(port int) bool {
 type fakeLeases map[int]Lease
 
 func (f fakeLeases) Leases(context.Context) (map[int]Lease, error) { return f, nil }
+
+func (f fakeLeases) Owner(_ context.Context, fp string) (registry.Device, bool, error) {
+	for _, l := range f {
+		if l.Device.Fingerprint == fp {
+			return l.Device, true, nil
+		}
+	}
+	return registry.Device{}, false, nil
+}
 
 type fakeKiller struct {
 	table  *fakeTable
@@ -179,7 +190,7 @@ func newRig(cfg Config) *rig {
 // device leases port to name with a forward probed by ssh-banner (target
 // port 22) unless target says otherwise.
 func (g *rig) device(name string, port int, target string) registry.Device {
-	d := registry.Device{Name: name, Status: registry.StatusActive,
+	d := registry.Device{Name: name, Fingerprint: "SHA256:" + name, Status: registry.StatusActive,
 		Forwards: []registry.Forward{{Name: "ssh", Target: target, RemotePort: port}}}
 	g.leases[port] = Lease{d, d.Forwards[0]}
 	return d
@@ -194,6 +205,17 @@ func (g *rig) session(pid, port int, age time.Duration) sessions.Session {
 }
 
 var errNoBanner = errors.New("no SSH banner")
+
+// newest is the address of a device's new session in the newest-wins tests.
+var newest = netip.MustParseAddrPort("198.18.0.9:50000")
+
+// accepted tells the reaper that dev authenticated a new session (from
+// newest), as sshd's log would, and waits for newest-wins to be done.
+func (g *rig) accepted(dev registry.Device) {
+	g.r.Accepted(context.Background(), authlog.Accepted{User: "mas4h-tunnel", Remote: newest, KeyType: "ED25519", Fingerprint: dev.Fingerprint})
+	g.r.Wait()
+	g.clock.advance(SupersedeEvery) // past the per-device rate limit
+}
 
 func TestReapPolicy(t *testing.T) {
 	for _, c := range []struct {
@@ -333,7 +355,7 @@ func TestNewestWins(t *testing.T) {
 			if !c.healthy {
 				g.prober.fail[20001] = errNoBanner
 			}
-			g.r.Supersede(context.Background(), dev)
+			g.accepted(dev)
 			if ended := slices.Contains(g.killer.pids(), 100); ended != c.ended {
 				t.Errorf("older session ended %v, want %v", ended, c.ended)
 			}
@@ -355,11 +377,11 @@ func TestNewestWins(t *testing.T) {
 func TestNewestWinsNothingToJudge(t *testing.T) {
 	g := newRig(Config{})
 	dev := g.device("pi", 20001, "localhost:22")
-	g.r.Supersede(context.Background(), dev)
+	g.accepted(dev)
 	plc := g.device("plc", 20002, "192.168.1.5:502")
 	g.session(100, 20002, time.Hour)
 	g.prober.fail[20002] = errNoBanner
-	g.r.Supersede(context.Background(), plc)
+	g.accepted(plc)
 	if len(g.killer.pids()) != 0 || g.prober.count(20001)+g.prober.count(20002) != 0 {
 		t.Fatalf("killed %v, probes %v", g.killer.pids(), g.prober.probes)
 	}

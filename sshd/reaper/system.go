@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 	"github.com/mas4h/mas4h/sshd/probe"
 	"github.com/mas4h/mas4h/sshd/sessions"
@@ -72,34 +73,63 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context) ([]authkeys.CachedDevice, uint64, error)
 }
 
-// CacheLeases indexes the cache's devices by leased port, once per cache
-// generation (decoding every device each cycle was a good part of a cycle's
-// cost).
+// CacheLeases indexes the cache's devices by leased port and by key, once
+// per cache generation (decoding every device each cycle was a good part of
+// a cycle's cost). A key the cache does not hold is asked about (Ask: the
+// source's lookup) before it is called no device's.
 type CacheLeases struct {
 	Cache Snapshotter
+	Ask   func(ctx context.Context, fp string) (registry.Device, bool, error)
 
-	mu  sync.Mutex
-	m   map[int]Lease
-	gen uint64
+	mu   sync.Mutex
+	m    map[int]Lease
+	byFP map[string]registry.Device
+	gen  uint64
 }
 
 // Leases implements Leases.
 func (c *CacheLeases) Leases(ctx context.Context) (map[int]Lease, error) {
-	all, gen, err := c.Cache.Snapshot(ctx)
-	if err != nil {
+	if err := c.index(ctx); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.m, nil
+}
+
+// Owner implements Leases.
+func (c *CacheLeases) Owner(ctx context.Context, fp string) (registry.Device, bool, error) {
+	if err := c.index(ctx); err != nil {
+		return registry.Device{}, false, err
+	}
+	c.mu.Lock()
+	d, ok := c.byFP[fp]
+	c.mu.Unlock()
+	if ok || c.Ask == nil {
+		return d, ok, nil
+	}
+	return c.Ask(ctx, fp)
+}
+
+// index rebuilds the maps when the cache changed.
+func (c *CacheLeases) index(ctx context.Context) error {
+	all, gen, err := c.Cache.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.m != nil && gen == c.gen {
-		return c.m, nil
+		return nil
 	}
 	m := map[int]Lease{}
+	byFP := make(map[string]registry.Device, len(all))
 	for _, cd := range all {
+		byFP[cd.Device.Fingerprint] = cd.Device
 		for _, f := range cd.Device.Forwards {
 			m[f.RemotePort] = Lease{cd.Device, f}
 		}
 	}
-	c.m, c.gen = m, gen
-	return m, nil
+	c.m, c.byFP, c.gen = m, byFP, gen
+	return nil
 }

@@ -22,7 +22,15 @@ import (
 type MasterAPI interface {
 	Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error)
 	Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error)
+	// Revocations answers once there are revocations after after, or
+	// when wait has passed.
+	Revocations(ctx context.Context, slave string, after int64, wait time.Duration) (wire.RevocationsReply, error)
 }
+
+// ErrNoRevocationFeed is what a MasterAPI returns (wrapped) when the master
+// has no revocations endpoint (an older master): heartbeats alone then
+// bring revocations.
+var ErrNoRevocationFeed = errors.New("the master has no revocation feed")
 
 // ErrNotAccepted is what a MasterAPI returns (wrapped) when the master
 // refuses a key (HTTP 403), as opposed to not answering at all.
@@ -34,9 +42,13 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultCacheTTL          = 5 * time.Minute
 	negativeCacheFor         = 5 * time.Second
-	validateTimeout          = time.Second // inside the hook's 1.2 s socket budget
-	maxQueuedEvents          = 1000
-	refreshPerBeat           = 50
+	// maxNegative bounds the refusals remembered: unknown keys are what
+	// anyone can send, as many as they like.
+	maxNegative     = 10000
+	revocationWait  = 25 * time.Second // how long one ask for revocations waits on the master
+	validateTimeout = time.Second      // inside the hook's 1.2 s socket budget
+	maxQueuedEvents = 1000
+	refreshPerBeat  = 50
 )
 
 // Master serves devices validated by the master and cached with a TTL in
@@ -51,6 +63,8 @@ type Master struct {
 	now   func() time.Time
 
 	cache *authkeys.Cache
+
+	applyMu sync.Mutex // one batch of revocations applied at a time
 
 	mu       sync.Mutex
 	ttl      time.Duration
@@ -110,7 +124,7 @@ func (m *Master) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (regi
 	if refused && now.Before(until) && !cached {
 		return registry.Device{}, false, nil
 	}
-	fresh, err := m.validate(ctx, key)
+	fresh, err := m.validate(ctx, fp, key)
 	switch {
 	case err == nil:
 		return fresh, true, nil
@@ -124,16 +138,20 @@ func (m *Master) Lookup(ctx context.Context, fp string, key ssh.PublicKey) (regi
 	}
 }
 
-// validate asks the master about one key and records the answer.
-func (m *Master) validate(ctx context.Context, key ssh.PublicKey) (registry.Device, error) {
+// validate asks the master about one key (by its fingerprint alone when
+// key is nil: the slave then asks about a session's key, which only an
+// enrolled key can have) and records the answer.
+func (m *Master) validate(ctx context.Context, fp string, key ssh.PublicKey) (registry.Device, error) {
 	ctx, cancel := context.WithTimeout(ctx, validateTimeout)
 	defer cancel()
-	fp := registry.Fingerprint(key)
-	v, err := m.api.Validate(ctx, wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)})
+	req := wire.ValidateRequest{Fingerprint: fp}
+	if key != nil {
+		fp = registry.Fingerprint(key)
+		req = wire.ValidateRequest{PublicKey: registry.AuthorizedKey(key)}
+	}
+	v, err := m.api.Validate(ctx, req)
 	if errors.Is(err, ErrNotAccepted) {
-		m.mu.Lock()
-		m.negative[fp] = m.now().Add(negativeCacheFor)
-		m.mu.Unlock()
+		m.rememberRefusal(fp)
 		if derr := m.cache.Delete(context.WithoutCancel(ctx), fp, ""); derr != nil {
 			m.log.Error("dropping refused key from cache", "err", derr)
 		}
@@ -143,8 +161,11 @@ func (m *Master) validate(ctx context.Context, key ssh.PublicKey) (registry.Devi
 		return registry.Device{}, err
 	}
 	dev := deviceFromValidation(v)
-	if dev.Fingerprint != fp || dev.PublicKey != registry.AuthorizedKey(key) {
+	if dev.Fingerprint != fp || (key != nil && dev.PublicKey != registry.AuthorizedKey(key)) {
 		return registry.Device{}, fmt.Errorf("master answered for another key (%s)", dev.Fingerprint)
+	}
+	if pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(dev.PublicKey)); err != nil || registry.Fingerprint(pk) != fp {
+		return registry.Device{}, fmt.Errorf("master answered with a key that is not %s", fp)
 	}
 	ttl := time.Duration(v.TTLSeconds) * time.Second
 	if ttl <= 0 {
@@ -178,6 +199,10 @@ const maxRetry = 30 * time.Second
 // in step); while the master does not answer, with the backoff from the
 // interval up to 30 s.
 func (m *Master) Follow(ctx context.Context, h Handler) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); m.watchRevocations(ctx, h) }()
+	defer wg.Wait()
 	var retry backoff.Backoff
 	failing, connected := false, false
 	for {
@@ -230,20 +255,8 @@ func (m *Master) beat(ctx context.Context, h Handler) error {
 		m.mu.Unlock()
 		return err
 	}
-	for _, r := range reply.Revocations {
-		dev := registry.Device{Name: r.Device, Fingerprint: r.Fingerprint}
-		for _, p := range r.Ports {
-			dev.Forwards = append(dev.Forwards, registry.Forward{RemotePort: p})
-		}
-		if err := m.cache.Delete(ctx, r.Fingerprint, r.Device); err != nil {
-			m.log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
-		}
-		reason := "device revoked"
-		if r.Reason == "removed" {
-			reason = "device removed"
-		}
-		m.log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason)
-		h.Gone(ctx, dev, reason)
+	if err := m.apply(ctx, h, "heartbeat", hb.Seq, reply.Seq, reply.Revocations); err != nil {
+		return err
 	}
 	if hb.VIP != "" {
 		h.Peers(ctx, reply.Peers)
@@ -256,13 +269,88 @@ func (m *Master) beat(ctx context.Context, h Handler) error {
 	if reply.CacheTTLSeconds > 0 {
 		m.ttl = time.Duration(reply.CacheTTLSeconds) * time.Second
 	}
-	changed := reply.Seq != m.seq
-	m.seq = reply.Seq
 	m.mu.Unlock()
-	if changed {
-		return m.cache.SetMeta(ctx, seqMetaKey, strconv.FormatInt(reply.Seq, 10))
-	}
 	return nil
+}
+
+// apply takes revocations the master sent (via the heartbeat or the feed)
+// in answer to sent (the sequence
+// number the slave asked from), and the number to ask from next: each
+// device leaves the cache and the slave is told, once (the heartbeat loop
+// and the revocation feed may both bring it). A next number below sent is
+// a master whose registry was replaced: the slave starts over from it.
+func (m *Master) apply(ctx context.Context, h Handler, via string, sent, next int64, revs []wire.Revocation) error {
+	m.applyMu.Lock()
+	defer m.applyMu.Unlock()
+	m.mu.Lock()
+	cur := m.seq
+	m.mu.Unlock()
+	for _, r := range revs {
+		if cur > 0 && r.Seq <= cur {
+			continue // applied already
+		}
+		dev := registry.Device{Name: r.Device, Fingerprint: r.Fingerprint}
+		for _, p := range r.Ports {
+			dev.Forwards = append(dev.Forwards, registry.Forward{RemotePort: p})
+		}
+		if err := m.cache.Delete(ctx, r.Fingerprint, r.Device); err != nil {
+			m.log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
+		}
+		reason := "device revoked"
+		if r.Reason == "removed" {
+			reason = "device removed"
+		}
+		m.log.Info("revocation from the master", "device", r.Device, "ports", r.Ports, "reason", r.Reason, "via", via)
+		h.Gone(ctx, dev, reason)
+	}
+	if next < sent || next > cur {
+		cur = next
+	} else {
+		return nil
+	}
+	m.mu.Lock()
+	m.seq = cur
+	m.mu.Unlock()
+	return m.cache.SetMeta(ctx, seqMetaKey, strconv.FormatInt(cur, 10))
+}
+
+// watchRevocations asks the master for revocations and waits there for
+// them, so that a revoked device is refused a round trip after the revoke
+// instead of a heartbeat later. Until the first heartbeat has told the
+// slave where the master's sequence stands, and while the master does not
+// answer, it waits; an older master without the feed is left to the
+// heartbeats.
+func (m *Master) watchRevocations(ctx context.Context, h Handler) {
+	retry := backoff.Backoff{Min: time.Second, Max: maxRetry}
+	for {
+		m.mu.Lock()
+		after := m.seq
+		m.mu.Unlock()
+		wait := time.Second
+		if after > 0 {
+			r, err := m.api.Revocations(ctx, m.slave, after, revocationWait)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case errors.Is(err, ErrNoRevocationFeed):
+				m.log.Info("the master has no revocation feed; revocations come with heartbeats", "err", err)
+				return
+			case err != nil:
+				wait = retry.Next()
+			default:
+				retry.Reset()
+				wait = 50 * time.Millisecond // the ask itself waited on the master
+				if err := m.apply(ctx, h, "feed", after, r.Seq, r.Revocations); err != nil {
+					m.log.Error("applying revocations", "err", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // refresh revalidates cached devices whose entry expires within a fifth of
@@ -286,7 +374,7 @@ func (m *Master) refresh(ctx context.Context, h Handler) {
 		if err != nil {
 			continue
 		}
-		_, err = m.validate(ctx, key)
+		_, err = m.validate(ctx, cd.Device.Fingerprint, key)
 		if errors.Is(err, ErrNotAccepted) {
 			m.log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
 			h.Gone(ctx, cd.Device, "device no longer accepted by the master")
@@ -302,4 +390,25 @@ func (m *Master) Report(ctx context.Context, kind, device, detail string) {
 	if len(m.events) > maxQueuedEvents {
 		m.events = m.events[1:]
 	}
+}
+
+// rememberRefusal notes that the master refused fp, for a few seconds. The
+// memory is bounded: past maxNegative entries the expired ones go, and if
+// that is not enough, all of them (a flood of unknown keys is then asked
+// about again, which is the master's rate limit's business).
+func (m *Master) rememberRefusal(fp string) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.negative) >= maxNegative {
+		for k, until := range m.negative {
+			if !now.Before(until) {
+				delete(m.negative, k)
+			}
+		}
+		if len(m.negative) >= maxNegative {
+			clear(m.negative)
+		}
+	}
+	m.negative[fp] = now.Add(negativeCacheFor)
 }

@@ -63,6 +63,10 @@ func (f *fakeMaster) Heartbeat(_ context.Context, _ string, hb wire.Heartbeat) (
 	return r, nil
 }
 
+func (f *fakeMaster) Revocations(ctx context.Context, _ string, after int64, wait time.Duration) (wire.RevocationsReply, error) {
+	return wire.RevocationsReply{}, fmt.Errorf("%w: not in this fake", ErrNoRevocationFeed)
+}
+
 func (f *fakeMaster) calls() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -307,5 +311,17 @@ func TestMasterAnswerForAnotherKey(t *testing.T) {
 	g.api.devices[registry.AuthorizedKey(other)] = dev
 	if _, found, err := g.lookup(t, other); found || err == nil {
 		t.Fatalf("found %v, err %v", found, err)
+	}
+}
+
+// The refusals remembered are bounded: a flood of unknown keys cannot grow
+// the slave's memory.
+func TestMasterRefusalsBounded(t *testing.T) {
+	g := newMasterRig(t, t.TempDir())
+	for i := 0; i < 3*maxNegative; i++ {
+		g.m.rememberRefusal(fmt.Sprintf("SHA256:%043d", i))
+	}
+	if n := len(g.m.negative); n > maxNegative {
+		t.Fatalf("%d refusals remembered, at most %d", n, maxNegative)
 	}
 }
