@@ -133,10 +133,12 @@ func validKeyType(t string) bool {
 	return true
 }
 
-// validFingerprint: "SHA256:" and 43 characters of unpadded base64.
+// validFingerprint: "SHA256:" and 43 characters of unpadded base64, as
+// sshd prints a SHA-256: 256 bits leave the last character's low 2 bits 0
+// (any other spelling of the same bytes would match no key's fingerprint).
 func validFingerprint(fp string) bool {
 	b64, ok := strings.CutPrefix(fp, "SHA256:")
-	if !ok || len(b64) != 43 {
+	if !ok || len(b64) != 43 || !strings.ContainsRune("AEIMQUYcgkosw048", rune(b64[42])) {
 		return false
 	}
 	for i := 0; i < len(b64); i++ {
