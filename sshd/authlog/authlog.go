@@ -15,6 +15,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/mas4h/mas4h/names"
 )
 
 // Accepted is one "Accepted publickey" line: a session that authenticated.
@@ -46,7 +48,7 @@ func ParseAccepted(line string) (Accepted, bool) {
 	if len(f) != 8 || f[1] != "from" || f[3] != "port" || f[5] != "ssh2:" {
 		return Accepted{}, false
 	}
-	if !validUser(f[0]) || !validKeyType(f[6]) || !validFingerprint(f[7]) {
+	if !names.ValidUser(f[0]) || !validKeyType(f[6]) || !validFingerprint(f[7]) {
 		return Accepted{}, false
 	}
 	remote, ok := addrPort(f[2], f[4])
@@ -71,7 +73,7 @@ func ParseClosed(line string) (Closed, bool) {
 		if r, ok := strings.CutPrefix(line, p); ok {
 			// USER ADDR port PORT
 			f := strings.Split(r, " ")
-			if len(f) != 4 || !validUser(f[0]) {
+			if len(f) != 4 || !names.ValidUser(f[0]) {
 				return Closed{}, false
 			}
 			rest = strings.Join(f[1:], " ")
@@ -105,18 +107,6 @@ func addrPort(addr, port string) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(a.Unmap(), uint16(p)), true
-}
-
-func validUser(u string) bool {
-	if len(u) < 1 || len(u) > 32 || !(lower(u[0]) || u[0] == '_') {
-		return false
-	}
-	for i := 1; i < len(u); i++ {
-		if c := u[i]; !lower(c) && !digit(c) && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
 }
 
 // validKeyType: what sshd prints for a key's type (ED25519, ECDSA, RSA,
