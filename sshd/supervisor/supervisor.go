@@ -2,6 +2,12 @@
 // session, so it is not killed with the daemon and tunnels outlive a daemon
 // restart), adopted from its pid file when the daemon starts again, reloaded
 // with SIGHUP when its config changed, and restarted when it dies.
+//
+// The pid file is written by sshd, as the tunnel user, so its content is
+// the tunnel user's word: a pid is adopted only if that process runs the
+// sshd binary, as the tunnel user, with this slave's config, and it is
+// signalled only through a pidfd after checking it is still that process
+// (same start time, same executable).
 package supervisor
 
 import (
@@ -12,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +29,7 @@ import (
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 )
 
 // StartTimeout bounds how long sshd may take to bind its port and write
@@ -51,6 +59,7 @@ type Supervisor struct {
 	start   Starter
 	metrics *metrics.Slave
 	log     *slog.Logger
+	exe     string // cfg.SSHD with links resolved, as /proc/PID/exe shows it
 
 	mu        sync.Mutex
 	pid       int
@@ -63,7 +72,11 @@ func New(cfg Config, start Starter, m *metrics.Slave, log *slog.Logger) *Supervi
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	return &Supervisor{cfg: cfg, start: start, metrics: m, log: log.With("component", "sshd")}
+	exe := cfg.SSHD
+	if resolved, err := filepath.EvalSymlinks(cfg.SSHD); err == nil {
+		exe = resolved
+	}
+	return &Supervisor{cfg: cfg, start: start, metrics: m, log: log.With("component", "sshd"), exe: exe}
 }
 
 // PID is the supervised sshd's pid (0: none).
@@ -81,22 +94,108 @@ func (s *Supervisor) set(pid int) {
 }
 
 // Adopt takes over an sshd already running from this state dir: the pid in
-// the pid file, alive, and started with this slave's config file.
+// the pid file, alive, running the sshd binary as the tunnel user, started
+// with this slave's config file.
 func (s *Supervisor) Adopt() bool {
-	b, err := os.ReadFile(s.cfg.PidPath)
+	pid, err := nofollow.ReadPid(s.cfg.PidPath)
 	if err != nil {
+		var unsafe *nofollow.UnsafeError
+		if errors.As(err, &unsafe) {
+			s.log.Warn("not adopting from the pid file", "err", err)
+		}
 		return false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !sessions.Alive(s.cfg.ProcRoot, pid) {
-		return false
-	}
-	cmdline, ok := sessions.Cmdline(s.cfg.ProcRoot, pid)
-	if !ok || !bytes.Contains(cmdline, []byte(s.cfg.ConfigPath)) {
+	if _, err := s.identify(pid); err != nil {
+		if sessions.Alive(s.cfg.ProcRoot, pid) {
+			s.log.Warn("the pid file names a process that is not this slave's sshd; not adopting it", "pid", pid, "err", err)
+		}
 		return false
 	}
 	s.set(pid)
 	return true
+}
+
+// identify checks that pid is this slave's sshd — alive, its executable the
+// sshd binary, run by the tunnel user, with this slave's config on its
+// command line — and returns its start time.
+func (s *Supervisor) identify(pid int) (uint64, error) {
+	if !sessions.Alive(s.cfg.ProcRoot, pid) {
+		return 0, fmt.Errorf("pid %d is not running", pid)
+	}
+	dir := filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid))
+	exe, err := os.Readlink(filepath.Join(dir, "exe"))
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: reading its executable: %w", pid, err)
+	}
+	// An sshd that runs on after its package was upgraded.
+	if exe = strings.TrimSuffix(exe, " (deleted)"); exe != s.exe {
+		return 0, fmt.Errorf("pid %d runs %s, not %s", pid, exe, s.exe)
+	}
+	if uid, ok := procUIDs(dir); !ok || uid[0] != s.cfg.UID || uid[1] != s.cfg.UID {
+		return 0, fmt.Errorf("pid %d does not run as the tunnel user (uid %d)", pid, s.cfg.UID)
+	}
+	cmdline, ok := sessions.Cmdline(s.cfg.ProcRoot, pid)
+	if !ok || !bytes.Contains(cmdline, []byte(s.cfg.ConfigPath)) {
+		return 0, fmt.Errorf("pid %d was not started with %s", pid, s.cfg.ConfigPath)
+	}
+	tick, ok := sessions.StartTick(s.cfg.ProcRoot, pid)
+	if !ok {
+		return 0, fmt.Errorf("pid %d is not running", pid)
+	}
+	return tick, nil
+}
+
+// procUIDs reads the real and effective uid of a process from its status.
+func procUIDs(dir string) ([2]int, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return [2]int{}, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(v)
+			if len(f) < 2 {
+				return [2]int{}, false
+			}
+			r, err1 := strconv.Atoi(f[0])
+			e, err2 := strconv.Atoi(f[1])
+			return [2]int{r, e}, err1 == nil && err2 == nil
+		}
+	}
+	return [2]int{}, false
+}
+
+// signal sends sig to the supervised sshd, through a pidfd opened before
+// the process is checked: it reaches the process that was checked (this
+// slave's sshd, started when the one adopted or started did), never a
+// later one that reused the pid.
+func (s *Supervisor) signal(sig unix.Signal) error {
+	s.mu.Lock()
+	pid, tick := s.pid, s.startTick
+	s.mu.Unlock()
+	if pid <= 0 {
+		return errors.New("no sshd is running")
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	switch {
+	case errors.Is(err, unix.ENOSYS): // before Linux 5.3: check, then kill
+		pidfd = -1
+	case err != nil:
+		return fmt.Errorf("pid %d: %w", pid, err)
+	default:
+		defer unix.Close(pidfd)
+	}
+	now, err := s.identify(pid)
+	if err != nil {
+		return err
+	}
+	if tick != 0 && now != tick {
+		return fmt.Errorf("pid %d is another process now (it started later than the sshd adopted)", pid)
+	}
+	if pidfd < 0 {
+		return unix.Kill(pid, sig)
+	}
+	return unix.PidfdSendSignal(pidfd, sig, nil, 0)
 }
 
 // running reports whether the supervised sshd is alive: its pid lives and
@@ -119,8 +218,12 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	if err := checkPortFree(s.cfg.ListenAddr); err != nil {
 		return err
 	}
-	os.Remove(s.cfg.PidPath)
-	logStart, _ := fileSize(s.cfg.LogPath)
+	// Emptied, not removed: sshd, as the tunnel user, can write the file
+	// but not create it in its root-owned directory.
+	if err := nofollow.Truncate(s.cfg.PidPath); err != nil {
+		return fmt.Errorf("starting sshd: %w", err)
+	}
+	logStart, _ := nofollow.Size(s.cfg.LogPath)
 	c := process.Command(s.cfg.SSHD, "-D", "-f", s.cfg.ConfigPath, "-E", s.cfg.LogPath)
 	c.Dir, c.Cred = "/", &process.Cred{UID: s.cfg.UID, GID: s.cfg.GID}
 	if s.cfg.LowPort {
@@ -141,13 +244,12 @@ func (s *Supervisor) Start(ctx context.Context) error {
 		case <-p.Done():
 			return fmt.Errorf("sshd exited at start (%v): %s", p.Wait(), s.logTail(logStart))
 		case <-deadline.C:
-			unix.Kill(pid, unix.SIGKILL)
+			p.Signal(unix.SIGKILL) // our child, not reaped yet: its pid is still its own
 			return fmt.Errorf("sshd did not come up within %s: %s", StartTimeout, s.logTail(logStart))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			b, err := os.ReadFile(s.cfg.PidPath)
-			if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+			if got, err := nofollow.ReadPid(s.cfg.PidPath); err == nil && got == pid {
 				s.set(pid)
 				return nil
 			}
@@ -158,9 +260,8 @@ func (s *Supervisor) Start(ctx context.Context) error {
 // Reload makes sshd re-read its config. Sessions are separate processes and
 // stay up; sshd re-executes itself under the same pid.
 func (s *Supervisor) Reload() error {
-	pid := s.PID()
-	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
-		return fmt.Errorf("reloading sshd (pid %d): %w", pid, err)
+	if err := s.signal(unix.SIGHUP); err != nil {
+		return fmt.Errorf("reloading sshd: %w", err)
 	}
 	return nil
 }
@@ -213,9 +314,9 @@ func (s *Supervisor) check(ctx context.Context, failures int) int {
 }
 
 func (s *Supervisor) logTail(from int64) string {
-	f, err := os.Open(s.cfg.LogPath)
+	f, err := nofollow.Open(s.cfg.LogPath)
 	if err != nil {
-		return "(no sshd log)"
+		return "(no sshd log: " + err.Error() + ")"
 	}
 	defer f.Close()
 	f.Seek(from, 0)
@@ -226,14 +327,6 @@ func (s *Supervisor) logTail(from int64) string {
 		return "(sshd logged nothing)"
 	}
 	return strings.ReplaceAll(out, "\n", "; ")
-}
-
-func fileSize(path string) (int64, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
 }
 
 // PortInUseError is returned when the slave's SSH listen address is taken.
