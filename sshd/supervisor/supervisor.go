@@ -94,25 +94,80 @@ func (s *Supervisor) set(pid int) {
 }
 
 // Adopt takes over an sshd already running from this state dir: the pid in
-// the pid file, alive, running the sshd binary as the tunnel user, started
-// with this slave's config file.
+// the pid file if that process is this slave's sshd (running the sshd
+// binary as the tunnel user, started with this slave's config file), else
+// the one such sshd found in the process table — the tunnel user can write
+// the pid file, so its word alone neither makes nor loses an adoption.
 func (s *Supervisor) Adopt() bool {
 	pid, err := nofollow.ReadPid(s.cfg.PidPath)
-	if err != nil {
-		var unsafe *nofollow.UnsafeError
-		if errors.As(err, &unsafe) {
-			s.log.Warn("not adopting from the pid file", "err", err)
+	if err == nil {
+		if _, err = s.identify(pid); err == nil {
+			s.set(pid)
+			return true
 		}
+	}
+	found := s.findListener()
+	if found == 0 {
 		return false
 	}
-	if _, err := s.identify(pid); err != nil {
-		if sessions.Alive(s.cfg.ProcRoot, pid) {
-			s.log.Warn("the pid file names a process that is not this slave's sshd; not adopting it", "pid", pid, "err", err)
-		}
-		return false
-	}
-	s.set(pid)
+	s.log.Warn("the pid file does not name this slave's running sshd; adopted the one found in the process table",
+		"pid", found, "pid_file", s.cfg.PidPath, "err", err)
+	s.set(found)
 	return true
+}
+
+// findListener looks through the process table for this slave's sshd
+// listener: the one process that identify accepts whose parent it does not
+// (a connection's child re-executes sshd with the same config for a moment).
+// 0: none, or more than one.
+func (s *Supervisor) findListener() int {
+	entries, err := os.ReadDir(s.cfg.ProcRoot)
+	if err != nil {
+		return 0
+	}
+	ours := map[int]bool{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join(s.cfg.ProcRoot, e.Name(), "exe")); err != nil || strings.TrimSuffix(exe, " (deleted)") != s.exe {
+			continue // the cheap test first
+		}
+		if _, err := s.identify(pid); err == nil {
+			ours[pid] = true
+		}
+	}
+	found := 0
+	for pid := range ours {
+		if ours[parentOf(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid)))] {
+			continue
+		}
+		if found != 0 {
+			return 0
+		}
+		found = pid
+	}
+	return found
+}
+
+// parentOf reads a process's parent pid from its stat (after the comm,
+// which may hold spaces and parentheses).
+func parentOf(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 // identify checks that pid is this slave's sshd — alive, its executable the

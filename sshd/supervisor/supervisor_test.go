@@ -146,8 +146,8 @@ func TestAdoptRefusesStrangers(t *testing.T) {
 
 // The pid file is the tunnel user's word: a process that is not an sshd
 // (another program whose command line names this slave's config, such as
-// an admin's `less sshd_config`) or not the tunnel user's is not adopted, and a
-// pid file that is a link is not followed.
+// an admin's `less sshd_config`) or not the tunnel user's is not adopted;
+// the slave's real sshd is, whatever the pid file says.
 func TestAdoptChecksTheProcess(t *testing.T) {
 	g := newRig(t)
 	impostor := &exec.Cmd{Path: "/bin/sleep", Args: []string{"/usr/sbin/sshd -D -f " + g.cfg.ConfigPath, "30"}}
@@ -166,13 +166,16 @@ func TestAdoptChecksTheProcess(t *testing.T) {
 		t.Errorf("adopted sshd pid %d as another tunnel user's", pid)
 	}
 
-	// A link to a file holding the pid of the real sshd: not followed.
-	target := filepath.Join(g.dir, "elsewhere")
-	must(t, os.WriteFile(target, []byte(fmt.Sprintln(pid)), 0o600))
+	// The tunnel user writes the impostor's pid, or makes the file a link:
+	// the real sshd is found and adopted all the same.
+	must(t, os.WriteFile(g.cfg.PidPath, []byte(fmt.Sprintln(impostor.Process.Pid)), 0o644))
+	if sup := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); !sup.Adopt() || sup.PID() != pid {
+		t.Errorf("with the impostor's pid in the file: adopted %d, want %d", sup.PID(), pid)
+	}
 	must(t, os.Remove(g.cfg.PidPath))
-	must(t, os.Symlink(target, g.cfg.PidPath))
-	if sup := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); sup.Adopt() {
-		t.Error("adopted through a pid file that is a link")
+	must(t, os.Symlink(filepath.Join(g.dir, "elsewhere"), g.cfg.PidPath))
+	if sup := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); !sup.Adopt() || sup.PID() != pid {
+		t.Errorf("with a link as the pid file: adopted %d, want %d", sup.PID(), pid)
 	}
 }
 
