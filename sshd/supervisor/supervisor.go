@@ -273,9 +273,12 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	if err := checkPortFree(s.cfg.ListenAddr); err != nil {
 		return err
 	}
-	// Emptied, not removed: sshd, as the tunnel user, can write the file
-	// but not create it in its root-owned directory.
-	if err := nofollow.Truncate(s.cfg.PidPath); err != nil {
+	// Emptied, not removed: sshd, as the tunnel user, can write the files
+	// but not create them in its root-owned directory.
+	if err := nofollow.Writable(s.cfg.PidPath, s.cfg.GID, true); err != nil {
+		return fmt.Errorf("starting sshd: %w", err)
+	}
+	if err := nofollow.Writable(s.cfg.LogPath, s.cfg.GID, false); err != nil {
 		return fmt.Errorf("starting sshd: %w", err)
 	}
 	logStart, _ := nofollow.Size(s.cfg.LogPath)

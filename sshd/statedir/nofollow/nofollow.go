@@ -99,14 +99,30 @@ func ReadPid(path string) (int, error) {
 	return pid, nil
 }
 
-// Truncate empties a file (the pid file, before sshd starts and writes its
-// own) through a descriptor opened without following a link; a missing
-// file is no error.
-func Truncate(path string) error {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
+// Writable makes sure sshd, as the tunnel user, can write path (its pid
+// file or its log) in its root-owned directory, where it cannot create a
+// file: a missing one is created empty, owned by this process and the
+// tunnel group gid, WritableMode (so that a pid file or log someone
+// removed, say a log rotation, does not keep sshd from starting). With
+// empty set, an existing file is emptied (a pid file, before sshd writes
+// its own). Nothing is followed: a link, a FIFO, a hard link are refused.
+func Writable(path string, gid int, empty bool) error {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		f := os.NewFile(uintptr(fd), path)
+		defer f.Close()
+		if err := unix.Fchown(fd, os.Geteuid(), gid); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+		if err := unix.Fchmod(fd, uint32(WritableMode)); err != nil {
+			return fmt.Errorf("chmod %s: %w", path, err)
+		}
 		return nil
 	}
+	if !errors.Is(err, unix.EEXIST) {
+		return openError(path, err)
+	}
+	fd, err = unix.Open(path, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return openError(path, err)
 	}
@@ -115,8 +131,10 @@ func Truncate(path string) error {
 	if err := checkRegular(f, path); err != nil {
 		return err
 	}
-	if err := f.Truncate(0); err != nil {
-		return fmt.Errorf("emptying %s: %w", path, err)
+	if empty {
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("emptying %s: %w", path, err)
+		}
 	}
 	return nil
 }

@@ -44,8 +44,8 @@ func TestOpenRefusesWhatIsNotAPlainFile(t *testing.T) {
 			t.Errorf("ReadPid(%s): %v, want an UnsafeError", filepath.Base(path), err)
 		}
 	}
-	if err := Truncate(link); err == nil {
-		t.Error("Truncate followed a link")
+	if err := Writable(link, os.Getgid(), true); err == nil {
+		t.Error("Writable followed a link")
 	}
 	if b, _ := os.ReadFile(secret); string(b) != "4242\n" {
 		t.Errorf("the target changed: %q", b)
@@ -55,6 +55,22 @@ func TestOpenRefusesWhatIsNotAPlainFile(t *testing.T) {
 	}
 	if _, err := Open(link); err == nil || !strings.Contains(err.Error(), `symbolic link (to "`+secret+`")`) {
 		t.Errorf("the error does not say where the link points: %v", err)
+	}
+}
+
+// A pid file or log someone removed is created again, for sshd to write.
+func TestWritable(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sshd.pid")
+	must(t, Writable(p, os.Getgid(), true))
+	want(t, p, os.Geteuid(), os.Getgid(), WritableMode)
+	must(t, os.WriteFile(p, []byte("123\n"), 0))
+	must(t, Writable(p, os.Getgid(), false))
+	if b, _ := os.ReadFile(p); string(b) != "123\n" {
+		t.Errorf("kept: %q", b)
+	}
+	must(t, Writable(p, os.Getgid(), true))
+	if b, _ := os.ReadFile(p); len(b) != 0 {
+		t.Errorf("emptied: %q", b)
 	}
 }
 
