@@ -297,6 +297,9 @@ func TestPidFileIsNotTrusted(t *testing.T) {
 		t.Fatalf("the root process named in the pid file was signalled: %v\n%s", err, sp.log)
 	case <-time.After(time.Second):
 	}
+	if !sp.log.Contains("does not name this slave's running sshd") {
+		t.Errorf("the slave did not say the pid file was wrong:\n%s", sp.log)
+	}
 	if !sp.log.Contains("reloaded its new config") || !sp.log.Contains(fmt.Sprintf("pid=%d", pid)) {
 		t.Errorf("the slave did not adopt and reload its sshd (pid %d):\n%s", pid, sp.log)
 	}
