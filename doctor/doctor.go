@@ -1,7 +1,8 @@
 // Package doctor checks whether a host can run a mas4h role — OpenSSH's
-// version, the tunnel user, the hook's path ownership, netfilter's cluster
-// match, free ports, the master's reachability and clock skew, the device's
-// SSH client — and says, for each check that is not ok, how to fix it.
+// version, the tunnel user, the hook's path ownership, sshd's directory,
+// netfilter's cluster match, free ports, the master's reachability and
+// clock skew, the device's SSH client — and says, for each check that is
+// not ok, how to fix it.
 // It reads the system through relocatable roots and small seams, so every
 // check runs against fixtures in tests.
 package doctor
@@ -23,6 +24,7 @@ import (
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/statedir"
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 	"golang.org/x/sys/unix"
 )
 
@@ -133,6 +135,7 @@ func Run(ctx context.Context, c Config) []Result {
 		checkTunnelUser(&c, r)
 		checkHookPath(&c, r)
 		checkKeysFile(&c, r)
+		checkSSHDDir(&c, r)
 		checkSSHPort(&c, r)
 		checkNetfilter(ctx, &c, r)
 		if c.Master != "" {
@@ -215,6 +218,16 @@ func checkTunnelUser(c *Config, r *report) {
 		return
 	case acct.UID == 0:
 		r.add("tunnel user", Fail, fmt.Sprintf("%s has uid 0", u), "use an unprivileged system user as --tunnel-user")
+		return
+	}
+	if _, err := sshd.CheckTunnelAccount(c.Root, u); err != nil {
+		var tu *sshd.TunnelUserError
+		if errors.As(err, &tu) {
+			r.add("tunnel user", Fail, fmt.Sprintf("%s %s: the slave refuses it (devices log in as it, its sshd runs as it)", u, tu.Why),
+				fmt.Sprintf("omit --tunnel-user (the slave uses mas4h-tunnel), or create a dedicated account: useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin NAME && usermod -p '*' NAME"))
+		} else {
+			r.add("tunnel user", Fail, err.Error(), "")
+		}
 		return
 	}
 	pw, found, err := install.PasswordField(c.Root, u)
@@ -322,6 +335,44 @@ func checkKeysFile(c *Config, r *report) {
 	r.add("keys file", OK, fmt.Sprintf("%s: %d devices sshd finds without the hook", path, n), "")
 }
 
+// checkSSHDDir compares sshd's directory in the state dir with the layout
+// in which the tunnel user can replace nothing (package nofollow), without
+// changing or following anything: the older layout (the tunnel user's) is
+// migrated at the slave's next start; a link or a hard link where a file
+// should be makes the slave refuse to start.
+func checkSSHDDir(c *Config, r *report) {
+	if c.StateDir == "" {
+		return
+	}
+	dir := statedir.Dir(c.path(c.StateDir))
+	uid := -1
+	if acct, ok, err := install.LookupUser(c.Root, c.TunnelUser); err == nil && ok {
+		uid = acct.UID
+	}
+	problems := nofollow.Inspect(dir, uid)
+	if len(problems) == 0 {
+		if _, err := os.Lstat(dir.SSHD()); err == nil {
+			r.add("sshd dir", OK, dir.SSHD()+": root's; the tunnel user can write sshd's pid file and log but replace nothing", "")
+		}
+		return
+	}
+	var unsafe, older []string
+	for _, p := range problems {
+		if p.Unsafe {
+			unsafe = append(unsafe, p.Path+" "+p.Why)
+		} else {
+			older = append(older, p.Path)
+		}
+	}
+	if len(unsafe) > 0 {
+		r.add("sshd dir", Fail, strings.Join(unsafe, "; ")+": the slave refuses to start; the daemon never follows a link there",
+			"see where each points and check that file (the tunnel user could write there in older versions), then remove it and start the slave")
+		return
+	}
+	r.add("sshd dir", Warn, "older layout: "+strings.Join(older, ", ")+" owned by the tunnel user, who could replace them",
+		"start the slave: it makes them root's (the running sshd and its tunnels stay up)")
+}
+
 // keysFileNamed reports whether a slave's sshd_config names a keys file
 // (AuthorizedKeysFile other than none).
 func keysFileNamed(sshdConfig string) bool {
@@ -349,12 +400,8 @@ func sshdRunning(c *Config) (int, bool) {
 	if c.StateDir == "" {
 		return 0, false
 	}
-	b, err := os.ReadFile(statedir.Dir(c.StateDir).PidFile())
+	pid, err := nofollow.ReadPid(statedir.Dir(c.StateDir).PidFile())
 	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
 		return 0, false
 	}
 	cmdline, err := os.ReadFile(filepath.Join(c.ProcRoot, strconv.Itoa(pid), "cmdline"))

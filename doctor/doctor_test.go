@@ -149,3 +149,44 @@ func TestClockSkew(t *testing.T) {
 		t.Errorf("no ssh client: %+v", r)
 	}
 }
+
+// An ordinary account as the tunnel user is a failure the slave would
+// refuse, with what to do.
+func TestOrdinaryTunnelUserFails(t *testing.T) {
+	root := fixture(t, "*")
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/bash\nmas4h-tunnel:x:1000:1000::/home/t:/bin/bash\n"), 0o644)
+	r := find(t, Run(context.Background(), Config{Role: "slave", Root: root, SSHListen: "127.0.0.1:0",
+		Runner: fakeHost("OpenSSH_9.2"), ProcRoot: t.TempDir()}), "tunnel user")
+	if r.Status != Fail || !strings.Contains(r.Detail, "ordinary account") || !strings.Contains(r.Fix, "useradd --system") {
+		t.Errorf("an ordinary tunnel user: %+v", r)
+	}
+}
+
+// sshd's directory: the older layout (the tunnel user's) is a warning the
+// slave fixes at its next start; a link where a file should be, a failure.
+func TestSSHDDirChecks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (chown)")
+	}
+	root := fixture(t, "*")
+	state := filepath.Join(root, "var/lib/mas4h/slave-x")
+	sshdDir := filepath.Join(state, "sshd")
+	os.MkdirAll(sshdDir, 0o700)
+	key := filepath.Join(sshdDir, "ssh_host_ed25519_key")
+	os.WriteFile(key, []byte("key"), 0o600)
+	cfg := Config{Role: "slave", Root: root, StateDir: "/var/lib/mas4h/slave-x", SSHListen: "127.0.0.1:0",
+		Runner: fakeHost("OpenSSH_9.2"), ProcRoot: t.TempDir()}
+	if r := find(t, Run(context.Background(), cfg), "sshd dir"); r.Status != OK {
+		t.Errorf("root's: %+v", r)
+	}
+	os.Chown(sshdDir, 995, 994)
+	os.Chown(key, 995, 994)
+	if r := find(t, Run(context.Background(), cfg), "sshd dir"); r.Status != Warn || !strings.Contains(r.Detail, "older layout") {
+		t.Errorf("the older layout: %+v", r)
+	}
+	os.Remove(key)
+	os.Symlink("/etc/shadow", key)
+	if r := find(t, Run(context.Background(), cfg), "sshd dir"); r.Status != Fail || !strings.Contains(r.Detail, "symbolic link") {
+		t.Errorf("a link: %+v", r)
+	}
+}

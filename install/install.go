@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/mas4h/mas4h/agent"
 	"github.com/mas4h/mas4h/atomicfile"
@@ -364,8 +365,22 @@ func (in *installer) dir(p string, mode os.FileMode, owner string) {
 		uid, gid = u.UID, u.GID
 	}
 	full := c.path(p)
-	_, err := os.Lstat(full)
+	fi, err := os.Stat(full) // an admin's link (to another disk) is followed, as the slave does
 	created := errors.Is(err, fs.ErrNotExist)
+	if err == nil {
+		// Check before changing: a directory another account owns (or a
+		// file) is not taken over, and is left as it is.
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case !fi.IsDir():
+			in.err = fmt.Errorf("%s exists and is not a directory (%s); left as it is: remove it or move it away, then install again", p, fi.Mode().Type())
+			return
+		case st != nil && st.Uid != 0 && int(st.Uid) != uid:
+			in.err = fmt.Errorf("%s exists and is owned by uid %d, neither root nor %s: mas4h takes over no directory another account owns, and left it as it is; "+
+				"if it is meant for mas4h, chown %s %s and install again", p, st.Uid, owner, owner, p)
+			return
+		}
+	}
 	if created {
 		if in.parents(filepath.Dir(p)); in.err != nil {
 			return

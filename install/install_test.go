@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/mas4h/mas4h/process"
@@ -101,5 +102,26 @@ func TestInstallStopsAtAFailingTool(t *testing.T) {
 		if s.Kind == KindUser || s.Kind == KindGroup || s.Kind == KindFile {
 			t.Errorf("manifest records %s %s, which the failure stopped", s.Kind, s.Path)
 		}
+	}
+}
+
+// A slave's state dir that another account owns is not taken over: install
+// stops, and the dir keeps its owner and mode.
+func TestInstallLeavesAStateDirOfAnotherAccountAlone(t *testing.T) {
+	root, run := fakeRoot(t)
+	state := filepath.Join(root, "var/lib/mas4h/slave-s1")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(state, 0o700)
+	os.Chown(state, 65534, 65534)
+	var out bytes.Buffer
+	_, err := Install(context.Background(), Config{Role: RoleSlave, Name: "s1", Root: root, Units: systemd.Units, Runner: run, Out: &out})
+	if err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Fatalf("err = %v", err)
+	}
+	fi, _ := os.Stat(state)
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state dir now uid %d mode %04o", st.Uid, fi.Mode().Perm())
 	}
 }

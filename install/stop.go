@@ -12,22 +12,24 @@ import (
 
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/statedir"
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 )
 
 // stopSlaveSSHD ends the detached sshd a slave left running from stateDir
 // (only an sshd started with that state dir's config) and its sessions, so
 // that purging the state dir and the tunnel user leaves nothing behind.
 func stopSlaveSSHD(procRoot, stateDir string) (int, bool) {
-	b, err := os.ReadFile(statedir.Dir(stateDir).PidFile())
+	// The pid file is the tunnel user's to write: read without following
+	// a link, and believed only for an sshd started with this config.
+	pid, err := nofollow.ReadPid(statedir.Dir(stateDir).PidFile())
 	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
 		return 0, false
 	}
 	cmdline, ok := sessions.Cmdline(procRoot, pid)
 	if !ok || !bytes.Contains(cmdline, []byte(statedir.Dir(stateDir).SSHDConfig())) {
+		return 0, false
+	}
+	if exe, err := os.Readlink(filepath.Join(procRoot, strconv.Itoa(pid), "exe")); err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "sshd" {
 		return 0, false
 	}
 	for _, child := range children(procRoot, pid) {

@@ -2,58 +2,93 @@ package sshd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sshdconfig"
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 	"golang.org/x/sys/unix"
 )
 
-// prepareStateDir makes the state dir root-owned 0755, as sshd demands of
-// every parent of the hook, with its bin/.
+// prepareStateDir makes the state dir, root-owned 0755 as sshd demands of
+// every parent of the hook, with its bin/. It checks before it changes: a
+// state dir (or a parent) that is not root's, or that others can write to,
+// is refused and left exactly as it was — taking it over would trust what
+// its owner put there. Only a missing dir is created, and only a root-owned
+// one that others cannot write to gets its mode set.
 func (s *Slave) prepareStateDir() error {
-	if err := os.MkdirAll(s.cfg.StateDir, 0o755); err != nil {
-		return fmt.Errorf("creating state dir: %w", err)
-	}
-	if err := os.Chown(s.cfg.StateDir, 0, 0); err != nil {
+	dir := s.cfg.StateDir
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		parent := filepath.Dir(dir)
+		for {
+			if _, err := os.Lstat(parent); err == nil || parent == "/" {
+				break
+			}
+			parent = filepath.Dir(parent)
+		}
+		if err := CheckRootOwnedPath(parent); err != nil {
+			return fmt.Errorf("creating state dir %s: %w", dir, err)
+		}
+		if err := mkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("creating state dir: %w", err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if err := os.Chmod(s.cfg.StateDir, 0o755); err != nil {
-		return fmt.Errorf("state dir: %w", err)
-	}
-	if err := CheckRootOwnedPath(s.cfg.StateDir); err != nil {
+	if err := CheckRootOwnedPath(dir); err != nil {
 		return err
 	}
-	return os.MkdirAll(s.dir.Bin(), 0o755)
+	// Root's, and no one else can write to it or above it: safe to set.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	return mkdirAll(s.dir.Bin(), 0o755)
 }
 
-// prepareOwnedDirs makes the dirs the tunnel user reads or writes: sshd's
-// own (its host key, pid file and log) and the hook socket's.
-func (s *Slave) prepareOwnedDirs(u TunnelUser) error {
-	dirs := []struct {
-		path     string
-		mode     os.FileMode
-		uid, gid int
-	}{
-		{s.dir.SSHD(), 0o700, u.UID, u.GID},
-		{s.dir.Run(), 0o750, 0, u.GID},
+// mkdirAll is os.MkdirAll with each directory it creates given mode
+// exactly (not masked by the umask: sshd must reach the hook).
+func mkdirAll(path string, mode os.FileMode) error {
+	if _, err := os.Lstat(path); err == nil {
+		return nil
 	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d.path, d.mode); err != nil {
-			return fmt.Errorf("creating %s: %w", d.path, err)
-		}
-		if err := os.Chown(d.path, d.uid, d.gid); err != nil {
-			return fmt.Errorf("chown %s: %w", d.path, err)
-		}
-		if err := os.Chmod(d.path, d.mode); err != nil {
-			return fmt.Errorf("chmod %s: %w", d.path, err)
-		}
+	if err := mkdirAll(filepath.Dir(path), mode); err != nil {
+		return err
+	}
+	if err := os.Mkdir(path, mode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return os.Chmod(path, mode)
+}
+
+// prepareSharedDirs makes the dirs the tunnel user reads or writes in —
+// sshd's own (its host key, pid file and log) and the hook socket's —
+// root-owned and not writable by it, migrating the older layout in which
+// sshd's was the tunnel user's (nofollow says how, without following a
+// link).
+func (s *Slave) prepareSharedDirs(u TunnelUser) error {
+	res, err := nofollow.PrepareSSHD(s.dir, u.UID, u.GID)
+	if err != nil {
+		return fmt.Errorf("preparing sshd's directory: %w", err)
+	}
+	if res.Migrated {
+		s.log.Info("sshd's directory was the tunnel user's (older layout); made it root's, the tunnel user can no longer replace its files",
+			"dir", s.dir.SSHD())
+	}
+	if len(res.Unexpected) > 0 {
+		s.log.Warn("sshd's directory holds files mas4h does not use (left alone; in the older layout the tunnel user could put them there)",
+			"dir", s.dir.SSHD(), "files", strings.Join(res.Unexpected, " "))
+	}
+	if err := nofollow.PrepareRun(s.dir, u.GID); err != nil {
+		return fmt.Errorf("preparing the hook's socket directory: %w", err)
 	}
 	return nil
 }

@@ -15,9 +15,11 @@ type UnsafePathError struct {
 }
 
 func (e *UnsafePathError) Error() string {
-	return fmt.Sprintf("%s: %s %s; sshd refuses an AuthorizedKeysCommand below it. "+
-		"Use a state dir whose every parent is root-owned and not group/world-writable (e.g. /var/lib/mas4h/slave-NAME)",
-		e.Path, e.Component, e.Why)
+	return fmt.Sprintf("%s: %s %s; sshd refuses an AuthorizedKeysCommand below it, and mas4h takes over no directory "+
+		"that another account owns or can write to (it changed nothing). If %s is meant for mas4h, fix it "+
+		"(chown root:root %s && chmod go-w %s); or use a state dir whose every parent is root-owned and not "+
+		"group/world-writable (e.g. /var/lib/mas4h/slave-NAME)",
+		e.Path, e.Component, e.Why, e.Component, e.Component, e.Component)
 }
 
 // CheckRootOwnedPath applies sshd's safe_path rule to path and every parent

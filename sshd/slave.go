@@ -163,16 +163,16 @@ func (p *parts) prepare(ctx context.Context) error {
 		return err
 	}
 	p.closers = append(p.closers, unlock)
-	if p.user, err = EnsureTunnelUser(ctx, s.run, s.cfg.TunnelUser); err != nil {
+	if p.user, err = EnsureTunnelUser(ctx, s.run, "/", s.cfg.TunnelUser); err != nil {
 		return err
 	}
 	if p.user.Created {
 		s.log.Info("created tunnel user", "user", p.user.Name, "uid", p.user.UID)
 	}
-	if err := s.prepareOwnedDirs(p.user); err != nil {
+	if err := s.prepareSharedDirs(p.user); err != nil {
 		return err
 	}
-	hk, err := ensureHostKey(s.dir.HostKey(), p.user.UID, p.user.GID)
+	hk, err := ensureHostKey(s.dir.HostKey(), p.user.GID)
 	if err != nil {
 		return err
 	}

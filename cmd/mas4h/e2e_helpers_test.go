@@ -298,12 +298,18 @@ func (sp *slaveProc) kill9() {
 	<-sp.done
 }
 
+// sshdPid is the slave's sshd from its pid file, if that process runs with
+// the slave's config: sshd cannot remove the file from its root-owned
+// directory when it exits, so the pid in it may be stale.
 func (sp *slaveProc) sshdPid() int {
 	b, err := os.ReadFile(statedir.Dir(sp.stateDir).PidFile())
 	if err != nil {
 		return 0
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if cmdline, ok := sessions.Cmdline("/proc", pid); !ok || !bytes.Contains(cmdline, []byte(statedir.Dir(sp.stateDir).SSHDConfig())) {
+		return 0
+	}
 	return pid
 }
 

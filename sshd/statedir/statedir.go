@@ -24,7 +24,9 @@ func (d Dir) Bin() string        { return d.join("bin") }
 func (d Dir) Cache() string      { return d.join("cache.db") }
 func (d Dir) KeysFile() string   { return d.join("authorized_keys") }
 
-// SSHD is the directory of sshd's own files, owned by the tunnel user.
+// SSHD is the directory of sshd's own files: root's, readable by the
+// tunnel group, which can write the pid file and the log but replace
+// nothing (see package nofollow for the layout and how to read them).
 func (d Dir) SSHD() string    { return d.join("sshd") }
 func (d Dir) PidFile() string { return d.join("sshd", "sshd.pid") }
 func (d Dir) Log() string     { return d.join("sshd", "sshd.log") }

@@ -2,6 +2,12 @@
 // session, so it is not killed with the daemon and tunnels outlive a daemon
 // restart), adopted from its pid file when the daemon starts again, reloaded
 // with SIGHUP when its config changed, and restarted when it dies.
+//
+// The pid file is written by sshd, as the tunnel user, so its content is
+// the tunnel user's word: a pid is adopted only if that process runs the
+// sshd binary, as the tunnel user, with this slave's config, and it is
+// signalled only through a pidfd after checking it is still that process
+// (same start time, same executable).
 package supervisor
 
 import (
@@ -12,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +29,7 @@ import (
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 )
 
 // StartTimeout bounds how long sshd may take to bind its port and write
@@ -51,6 +59,7 @@ type Supervisor struct {
 	start   Starter
 	metrics *metrics.Slave
 	log     *slog.Logger
+	exe     string // cfg.SSHD with links resolved, as /proc/PID/exe shows it
 
 	mu        sync.Mutex
 	pid       int
@@ -63,7 +72,11 @@ func New(cfg Config, start Starter, m *metrics.Slave, log *slog.Logger) *Supervi
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	return &Supervisor{cfg: cfg, start: start, metrics: m, log: log.With("component", "sshd")}
+	exe := cfg.SSHD
+	if resolved, err := filepath.EvalSymlinks(cfg.SSHD); err == nil {
+		exe = resolved
+	}
+	return &Supervisor{cfg: cfg, start: start, metrics: m, log: log.With("component", "sshd"), exe: exe}
 }
 
 // PID is the supervised sshd's pid (0: none).
@@ -81,22 +94,163 @@ func (s *Supervisor) set(pid int) {
 }
 
 // Adopt takes over an sshd already running from this state dir: the pid in
-// the pid file, alive, and started with this slave's config file.
+// the pid file if that process is this slave's sshd (running the sshd
+// binary as the tunnel user, started with this slave's config file), else
+// the one such sshd found in the process table — the tunnel user can write
+// the pid file, so its word alone neither makes nor loses an adoption.
 func (s *Supervisor) Adopt() bool {
-	b, err := os.ReadFile(s.cfg.PidPath)
-	if err != nil {
+	pid, err := nofollow.ReadPid(s.cfg.PidPath)
+	if err == nil {
+		if _, err = s.identify(pid); err == nil {
+			s.set(pid)
+			return true
+		}
+	}
+	found := s.findListener()
+	if found == 0 {
 		return false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !sessions.Alive(s.cfg.ProcRoot, pid) {
-		return false
+	s.log.Warn("the pid file does not name this slave's running sshd; adopted the one found in the process table",
+		"pid", found, "pid_file", s.cfg.PidPath, "err", err)
+	s.set(found)
+	return true
+}
+
+// findListener looks through the process table for this slave's sshd
+// listener: the one process that identify accepts whose parent it does not
+// (a connection's child re-executes sshd with the same config for a moment).
+// 0: none, or more than one.
+func (s *Supervisor) findListener() int {
+	entries, err := os.ReadDir(s.cfg.ProcRoot)
+	if err != nil {
+		return 0
+	}
+	ours := map[int]bool{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join(s.cfg.ProcRoot, e.Name(), "exe")); err != nil || strings.TrimSuffix(exe, " (deleted)") != s.exe {
+			continue // the cheap test first
+		}
+		if _, err := s.identify(pid); err == nil {
+			ours[pid] = true
+		}
+	}
+	found := 0
+	for pid := range ours {
+		if ours[parentOf(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid)))] {
+			continue
+		}
+		if found != 0 {
+			return 0
+		}
+		found = pid
+	}
+	return found
+}
+
+// parentOf reads a process's parent pid from its stat (after the comm,
+// which may hold spaces and parentheses).
+func parentOf(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// identify checks that pid is this slave's sshd — alive, its executable the
+// sshd binary, run by the tunnel user, with this slave's config on its
+// command line — and returns its start time.
+func (s *Supervisor) identify(pid int) (uint64, error) {
+	if !sessions.Alive(s.cfg.ProcRoot, pid) {
+		return 0, fmt.Errorf("pid %d is not running", pid)
+	}
+	dir := filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid))
+	exe, err := os.Readlink(filepath.Join(dir, "exe"))
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: reading its executable: %w", pid, err)
+	}
+	// An sshd that runs on after its package was upgraded.
+	if exe = strings.TrimSuffix(exe, " (deleted)"); exe != s.exe {
+		return 0, fmt.Errorf("pid %d runs %s, not %s", pid, exe, s.exe)
+	}
+	if uid, ok := procUIDs(dir); !ok || uid[0] != s.cfg.UID || uid[1] != s.cfg.UID {
+		return 0, fmt.Errorf("pid %d does not run as the tunnel user (uid %d)", pid, s.cfg.UID)
 	}
 	cmdline, ok := sessions.Cmdline(s.cfg.ProcRoot, pid)
 	if !ok || !bytes.Contains(cmdline, []byte(s.cfg.ConfigPath)) {
-		return false
+		return 0, fmt.Errorf("pid %d was not started with %s", pid, s.cfg.ConfigPath)
 	}
-	s.set(pid)
-	return true
+	tick, ok := sessions.StartTick(s.cfg.ProcRoot, pid)
+	if !ok {
+		return 0, fmt.Errorf("pid %d is not running", pid)
+	}
+	return tick, nil
+}
+
+// procUIDs reads the real and effective uid of a process from its status.
+func procUIDs(dir string) ([2]int, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return [2]int{}, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(v)
+			if len(f) < 2 {
+				return [2]int{}, false
+			}
+			r, err1 := strconv.Atoi(f[0])
+			e, err2 := strconv.Atoi(f[1])
+			return [2]int{r, e}, err1 == nil && err2 == nil
+		}
+	}
+	return [2]int{}, false
+}
+
+// signal sends sig to the supervised sshd, through a pidfd opened before
+// the process is checked: it reaches the process that was checked (this
+// slave's sshd, started when the one adopted or started did), never a
+// later one that reused the pid.
+func (s *Supervisor) signal(sig unix.Signal) error {
+	s.mu.Lock()
+	pid, tick := s.pid, s.startTick
+	s.mu.Unlock()
+	if pid <= 0 {
+		return errors.New("no sshd is running")
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	switch {
+	case errors.Is(err, unix.ENOSYS): // before Linux 5.3: check, then kill
+		pidfd = -1
+	case err != nil:
+		return fmt.Errorf("pid %d: %w", pid, err)
+	default:
+		defer unix.Close(pidfd)
+	}
+	now, err := s.identify(pid)
+	if err != nil {
+		return err
+	}
+	if tick != 0 && now != tick {
+		return fmt.Errorf("pid %d is another process now (it started later than the sshd adopted)", pid)
+	}
+	if pidfd < 0 {
+		return unix.Kill(pid, sig)
+	}
+	return unix.PidfdSendSignal(pidfd, sig, nil, 0)
 }
 
 // running reports whether the supervised sshd is alive: its pid lives and
@@ -119,8 +273,15 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	if err := checkPortFree(s.cfg.ListenAddr); err != nil {
 		return err
 	}
-	os.Remove(s.cfg.PidPath)
-	logStart, _ := fileSize(s.cfg.LogPath)
+	// Emptied, not removed: sshd, as the tunnel user, can write the files
+	// but not create them in its root-owned directory.
+	if err := nofollow.Writable(s.cfg.PidPath, s.cfg.GID, true); err != nil {
+		return fmt.Errorf("starting sshd: %w", err)
+	}
+	if err := nofollow.Writable(s.cfg.LogPath, s.cfg.GID, false); err != nil {
+		return fmt.Errorf("starting sshd: %w", err)
+	}
+	logStart, _ := nofollow.Size(s.cfg.LogPath)
 	c := process.Command(s.cfg.SSHD, "-D", "-f", s.cfg.ConfigPath, "-E", s.cfg.LogPath)
 	c.Dir, c.Cred = "/", &process.Cred{UID: s.cfg.UID, GID: s.cfg.GID}
 	if s.cfg.LowPort {
@@ -141,13 +302,12 @@ func (s *Supervisor) Start(ctx context.Context) error {
 		case <-p.Done():
 			return fmt.Errorf("sshd exited at start (%v): %s", p.Wait(), s.logTail(logStart))
 		case <-deadline.C:
-			unix.Kill(pid, unix.SIGKILL)
+			p.Signal(unix.SIGKILL) // our child, not reaped yet: its pid is still its own
 			return fmt.Errorf("sshd did not come up within %s: %s", StartTimeout, s.logTail(logStart))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			b, err := os.ReadFile(s.cfg.PidPath)
-			if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+			if got, err := nofollow.ReadPid(s.cfg.PidPath); err == nil && got == pid {
 				s.set(pid)
 				return nil
 			}
@@ -158,9 +318,8 @@ func (s *Supervisor) Start(ctx context.Context) error {
 // Reload makes sshd re-read its config. Sessions are separate processes and
 // stay up; sshd re-executes itself under the same pid.
 func (s *Supervisor) Reload() error {
-	pid := s.PID()
-	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
-		return fmt.Errorf("reloading sshd (pid %d): %w", pid, err)
+	if err := s.signal(unix.SIGHUP); err != nil {
+		return fmt.Errorf("reloading sshd: %w", err)
 	}
 	return nil
 }
@@ -213,9 +372,9 @@ func (s *Supervisor) check(ctx context.Context, failures int) int {
 }
 
 func (s *Supervisor) logTail(from int64) string {
-	f, err := os.Open(s.cfg.LogPath)
+	f, err := nofollow.Open(s.cfg.LogPath)
 	if err != nil {
-		return "(no sshd log)"
+		return "(no sshd log: " + err.Error() + ")"
 	}
 	defer f.Close()
 	f.Seek(from, 0)
@@ -226,14 +385,6 @@ func (s *Supervisor) logTail(from int64) string {
 		return "(sshd logged nothing)"
 	}
 	return strings.ReplaceAll(out, "\n", "; ")
-}
-
-func fileSize(path string) (int64, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
 }
 
 // PortInUseError is returned when the slave's SSH listen address is taken.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,17 +21,45 @@ import (
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
+// TestMain makes this test binary the fake sshd when it runs as "sshd"
+// (through a link named so): the supervisor checks /proc/PID/exe against
+// the sshd binary, so a shell script would not do.
+func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == "sshd" {
+		fakeSSHD(os.Args[1:])
+		return
+	}
+	os.Exit(m.Run())
+}
+
 // fakeSSHD stands in for sshd with the argv the supervisor gives it
 // (-D -f CONFIG -E LOG): it writes its pid where CONFIG's PidFile says and
 // waits to be killed; with CONFIG's line "Fail yes" it logs a reason and
 // exits at once.
-const fakeSSHD = `#!/bin/sh
-cfg=$3 log=$5
-if grep -q '^Fail yes' "$cfg"; then echo "fatal: Bind to port 2222 on 0.0.0.0 failed: Address already in use." >> "$log"; exit 255; fi
-echo $$ > "$(sed -n 's/^PidFile //p' "$cfg")"
-trap 'exit 0' TERM HUP
-while :; do sleep 1 & wait $!; done
-`
+func fakeSSHD(args []string) {
+	if len(args) < 5 {
+		os.Exit(2)
+	}
+	cfg, logPath := args[2], args[4]
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		os.Exit(1)
+	}
+	if strings.Contains(string(b), "\nFail yes") {
+		f, _ := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		fmt.Fprintln(f, "fatal: Bind to port 2222 on 0.0.0.0 failed: Address already in use.")
+		os.Exit(255)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "PidFile "); ok {
+			os.WriteFile(p, []byte(fmt.Sprintln(os.Getpid())), 0o644)
+		}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGHUP)
+	<-sig
+	os.Exit(0)
+}
 
 type rig struct {
 	t   *testing.T
@@ -42,8 +71,10 @@ type rig struct {
 func newRig(t *testing.T) *rig {
 	dir := t.TempDir()
 	g := &rig{t: t, dir: dir}
+	self, err := os.Executable()
+	must(t, err)
 	sshd := filepath.Join(dir, "sshd")
-	must(t, os.WriteFile(sshd, []byte(fakeSSHD), 0o755))
+	must(t, os.Symlink(self, sshd))
 	g.cfg = Config{SSHD: sshd, ConfigPath: filepath.Join(dir, "sshd_config"), LogPath: filepath.Join(dir, "sshd.log"),
 		PidPath: filepath.Join(dir, "sshd.pid"), ListenAddr: "127.0.0.1:0", UID: os.Getuid(), GID: os.Getgid()}
 	g.config("")
@@ -110,6 +141,64 @@ func TestAdoptRefusesStrangers(t *testing.T) {
 	os.Remove(g.cfg.PidPath)
 	if g.sup.Adopt() {
 		t.Error("adopted without a pid file")
+	}
+}
+
+// The pid file is the tunnel user's word: a process that is not an sshd
+// (another program whose command line names this slave's config, such as
+// an admin's `less sshd_config`) or not the tunnel user's is not adopted;
+// the slave's real sshd is, whatever the pid file says.
+func TestAdoptChecksTheProcess(t *testing.T) {
+	g := newRig(t)
+	impostor := &exec.Cmd{Path: "/bin/sleep", Args: []string{"/usr/sbin/sshd -D -f " + g.cfg.ConfigPath, "30"}}
+	must(t, impostor.Start())
+	defer func() { impostor.Process.Kill(); impostor.Wait() }()
+	must(t, os.WriteFile(g.cfg.PidPath, []byte(fmt.Sprintln(impostor.Process.Pid)), 0o644))
+	if g.sup.Adopt() {
+		t.Errorf("adopted %d, a sleep whose command line names the config", g.sup.PID())
+	}
+
+	must(t, g.sup.Start(context.Background()))
+	pid := g.sup.PID()
+	other := g.cfg
+	other.UID++
+	if sup := New(other, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); sup.Adopt() {
+		t.Errorf("adopted sshd pid %d as another tunnel user's", pid)
+	}
+
+	// The tunnel user writes the impostor's pid, or makes the file a link:
+	// the real sshd is found and adopted all the same.
+	must(t, os.WriteFile(g.cfg.PidPath, []byte(fmt.Sprintln(impostor.Process.Pid)), 0o644))
+	if sup := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); !sup.Adopt() || sup.PID() != pid {
+		t.Errorf("with the impostor's pid in the file: adopted %d, want %d", sup.PID(), pid)
+	}
+	must(t, os.Remove(g.cfg.PidPath))
+	must(t, os.Symlink(filepath.Join(g.dir, "elsewhere"), g.cfg.PidPath))
+	if sup := New(g.cfg, process.Exec{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))); !sup.Adopt() || sup.PID() != pid {
+		t.Errorf("with a link as the pid file: adopted %d, want %d", sup.PID(), pid)
+	}
+}
+
+// Reload signals only the process it adopted: not one that started later
+// under the same pid, not a dead one.
+func TestReloadChecksThePid(t *testing.T) {
+	g := newRig(t)
+	must(t, g.sup.Start(context.Background()))
+	pid := g.sup.PID()
+	g.sup.mu.Lock()
+	g.sup.startTick++ // as if pid were a later process
+	g.sup.mu.Unlock()
+	if err := g.sup.Reload(); err == nil || !strings.Contains(err.Error(), "another process") {
+		t.Errorf("reload of a reused pid: %v", err)
+	}
+	if !sessions.Alive("/proc", pid) {
+		t.Fatal("the process was signalled")
+	}
+	g.sup.set(pid)
+	must(t, g.sup.Reload()) // the fake exits on SIGHUP
+	waitGone(t, pid)
+	if err := g.sup.Reload(); err == nil {
+		t.Error("reloaded a dead sshd")
 	}
 }
 
