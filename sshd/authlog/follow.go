@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"time"
 
+	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,7 +36,7 @@ type Follower struct {
 	Backlog int64         // 0: DefaultBacklog
 	Log     *slog.Logger
 
-	fd     int
+	f      *os.File
 	ino    uint64
 	dev    uint64
 	offset int64
@@ -50,7 +53,6 @@ func (f *Follower) Run(ctx context.Context, each func(line []byte, live bool)) {
 	if poll <= 0 {
 		poll = DefaultPoll
 	}
-	f.fd = -1
 	defer f.close()
 	first := true
 	t := time.NewTicker(poll)
@@ -86,21 +88,21 @@ func (f *Follower) read(first bool, each func([]byte, bool)) error {
 		f.close()
 		return fmt.Errorf("%s is not a regular file (a link?): not read", f.Path)
 	}
-	if f.fd >= 0 && (st.Ino != f.ino || st.Dev != f.dev) {
+	if f.f != nil && (st.Ino != f.ino || st.Dev != f.dev) {
 		f.close() // replaced: read the new one from its start
 	}
 	live := !first
-	if f.fd < 0 {
-		fd, err := unix.Open(f.Path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if f.f == nil {
+		file, err := nofollow.Open(f.Path) // a regular file with one link, not through a link
 		if err != nil {
-			return fmt.Errorf("opening %s: %w", f.Path, err)
+			return err
 		}
 		var fst unix.Stat_t
-		if err := unix.Fstat(fd, &fst); err != nil || fst.Mode&unix.S_IFMT != unix.S_IFREG {
-			unix.Close(fd)
-			return fmt.Errorf("%s is not a regular file: not read", f.Path)
+		if err := unix.Fstat(int(file.Fd()), &fst); err != nil {
+			file.Close()
+			return fmt.Errorf("%s: %w", f.Path, err)
 		}
-		f.fd, f.ino, f.dev, f.offset, f.tail, f.skip = fd, fst.Ino, fst.Dev, 0, nil, false
+		f.f, f.ino, f.dev, f.offset, f.tail, f.skip = file, fst.Ino, fst.Dev, 0, nil, false
 		if first {
 			backlog := f.Backlog
 			if backlog <= 0 {
@@ -121,14 +123,11 @@ func (f *Follower) read(first bool, each func([]byte, bool)) error {
 func (f *Follower) drain(each func([]byte, bool), live bool) error {
 	buf := make([]byte, 64<<10)
 	for {
-		n, err := unix.Pread(f.fd, buf, f.offset)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", f.Path, err)
-		}
+		n, err := f.f.ReadAt(buf, f.offset)
 		if n == 0 {
+			if err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("reading %s: %w", f.Path, err)
+			}
 			return nil
 		}
 		f.offset += int64(n)
@@ -158,8 +157,8 @@ func (f *Follower) drain(each func([]byte, bool), live bool) error {
 }
 
 func (f *Follower) close() {
-	if f.fd >= 0 {
-		unix.Close(f.fd)
+	if f.f != nil {
+		f.f.Close()
 	}
-	f.fd = -1
+	f.f = nil
 }

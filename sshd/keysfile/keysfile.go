@@ -102,7 +102,7 @@ type logMark struct {
 }
 
 func markOf(path string) logMark {
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path) // a link where the log should be is not looked through
 	if err != nil {
 		return logMark{size: -1}
 	}
