@@ -179,7 +179,7 @@ func Render(p Params) ([]byte, error) {
 	data := struct {
 		Params
 		KexAlgorithms, Ciphers, MACs, HostKeyAlgorithms, PubkeyAlgorithms string
-		AuthorizedKeysFile, AuthorizedKeysCommand, Penalties               string
+		AuthorizedKeysFile, AuthorizedKeysCommand, Penalties              string
 	}{
 		Params: p, KexAlgorithms: KexAlgorithms(p.SSHD), Ciphers: ciphers, MACs: macs,
 		HostKeyAlgorithms: hostKeyAlgorithms, PubkeyAlgorithms: pubkeyAlgorithms,

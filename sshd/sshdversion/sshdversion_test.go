@@ -99,7 +99,9 @@ func TestDetect(t *testing.T) {
 	if _, err := Detect(ctx, &process.Fake{Handle: func(process.Cmd) ([]byte, error) { return []byte("dropbear v2022.83"), nil }}, "/usr/sbin/sshd"); err == nil {
 		t.Error("Detect accepted a non-OpenSSH sshd")
 	}
-	missing := &process.Fake{Handle: func(c process.Cmd) ([]byte, error) { return nil, &process.Error{Argv: c.Argv, Code: -1, Err: context.Canceled} }}
+	missing := &process.Fake{Handle: func(c process.Cmd) ([]byte, error) {
+		return nil, &process.Error{Argv: c.Argv, Code: -1, Err: context.Canceled}
+	}}
 	if _, err := Knows(ctx, missing, "/nonexistent/sshd", "DebianBanner", "no"); err == nil || !strings.Contains(err.Error(), "DebianBanner") {
 		t.Errorf("Knows of an sshd that does not start: %v", err)
 	}
