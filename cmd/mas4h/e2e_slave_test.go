@@ -180,6 +180,15 @@ func TestRefused(t *testing.T) {
 			t.Fatalf("pty session: status %d: %s", code, c.stderr)
 		}
 	})
+	// On OpenSSH >= 9.8 the refused logins above could draw a penalty on
+	// 127.0.0.1 (PerSourcePenalties), and every later refusal would then
+	// pass because sshd dropped the connection, not because of the
+	// directive under test.
+	t.Run("no refusal was a penalty", func(t *testing.T) {
+		if lines := penalised(t, sp); len(lines) > 0 {
+			t.Errorf("sshd penalised the address; the refusals after it prove nothing:\n%s", strings.Join(lines, "\n"))
+		}
+	})
 }
 
 // socks5Connect asks a SOCKS5 proxy on lport for 127.0.0.1:target and
