@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/sshd/sshdconfig"
 	"github.com/mas4h/mas4h/sshd/statedir"
 	"golang.org/x/crypto/ssh"
 )
@@ -384,7 +385,7 @@ func TestHookHostileArguments(t *testing.T) {
 	keyB64 := base64.StdEncoding.EncodeToString(k.pub.Marshal())
 	fp := ssh.FingerprintSHA256(k.pub)
 	hook := filepath.Join(statedir.Dir(sp.stateDir).Bin(), "mas4h-authkeys")
-	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "AuthorizedKeysCommand "+hook+" --state-dir") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "AuthorizedKeysCommand "+sshdconfig.ConfigPath(hook)+" --state-dir") {
 		t.Fatalf("sshd_config does not run the lean hook %s", hook)
 	}
 	base := []string{"--state-dir", sp.stateDir, "--"}
