@@ -16,11 +16,12 @@ func RawConfig(mas4h []byte, authorizedKeys, pidFile, listen string) ([]byte, er
 	var out bytes.Buffer
 	out.WriteString("# mas4h-bench raw baseline, derived from mas4h's generated sshd_config\n")
 	seen := map[string]bool{}
+	inMatch := false
 	sc := bufio.NewScanner(bytes.NewReader(mas4h))
 	for sc.Scan() {
 		line := sc.Text()
 		f := strings.Fields(line)
-		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") || inMatch {
 			out.WriteString(line + "\n")
 			continue
 		}
@@ -39,7 +40,9 @@ func RawConfig(mas4h []byte, authorizedKeys, pidFile, listen string) ([]byte, er
 			}
 			line = "ListenAddress " + listen
 		case "match":
-			return nil, fmt.Errorf("deriving baseline sshd_config: Match blocks are not supported")
+			// A Match block runs to the end of the file: it stays as it is
+			// (the tunnel user's PermitListen applies to both sides).
+			inMatch = true
 		}
 		seen[kw] = true
 		out.WriteString(line + "\n")

@@ -14,6 +14,8 @@ AuthorizedKeysFile none
 AuthorizedKeysCommand /s/bin/mas4h authkeys --state-dir /s -- %u %f %t %k
 AuthorizedKeysCommandUser mas4h-bench
 MaxStartups 200:30:2000
+Match User mas4h-bench
+	PermitListen localhost:*
 `
 	want := `# mas4h-bench raw baseline, derived from mas4h's generated sshd_config
 # managed by mas4h
@@ -22,6 +24,8 @@ HostKey /s/sshd/ssh_host_ed25519_key
 PidFile /r/sshd.pid
 AuthorizedKeysFile /r/authorized_keys
 MaxStartups 200:30:2000
+Match User mas4h-bench
+	PermitListen localhost:*
 `
 	got, err := RawConfig([]byte(in), "/r/authorized_keys", "/r/sshd.pid", "127.0.0.1:2402")
 	if err != nil {

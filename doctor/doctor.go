@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/mas4h/mas4h/install"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd"
+	"github.com/mas4h/mas4h/sshd/sshdversion"
 	"github.com/mas4h/mas4h/sshd/statedir"
 	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 	"golang.org/x/sys/unix"
@@ -177,9 +177,8 @@ func (r *report) add(check string, st Status, detail, fix string) {
 	r.results = append(r.results, Result{Role: r.role, Check: check, Status: st, Detail: detail, Fix: fix})
 }
 
-var opensshRE = regexp.MustCompile(`OpenSSH_(\d+)\.(\d+)`)
-
-// checkOpenSSH: the slave's authorized_keys lines use permitlisten (7.8).
+// checkOpenSSH: the slave's authorized_keys lines use permitlisten (7.8);
+// the rest of what the slave renders follows the release (sshdversion).
 func checkOpenSSH(ctx context.Context, c *Config, r *report) {
 	const fix = "install OpenSSH's server 7.8 or newer: apt-get install openssh-server"
 	if _, err := os.Stat(c.SSHDPath); err != nil {
@@ -190,19 +189,20 @@ func checkOpenSSH(ctx context.Context, c *Config, r *report) {
 	version := process.Command(c.SSHDPath, "-V")
 	version.Combined = true
 	out, _ := c.Runner.Run(ctx, version)
-	m := opensshRE.FindSubmatch(out)
-	if m == nil {
+	v, err := sshdversion.Parse(out)
+	if err != nil {
 		r.add("openssh", Fail, fmt.Sprintf("%s -V did not say an OpenSSH version: %q", c.SSHDPath, strings.TrimSpace(string(out))), fix)
 		return
 	}
-	major, _ := strconv.Atoi(string(m[1]))
-	minor, _ := strconv.Atoi(string(m[2]))
-	v := fmt.Sprintf("OpenSSH %d.%d", major, minor)
-	if major < 7 || major == 7 && minor < 8 {
-		r.add("openssh", Fail, v+": too old for permitlisten (needs 7.8), which confines each device to its own ports", fix)
+	if !v.AtLeast(7, 8) {
+		r.add("openssh", Fail, v.String()+": too old for permitlisten (needs 7.8), which confines each device to its own ports", fix)
 		return
 	}
-	r.add("openssh", OK, v+" (has permitlisten, restrict, AuthorizedKeysCommand)", "")
+	detail := v.String() + " (has permitlisten, restrict, AuthorizedKeysCommand)"
+	if f := sshdversion.For(v); f.PerSourcePenalties {
+		detail += "; the slave's sshd_config sets its own PerSourcePenalties policy, so that one address's failures do not lock out the devices behind it"
+	}
+	r.add("openssh", OK, detail, "")
 }
 
 func checkTunnelUser(c *Config, r *report) {

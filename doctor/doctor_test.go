@@ -60,6 +60,7 @@ func TestSlaveChecks(t *testing.T) {
 		{"empty", "", "OpenSSH_9.2p1", "tunnel user", Warn},
 		{"old openssh", "*", "OpenSSH_7.4p1", "openssh", Fail},
 		{"openssh 7.8", "*", "OpenSSH_7.8p1", "openssh", OK},
+		{"openssh 10", "*", "OpenSSH_10.0p2 Debian-7+deb13u4", "openssh", OK},
 		{"not openssh", "*", "dropbear v2022", "openssh", Fail},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"github.com/mas4h/mas4h/atomicfile"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd/sshdconfig"
+	"github.com/mas4h/mas4h/sshd/sshdversion"
 	"github.com/mas4h/mas4h/sshd/statedir/nofollow"
 	"golang.org/x/sys/unix"
 )
@@ -149,14 +150,20 @@ func isFile(path string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// writeConfig renders sshd_config, has sshd check it (as the tunnel user, as
-// it will run), and replaces the old file only when it changed.
+// writeConfig renders sshd_config for the sshd it is for (its release
+// decides some directives), has sshd check it (as the tunnel user, as it
+// will run), and replaces the old file only when it changed.
 func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookCmd string) (bool, error) {
+	sshdFeatures, err := sshdversion.Detect(ctx, s.run, s.cfg.SSHDPath)
+	if err != nil {
+		return false, fmt.Errorf("rendering sshd_config: %w", err)
+	}
 	keysFile := ""
 	if s.cfg.KeysFile {
 		keysFile = s.dir.KeysFile()
 	}
 	cfg, err := sshdconfig.Render(sshdconfig.Params{
+		SSHD:                sshdFeatures,
 		SlaveName:           s.cfg.Name,
 		TunnelUser:          u.Name,
 		ListenAddresses:     []string{s.cfg.SSHListen},
@@ -186,7 +193,7 @@ func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookC
 		return false, err
 	}
 	if changed {
-		s.log.Info("wrote sshd_config", "path", path)
+		s.log.Info("wrote sshd_config", "path", path, "openssh", sshdFeatures.Version.Release)
 	}
 	return changed, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/sshdconfig"
 	"github.com/mas4h/mas4h/sshd/statedir"
 )
 
@@ -79,7 +80,7 @@ func TestKeysFileFastPath(t *testing.T) {
 	if fi.Mode().Perm() != 0o640 || st.Uid != 0 || strconv.Itoa(int(st.Gid)) != u.Gid {
 		t.Errorf("keys file is %v %d:%d, want -rw-r----- root:%s", fi.Mode().Perm(), st.Uid, st.Gid, u.Gid)
 	}
-	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile "+sp.keysFile()+"\n") {
+	if !strings.Contains(string(mustRead(t, statedir.Dir(sp.stateDir).SSHDConfig())), "\nAuthorizedKeysFile "+sshdconfig.ConfigPath(sp.keysFile())+"\n") {
 		t.Error("sshd_config does not name the keys file")
 	}
 	waitKeysFile(t, sp, devA, true, time.Second)

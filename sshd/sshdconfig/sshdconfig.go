@@ -8,23 +8,70 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mas4h/mas4h/sshd/sshdversion"
 	"github.com/mas4h/mas4h/templates"
 )
 
 // Algorithm lists for the generated sshd_config. Only modern choices: every
 // client these fleets run (OpenSSH >= 8, dropbear >= 2020.79, x/crypto/ssh)
 // speaks at least one of each.
+//
+// ssh-audit (Debian 12's 2.5.0) passes each without a fail or a warning,
+// except the two it does not know yet: sntrup761x25519-sha512@openssh.com
+// (post-quantum, kept) and the kex-strict-s-v00@openssh.com marker sshd adds
+// (the Terrapin fix, kept). The NIST curves (fail: "weak elliptic curves")
+// and the encrypt-and-MAC hmac-sha2-256/512 (warn) are gone: every client
+// still has curve25519, and dropbear, which has no -etm MAC, gets
+// chacha20-poly1305 (2020.79 and newer), which carries its own. Each
+// list is checked against those clients' own lists in the tests.
 const (
-	kexAlgorithms     = "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512"
+	kexAlgorithms     = "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512"
 	ciphers           = "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr"
-	macs              = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512"
+	macs              = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com"
 	hostKeyAlgorithms = "ssh-ed25519"
 	pubkeyAlgorithms  = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256"
+
+	// mlkemKex leads the list where sshd knows it (OpenSSH 9.9; 10.0's
+	// default): post-quantum ML-KEM with X25519, as standardised.
+	mlkemKex = "mlkem768x25519-sha256"
 )
+
+// PenaltyPolicy is the PerSourcePenalties of an sshd that has them
+// (OpenSSH 9.8 and newer, where they are on by default). A whole NAT shares
+// one source address: with OpenSSH's defaults, four failed logins (a revoked
+// device, an unknown key, a broken agent retrying) or twenty connections
+// that never authenticate (a load balancer's health check, a device that
+// rejects the slave's host key) lock every device behind that address out
+// for 15 s and more, up to 10 minutes, again and again. So failed logins,
+// connections without a login and logins too slow (a reconnect storm on a
+// busy slave) cost nothing; a per-source --rate-limit in netfilter and
+// MaxStartups bound what one address can do instead. Only a crash of sshd
+// still costs its address OpenSSH's default 90 s: no device causes one, an
+// exploit attempt (a memory-corruption race such as CVE-2024-6387) does.
+// RefuseConnection's penalty (10.0) is not named: 9.8 and 9.9 reject the
+// keyword, and mas4h never refuses that way.
+const PenaltyPolicy = "crash:90s authfail:0s noauth:0s grace-exceeded:0s max:600s min:15s"
+
+// locWidth is how much of a keys file's path, or of the hook's command
+// line, sshd puts before ":LINE: key options" in the debug message it sends
+// a client after login (auth2-pubkeyfile.c: "%.200s:%lu"). unseen prefixes
+// that many slashes, which the kernel reads as one, so the client sees only
+// slashes, never the state dir.
+const locWidth = 200
+
+func unseen(path string) string { return strings.Repeat("/", locWidth) + path }
+
+// ConfigPath is how sshd_config names an absolute path whose name a client
+// must not learn (the keys file, the hook).
+func ConfigPath(path string) string { return unseen(path) }
 
 // Params is everything the sshd_config template needs. Render is
 // a pure function of it, so the file is golden-tested.
 type Params struct {
+	// SSHD is what the sshd that reads the file knows (sshdversion.Detect):
+	// the zero value is a config any OpenSSH from 8.5 reads.
+	SSHD sshdversion.Features
+
 	SlaveName           string
 	TunnelUser          string
 	ListenAddresses     []string // host:port, IPv6 in brackets
@@ -63,6 +110,14 @@ const (
 )
 
 var sshdConfigTemplate = templates.MustParse("sshd_config.tmpl")
+
+// KexAlgorithms is the key exchange list for an sshd that knows f.
+func KexAlgorithms(f sshdversion.Features) string {
+	if f.MLKEM {
+		return mlkemKex + "," + kexAlgorithms
+	}
+	return kexAlgorithms
+}
 
 // KeepaliveCountMax is the ClientAliveCountMax that ends an unanswered
 // session about a minute after its client stopped, for an interval of
@@ -124,7 +179,15 @@ func Render(p Params) ([]byte, error) {
 	data := struct {
 		Params
 		KexAlgorithms, Ciphers, MACs, HostKeyAlgorithms, PubkeyAlgorithms string
-	}{p, kexAlgorithms, ciphers, macs, hostKeyAlgorithms, pubkeyAlgorithms}
+		AuthorizedKeysFile, AuthorizedKeysCommand, Penalties              string
+	}{
+		Params: p, KexAlgorithms: KexAlgorithms(p.SSHD), Ciphers: ciphers, MACs: macs,
+		HostKeyAlgorithms: hostKeyAlgorithms, PubkeyAlgorithms: pubkeyAlgorithms,
+		AuthorizedKeysFile: "none", AuthorizedKeysCommand: unseen(p.HookCommand), Penalties: PenaltyPolicy,
+	}
+	if p.KeysFile != "" {
+		data.AuthorizedKeysFile = unseen(p.KeysFile)
+	}
 	var buf bytes.Buffer
 	if err := sshdConfigTemplate.Execute(&buf, data); err != nil {
 		return nil, fmt.Errorf("rendering sshd_config for %s: %w", p.SlaveName, err)
