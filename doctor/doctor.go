@@ -224,7 +224,7 @@ func checkTunnelUser(c *Config, r *report) {
 		var tu *sshd.TunnelUserError
 		if errors.As(err, &tu) {
 			r.add("tunnel user", Fail, fmt.Sprintf("%s %s: the slave refuses it (devices log in as it, its sshd runs as it)", u, tu.Why),
-				fmt.Sprintf("omit --tunnel-user (the slave uses mas4h-tunnel), or create a dedicated account: useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin NAME && usermod -p '*' NAME"))
+				"omit --tunnel-user (the slave uses mas4h-tunnel), or create a dedicated account: useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin NAME && usermod -p '*' NAME")
 		} else {
 			r.add("tunnel user", Fail, err.Error(), "")
 		}
