@@ -5,8 +5,10 @@ package main
 // with dbclient and busybox wget, and `make dist`.
 
 import (
+	"context"
 	"debug/elf"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -298,7 +300,7 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	if standalone {
 		argv = []string{"netns", "exec", d.ns, buildAgent(t, e)}
 	}
-	argv = append(argv, "--master", m.url, "--key", k.private, "--state-dir", state, "--ssh-client", client, "--log-level", "debug")
+	argv = append(argv, "--master", m.url, "--insecure-http", "--key", k.private, "--state-dir", state, "--ssh-client", client, "--log-level", "debug")
 	start := time.Now()
 	ag := e.startDevProc(nil, "ip", argv...)
 	pid := ag.cmd.Process.Pid // ip netns exec execs the agent: same pid
@@ -522,9 +524,14 @@ func TestClientScriptBadMaster(t *testing.T) {
 func TestClientScriptLints(t *testing.T) {
 	requireE2E(t, "busybox", "shellcheck")
 	dir := t.TempDir()
+	ca := writeTestCert(t, dir, "127.0.0.1")
 	for _, install := range []string{"", "openwrt", "systemd", "cron"} {
 		for _, client := range []string{"auto", "openssh", "dropbear"} {
-			s, err := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client}.render()
+			fl := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client, masterCA: ca.cert}
+			if client == "auto" {
+				fl = clientScriptFlags{master: "http://master.example:8080", device: "ap-1", install: install, sshClient: client, insecureHTTP: true}
+			}
+			s, err := fl.render(context.Background(), io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}

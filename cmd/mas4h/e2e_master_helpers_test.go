@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 )
 
@@ -122,11 +123,15 @@ func (m *masterProc) enrol(name string, forwards ...string) (wire.Device, device
 	return dev, k
 }
 
-// slot asks for a slot as a device would (no token), returning the status.
+// slot asks for a slot as a device would (no token, a signed request),
+// returning the status.
 func (m *masterProc) slot(k deviceKey) (wire.Slot, int, string) {
 	m.e.t.Helper()
-	pub := strings.TrimSpace(string(bytes.TrimSpace(mustRead(m.e.t, k.public))))
-	body, _ := json.Marshal(wire.SlotRequest{PublicKey: pub})
+	req, err := client.SignSlotRequest(k.signer, m.url, time.Now())
+	if err != nil {
+		m.e.t.Fatal(err)
+	}
+	body, _ := json.Marshal(req)
 	resp, err := http.Post(m.url+"/api/v1/slots", "application/json", bytes.NewReader(body))
 	if err != nil {
 		m.e.t.Fatalf("slot request: %v", err)
