@@ -305,6 +305,9 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	ag := e.startDevProc(nil, "ip", argv...)
 	pid := ag.cmd.Process.Pid // ip netns exec execs the agent: same pid
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "first connect", ag.log)
+	if !ag.log.Contains("plain http (--insecure-http)") {
+		t.Errorf("the agent did not warn about the plain http master:\n%s", ag.log)
+	}
 	t.Logf("%s: tunnel up %s after the agent started", client, took.Round(time.Millisecond))
 	// "up" is logged once the client has run 5 s.
 	testkit.Eventually(t, 10*time.Second, func() bool { return ag.log.Contains(`msg="tunnel up"`) }, "the agent did not log the tunnel up:\n%s", ag.log)
@@ -380,7 +383,7 @@ func firstLineWith(s, sub string) string {
 
 // busyboxPath makes a directory of busybox applets plus dbclient and
 // dropbearkey, and nothing else: an OpenWrt-like PATH.
-func busyboxPath(t *testing.T, e *env) string {
+func busyboxPath(t *testing.T, e *env, extra ...string) string {
 	t.Helper()
 	dir := filepath.Join(e.dir, "busybox-bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -397,7 +400,7 @@ func busyboxPath(t *testing.T, e *env) string {
 	for _, applet := range strings.Fields(string(out)) {
 		os.Symlink(bb, filepath.Join(dir, applet))
 	}
-	for _, tool := range []string{"dbclient", "dropbearkey"} {
+	for _, tool := range append([]string{"dbclient", "dropbearkey"}, extra...) {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatal(err)
@@ -415,7 +418,7 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	waitSlavesAlive(t, m, 1)
 	dev, k := m.enrol("ap-script", fwd(es))
 	p := dev.Forwards[0].RemotePort
-	out, stderr, code := e.mas4h("", "client-script", "--master", m.url, "--device", "ap-script", "--ssh-client", "dropbear", "--install", "openwrt")
+	out, stderr, code := e.mas4h("", "client-script", "--master", m.url, "--insecure-http", "--device", "ap-script", "--ssh-client", "dropbear", "--install", "openwrt")
 	if code != 0 {
 		t.Fatalf("client-script: %d %s", code, stderr)
 	}
@@ -427,7 +430,9 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	key := k.dropbearKey(t)
 	os.Chmod(key, 0o600)
 	state := filepath.Join(e.dir, "script-state")
-	bin := busyboxPath(t, e)
+	// OpenWrt with openssh-keygen, which signs the slot requests (with the
+	// dropbear key converted by dropbearconvert).
+	bin := busyboxPath(t, e, "ssh-keygen", "dropbearconvert")
 	env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + state}
 
 	pubWant := strings.Join(strings.Fields(string(mustRead(t, k.public)))[:2], " ")
@@ -441,6 +446,9 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "script first connect", sc.log)
 	t.Logf("script: tunnel up %s after start", took.Round(time.Millisecond))
+	if !sc.log.Contains("WARNING: the master " + m.url + " is plain http") {
+		t.Errorf("the script did not warn about the plain http master:\n%s", sc.log)
+	}
 
 	took = reconnects(t, sp, p, 15*time.Second, "script after the session was killed", sc.log, func() { sp.killOneSession(t) })
 	t.Logf("script: tunnel up again %s after the slave killed the session", took.Round(time.Millisecond))
@@ -479,7 +487,7 @@ func TestClientScriptBadMaster(t *testing.T) {
 	set := func(f func(w http.ResponseWriter)) { mu.Lock(); answer = f; mu.Unlock() }
 	set(func(w http.ResponseWriter) { fmt.Fprint(w, hostile) })
 
-	out, stderr, code := e.mas4h("", "client-script", "--master", srv.URL, "--ssh-client", "dropbear")
+	out, stderr, code := e.mas4h("", "client-script", "--master", srv.URL, "--insecure-http", "--ssh-client", "dropbear")
 	if code != 0 {
 		t.Fatalf("client-script: %s", stderr)
 	}
