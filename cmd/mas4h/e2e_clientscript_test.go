@@ -213,3 +213,34 @@ func TestClientScriptRefusesBadForwards(t *testing.T) {
 		t.Errorf("no warning about plain http at start:\n%s", sc.log)
 	}
 }
+
+// A dropbear-only device (no ssh-keygen) against a master that allows
+// unsigned slot requests: the script says once that it cannot sign, and
+// gets its loopback forward up; its forward to a LAN host is not in the
+// unsigned answer, so that port stays closed on the slave.
+func TestClientScriptUnsignedDropbearOnly(t *testing.T) {
+	e := newEnv(t, "busybox", "dbclient", "dropbearkey")
+	es := startEcho(t)
+	m := e.startMaster("--allow-unsigned-slots")
+	sp := m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	dev, k := m.enrol("ap-unsigned", fwd(es), "lan=192.0.2.10:80")
+	if !m.log.Contains("slot requests without a signature are accepted") {
+		t.Errorf("the master did not warn about --allow-unsigned-slots:\n%s", m.log)
+	}
+	script := e.renderScript("unsigned.sh", "--master", m.url, "--insecure-http", "--ssh-client", "dropbear")
+	key := k.dropbearKey(t)
+	os.Chmod(key, 0o600)
+	bin := busyboxPath(t, e)
+	env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, "state")}
+	start := time.Now()
+	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
+	waitRoundTrip(t, sp, dev.Forwards[0].RemotePort, start, 20*time.Second, "unsigned script", sc.log)
+	if n := strings.Count(sc.log.String(), "ssh-keygen is missing"); n != 1 {
+		t.Errorf("'ssh-keygen is missing' logged %d times, want once:\n%s", n, sc.log)
+	}
+	if dialOK(dev.Forwards[1].RemotePort) {
+		t.Error("the LAN forward's port is open on the slave after an unsigned request")
+	}
+	sc.stop(10 * time.Second)
+}
