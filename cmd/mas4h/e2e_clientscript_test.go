@@ -6,6 +6,7 @@ package main
 // https, and answers whose forwards are not PORT:HOST:PORT.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -19,7 +20,9 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshsig"
 )
 
 // renderScript renders the client script and writes it to the env's dir.
@@ -243,4 +246,89 @@ func TestClientScriptUnsignedDropbearOnly(t *testing.T) {
 		t.Error("the LAN forward's port is open on the slave after an unsigned request")
 	}
 	sc.stop(10 * time.Second)
+}
+
+// uclientShim is an uclient-fetch (OpenWrt's) made of curl, with the
+// options the script uses and its ways of failing: it trusts only what
+// --ca-certificate names, and no certificate without one.
+const uclientShim = `#!/bin/sh
+out= ca= post= to=20 url=
+while [ $# -gt 0 ]; do
+	case $1 in
+	-q) ;;
+	-T) shift; to=$1 ;;
+	-O) shift; out=$1 ;;
+	--ca-certificate=*) ca=${1#*=} ;;
+	--post-file=*) post=${1#*=} ;;
+	-*) echo "uclient-fetch: unknown option $1" >&2; exit 1 ;;
+	*) url=$1 ;;
+	esac
+	shift
+done
+mkdir -p "$out.capath"
+code=$(curl -s -o "$out" -w '%{http_code}' --max-time "$to" --cacert "${ca:-/dev/null}" --capath "$out.capath" --data-binary "@$post" "$url")
+case $? in
+0) ;;
+60|51|35|77) echo "Connection error: Invalid SSL certificate" >&2; exit 5 ;;
+*) echo "Connection error: Connection failed" >&2; exit 4 ;;
+esac
+[ "$code" = 200 ] && exit 0
+echo "HTTP error $code" >&2
+exit 8
+`
+
+// On OpenWrt without curl the script uses uclient-fetch with the pinned
+// certificate, posts a signed request, and refuses a master whose
+// certificate is not the pinned one.
+func TestClientScriptUclientFetch(t *testing.T) {
+	e := newEnv(t, "busybox", "dbclient", "dropbearkey", "dropbearconvert", "curl", "ssh-keygen")
+	k := e.newKey("ap-uclient")
+	hostKey := testkit.NewKey(t, "").AuthorizedKey
+	var signed atomic.Int32
+	slot := func(w http.ResponseWriter, r *http.Request) {
+		var req wire.SlotRequest
+		if json.NewDecoder(r.Body).Decode(&req) == nil && req.Signature != "" {
+			if pub, err := sshsig.Verify(req.Signature, wire.SlotNamespace, wire.SlotStatement(req)); err == nil && registry.AuthorizedKey(pub) == registry.AuthorizedKey(k.pub) {
+				signed.Add(1)
+			}
+		}
+		fmt.Fprint(w, "MAS4H_SLAVE='s1'\nMAS4H_HOST='127.0.0.1'\nMAS4H_PORT='2222'\nMAS4H_USER='mas4h-tunnel'\n"+
+			"MAS4H_HOST_KEY_1='"+hostKey+"'\nMAS4H_FORWARDS='20000:localhost:22'\n")
+	}
+	real := tlsServer(t, writeTestCert(t, e.dir, "127.0.0.1"), http.HandlerFunc(slot))
+	script := e.renderScript("uclient.sh", "--master", real.URL, "--ssh-client", "dropbear")
+	key := k.dropbearKey(t)
+	os.Chmod(key, 0o600)
+	bin := busyboxPath(t, e, "ssh-keygen", "dropbearconvert")
+	os.Remove(filepath.Join(bin, "wget"))
+	// curl is reachable by the shim only, not in the script's PATH.
+	curl, _ := exec.LookPath("curl")
+	if err := os.WriteFile(filepath.Join(bin, "uclient-fetch"), []byte(strings.Replace(uclientShim, "code=$(curl ", "code=$("+curl+" ", 1)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ran := recordingDbclient(t, bin)
+	shimPath := func(state, master string) []string {
+		env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, state)}
+		if master != "" {
+			env = append(env, "MAS4H_MASTER="+master)
+		}
+		return env
+	}
+	sc := e.startDevProc(shimPath("state-ok", ""), filepath.Join(bin, "sh"), script, "run")
+	testkit.Eventually(t, 20*time.Second, func() bool { _, err := os.Stat(ran); return err == nil }, "dbclient never ran:\n%s", sc.log)
+	sc.stop(5 * time.Second)
+	if !sc.log.Contains("fetcher uclient") || signed.Load() < 1 {
+		t.Errorf("uclient-fetch: %d signed requests; log:\n%s", signed.Load(), sc.log)
+	}
+
+	os.Remove(ran)
+	var asked atomic.Int32
+	mitm := tlsServer(t, writeTestCert(t, e.dir, "127.0.0.1"), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { asked.Add(1); slot(w, r) }))
+	sc = e.startDevProc(shimPath("state-mitm", mitm.URL), filepath.Join(bin, "sh"), script, "run")
+	testkit.Eventually(t, 20*time.Second, func() bool { return sc.log.Contains("refusing the master at " + mitm.URL) },
+		"the script did not refuse the man in the middle:\n%s", sc.log)
+	sc.stop(5 * time.Second)
+	if _, err := os.Stat(ran); err == nil || asked.Load() != 0 {
+		t.Errorf("the man in the middle was asked %d times; dbclient ran: %v", asked.Load(), err == nil)
+	}
 }
