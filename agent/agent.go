@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,10 +22,18 @@ import (
 
 // Config is the agent's configuration, filled and checked by the command.
 type Config struct {
-	Master    string // the master's URL
-	KeyPath   string // the device's private key (OpenSSH, PEM or dropbear format)
-	StateDir  string // last slot, known_hosts, converted keys
-	SSHClient string // auto, openssh or dropbear
+	Master string // the master's URL
+	// MasterCA is a PEM file of the certificates to trust for the master
+	// (a private CA, or the master's own self-signed certificate) instead
+	// of the system's; "": the system's.
+	MasterCA string
+	// InsecureHTTP allows an http:// master: the slot request and its
+	// answer then travel in clear text, and whoever is on the path can
+	// send the device to a slave of theirs.
+	InsecureHTTP bool
+	KeyPath      string // the device's private key (OpenSSH, PEM or dropbear format)
+	StateDir     string // last slot, known_hosts, converted keys
+	SSHClient    string // auto, openssh or dropbear
 
 	Keepalive      time.Duration // ServerAliveInterval / dbclient -K (dead after 3 unanswered)
 	ConnectTimeout time.Duration // OpenSSH ConnectTimeout; also the master call's timeout
@@ -35,6 +45,11 @@ type Config struct {
 	RepeatLog      time.Duration // an unchanged problem is logged again at most this often
 	UserAgent      string
 }
+
+// keyNotAccepted is the master's answer to unknown and revoked keys and to
+// bad signatures alike; its other refusals (a clock off by more than five
+// minutes, a signature for another master) say what is wrong.
+const keyNotAccepted = "key not accepted"
 
 // DefaultStateDir is the agent's state dir unless told otherwise.
 const DefaultStateDir = "/var/lib/mas4h-agent"
@@ -80,12 +95,44 @@ func (c *Config) Check() error {
 	if _, err := client.New(c.Master, ""); err != nil {
 		return err
 	}
+	if c.plainHTTP() {
+		if !c.InsecureHTTP {
+			return fmt.Errorf("--master %s is plain http: the slot request and its answer (the slave to connect to and its host key) would travel in clear text, and whoever is on the path could send this device to an sshd of theirs; use https://, or accept this with --insecure-http", c.Master)
+		}
+		if c.MasterCA != "" {
+			return errors.New("--master-ca needs an https:// master")
+		}
+	}
 	return nil
 }
 
-// SlotSource gives slots; *client.Client is the real one.
+func (c *Config) plainHTTP() bool {
+	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(c.Master)), "http://")
+}
+
+// httpClient is the client of the master's API: TLS verified against
+// MasterCA when given, the system's roots otherwise.
+func (c *Config) httpClient() (*http.Client, error) {
+	if c.MasterCA == "" {
+		return &http.Client{}, nil
+	}
+	data, err := os.ReadFile(c.MasterCA)
+	if err != nil {
+		return nil, fmt.Errorf("--master-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("--master-ca: %s holds no PEM certificate", c.MasterCA)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
+}
+
+// SlotSource gives slots to the holder of key, a crypto.Signer whose
+// signature proves it; *client.Client is the real one.
 type SlotSource interface {
-	Slot(ctx context.Context, publicKey string) (wire.Slot, error)
+	Slot(ctx context.Context, key any) (wire.Slot, error)
 }
 
 // Deps are the agent's seams; nil fields get the real thing.
@@ -130,8 +177,12 @@ func New(cfg Config, log *slog.Logger, d Deps) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log, src: d.Source, runner: d.Runner, clock: d.Clock, lookup: d.Lookup,
 		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff, ResetAfter: cfg.ResetAfter, Rand: d.Rand}}
 	if a.src == nil {
+		hc, err := cfg.httpClient()
+		if err != nil {
+			return nil, err
+		}
 		c, err := client.New(cfg.Master, "", client.WithUserAgent(cfg.UserAgent),
-			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(&http.Client{}))
+			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(hc))
 		if err != nil {
 			return nil, err
 		}
@@ -156,6 +207,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("agent started", "master", a.cfg.Master, "key", a.cfg.KeyPath, "state_dir", a.cfg.StateDir, "ssh_client", a.cfg.SSHClient)
+	if a.cfg.plainHTTP() {
+		a.log.Warn("the master is reached over plain http (--insecure-http): whoever is on the path can read this device's slot and send it to an sshd of theirs; use https://", "master", a.cfg.Master)
+	}
 	for {
 		minWait := a.attempt(ctx)
 		if ctx.Err() != nil {
@@ -221,7 +275,7 @@ func (a *Agent) attempt(ctx context.Context) time.Duration {
 		a.cleared("detect")
 		a.log.Info("using ssh client", "kind", c.Kind, "path", c.Path)
 	}
-	slot, minWait, ok := a.slot(ctx, key.Public)
+	slot, minWait, ok := a.slot(ctx, key)
 	if !ok || ctx.Err() != nil {
 		return minWait
 	}
@@ -284,8 +338,9 @@ func (a *Agent) attempt(ctx context.Context) time.Duration {
 
 // slot asks the master; on 5xx, garbage or no answer it falls back to the
 // last slot. ok is false when there is nothing to connect to.
-func (a *Agent) slot(ctx context.Context, pub string) (s wire.Slot, minWait time.Duration, ok bool) {
-	s, err := a.src.Slot(ctx, pub)
+func (a *Agent) slot(ctx context.Context, key *Key) (s wire.Slot, minWait time.Duration, ok bool) {
+	pub := key.Public
+	s, err := a.src.Slot(ctx, key.Signer)
 	if err == nil {
 		if verr := validSlot(s); verr != nil {
 			err = fmt.Errorf("the master's slot is unusable: %w", verr)
@@ -308,9 +363,12 @@ func (a *Agent) slot(ctx context.Context, pub string) (s wire.Slot, minWait time
 	var ae *client.Error
 	kind := "garbage"
 	switch {
-	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
+	case errors.As(err, &ae) && ae.Status == http.StatusForbidden && ae.Message == keyNotAccepted:
 		a.fail("master", "403", "the master refuses this device's key (not enrolled, or revoked); enrol it with `mas4h device add NAME --key KEY.pub`; retrying",
 			"err", err, "public_key", pub)
+		return s, 0, false
+	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
+		a.fail("master", "403 "+ae.Message, "the master refuses the slot request; retrying", "err", err)
 		return s, 0, false
 	case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
 		a.fail("master", "429", "the master rate-limits slot requests; waiting as it asks", "err", err, "retry_after", ae.RetryAfter.String())

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshsig"
 )
 
 // fakeClock advances only when the agent sleeps or a fake client runs.
@@ -149,7 +150,7 @@ func newHarness(t *testing.T, master string, sleeps int, lookup Lookup, runs ...
 		}
 	}
 	h := &harness{clock: clock, runner: &fakeRunner{clock: clock, runs: runs}, log: &testkit.Buffer{}, state: filepath.Join(dir, "state"), key: key, pub: pub}
-	a, err := New(Config{Master: master, KeyPath: key, StateDir: h.state}, slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	a, err := New(Config{Master: master, KeyPath: key, StateDir: h.state, InsecureHTTP: true}, slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Deps{Runner: h.runner, Clock: clock, Lookup: lookup, Rand: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)
@@ -247,6 +248,11 @@ func TestBadMasterAnswers(t *testing.T) {
 			var req wire.SlotRequest
 			if err := json.Unmarshal(body, &req); err != nil || req.PublicKey != h.pub {
 				t.Errorf("request body %s, want the public key %s", body, h.pub)
+			}
+			// The request is signed by the device key, for this master.
+			signer, err := sshsig.Verify(req.Signature, wire.SlotNamespace, wire.SlotStatement(req))
+			if err != nil || strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer))) != h.pub || req.Master != srv.URL {
+				t.Errorf("request %s: signature %v, master %q", body, err, req.Master)
 			}
 		})
 	}
@@ -555,5 +561,70 @@ func TestValidSlot(t *testing.T) {
 		if validSlot(s) == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// Finding 3: an http:// master is refused unless --insecure-http says
+// so, and then warned about at every start.
+func TestPlainHTTPMasterNeedsInsecureHTTP(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := writeKey(t, dir)
+	cfg := Config{Master: "http://master.example:8080", KeyPath: key, StateDir: filepath.Join(dir, "state")}
+	if _, err := New(cfg, slog.Default(), Deps{}); err == nil || !strings.Contains(err.Error(), "--insecure-http") {
+		t.Fatalf("http:// master without --insecure-http: %v", err)
+	}
+	cfg.Master = "HTTP://master.example:8080"
+	if _, err := New(cfg, slog.Default(), Deps{}); err == nil {
+		t.Fatal("HTTP:// master accepted without --insecure-http")
+	}
+	status := 503
+	srv := slotServer(t, &status, testSlot(t))
+	for start := range 2 {
+		h, ctx := newHarness(t, srv.URL, 1, openssh)
+		h.run(t, ctx)
+		if n := h.warns("plain http (--insecure-http)"); n != 1 {
+			t.Errorf("start %d: plain http warned %d times, want once:\n%s", start, n, h.log)
+		}
+	}
+}
+
+// A TLS master is verified: against --master-ca when given (a private CA
+// or the master's self-signed certificate); a master whose certificate
+// the agent cannot verify gets no request at all.
+func TestMasterTLSVerified(t *testing.T) {
+	slot := testSlot(t)
+	var asked int
+	var mu sync.Mutex
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked++
+		mu.Unlock()
+		json.NewEncoder(w).Encode(slot)
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "master-ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	key, _ := writeKey(t, dir)
+	run := func(cfg Config) *testkit.Buffer {
+		clock := newFakeClock()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		clock.onSlp = func(int) { cancel() }
+		log := &testkit.Buffer{}
+		a, err := New(cfg, slog.New(slog.NewTextHandler(log, nil)), Deps{Runner: &fakeRunner{clock: clock}, Clock: clock, Lookup: openssh, Rand: func() float64 { return 0.5 }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Run(ctx)
+		return log
+	}
+	log := run(Config{Master: srv.URL, KeyPath: key, StateDir: filepath.Join(dir, "s1")})
+	if asked != 0 || !strings.Contains(log.String(), "certificate") {
+		t.Errorf("an unverifiable master was asked %d times; log:\n%s", asked, log)
+	}
+	log = run(Config{Master: srv.URL, KeyPath: key, StateDir: filepath.Join(dir, "s2"), MasterCA: ca})
+	if asked != 1 || !strings.Contains(log.String(), "msg=slot slave=s1") {
+		t.Errorf("the master, pinned with --master-ca, was asked %d times; log:\n%s", asked, log)
 	}
 }

@@ -81,6 +81,17 @@ type Config struct {
 	// POST /slots. A negative SlotRate disables the limit.
 	SlotRate  float64
 	SlotBurst int
+	// AllowUnsignedSlots accepts slot requests without a proof of
+	// possession (fleets of dropbear-only devices, which cannot sign);
+	// their answers carry no device name and no forward to another host.
+	AllowUnsignedSlots bool
+	// PublicURLs are the URLs devices reach the master at; a slot
+	// signature must name one. None: a name of the TLS certificate, or,
+	// without TLS, any (a warning at start).
+	PublicURLs []string
+	// SlotEventInterval is how often a device's repeated slot events are
+	// written as one row; zero: DefaultSlotEventInterval.
+	SlotEventInterval time.Duration
 	// TLSCertFile and TLSKeyFile make Serve speak HTTPS.
 	TLSCertFile string
 	TLSKeyFile  string
@@ -104,6 +115,10 @@ type Server struct {
 	metrics *metrics.Master
 	live    *liveSlaves
 	revoked *feed // wakes slaves waiting for revocations
+
+	// Slot requests' proofs (slotproof.go) and folded events (slotevents.go).
+	proof      *slotProof
+	slotEvents *slotEvents
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -143,6 +158,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.SlotBurst <= 0 {
 		cfg.SlotBurst = DefaultSlotBurst
 	}
+	if cfg.SlotEventInterval <= 0 {
+		cfg.SlotEventInterval = DefaultSlotEventInterval
+	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("starting the master: TLS needs both a certificate and a key file")
 	}
@@ -163,6 +181,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.SlotRate > 0 {
 		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
 	}
+	proof, err := newSlotProof(cfg, s.log)
+	if err != nil {
+		return nil, fmt.Errorf("starting the master: %w", err)
+	}
+	s.proof = proof
+	s.slotEvents = newSlotEvents()
 	known, err := s.store.Slaves(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("starting the master: loading slaves: %w", err)
@@ -176,8 +200,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
 	}
 	s.engine = s.routes()
-	s.writerWG.Add(1)
+	s.writerWG.Add(2)
 	go s.slotWriter()
+	go s.slotEventLoop()
 	return s, nil
 }
 

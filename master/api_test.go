@@ -157,8 +157,8 @@ func TestSlotUnknownAndRevokedKeysLookAlike(t *testing.T) {
 	e.want("POST", "/devices/d1/revoke", adminTok, nil, http.StatusOK, nil)
 	_, stranger := newKey(t)
 
-	respR, bodyR := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: ak})
-	respU, bodyU := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: stranger})
+	respR, bodyR := e.do("POST", "/slots", "", e.signed(ak))
+	respU, bodyU := e.do("POST", "/slots", "", e.signed(stranger))
 	if respR.StatusCode != http.StatusForbidden || respU.StatusCode != http.StatusForbidden {
 		t.Fatalf("revoked = %d, unknown = %d; want 403 both", respR.StatusCode, respU.StatusCode)
 	}
@@ -179,7 +179,7 @@ func TestSlotNoLiveSlave(t *testing.T) {
 	e := newEnv(t, nil)
 	ak := e.enrol("d1")
 	for _, q := range []string{"", "?format=env"} {
-		resp, data := e.do("POST", "/slots"+q, "", wire.SlotRequest{PublicKey: ak})
+		resp, data := e.do("POST", "/slots"+q, "", e.signed(ak))
 		if resp.StatusCode != http.StatusServiceUnavailable {
 			t.Fatalf("slot%s with no slave = %d %s, want 503", q, resp.StatusCode, data)
 		}
@@ -198,12 +198,12 @@ func TestSlotRateLimit(t *testing.T) {
 	e.beat("s1", heartbeatOf(10))
 	ak := e.enrol("d1")
 	for i := range 3 {
-		resp, data := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: ak})
+		resp, data := e.do("POST", "/slots", "", e.signed(ak))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("slot %d = %d %s", i+1, resp.StatusCode, data)
 		}
 	}
-	resp, data := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: ak})
+	resp, data := e.do("POST", "/slots", "", e.signed(ak))
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("4th slot = %d %s, want 429", resp.StatusCode, data)
 	}
@@ -212,7 +212,7 @@ func TestSlotRateLimit(t *testing.T) {
 	}
 	// Tokens come back with time (the fake clock's).
 	e.clock.Advance(2 * time.Second)
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusOK, nil)
+	e.want("POST", "/slots", "", e.signed(ak), http.StatusOK, nil)
 	// Other endpoints are not limited.
 	e.want("GET", "/healthz", "", nil, http.StatusOK, nil)
 }
@@ -221,7 +221,7 @@ func TestSlotEnvFormatParsesInSh(t *testing.T) {
 	e := newEnv(t, nil)
 	e.beat("s1", heartbeatOf(10))
 	ak := e.enrol("d1", "ssh=localhost:22", "web=127.0.0.1:80")
-	resp, data := e.do("POST", "/slots?format=env", "", wire.SlotRequest{PublicKey: ak})
+	resp, data := e.do("POST", "/slots?format=env", "", e.signed(ak))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("slot = %d %s", resp.StatusCode, data)
 	}
@@ -246,11 +246,11 @@ func TestSlotEnvFormatParsesInSh(t *testing.T) {
 
 	// An error in env format parses too.
 	_, stranger := newKey(t)
-	resp, data = e.do("POST", "/slots?format=env", "", wire.SlotRequest{PublicKey: stranger})
+	resp, data = e.do("POST", "/slots?format=env", "", e.signed(stranger))
 	if resp.StatusCode != http.StatusForbidden || string(data) != "MAS4H_ERROR='key not accepted'\n" {
 		t.Errorf("env refusal = %d %q", resp.StatusCode, data)
 	}
-	e.want("POST", "/slots?format=yaml", "", wire.SlotRequest{PublicKey: ak}, http.StatusBadRequest, nil)
+	e.want("POST", "/slots?format=yaml", "", e.signed(ak), http.StatusBadRequest, nil)
 }
 
 func TestShQuoteSurvivesHostileValues(t *testing.T) {
@@ -407,7 +407,7 @@ func TestSlaveDeadAfterThreeIntervals(t *testing.T) {
 	if len(down) != 1 || down[0].Slave != "s1" || !strings.Contains(down[0].Detail, "missed 3 heartbeats") {
 		t.Fatalf("slave-down events = %+v", down)
 	}
-	resp, _ := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: ak})
+	resp, _ := e.do("POST", "/slots", "", e.signed(ak))
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("slot with the only slave dead = %d, want 503", resp.StatusCode)
 	}

@@ -60,11 +60,11 @@ func TestMetricsFollowRequests(t *testing.T) {
 	}
 
 	// No slave yet: 503.
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusServiceUnavailable, nil)
+	e.want("POST", "/slots", "", e.signed(ak), http.StatusServiceUnavailable, nil)
 	e.beat("s1", heartbeatOf(10))
 	e.slot(ak)
 	_, stranger := newKey(t)
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: stranger}, http.StatusForbidden, nil)
+	e.want("POST", "/slots", "", e.signed(stranger), http.StatusForbidden, nil)
 	e.want("POST", "/slots", "", "{", http.StatusBadRequest, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak}, http.StatusOK, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: stranger}, http.StatusForbidden, nil)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/internal/testkit"
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
@@ -152,10 +153,31 @@ func (e *testEnv) want(method, path, token string, body any, status int, out any
 	return data
 }
 
+// signers are the private halves of the keys newKey made, by authorized
+// key, so that tests can sign slot requests for them.
+var signers sync.Map
+
 func newKey(t testing.TB) (ssh.PublicKey, string) {
 	t.Helper()
-	k := testkit.NewKey(t, "").Public
-	return k, registry.AuthorizedKey(k)
+	k := testkit.NewKey(t, "")
+	ak := registry.AuthorizedKey(k.Public)
+	signers.Store(ak, k.Signer)
+	return k.Public, ak
+}
+
+// signed is ak's slot request for this master, signed at the fake clock's
+// now, as the agent makes it.
+func (e *testEnv) signed(ak string) wire.SlotRequest {
+	e.t.Helper()
+	s, ok := signers.Load(ak)
+	if !ok {
+		e.t.Fatalf("no private key for %s", ak)
+	}
+	req, err := client.SignSlotRequest(s, e.ts.URL, e.clock.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return req
 }
 
 // enrol adds a device through the API and returns its authorized key.
@@ -190,7 +212,7 @@ func (e *testEnv) beat(slave string, hb wire.Heartbeat) wire.HeartbeatReply {
 func (e *testEnv) slot(ak string) wire.Slot {
 	e.t.Helper()
 	var s wire.Slot
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusOK, &s)
+	e.want("POST", "/slots", "", e.signed(ak), http.StatusOK, &s)
 	return s
 }
 

@@ -39,7 +39,7 @@ func TestConcurrentSlotsAreAllRecorded(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, body := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: keys[i]})
+			resp, body := e.do("POST", "/slots", "", e.signed(keys[i]))
 			if resp.StatusCode != http.StatusOK {
 				errs <- fmt.Sprintf("slot %d: %d %s", i, resp.StatusCode, body)
 			}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -110,8 +112,9 @@ func (s *Server) handleSlot(c *gin.Context) {
 	if !ok {
 		return
 	}
+	source := remoteIP(c)
 	if s.limiter != nil {
-		if ok, wait := s.limiter.allow(remoteIP(c), s.now()); !ok {
+		if ok, wait := s.limiter.allow(source, s.now()); !ok {
 			secs := int((wait + time.Second - 1) / time.Second)
 			c.Header("Retry-After", strconv.Itoa(secs))
 			slotFail(c, env, http.StatusTooManyRequests, fmt.Sprintf("too many slot requests from this address; retry in %d s", secs), secs)
@@ -133,11 +136,24 @@ func (s *Server) handleSlot(c *gin.Context) {
 		return
 	}
 	ctx := c.Request.Context()
+	now := s.now()
+	// The proof is checked before the registry is asked, so that a request
+	// without the private key takes the same path, and gets the same
+	// answer, whether the key is enrolled or not.
+	unsigned, err := s.proof.check(req, key, now)
+	if err != nil {
+		pe := err.(*proofError)
+		if pe.status == http.StatusForbidden {
+			s.slotDenied(ctx, "", pe.reason, registry.Fingerprint(key), source)
+		}
+		slotFail(c, env, pe.status, pe.msg, 0)
+		return
+	}
 	dev, err := s.admit(ctx, key)
 	if err != nil {
 		var d *denial
 		if errors.As(err, &d) {
-			s.deny(ctx, "", d, "slot")
+			s.slotDenied(ctx, d.device, d.reason, registry.Fingerprint(key), source)
 			slotFail(c, env, http.StatusForbidden, notAccepted, 0)
 			return
 		}
@@ -155,18 +171,57 @@ func (s *Server) handleSlot(c *gin.Context) {
 		slotFail(c, env, http.StatusServiceUnavailable, fmt.Sprintf("no live slave with room; retry in %d s", secs), secs)
 		return
 	}
-	if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
-		s.live.Unpick(dev.Name, slot.Slave)
-		s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
-		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
-		return
+	// A grant is written (the device's last slave, and a slot event) when
+	// the device moves, or asks after a quiet interval; a device asking
+	// again for the same slave is counted into the interval's summary row.
+	moved := slot.Slave != dev.LastSlave
+	if s.slotEvents.note("slot\x00"+dev.Name, folded{kind: registry.EventSlot, device: dev.Name, slave: slot.Slave, verb: "granted"}, "", moved, now) {
+		if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
+			s.live.Unpick(dev.Name, slot.Slave)
+			s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
+			slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
+			return
+		}
 	}
-	s.log.Debug("slot granted", "device", dev.Name, "slave", slot.Slave)
+	if unsigned {
+		slot = unsignedSlot(slot)
+	}
+	s.log.Debug("slot granted", "device", dev.Name, "slave", slot.Slave, "unsigned", unsigned)
 	if env {
 		writeEnv(c, http.StatusOK, slotEnv(slot))
 		return
 	}
 	c.JSON(http.StatusOK, slot)
+}
+
+// unsignedSlot is what a request without proof of possession gets (the
+// master allows them for dropbear-only fleets): enough to open the tunnel
+// to loopback targets, which say nothing about the device's network, and
+// not the device's name or its forwards to other hosts. Whoever knows the
+// public key learns the slave, its port and the loopback forwards' leased
+// ports: that is the price of the flag.
+func unsignedSlot(s wire.Slot) wire.Slot {
+	s.Device = ""
+	fs := []wire.Forward{}
+	for _, f := range s.Forwards {
+		if loopbackTarget(f.Target) {
+			fs = append(fs, f)
+		}
+	}
+	s.Forwards = fs
+	return s
+}
+
+func loopbackTarget(target string) bool {
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // slotFail answers an error in the format the client asked for.

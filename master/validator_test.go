@@ -55,7 +55,7 @@ exit 1
 	}
 
 	_, other := newKey(t)
-	resp, body := e.do("POST", "/slots", "", wire.SlotRequest{PublicKey: other})
+	resp, body := e.do("POST", "/slots", "", e.signed(other))
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "key not accepted") {
 		t.Errorf("refused key = %d %s", resp.StatusCode, body)
 	}
@@ -71,7 +71,7 @@ exit 1
 
 	// Revoked in the registry: refused whatever the script says.
 	e.want("POST", "/devices/"+s.Device+"/revoke", adminTok, nil, http.StatusOK, nil)
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: ak}, http.StatusForbidden, nil)
+	e.want("POST", "/slots", "", e.signed(ak), http.StatusForbidden, nil)
 	e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: ak}, http.StatusForbidden, nil)
 }
 

@@ -28,10 +28,12 @@ func TestUsage(t *testing.T) {
 		{[]string{"--key", "/k"}, 2, "--master is required"},
 		{[]string{"--master", "http://m:8080"}, 2, "--key is required"},
 		{[]string{"--master", "ftp://m", "--key", "/k"}, 2, "master URL must look like"},
-		{[]string{"--master", "http://m:8080", "--key", "/k", "--ssh-client", "putty"}, 2, "--ssh-client must be"},
-		{[]string{"--master", "http://m:8080", "--key", "/k", "--log-format", "xml"}, 2, "--log-format"},
+		{[]string{"--master", "https://m:8080", "--key", "/k", "--ssh-client", "putty"}, 2, "--ssh-client must be"},
+		{[]string{"--master", "https://m:8080", "--key", "/k", "--log-format", "xml"}, 2, "--log-format"},
 		{[]string{"--bogus"}, 2, "flag provided but not defined"},
-		{[]string{"--master", "http://m:8080", "--key", "/k", "extra"}, 2, "unexpected arguments"},
+		{[]string{"--master", "http://m:8080", "--key", "/k"}, 2, "use https://, or accept this with --insecure-http"},
+		{[]string{"--master", "http://m:8080", "--key", "/k", "--insecure-http", "--master-ca", "/ca.pem"}, 2, "--master-ca needs an https:// master"},
+		{[]string{"--master", "https://m:8080", "--key", "/k", "extra"}, 2, "unexpected arguments"},
 	} {
 		out, errs, code := runAgent(tc.args...)
 		if code != tc.code || !strings.Contains(out+errs, tc.want) {
@@ -57,6 +59,7 @@ func TestDepsAreStaticAndSmall(t *testing.T) {
 		"github.com/mas4h/mas4h/backoff":                 true, // reconnect delays
 		"github.com/mas4h/mas4h/process":                 true, // the ssh client
 		"github.com/mas4h/mas4h/cmd/internal/agentflags": true, // the agent's flags, shared with mas4h agent
+		"github.com/mas4h/mas4h/sshsig":                  true, // signs slot requests
 	}
 	modules := map[string]bool{
 		"golang.org/x/crypto":           true, // ssh keys, slot signatures

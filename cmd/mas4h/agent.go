@@ -10,13 +10,19 @@ import (
 func newAgentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
 	cmd := &cobra.Command{
-		Use:   "agent --master URL --key FILE [--state-dir DIR] [--ssh-client auto|openssh|dropbear]",
+		Use:   "agent --master URL --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]",
 		Short: "Keep this device's reverse tunnel up (runs the system's ssh or dbclient)",
 		Long: `Keep this device's reverse tunnel up: ask the master for a slot, pin the
 slave's host keys in the agent's own known_hosts, and run the system's SSH
 client (OpenSSH ssh, or dropbear dbclient) with one -R per forward. When the
 client exits, reconnect with jittered backoff (1 s doubling to 60 s, reset
 after 60 s up). When the master is down, reconnect to the last slave directly.
+
+Every slot request is signed with the device key (an SSH signature over a
+fresh statement, namespace mas4h-slot), so that knowing the public key is not
+enough to ask for this device's slot. The master must be https:// (its
+certificate checked against the system's roots, or --master-ca FILE);
+http:// needs --insecure-http and is warned about at every start.
 
 The key may be in OpenSSH, PEM or dropbear format; the agent converts it into
 its state dir for a client that cannot read it. The same agent is built alone,

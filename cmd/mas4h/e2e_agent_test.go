@@ -5,8 +5,10 @@ package main
 // with dbclient and busybox wget, and `make dist`.
 
 import (
+	"context"
 	"debug/elf"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -298,11 +300,14 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	if standalone {
 		argv = []string{"netns", "exec", d.ns, buildAgent(t, e)}
 	}
-	argv = append(argv, "--master", m.url, "--key", k.private, "--state-dir", state, "--ssh-client", client, "--log-level", "debug")
+	argv = append(argv, "--master", m.url, "--insecure-http", "--key", k.private, "--state-dir", state, "--ssh-client", client, "--log-level", "debug")
 	start := time.Now()
 	ag := e.startDevProc(nil, "ip", argv...)
 	pid := ag.cmd.Process.Pid // ip netns exec execs the agent: same pid
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "first connect", ag.log)
+	if !ag.log.Contains("plain http (--insecure-http)") {
+		t.Errorf("the agent did not warn about the plain http master:\n%s", ag.log)
+	}
 	t.Logf("%s: tunnel up %s after the agent started", client, took.Round(time.Millisecond))
 	// "up" is logged once the client has run 5 s.
 	testkit.Eventually(t, 10*time.Second, func() bool { return ag.log.Contains(`msg="tunnel up"`) }, "the agent did not log the tunnel up:\n%s", ag.log)
@@ -378,7 +383,7 @@ func firstLineWith(s, sub string) string {
 
 // busyboxPath makes a directory of busybox applets plus dbclient and
 // dropbearkey, and nothing else: an OpenWrt-like PATH.
-func busyboxPath(t *testing.T, e *env) string {
+func busyboxPath(t *testing.T, e *env, extra ...string) string {
 	t.Helper()
 	dir := filepath.Join(e.dir, "busybox-bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -395,7 +400,7 @@ func busyboxPath(t *testing.T, e *env) string {
 	for _, applet := range strings.Fields(string(out)) {
 		os.Symlink(bb, filepath.Join(dir, applet))
 	}
-	for _, tool := range []string{"dbclient", "dropbearkey"} {
+	for _, tool := range append([]string{"dbclient", "dropbearkey"}, extra...) {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatal(err)
@@ -413,7 +418,7 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	waitSlavesAlive(t, m, 1)
 	dev, k := m.enrol("ap-script", fwd(es))
 	p := dev.Forwards[0].RemotePort
-	out, stderr, code := e.mas4h("", "client-script", "--master", m.url, "--device", "ap-script", "--ssh-client", "dropbear", "--install", "openwrt")
+	out, stderr, code := e.mas4h("", "client-script", "--master", m.url, "--insecure-http", "--device", "ap-script", "--ssh-client", "dropbear", "--install", "openwrt")
 	if code != 0 {
 		t.Fatalf("client-script: %d %s", code, stderr)
 	}
@@ -425,7 +430,9 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	key := k.dropbearKey(t)
 	os.Chmod(key, 0o600)
 	state := filepath.Join(e.dir, "script-state")
-	bin := busyboxPath(t, e)
+	// OpenWrt with openssh-keygen, which signs the slot requests (with the
+	// dropbear key converted by dropbearconvert).
+	bin := busyboxPath(t, e, "ssh-keygen", "dropbearconvert")
 	env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + state}
 
 	pubWant := strings.Join(strings.Fields(string(mustRead(t, k.public)))[:2], " ")
@@ -439,6 +446,9 @@ func TestClientScriptBusyboxDropbear(t *testing.T) {
 	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
 	took := waitRoundTrip(t, sp, p, start, 20*time.Second, "script first connect", sc.log)
 	t.Logf("script: tunnel up %s after start", took.Round(time.Millisecond))
+	if !sc.log.Contains("WARNING: the master " + m.url + " is plain http") {
+		t.Errorf("the script did not warn about the plain http master:\n%s", sc.log)
+	}
 
 	took = reconnects(t, sp, p, 15*time.Second, "script after the session was killed", sc.log, func() { sp.killOneSession(t) })
 	t.Logf("script: tunnel up again %s after the slave killed the session", took.Round(time.Millisecond))
@@ -477,7 +487,7 @@ func TestClientScriptBadMaster(t *testing.T) {
 	set := func(f func(w http.ResponseWriter)) { mu.Lock(); answer = f; mu.Unlock() }
 	set(func(w http.ResponseWriter) { fmt.Fprint(w, hostile) })
 
-	out, stderr, code := e.mas4h("", "client-script", "--master", srv.URL, "--ssh-client", "dropbear")
+	out, stderr, code := e.mas4h("", "client-script", "--master", srv.URL, "--insecure-http", "--ssh-client", "dropbear")
 	if code != 0 {
 		t.Fatalf("client-script: %s", stderr)
 	}
@@ -522,9 +532,14 @@ func TestClientScriptBadMaster(t *testing.T) {
 func TestClientScriptLints(t *testing.T) {
 	requireE2E(t, "busybox", "shellcheck")
 	dir := t.TempDir()
+	ca := writeTestCert(t, dir, "127.0.0.1")
 	for _, install := range []string{"", "openwrt", "systemd", "cron"} {
 		for _, client := range []string{"auto", "openssh", "dropbear"} {
-			s, err := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client}.render()
+			fl := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client, masterCA: ca.cert}
+			if client == "auto" {
+				fl = clientScriptFlags{master: "http://master.example:8080", device: "ap-1", install: install, sshClient: client, insecureHTTP: true}
+			}
+			s, err := fl.render(context.Background(), io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}

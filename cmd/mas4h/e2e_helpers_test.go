@@ -189,12 +189,13 @@ type deviceKey struct {
 	private string // OpenSSH format
 	public  string
 	pub     ssh.PublicKey
+	signer  ssh.Signer // signs slot requests
 }
 
 func (e *env) newKey(name string) deviceKey {
 	e.t.Helper()
 	key := testkit.NewKey(e.t, name)
-	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: key.Public}
+	k := deviceKey{name: name, private: filepath.Join(e.dir, "keys", name), public: filepath.Join(e.dir, "keys", name+".pub"), pub: key.Public, signer: key.Signer}
 	key.Write(e.t, k.private)
 	return k
 }

@@ -29,6 +29,8 @@ type masterOpts struct {
 	cacheTTL       time.Duration
 	slotRate       float64
 	slotBurst      int
+	allowUnsigned  bool     // slot requests without proof of possession
+	publicURLs     []string // the URLs slot signatures may name
 }
 
 // masterConfig is what the flags amount to, checked.
@@ -80,6 +82,8 @@ and report again when it is back.`,
 	f.DurationVar(&o.cacheTTL, "cache-ttl", master.DefaultCacheTTL, "how long slaves may serve a validated device from cache")
 	f.Float64Var(&o.slotRate, "slot-rate", master.DefaultSlotRate, "slot requests per second per source address (0: no limit)")
 	f.IntVar(&o.slotBurst, "slot-burst", master.DefaultSlotBurst, "burst of slot requests per source address")
+	f.BoolVar(&o.allowUnsigned, "allow-unsigned-slots", false, "accept slot requests without a signature (dropbear-only devices); their answers carry no LAN targets")
+	f.StringSliceVar(&o.publicURLs, "public-url", nil, "URL devices reach the master at (repeatable); slot signatures must name one (default: the TLS certificate's names)")
 	return cmd
 }
 
@@ -148,6 +152,7 @@ func (o *masterOpts) config() (masterConfig, error) {
 	c.api = master.Config{
 		PortRange: pr, Validator: v, HeartbeatInterval: o.interval, CacheTTL: o.cacheTTL,
 		SlotRate: rate, SlotBurst: o.slotBurst, TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey,
+		AllowUnsignedSlots: o.allowUnsigned, PublicURLs: o.publicURLs,
 	}
 	return c, nil
 }

@@ -1,11 +1,15 @@
 // Package client is the Go client of the master's REST API, for the CLI,
-// slaves and the device agent. It needs only net/http and the wire types (no
-// gin, no SQLite, no cgo), so the static agent can import it.
+// slaves and the device agent. It needs only net/http, the wire types and
+// x/crypto/ssh (no gin, no SQLite, no cgo), so the static agent can import
+// it.
 package client
 
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +20,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshsig"
 )
 
 // DefaultTimeout bounds each call unless WithTimeout says otherwise.
@@ -214,12 +221,56 @@ func (c *Client) Healthz(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
 }
 
-// Slot asks for a slot for the device whose public key (authorized_keys
-// form, "ssh-ed25519 AAAA... [comment]") is publicKey. It needs no token.
-func (c *Client) Slot(ctx context.Context, publicKey string) (wire.Slot, error) {
+// Slot asks for a slot for the device whose private key is key (a
+// crypto.Signer or an ssh.Signer: ed25519, ECDSA or RSA), proving that it
+// holds it: the request carries an SSH signature of wire.SlotStatement,
+// bound to this client's master URL and to now. It needs no token.
+func (c *Client) Slot(ctx context.Context, key any) (wire.Slot, error) {
+	req, err := SignSlotRequest(key, c.base, time.Now())
+	if err != nil {
+		return wire.Slot{}, fmt.Errorf("POST /slots: %w", err)
+	}
+	return c.RequestSlot(ctx, req)
+}
+
+// RequestSlot sends a slot request as it is (an unsigned one, for a master
+// that allows them, or one signed elsewhere).
+func (c *Client) RequestSlot(ctx context.Context, req wire.SlotRequest) (wire.Slot, error) {
 	var s wire.Slot
-	err := c.do(ctx, http.MethodPost, "/slots", nil, wire.SlotRequest{PublicKey: publicKey}, &s)
+	err := c.do(ctx, http.MethodPost, "/slots", nil, req, &s)
 	return s, err
+}
+
+// SignSlotRequest makes the slot request of key's device for the master at
+// masterURL (as the device reaches it), signed at now with a fresh nonce.
+func SignSlotRequest(key any, masterURL string, now time.Time) (wire.SlotRequest, error) {
+	var pub ssh.PublicKey
+	var err error
+	switch k := key.(type) {
+	case ssh.Signer:
+		pub = k.PublicKey()
+	case crypto.Signer:
+		pub, err = ssh.NewPublicKey(k.Public())
+	default:
+		err = fmt.Errorf("%T is not a private key", key)
+	}
+	if err != nil {
+		return wire.SlotRequest{}, fmt.Errorf("signing the slot request: %w", err)
+	}
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return wire.SlotRequest{}, fmt.Errorf("signing the slot request: %w", err)
+	}
+	req := wire.SlotRequest{
+		PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))),
+		Master:    masterURL, Timestamp: now.Unix(), Nonce: hex.EncodeToString(nonce),
+	}
+	sig, err := sshsig.Sign(key, wire.SlotNamespace, wire.SlotStatement(req))
+	if err != nil {
+		return wire.SlotRequest{}, fmt.Errorf("signing the slot request: %w", err)
+	}
+	req.Signature = string(sig)
+	return req, nil
 }
 
 // Status is the cluster status (admin token).

@@ -2,8 +2,12 @@ package client_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"net"
 	"net/http"
@@ -47,13 +51,19 @@ func newMaster(t *testing.T, mutate func(*master.Config)) string {
 	return ts.URL
 }
 
-func newKey(t *testing.T) string {
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	k, err := ssh.NewPublicKey(pub)
+// newKey returns a fresh key as an authorized key and as a signer.
+func newKey(t *testing.T) (string, ssh.Signer) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return registry.AuthorizedKey(k)
+	return registry.AuthorizedKey(s.PublicKey()), s
+}
+
+func stranger(t *testing.T) ssh.Signer {
+	_, s := newKey(t)
+	return s
 }
 
 func mustNew(t *testing.T, url, token string) *client.Client {
@@ -75,12 +85,12 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	if err := device.Healthz(ctx); err != nil {
 		t.Fatal(err)
 	}
-	key := newKey(t)
+	key, signer := newKey(t)
 	d, err := admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: key, Forwards: []string{"ssh=localhost:22", "web=localhost:80"}})
 	if err != nil || d.Name != "pi-1" || len(d.Forwards) != 2 {
 		t.Fatalf("AddDevice = %+v, %v", d, err)
 	}
-	_, err = admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: newKey(t)})
+	_, err = admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "pi-1", PublicKey: registry.AuthorizedKey(stranger(t).PublicKey())})
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "taken") {
 		t.Errorf("duplicate AddDevice = %v", err)
@@ -93,7 +103,7 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	}
 
 	// No slave yet: 503 with Retry-After.
-	_, err = device.Slot(ctx, key)
+	_, err = device.Slot(ctx, signer)
 	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter < 5*time.Second || ae.RetryAfter > 15*time.Second {
 		t.Errorf("Slot without slaves = %#v", err)
 	}
@@ -101,11 +111,11 @@ func TestClientAgainstTheRealAPI(t *testing.T) {
 	if err != nil || reply.IntervalSeconds != 5 {
 		t.Fatalf("Heartbeat = %+v, %v", reply, err)
 	}
-	slot, err := device.Slot(ctx, key+" comment")
+	slot, err := device.Slot(ctx, signer)
 	if err != nil || slot.Slave != "s1" || slot.Device != "pi-1" || len(slot.Forwards) != 2 {
 		t.Fatalf("Slot = %+v, %v", slot, err)
 	}
-	if _, err := device.Slot(ctx, newKey(t)); client.StatusOf(err) != http.StatusForbidden {
+	if _, err := device.Slot(ctx, stranger(t)); client.StatusOf(err) != http.StatusForbidden {
 		t.Errorf("Slot(stranger) = %v", err)
 	}
 	v, err := slave.Validate(ctx, wire.ValidateRequest{PublicKey: key})
@@ -150,8 +160,8 @@ func TestClientRateLimitError(t *testing.T) {
 	url := newMaster(t, func(c *master.Config) { c.SlotRate, c.SlotBurst = 0.2, 1 })
 	c := mustNew(t, url, "")
 	ctx := context.Background()
-	c.Slot(ctx, newKey(t))
-	_, err := c.Slot(ctx, newKey(t))
+	c.Slot(ctx, stranger(t))
+	_, err := c.Slot(ctx, stranger(t))
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.RetryAfter < time.Second {
 		t.Errorf("second slot = %#v", err)
@@ -212,6 +222,30 @@ func TestNewRefusesBadURLs(t *testing.T) {
 	for _, u := range []string{"", "master:8080", "ftp://x", "http://", "http://u:p@x", "http://x/?q=1"} {
 		if _, err := client.New(u, ""); err == nil {
 			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}
+
+// The agent holds a crypto.Signer of any type a device key may be: each
+// signs a slot request the master accepts (RSA with rsa-sha2-512).
+func TestSlotSignedWithEveryKeyType(t *testing.T) {
+	url := newMaster(t, nil)
+	ctx := context.Background()
+	admin := mustNew(t, url, adminTok)
+	device := mustNew(t, url, "")
+	if _, err := mustNew(t, url, slaveTok).Heartbeat(ctx, "s1", wire.Heartbeat{Host: "127.0.0.1", Port: 2222, User: "mas4h-tunnel", Capacity: 10, Tunnels: []wire.Tunnel{}}); err != nil {
+		t.Fatal(err)
+	}
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for name, k := range map[string]crypto.Signer{"ed25519": ed, "ecdsa": ec, "rsa": rk} {
+		pub, _ := ssh.NewPublicKey(k.Public())
+		if _, err := admin.AddDevice(ctx, wire.AddDeviceRequest{Name: "d-" + name, PublicKey: registry.AuthorizedKey(pub)}); err != nil {
+			t.Fatal(err)
+		}
+		if s, err := device.Slot(ctx, k); err != nil || s.Device != "d-"+name {
+			t.Errorf("%s: Slot = %+v, %v", name, s, err)
 		}
 	}
 }

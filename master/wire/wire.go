@@ -3,7 +3,13 @@
 // the device agent. It imports nothing heavy so the static agent can use it.
 package wire
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+)
 
 // APIPrefix is where every endpoint lives.
 const APIPrefix = "/api/v1"
@@ -35,9 +41,61 @@ type Device struct {
 	UpdatedAt   time.Time `json:"updated_at"`
 }
 
-// SlotRequest is POST /slots.
+// SlotRequest is POST /slots. A device proves it holds the key's private
+// half by signing a statement made of the other fields (see
+// SlotStatement); a master that allows unsigned requests
+// (--allow-unsigned-slots) takes PublicKey alone, and answers those
+// without device name or LAN targets.
 type SlotRequest struct {
 	PublicKey string `json:"public_key"`
+	// Master is the master's URL as the device was told it (the statement
+	// binds the signature to it, so a signature made for another master is
+	// refused).
+	Master string `json:"master,omitempty"`
+	// Timestamp is when the device signed, in Unix seconds; the master
+	// refuses one more than SlotSkew away from its clock.
+	Timestamp int64 `json:"timestamp,omitempty"`
+	// Nonce makes every statement unique (16 to 64 of A-Z a-z 0-9 _ -);
+	// the master refuses a statement it has seen.
+	Nonce string `json:"nonce,omitempty"`
+	// Signature is an SSH signature (sshsig, namespace SlotNamespace) of
+	// SlotStatement: armored as `ssh-keygen -Y sign` writes it, or the
+	// bare base64 between the armor lines.
+	Signature string `json:"signature,omitempty"`
+}
+
+// Slot request signatures.
+const (
+	// SlotNamespace is the sshsig namespace of slot signatures:
+	// `ssh-keygen -Y sign -n mas4h-slot`.
+	SlotNamespace = "mas4h-slot"
+	// SlotSkew is how far a signed timestamp may be from the master's clock.
+	SlotSkew = 5 * time.Minute
+)
+
+// SlotBody is the request's payload without its proof: the JSON object
+// of the fields that are not Master, Timestamp, Nonce or Signature, as
+// encoding/json writes it. Today that is exactly {"public_key":"…"}, the
+// value as sent (a shell client writes the same bytes with printf).
+func SlotBody(r SlotRequest) []byte {
+	b, _ := json.Marshal(SlotRequest{PublicKey: r.PublicKey})
+	return b
+}
+
+// SlotStatement is what a device signs to ask for a slot, version 1:
+//
+//	mas4h-slot v1
+//	master=<Master>
+//	ts=<Timestamp, decimal Unix seconds>
+//	nonce=<Nonce>
+//	body=<lowercase hex SHA-256 of SlotBody>
+//
+// each line ending in "\n". The master rebuilds it from the request's
+// fields and verifies the signature over it.
+func SlotStatement(r SlotRequest) []byte {
+	sum := sha256.Sum256(SlotBody(r))
+	return []byte("mas4h-slot v1\nmaster=" + r.Master + "\nts=" + strconv.FormatInt(r.Timestamp, 10) +
+		"\nnonce=" + r.Nonce + "\nbody=" + hex.EncodeToString(sum[:]) + "\n")
 }
 
 // Slot is the answer to POST /slots: where the device should open its

@@ -12,6 +12,7 @@ import (
 // FlagSet is what flag.FlagSet and pflag.FlagSet both have.
 type FlagSet interface {
 	StringVar(p *string, name, value, usage string)
+	BoolVar(p *bool, name string, value bool, usage string)
 	DurationVar(p *time.Duration, name string, value time.Duration, usage string)
 }
 
@@ -19,6 +20,8 @@ type FlagSet interface {
 // is the name of the flag's value in --help.
 func Add(fs FlagSet, cfg *agent.Config) {
 	fs.StringVar(&cfg.Master, "master", "", "the master's `URL`, e.g. https://master.example:8080")
+	fs.StringVar(&cfg.MasterCA, "master-ca", "", "PEM `file` of the CA (or the master's self-signed certificate) to trust for the master instead of the system's")
+	fs.BoolVar(&cfg.InsecureHTTP, "insecure-http", false, "allow an http:// master (clear text: whoever is on the path can redirect the tunnel); warned at every start")
 	fs.StringVar(&cfg.KeyPath, "key", "", "the device's private key `file` (OpenSSH, PEM or dropbear format, mode 0600)")
 	fs.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "`dir` for the last slot, known_hosts and converted keys")
 	fs.StringVar(&cfg.SSHClient, "ssh-client", agent.ClientAuto, "the SSH `client` to run: auto, openssh or dropbear")
