@@ -104,21 +104,22 @@ type Config struct {
 
 // Server is the master's HTTP face.
 type Server struct {
-	cfg    Config
-	store  Store
-	log    *slog.Logger
-	now    func() time.Time
-	engine *gin.Engine
-	admin  [sha256.Size]byte
-	slave  [sha256.Size]byte // the shared slave token's hash, when sharedSlave
+	cfg     Config
+	store   Store
+	log     *slog.Logger
+	now     func() time.Time
+	engine  *gin.Engine
+	admin   [sha256.Size]byte
+	slave   [sha256.Size]byte // the shared slave token's hash, when sharedSlave
+	limiter *ipLimiter
+	metrics *metrics.Master
+	live    *liveSlaves
+	revoked *feed // wakes slaves waiting for revocations
+
 	// sharedSlave: the shared slave token is accepted (Config.SlaveToken).
 	sharedSlave bool
 	sharedUsers sharedUsers // slaves seen using it
-	limiter     *ipLimiter
-	metrics     *metrics.Master
 	slaveAuth   *metrics.SlaveAuth
-	live        *liveSlaves
-	revoked     *feed // wakes slaves waiting for revocations
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
