@@ -199,3 +199,36 @@ func TestMasterSharedSlaveTokenFlag(t *testing.T) {
 func regexpLine(out, re string) bool {
 	return regexp.MustCompile("(?m)" + re).MatchString(out)
 }
+
+func TestInstallSlaveTakesOnlyItsOwnCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("install refuses to run as non-root before reading its flags")
+	}
+	dir := t.TempDir()
+	other := filepath.Join(dir, "s2.token")
+	os.WriteFile(other, []byte("s2."+strings.Repeat("ab", 32)+"\n"), 0o600)
+	shared := filepath.Join(dir, "slave.token")
+	os.WriteFile(shared, []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
+	loose := filepath.Join(dir, "loose.token")
+	os.WriteFile(loose, []byte("s1."+strings.Repeat("ab", 32)+"\n"), 0o600)
+	os.Chmod(loose, 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--master", "https://m:8080", "--credential", other}, exitUsage, "is slave s2's, not slave s1's"},
+		{[]string{"--master", "https://m:8080", "--credential", shared}, exitUsage, "holds no slave credential"},
+		{[]string{"--master", "https://m:8080", "--credential", loose}, exitFail, "chmod 600"},
+		{[]string{"--db", "/x.db", "--credential", other}, exitUsage, "--credential goes with --master"},
+	} {
+		args := append([]string{"install", "slave", "s1", "--root", dir, "--bin", "/usr/bin/mas4h"}, tc.args...)
+		_, stderr, code := cliRun(t, args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d %q, want %d mentioning %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc")); err == nil {
+		t.Error("install went ahead")
+	}
+}
