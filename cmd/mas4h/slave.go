@@ -58,12 +58,14 @@ and the next start adopts it), answers sshd's AuthorizedKeysCommand, restarts
 sshd if it dies, and ends the sessions of revoked devices.
 
 Under a master (--master, with the slave's own credential in --token-file,
-issued on the master by 'mas4h slave add NAME') the slave
-heartbeats its load, host keys and live tunnels, validates unknown keys with
-the master, caches positive answers (refreshed before they expire), keeps
-serving cached devices while the master is down, and ends the sessions of
-devices the master revokes. Standalone (--db) it reads devices from a local
-registry file.`,
+issued on the master by 'mas4h slave add NAME') the slave heartbeats its load,
+host keys and live tunnels, validates unknown keys with the master, caches
+positive answers (refreshed before they expire), keeps serving cached devices
+while the master is down, and ends the sessions of devices the master
+revokes. Standalone (--db) it reads devices from a local registry file.
+
+The subcommands below act on the master (with its admin token): they issue
+and withdraw slaves' credentials and accept a slave's new host keys.`,
 		Example: `  mas4h slave --name s1 --master https://master:8080 --token-file /etc/mas4h/slave-s1.token --public-host s1.example.net
   mas4h slave --name s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222`,
 		Args: exactArgs(0, "no arguments"),
