@@ -57,7 +57,7 @@ type Dispatch struct {
 // and stops the master (SIGTERM) before returning.
 func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, error) {
 	res := Dispatch{Devices: len(s.Devices), Slaves: s.Slaves, Clients: s.Clients}
-	adminTok, slaveTok := filepath.Join(work, "admin.token"), filepath.Join(work, "slave.token")
+	adminTok := filepath.Join(work, "admin.token")
 	logPath := filepath.Join(work, "master.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -66,7 +66,7 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 	defer logf.Close()
 	base := "http://127.0.0.1:" + strconv.Itoa(s.Port)
 	cmd := exec.Command(s.Bin, "master", "--listen", "127.0.0.1:"+strconv.Itoa(s.Port), "--db", s.DB,
-		"--admin-token-file", adminTok, "--slave-token-file", slaveTok,
+		"--admin-token-file", adminTok,
 		"--slot-rate", "1000000", "--slot-burst", "1000000")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
@@ -92,11 +92,24 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	tokB, err := os.ReadFile(slaveTok)
+	// Each fake slave gets its own credential, as real ones do; issuing it
+	// again also lets this run's fresh host keys bind on a reused registry.
+	tokB, err := os.ReadFile(adminTok)
 	if err != nil {
-		return res, fmt.Errorf("the master's slave token: %w", err)
+		return res, fmt.Errorf("the master's admin token: %w", err)
 	}
-	token := strings.TrimSpace(string(tokB))
+	admin, err := masterclient.New(base, strings.TrimSpace(string(tokB)))
+	if err != nil {
+		return res, err
+	}
+	tokens := make([]string, s.Slaves)
+	for i := range tokens {
+		sc, err := admin.AddSlave(ctx, fmt.Sprintf("bench-s%d", i))
+		if err != nil {
+			return res, fmt.Errorf("issuing bench-s%d a credential: %w", i, err)
+		}
+		tokens[i] = sc.Credential
+	}
 
 	// Fake slaves: each heartbeats every second, as a real one would
 	// (every 5 s by default), with an empty tunnel list.
@@ -112,7 +125,7 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 		hb[i].Seq++
 		body, _ := json.Marshal(hb[i])
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s%s/slaves/bench-s%d/heartbeat", base, wire.APIPrefix, i), bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Authorization", "Bearer "+tokens[i])
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := client.Do(req)
 		if err != nil {

@@ -20,9 +20,11 @@ func masterConf(args string) []byte {
 	}
 	return fmt.Appendf(nil, `# mas4h master: flags for mas4h-master.service (a systemd EnvironmentFile;
 # no shell syntax). The unit passes --db %[1]s/registry.db; the
-# admin and slave tokens are created next to it on first start:
-#   %[1]s/admin.token  for mas4h device/status (--token-file)
-#   %[1]s/slave.token  copy it to each slave (mode 0600)
+# admin token is created next to it on first start:
+#   %[1]s/admin.token  for mas4h device/slave/status (--token-file)
+# Each slave gets its own credential: mas4h slave add NAME --token-file-out F.
+# An older install's shared slave.token is accepted only with
+# --allow-shared-slave-token, while its slaves move over (see the README).
 # See mas4h master --help (man mas4h-master).
 MAS4H_MASTER_ARGS="%[2]s"
 `, MasterStateDir, args)
@@ -30,16 +32,24 @@ MAS4H_MASTER_ARGS="%[2]s"
 
 func slaveConf(name, args string) []byte {
 	if args == "" {
-		args = "--master http://127.0.0.1:8080 --token-file /etc/mas4h/slave.token --ssh-listen 0.0.0.0:2222"
+		args = "--master http://127.0.0.1:8080 --token-file " + SlaveCredentialPath(name) + " --ssh-listen 0.0.0.0:2222"
 	}
 	return fmt.Appendf(nil, `# mas4h slave %[1]s: flags for mas4h-slave@%[1]s.service (a systemd
 # EnvironmentFile; no shell syntax). The unit passes --name %[1]s.
-# Under a master:  --master URL --token-file /etc/mas4h/slave.token (the
-#                  master's slave.token, mode 0600) [--public-host HOST]
+# Under a master:  --master URL --token-file %[5]s (this
+#                  slave's own credential, mode 0600: on the master,
+#                  mas4h slave add %[1]s --token-file-out FILE, then copy it
+#                  here, or pass it to mas4h install slave --credential FILE)
+#                  [--public-host HOST]
 # Standalone:      --db %[2]s/registry.db
 # The state dir defaults to %[3]s; see mas4h slave --help.
 MAS4H_SLAVE_ARGS="%[4]s"
-`, name, StateRoot, statedir.Default(name), args)
+`, name, StateRoot, statedir.Default(name), args, SlaveCredentialPath(name))
+}
+
+// SlaveCredentialPath is where a slave's own credential lives by default.
+func SlaveCredentialPath(name string) string {
+	return filepath.Join(ConfDir, "slave-"+name+".token")
 }
 
 func agentConf(args string) []byte {

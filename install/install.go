@@ -69,6 +69,11 @@ type Config struct {
 	// Args is the initial flag line written into the role's config file
 	// (MAS4H_MASTER_ARGS, MAS4H_SLAVE_ARGS or MAS4H_AGENT_ARGS).
 	Args string
+	// Credential, when not nil, is the slave's own credential (from 'mas4h
+	// slave add NAME' on the master), installed as CredentialFile (a path
+	// on the target), root's, mode 0600.
+	Credential     []byte
+	CredentialFile string
 	// Units holds the unit files (mas4h-*.service) at its top level.
 	Units fs.FS
 	// Systemd is true when systemd runs the host: units are then enabled
@@ -117,6 +122,9 @@ func (c *Config) Check() error {
 	}
 	if strings.ContainsAny(c.Args, "\"\\$`\n") {
 		return fmt.Errorf("config arguments %q: no quotes, backslashes, $, ` or newlines", c.Args)
+	}
+	if c.Credential != nil && (c.Role != RoleSlave || !filepath.IsAbs(c.CredentialFile)) {
+		return fmt.Errorf("a credential is installed for a slave, at an absolute path")
 	}
 	if c.Runner == nil {
 		c.Runner = process.Exec{}
@@ -254,6 +262,9 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		in.user(ctx, c.TunnelUser, "/nonexistent", true)
 		in.dir(statedir.Default(c.Name), 0o755, "root")
 		in.dir(ConfDir, 0o755, "root")
+		if c.Credential != nil {
+			in.secret(c.CredentialFile, c.Credential)
+		}
 		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
 		in.unit("mas4h-slave@.service")
 		in.unit("mas4h-sshd@.service")
@@ -450,6 +461,35 @@ func (in *installer) file(p string, data []byte) {
 		return
 	}
 	in.record(Step{Kind: KindFile, Path: p, SHA256: sum(data)}, "wrote %s", p)
+}
+
+// secret installs a credential, root's and 0600, replacing an older one:
+// a credential given again is a new one, and the old no longer works.
+// Uninstall removes it unless it was edited since.
+func (in *installer) secret(p string, data []byte) {
+	if in.err != nil {
+		return
+	}
+	full := in.c.path(p)
+	old, err := os.ReadFile(full)
+	if err == nil && bytes.Equal(old, data) {
+		fmt.Fprintf(in.c.Out, "%s holds this credential already\n", p)
+		return
+	}
+	if in.parents(filepath.Dir(p)); in.err != nil {
+		return
+	}
+	if err := atomicfile.Write(full, data, 0o600); err != nil { // install runs as root
+		in.err = err
+		return
+	}
+	step := Step{Kind: KindFile, Path: p, SHA256: sum(data)}
+	for i, s := range in.m.Created {
+		if s.Kind == KindFile && s.Path == p {
+			in.m.Created[i].SHA256 = step.SHA256 // ours, replaced
+		}
+	}
+	in.record(step, "wrote %s (the slave's credential, mode 0600)", p)
 }
 
 func sum(b []byte) string {

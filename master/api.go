@@ -50,6 +50,12 @@ type Store interface {
 	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
 	LastEventID(ctx context.Context) (int64, error)
 
+	SetSlaveCredential(ctx context.Context, name string, hash [sha256.Size]byte) (replaced bool, err error)
+	SlaveCredentialHash(ctx context.Context, name string) ([sha256.Size]byte, error)
+	SlaveEntries(ctx context.Context) ([]registry.SlaveEntry, error)
+	AcceptSlaveKeys(ctx context.Context, name string, fingerprints []string) ([]string, error)
+	RemoveSlave(ctx context.Context, name string) error
+
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
@@ -59,12 +65,17 @@ type Store interface {
 	RevocationSeq(ctx context.Context) (int64, error)
 }
 
-// Config configures a Server. Store, AdminToken and SlaveToken are
-// required; zero values of the rest mean the defaults above.
+// Config configures a Server. Store and AdminToken are required; zero
+// values of the rest mean the defaults above.
 type Config struct {
 	Store      Store
 	Logger     *slog.Logger
 	AdminToken string
+	// SlaveToken is the shared slave token of older installs, accepted for
+	// every slave that has no credential of its own; "" (the default)
+	// accepts none, and each slave must present its own credential (POST
+	// /slaves issues them). The command line sets it only behind
+	// --allow-shared-slave-token.
 	SlaveToken string
 	// PortRange is where devices enrolled through the API (POST /devices,
 	// auto-enrolment) lease their ports. Zero: registry.DefaultPortRange.
@@ -110,7 +121,7 @@ type Server struct {
 	now     func() time.Time
 	engine  *gin.Engine
 	admin   [sha256.Size]byte
-	slave   [sha256.Size]byte
+	slave   [sha256.Size]byte // the shared slave token's hash, when sharedSlave
 	limiter *ipLimiter
 	metrics *metrics.Master
 	live    *liveSlaves
@@ -119,6 +130,10 @@ type Server struct {
 	// Slot requests' proofs (slotproof.go) and folded events (slotevents.go).
 	proof      *slotProof
 	slotEvents *slotEvents
+	// sharedSlave: the shared slave token is accepted (Config.SlaveToken).
+	sharedSlave bool
+	sharedUsers sharedUsers // slaves seen using it
+	slaveAuth   *metrics.SlaveAuth
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -134,8 +149,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("starting the master: no store")
 	}
-	if cfg.AdminToken == "" || cfg.SlaveToken == "" {
-		return nil, errors.New("starting the master: admin and slave tokens are both required")
+	if cfg.AdminToken == "" {
+		return nil, errors.New("starting the master: the admin token is required")
 	}
 	if cfg.AdminToken == cfg.SlaveToken {
 		return nil, errors.New("starting the master: the admin and slave tokens must differ, or a slave could act as admin")
@@ -173,10 +188,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		log:     cfg.Logger.With("component", "api"),
 		now:     cfg.Now,
 		admin:   sha256.Sum256([]byte(cfg.AdminToken)),
-		slave:   sha256.Sum256([]byte(cfg.SlaveToken)),
 		writes:  make(chan *slotWrite, maxSlotBatch),
 		revoked: newFeed(),
 		stop:    make(chan struct{}),
+	}
+	if cfg.SlaveToken != "" {
+		s.slave, s.sharedSlave = sha256.Sum256([]byte(cfg.SlaveToken)), true
+		s.log.Warn("the shared slave token is accepted: whoever holds it can heartbeat, validate keys and follow revocations " +
+			"as any slave without a credential of its own, and register new ones; give each slave its own credential " +
+			"(mas4h slave add NAME) and then restart the master without --allow-shared-slave-token")
 	}
 	if cfg.SlotRate > 0 {
 		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
@@ -197,6 +217,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.cfg.Metrics = cfg.Metrics
 	}
 	if s.metrics, err = metrics.NewMaster(cfg.Metrics, s.metricsSnapshot); err != nil {
+		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
+	}
+	if s.slaveAuth, err = metrics.NewSlaveAuth(cfg.Metrics); err != nil {
 		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
 	}
 	s.engine = s.routes()

@@ -2,7 +2,9 @@ package master
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -30,12 +32,7 @@ const (
 var eventKindRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 
 func (s *Server) handleHeartbeat(c *gin.Context) {
-	name := c.Param("name")
-	// Checked before the body, up to MaxHeartbeatBody of it, is read.
-	if err := names.Slave(name); err != nil {
-		fail(c, http.StatusBadRequest, err.Error())
-		return
-	}
+	name := c.Param("name") // checked by selfOnly
 	var hb wire.Heartbeat
 	if berr := decodeJSON(c, MaxHeartbeatBody, &hb); berr != nil {
 		fail(c, berr.status, berr.msg)
@@ -48,6 +45,11 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 	}
 	ctx := c.Request.Context()
 	change, err := s.store.RecordHeartbeat(ctx, report, report.At.Add(-registry.DeadAfter*s.cfg.HeartbeatInterval))
+	var mismatch *registry.HostKeyMismatchError
+	if errors.As(err, &mismatch) {
+		s.refuseHostKeys(c, report, mismatch)
+		return
+	}
 	if err != nil {
 		s.internal(c, err)
 		return
@@ -69,6 +71,23 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, reply)
+}
+
+// refuseHostKeys answers a heartbeat whose host keys are not those bound
+// to the slave's name: 409, and nothing of it is heard. Dispatch goes on
+// with what the master knew (the slave's known host and keys) while the
+// slave that holds them keeps beating, and stops once it falls silent, so
+// no device is ever sent to pin keys an admin has not accepted.
+func (s *Server) refuseHostKeys(c *gin.Context, r registry.SlaveReport, mm *registry.HostKeyMismatchError) {
+	s.slaveAuth.KeyMismatch(r.Name)
+	lvl := slog.LevelDebug // the same refused keys again
+	if mm.New {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(c.Request.Context(), lvl, "heartbeat refused: host keys differ from those bound to the slave's name",
+		"slave", r.Name, "host", r.Host, "port", r.Port, "remote", remoteIP(c),
+		"presented", registry.KeyFingerprints(mm.Presented), "bound", registry.KeyFingerprints(mm.Bound))
+	fail(c, http.StatusConflict, mm.Error())
 }
 
 // heartbeatReply tells a slave its interval and cache TTL, the revocations

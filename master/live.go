@@ -216,3 +216,10 @@ func (l *liveSlaves) Unpick(device, slave string) {
 		delete(st.pending, device)
 	}
 }
+
+// Forget drops a removed slave: no device is sent to it any more.
+func (l *liveSlaves) Forget(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.slaves, name)
+}

@@ -11,12 +11,15 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
+	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -56,8 +59,8 @@ func (s *Server) routes() *gin.Engine {
 	v1.POST("/slots", s.countSlots, s.handleSlot)
 
 	slave := v1.Group("", s.auth(roleSlave))
-	slave.POST("/slaves/:name/heartbeat", s.handleHeartbeat)
-	slave.GET("/slaves/:name/revocations", s.handleRevocations)
+	slave.POST("/slaves/:name/heartbeat", s.selfOnly, s.handleHeartbeat)
+	slave.GET("/slaves/:name/revocations", s.selfOnly, s.handleRevocations)
 	slave.POST("/validate", s.countValidations, s.handleValidate)
 
 	admin := v1.Group("", s.auth(roleAdmin))
@@ -69,6 +72,10 @@ func (s *Server) routes() *gin.Engine {
 	admin.POST("/devices/:name/revoke", s.handleRevokeDevice)
 	admin.GET("/tunnels", s.handleTunnels)
 	admin.GET("/events", s.handleEvents)
+	admin.GET("/slaves", s.handleListSlaves)
+	admin.POST("/slaves", s.handleAddSlave)
+	admin.DELETE("/slaves/:name", s.handleRemoveSlave)
+	admin.POST("/slaves/:name/accept-key", s.handleAcceptSlaveKey)
 
 	e.GET("/metrics", gin.WrapH(metrics.Handler(s.cfg.Metrics)))
 	s.dashboardRoutes(e)
@@ -98,40 +105,177 @@ func (s *Server) recovered(c *gin.Context, err any) {
 	fail(c, http.StatusInternalServerError, "internal error")
 }
 
-// auth admits requests bearing want's token. A missing or unknown token is
-// 401; the other role's token is 403, so a misconfigured slave or admin
-// script learns which file it should have used.
+// caller is who a request authenticated as: the admin, a slave by its own
+// credential (slave set), or, behind --allow-shared-slave-token, the
+// shared slave token of older installs (slave empty: any slave without a
+// credential of its own).
+type caller struct {
+	role  role
+	slave string
+}
+
+// callerKey is where auth leaves the caller in the gin context.
+const callerKey = "mas4h.caller"
+
+func callerOf(c *gin.Context) caller {
+	v, _ := c.Get(callerKey)
+	who, _ := v.(caller)
+	return who
+}
+
+// auth admits requests bearing a credential of the role want. A missing
+// or unknown credential is 401; one of the other role is 403, so a
+// misconfigured slave or admin script learns which file it should have
+// used. Which slave a slave's request may speak for is checked after, by
+// speaksFor.
 func (s *Server) auth(want role) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		h := c.GetHeader("Authorization")
-		scheme, tok, ok := strings.Cut(h, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-			c.Header("WWW-Authenticate", `Bearer realm="mas4h"`)
-			fail(c, http.StatusUnauthorized, "missing bearer token (Authorization: Bearer TOKEN)")
+		who, ok := s.authenticate(c)
+		if !ok {
 			return
 		}
-		// Comparing fixed-size digests keeps the time independent of both
-		// the token's content and its length.
-		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		isAdmin := subtle.ConstantTimeCompare(sum[:], s.admin[:]) == 1
-		isSlave := subtle.ConstantTimeCompare(sum[:], s.slave[:]) == 1
-		var got role
-		switch {
-		case isAdmin:
-			got = roleAdmin
-		case isSlave:
-			got = roleSlave
-		default:
-			c.Header("WWW-Authenticate", `Bearer realm="mas4h", error="invalid_token"`)
-			fail(c, http.StatusUnauthorized, "invalid token")
+		if who.role != want {
+			s.slaveAuth.Refused(metrics.SlaveAuthWrongRole)
+			msg := "this endpoint needs the admin token, not a slave's credential"
+			if want == roleSlave {
+				msg = "this endpoint is a slave's: the admin token cannot heartbeat, validate or follow revocations (each slave uses its own credential)"
+			}
+			fail(c, http.StatusForbidden, msg)
 			return
 		}
-		if got != want {
-			fail(c, http.StatusForbidden, fmt.Sprintf("this endpoint needs the %s token, not the %s token", want, got))
-			return
-		}
+		c.Set(callerKey, who)
 		c.Next()
 	}
+}
+
+// authenticate finds who the bearer token is, or answers 401.
+func (s *Server) authenticate(c *gin.Context) (caller, bool) {
+	h := c.GetHeader("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	tok = strings.TrimSpace(tok)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		s.slaveAuth.Refused(metrics.SlaveAuthInvalid)
+		c.Header("WWW-Authenticate", `Bearer realm="mas4h"`)
+		fail(c, http.StatusUnauthorized, "missing bearer token (Authorization: Bearer TOKEN)")
+		return caller{}, false
+	}
+	// Comparing fixed-size digests keeps the time independent of both the
+	// token's content and its length.
+	sum := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(sum[:], s.admin[:]) == 1 {
+		return caller{role: roleAdmin}, true
+	}
+	if s.sharedSlave && subtle.ConstantTimeCompare(sum[:], s.slave[:]) == 1 {
+		s.slaveAuth.Shared()
+		return caller{role: roleSlave}, true
+	}
+	// A slave's credential names its slave: its hash is found by that name
+	// (not by the hash, whose index lookup would take time depending on
+	// it) and compared in constant time.
+	if name, secret, ok := token.ParseSlaveCredential(tok); ok {
+		want, err := s.store.SlaveCredentialHash(c.Request.Context(), name)
+		if err != nil && !errors.Is(err, registry.ErrNotFound) {
+			s.internal(c, err)
+			return caller{}, false
+		}
+		got := registry.CredentialHash(secret)
+		if err == nil && subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
+			return caller{role: roleSlave, slave: name}, true
+		}
+	}
+	s.slaveAuth.Refused(metrics.SlaveAuthInvalid)
+	c.Header("WWW-Authenticate", `Bearer realm="mas4h", error="invalid_token"`)
+	msg := "invalid token"
+	if !s.sharedSlave {
+		msg += " (a slave needs its own credential, from 'mas4h slave add NAME' on the master; this master accepts no shared slave token)"
+	}
+	fail(c, http.StatusUnauthorized, msg)
+	return caller{}, false
+}
+
+// selfOnly admits a slave's request on /slaves/:name/... only when its
+// caller may speak for that slave (speaksFor).
+func (s *Server) selfOnly(c *gin.Context) {
+	name := c.Param("name")
+	// Checked before anything else, up to MaxHeartbeatBody of it, is read.
+	if err := names.Slave(name); err != nil {
+		fail(c, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !s.speaksFor(c, name) {
+		return
+	}
+	c.Next()
+}
+
+// speaksFor reports whether the slave caller of c may speak for slave
+// name, answering 403 (or 500) when not: a slave's credential speaks for
+// that slave alone, and the shared token for every slave without a
+// credential of its own, so that a slave moved to its own credential can
+// no longer be impersonated with the shared one.
+func (s *Server) speaksFor(c *gin.Context, name string) bool {
+	who := callerOf(c)
+	if who.slave != "" {
+		if who.slave != name {
+			s.slaveAuth.Refused(metrics.SlaveAuthOtherSlave)
+			fail(c, http.StatusForbidden, fmt.Sprintf("this credential is slave %s's; it cannot speak for slave %s", who.slave, name))
+			return false
+		}
+		return true
+	}
+	_, err := s.store.SlaveCredentialHash(c.Request.Context(), name)
+	switch {
+	case err == nil:
+		s.slaveAuth.Refused(metrics.SlaveAuthOtherSlave)
+		fail(c, http.StatusForbidden, fmt.Sprintf("slave %s has its own credential; the shared slave token cannot speak for it", name))
+		return false
+	case !errors.Is(err, registry.ErrNotFound):
+		s.internal(c, err)
+		return false
+	}
+	s.sharedUsers.note(name, func() {
+		s.log.Warn("slave still uses the shared slave token; give it its own credential (mas4h slave add NAME --token-file-out FILE on the master, then --token-file FILE on the slave)",
+			"slave", name, "remote", remoteIP(c))
+	})
+	return true
+}
+
+// sharedUsers remembers which slaves this master has seen using the shared
+// token, to warn once per slave and to show in GET /slaves. Bounded: the
+// shared token can claim any name.
+type sharedUsers struct {
+	mu    sync.Mutex
+	names map[string]bool
+}
+
+const maxSharedUsers = 10000
+
+// note records name, running first the first time it is seen.
+func (u *sharedUsers) note(name string, first func()) {
+	u.mu.Lock()
+	seen := u.names[name]
+	if !seen && len(u.names) < maxSharedUsers {
+		if u.names == nil {
+			u.names = map[string]bool{}
+		}
+		u.names[name] = true
+	}
+	u.mu.Unlock()
+	if !seen {
+		first()
+	}
+}
+
+func (u *sharedUsers) has(name string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.names[name]
+}
+
+func (u *sharedUsers) forget(name string) {
+	u.mu.Lock()
+	delete(u.names, name)
+	u.mu.Unlock()
 }
 
 // fail answers {"error": msg} with status and stops the handler chain.
@@ -216,4 +360,22 @@ func remoteIP(c *gin.Context) string {
 		return c.Request.RemoteAddr
 	}
 	return host
+}
+
+// validatesFor checks the slave a validation request names (*slave, the
+// body's optional "slave") against its caller, and fills it in from a
+// slave's own credential when absent, so the event log names the slave
+// that asked, not the one it claims to be.
+func (s *Server) validatesFor(c *gin.Context, slave *string) bool {
+	who := callerOf(c)
+	if *slave == "" {
+		*slave = who.slave
+		if who.slave == "" {
+			s.sharedUsers.note("", func() {
+				s.log.Warn("a slave that does not say its name validates keys with the shared slave token", "remote", remoteIP(c))
+			})
+		}
+		return true
+	}
+	return s.speaksFor(c, *slave)
 }

@@ -297,6 +297,9 @@ func (s *Server) handleValidate(c *gin.Context) {
 			return
 		}
 	}
+	if !s.validatesFor(c, &req.Slave) {
+		return
+	}
 	ctx := c.Request.Context()
 	var key ssh.PublicKey
 	switch {

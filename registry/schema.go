@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -89,5 +89,20 @@ INSERT INTO sqlite_sequence (name, seq) VALUES ('revocations', 1);
 	`
 ALTER TABLE slaves ADD COLUMN vip  TEXT    NOT NULL DEFAULT '';
 ALTER TABLE slaves ADD COLUMN node INTEGER NOT NULL DEFAULT 0;
+`,
+	// 4: each slave's own credential, kept as a SHA-256 of the secret (the
+	// secret is shown once, at 'mas4h slave add', and never stored), and the
+	// host keys bound to a slave's name: slaves.host_keys no longer follows
+	// every heartbeat; a heartbeat presenting others is refused and they wait
+	// in pending_host_keys until an admin accepts them.
+	`
+CREATE TABLE slave_credentials (
+	name        TEXT    PRIMARY KEY,
+	secret_hash BLOB    NOT NULL,
+	created_at  INTEGER NOT NULL, -- unix nanoseconds, UTC
+	rebind      INTEGER NOT NULL DEFAULT 1 -- 1: the next heartbeat's host keys become the slave's
+);
+ALTER TABLE slaves ADD COLUMN pending_host_keys TEXT    NOT NULL DEFAULT '[]'; -- JSON, like host_keys
+ALTER TABLE slaves ADD COLUMN pending_since     INTEGER NOT NULL DEFAULT 0;    -- 0: none pending
 `,
 }

@@ -77,6 +77,10 @@ const (
 // heartbeat), the events it reports, and a slave-up event when it is new or
 // returns. A slave counts as returning when it was marked dead or its last
 // heartbeat is older than liveSince.
+//
+// The host keys of the first heartbeat are bound to the slave's name; a
+// heartbeat presenting others is refused with a *HostKeyMismatchError and
+// stores nothing but those keys as pending (see bindHostKeys).
 func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince time.Time) (SlaveChange, error) {
 	hostKeys := r.HostKeys
 	if hostKeys == nil {
@@ -95,15 +99,32 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 
 	change := SlaveSteady
 	var alive bool
-	var lastSeen int64
-	err = tx.QueryRowContext(ctx, `SELECT alive, last_seen FROM slaves WHERE name = ?`, r.Name).Scan(&alive, &lastSeen)
+	var lastSeen, pendingSince int64
+	var bound, pending string
+	err = tx.QueryRowContext(ctx, `SELECT alive, last_seen, host_keys, pending_host_keys, pending_since FROM slaves WHERE name = ?`,
+		r.Name).Scan(&alive, &lastSeen, &bound, &pending, &pendingSince)
+	exists := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
+	}
+	if err := bindHostKeys(ctx, tx, r, exists, bound, pending, pendingSince, at); err != nil {
+		var mismatch *HostKeyMismatchError
+		if !errors.As(err, &mismatch) {
+			return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
+		}
+		// Nothing of the heartbeat is kept but the refused keys, as
+		// pending, and the event.
+		if err := tx.Commit(); err != nil {
+			return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
+		}
+		return 0, mismatch
+	}
 	switch {
-	case errors.Is(err, sql.ErrNoRows):
+	case !exists:
 		change = SlaveNew
 		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, user, host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
 			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano(), r.VIP, r.Node)
-	case err != nil:
 	default:
 		if !alive || lastSeen < liveSince.UnixNano() {
 			change = SlaveReturned

@@ -57,13 +57,14 @@ start() {
 
   echo "== 2. start the master on $MASTER (registry $D/registry.db, log $D/master.log)"
   setsid nohup "$B" master --listen "127.0.0.1:$MASTER_PORT" --db "$D/registry.db" \
-    --admin-token-file "$D/admin.token" --slave-token-file "$D/slave.token" </dev/null > "$D/master.log" 2>&1 &
+    --admin-token-file "$D/admin.token" </dev/null > "$D/master.log" 2>&1 &
   echo $! > "$D/master.pid"
   if ! wait_port "$MASTER_PORT" 10; then echo "master did not come up:"; cat "$D/master.log"; exit 1; fi
   export MAS4H_MASTER="$MASTER" MAS4H_TOKEN_FILE="$D/admin.token"
 
-  echo "== 3. start a slave on 127.0.0.1:$SSH_PORT under the master (log $D/slave.log)"
-  setsid nohup "$B" slave --name demo-s1 --master "$MASTER" --token-file "$D/slave.token" \
+  echo "== 3. issue the slave its own credential, and start it on 127.0.0.1:$SSH_PORT under the master (log $D/slave.log)"
+  "$B" slave add demo-s1 --token-file-out "$D/slave-demo-s1.token"
+  setsid nohup "$B" slave --name demo-s1 --master "$MASTER" --token-file "$D/slave-demo-s1.token" \
     --state-dir "$D/slave" --ssh-listen "127.0.0.1:$SSH_PORT" --public-host 127.0.0.1 \
     --tunnel-user "$USER_T" </dev/null > "$D/slave.log" 2>&1 &
   echo $! > "$D/slave.pid"

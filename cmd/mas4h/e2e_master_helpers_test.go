@@ -23,7 +23,7 @@ type masterProc struct {
 	url        string
 	db         string
 	adminToken string // file
-	slaveToken string // file
+	slaveToken string // file of the shared slave token; "": none (each slave its own credential)
 	extra      []string
 	cmd        *exec.Cmd
 	log        *syncBuffer
@@ -47,10 +47,12 @@ func (m *masterProc) start() {
 	t.Helper()
 	m.log = &syncBuffer{}
 	listen := strings.TrimPrefix(strings.TrimPrefix(m.url, "http://"), "https://")
-	args := append([]string{"master", "--listen", listen, "--db", m.db,
-		"--admin-token-file", m.adminToken, "--slave-token-file", m.slaveToken,
-		"--port-range", fmt.Sprintf("%d-%d", m.e.portLo, m.e.portLo+19),
-		"--heartbeat-interval", e2eHeartbeat.String(), "--slot-rate", "1000", "--slot-burst", "1000"}, m.extra...)
+	args := []string{"master", "--listen", listen, "--db", m.db, "--admin-token-file", m.adminToken}
+	if m.slaveToken != "" { // the shared slave token of older installs (see e2e_slavecreds_test.go for slaves' own)
+		args = append(args, "--allow-shared-slave-token", "--slave-token-file", m.slaveToken)
+	}
+	args = append(append(args, "--port-range", fmt.Sprintf("%d-%d", m.e.portLo, m.e.portLo+19),
+		"--heartbeat-interval", e2eHeartbeat.String(), "--slot-rate", "1000", "--slot-burst", "1000"), m.extra...)
 	m.cmd = exec.Command(testBin, args...)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {

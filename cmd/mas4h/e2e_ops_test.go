@@ -216,7 +216,7 @@ func TestInstallRootRoundTrip(t *testing.T) {
 	}
 	opsOwner(t, filepath.Join(root, "var/lib/mas4h/slave-s1"), 0, 0o755)
 	conf := string(mustRead(t, filepath.Join(root, "etc/mas4h/slave-s1.conf")))
-	if !strings.Contains(conf, `MAS4H_SLAVE_ARGS="--master http://127.0.0.1:8080 --token-file /etc/mas4h/slave.token --ssh-listen 0.0.0.0:2222"`) {
+	if !strings.Contains(conf, `MAS4H_SLAVE_ARGS="--master http://127.0.0.1:8080 --token-file /etc/mas4h/slave-s1.token --ssh-listen 0.0.0.0:2222"`) {
 		t.Errorf("slave-s1.conf:\n%s", conf)
 	}
 	units, _ := filepath.Glob(filepath.Join(root, "etc/systemd/system/*.service"))

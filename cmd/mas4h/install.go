@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/systemd"
 )
 
@@ -20,6 +21,8 @@ type installOpts struct {
 	purge      bool
 	// The flags that make up the role's config line.
 	master, tokenFile, db, sshListen, publicHost, listen, key string
+	// credential is a slave's own credential file to install as tokenFile.
+	credential string
 }
 
 func newInstallCmd(g *globals) *cobra.Command {
@@ -34,7 +37,10 @@ tokens, owned by mas4h), /etc/mas4h/master.conf and mas4h-master.service.
 
 slave NAME: the tunnel user (mas4h-tunnel, password field '*'), the state dir
 /var/lib/mas4h/slave-NAME (root-owned 0755, as sshd demands of the hook's
-path), /etc/mas4h/slave-NAME.conf, mas4h-slave@.service and mas4h-sshd@.service.
+path), /etc/mas4h/slave-NAME.conf, mas4h-slave@.service and mas4h-sshd@.service;
+with --credential FILE (the slave's own credential, from 'mas4h slave add NAME
+--token-file-out FILE' on the master), that credential as
+/etc/mas4h/slave-NAME.token (or --token-file), root's, mode 0600.
 
 agent: /var/lib/mas4h-agent, /etc/mas4h/agent.conf and mas4h-agent.service.
 
@@ -47,7 +53,7 @@ then systemctl start it); otherwise the command says how to start it.
 What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 'mas4h uninstall' removes exactly that.`,
 		Example: `  mas4h install master --listen 0.0.0.0:8080
-  mas4h install slave s1 --master http://master:8080 --token-file /etc/mas4h/slave.token --public-host s1.example.net
+  mas4h install slave s1 --master https://master:8080 --credential ./s1.token --public-host s1.example.net
   mas4h install slave s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222
   mas4h install agent --master https://master:8080 --key /etc/mas4h/agent.key`,
 		Args: roleArgs,
@@ -69,7 +75,8 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	f.StringVar(&o.args, "args", "", "the whole flag line for the config file (instead of the flags below)")
 	f.StringVar(&o.tunnelUser, "tunnel-user", install.DefaultTunnelUser, "slave: the tunnel user to create")
 	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL")
-	f.StringVar(&o.tokenFile, "token-file", "", "slave: the slave token file (default /etc/mas4h/slave.token with --master)")
+	f.StringVar(&o.tokenFile, "token-file", "", "slave: where its credential is (default /etc/mas4h/slave-NAME.token with --master)")
+	f.StringVar(&o.credential, "credential", "", "slave: its own credential file, from 'mas4h slave add NAME --token-file-out FILE' on the master, to install as --token-file")
 	f.StringVar(&o.db, "db", "", "slave: standalone registry file instead of a master")
 	f.StringVar(&o.sshListen, "ssh-listen", "", "slave: address its sshd listens on (default 0.0.0.0:2222)")
 	f.StringVar(&o.publicHost, "public-host", "", "slave: host name devices are told to dial")
@@ -150,8 +157,14 @@ func (o *installOpts) config(cmd *cobra.Command, args []string, installing bool)
 		c.Systemd = err == nil
 	}
 	if installing {
-		if c.Args, err = o.confArgs(c.Role); err != nil {
+		if c.Args, err = o.confArgs(c.Role, c.Name); err != nil {
 			return c, err
+		}
+		if o.credential != "" {
+			if c.Credential, err = readSlaveCredential(o.credential, c.Name); err != nil {
+				return c, err
+			}
+			c.CredentialFile = o.tokenFile
 		}
 		if c.Bin == "" {
 			if c.Bin, err = o.defaultBin(c); err != nil {
@@ -166,7 +179,7 @@ func (o *installOpts) config(cmd *cobra.Command, args []string, installing bool)
 }
 
 // confArgs assembles the config file's flag line from the role's flags.
-func (o *installOpts) confArgs(role string) (string, error) {
+func (o *installOpts) confArgs(role, name string) (string, error) {
 	if o.args != "" {
 		return o.args, nil
 	}
@@ -186,7 +199,7 @@ func (o *installOpts) confArgs(role string) (string, error) {
 	}
 	switch role {
 	case install.RoleMaster:
-		if err := wrong("--master", o.master, "--token-file", o.tokenFile, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--key", o.key); err != nil {
+		if err := wrong("--master", o.master, "--token-file", o.tokenFile, "--credential", o.credential, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--key", o.key); err != nil {
 			return "", err
 		}
 		add("--listen", o.listen)
@@ -197,12 +210,18 @@ func (o *installOpts) confArgs(role string) (string, error) {
 		if o.master != "" && o.db != "" {
 			return "", usagef("give either --master or --db, not both")
 		}
+		if o.credential != "" && o.master == "" {
+			return "", usagef("--credential goes with --master (a standalone slave needs none)")
+		}
 		if o.master == "" && o.db == "" {
 			return "", nil // the skeleton's example line
 		}
 		add("--master", o.master)
 		if o.master != "" && o.tokenFile == "" {
-			o.tokenFile = "/etc/mas4h/slave.token"
+			o.tokenFile = install.SlaveCredentialPath(name)
+		}
+		if o.credential != "" && !filepath.IsAbs(o.tokenFile) {
+			return "", usagef("--token-file must be an absolute path on this host, not %q", o.tokenFile)
 		}
 		add("--token-file", o.tokenFile)
 		add("--db", o.db)
@@ -215,7 +234,7 @@ func (o *installOpts) confArgs(role string) (string, error) {
 			add("--tunnel-user", o.tunnelUser)
 		}
 	case install.RoleAgent:
-		if err := wrong("--token-file", o.tokenFile, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--listen", o.listen); err != nil {
+		if err := wrong("--token-file", o.tokenFile, "--credential", o.credential, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--listen", o.listen); err != nil {
 			return "", err
 		}
 		if o.master == "" && o.key == "" {
@@ -266,9 +285,27 @@ func nextSteps(c install.Config) string {
 	}
 	switch c.Role {
 	case install.RoleMaster:
-		fmt.Fprintf(&b, "\nThe master runs as user %s; its tokens appear at first start in %s (admin.token for mas4h device/status, slave.token for the slaves).", c.MasterUser, install.MasterStateDir)
+		fmt.Fprintf(&b, "\nThe master runs as user %s; its admin token appears at first start in %s/admin.token (for mas4h device/slave/status). "+
+			"Issue each slave its own credential with: mas4h slave add NAME --token-file-out NAME.token", c.MasterUser, install.MasterStateDir)
 	case install.RoleSlave:
 		fmt.Fprintf(&b, "\nCheck the host with: mas4h doctor slave %s", c.Name)
 	}
 	return b.String()
+}
+
+// readSlaveCredential reads a credential file to install for slave name,
+// refusing another slave's credential or the shared token of older installs.
+func readSlaveCredential(path, name string) ([]byte, error) {
+	tok, err := token.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	n, _, ok := token.ParseSlaveCredential(tok)
+	switch {
+	case !ok:
+		return nil, usagef("--credential %s holds no slave credential (the shared slave token of an older install?); issue slave %s its own: mas4h slave add %s --token-file-out FILE", path, name, name)
+	case n != name:
+		return nil, usagef("--credential %s is slave %s's, not slave %s's", path, n, name)
+	}
+	return []byte(tok + "\n"), nil
 }

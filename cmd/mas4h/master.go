@@ -21,6 +21,7 @@ type masterOpts struct {
 	db             string
 	adminTokenFile string
 	slaveTokenFile string
+	allowShared    bool
 	portRange      string
 	validator      string
 	tlsCert        string
@@ -38,7 +39,10 @@ type masterConfig struct {
 	listen         string
 	db             string
 	adminTokenFile string
+	// slaveTokenFile is the shared slave token's file: read (or created)
+	// only when allowShared.
 	slaveTokenFile string
+	allowShared    bool
 	api            master.Config // without Store, Logger and tokens
 }
 
@@ -51,10 +55,20 @@ func newMasterCmd(g *globals) *cobra.Command {
 tunnels, events) in SQLite, answers devices' slot requests with the least busy
 live slave, validates keys for slaves, and serves the REST API under /api/v1.
 
-Admin and slave bearer tokens are read from files (mode 0600); absent files are
-created with fresh random tokens, by default next to the registry as
-admin.token and slave.token. Give the admin token file to 'mas4h device' and
-'mas4h status' (--token-file) and the slave token file to each slave.
+The admin token is read from a file (mode 0600), created with a fresh random
+token when absent, by default admin.token next to the registry. Give it to
+'mas4h device', 'mas4h slave add' and 'mas4h status' (--token-file).
+
+Each slave has its own credential, issued here with 'mas4h slave add NAME
+--token-file-out FILE' and given to that slave alone (--token-file); it can
+speak only for that slave, and the slave's host keys stay bound to its name
+('mas4h slave accept-key NAME' accepts new ones).
+
+Installs from before per-slave credentials shared one slave token
+(slave.token next to the registry). --allow-shared-slave-token accepts it
+again, for every slave that has no credential of its own, while the slaves
+are moved over one by one; then drop the flag (see the README, "Moving
+slaves to their own credentials").
 
 Restarting the master drops no tunnel: slaves keep serving their cached devices
 and report again when it is back.`,
@@ -73,7 +87,8 @@ and report again when it is back.`,
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address the API listens on")
 	f.StringVar(&o.db, "db", "/var/lib/mas4h/registry.db", "registry file (SQLite); its directory is created if missing")
 	f.StringVar(&o.adminTokenFile, "admin-token-file", "", "admin token file (default admin.token next to --db; created if absent)")
-	f.StringVar(&o.slaveTokenFile, "slave-token-file", "", "slave token file (default slave.token next to --db; created if absent)")
+	f.BoolVar(&o.allowShared, "allow-shared-slave-token", false, "also accept the shared slave token of older installs, for slaves without a credential of their own (for moving over; warns at start)")
+	f.StringVar(&o.slaveTokenFile, "slave-token-file", "", "with --allow-shared-slave-token: the shared slave token's file (default slave.token next to --db; created if absent)")
 	f.StringVar(&o.portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from")
 	f.StringVar(&o.validator, "validator", "registry", "who accepts keys: registry, exec:/path/to/program, or https://url")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate file (PEM); with --tls-key, serve HTTPS")
@@ -103,14 +118,18 @@ func (o *masterOpts) config() (masterConfig, error) {
 		return c, usagef("--db: %v", err)
 	}
 	c.listen, c.db = o.listen, db
-	c.adminTokenFile, c.slaveTokenFile = o.adminTokenFile, o.slaveTokenFile
+	c.adminTokenFile, c.slaveTokenFile, c.allowShared = o.adminTokenFile, o.slaveTokenFile, o.allowShared
 	if c.adminTokenFile == "" {
 		c.adminTokenFile = filepath.Join(filepath.Dir(db), "admin.token")
+	}
+	if c.slaveTokenFile != "" && !c.allowShared {
+		return c, usagef("--slave-token-file names the shared slave token, which is accepted only with --allow-shared-slave-token; " +
+			"give each slave its own credential (mas4h slave add NAME) instead, or add the flag while moving them over")
 	}
 	if c.slaveTokenFile == "" {
 		c.slaveTokenFile = filepath.Join(filepath.Dir(db), "slave.token")
 	}
-	if c.adminTokenFile == c.slaveTokenFile {
+	if c.allowShared && c.adminTokenFile == c.slaveTokenFile {
 		return c, usagef("--admin-token-file and --slave-token-file must be different files")
 	}
 	pr, err := registry.ParsePortRange(o.portRange)
@@ -167,12 +186,18 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 	if err != nil {
 		return err
 	}
-	slaveTok, err := loadToken(g, "slave", cfg.slaveTokenFile)
-	if err != nil {
-		return err
-	}
-	if adminTok == slaveTok {
-		return fmt.Errorf("%s and %s hold the same token; the admin and slave tokens must differ", cfg.adminTokenFile, cfg.slaveTokenFile)
+	var slaveTok string
+	if cfg.allowShared {
+		if slaveTok, err = loadToken(g, "shared slave", cfg.slaveTokenFile); err != nil {
+			return err
+		}
+		if adminTok == slaveTok {
+			return fmt.Errorf("%s and %s hold the same token; the admin and slave tokens must differ", cfg.adminTokenFile, cfg.slaveTokenFile)
+		}
+	} else if _, err := os.Stat(cfg.slaveTokenFile); err == nil {
+		log.Warn("the shared slave token of an older install is not accepted: slaves still using it are refused (401). "+
+			"Give each its own credential (mas4h slave add NAME --token-file-out FILE, then --token-file FILE on the slave), "+
+			"or restart with --allow-shared-slave-token while you move them over", "file", cfg.slaveTokenFile)
 	}
 	st, err := registry.Open(ctx, cfg.db)
 	if err != nil {

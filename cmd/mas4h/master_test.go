@@ -201,7 +201,11 @@ func TestDeviceAndStatusUsageErrors(t *testing.T) {
 func TestStatusCommand(t *testing.T) {
 	url, dir := startMasterInProcess(t, "--heartbeat-interval", "1s")
 	tokenFile := filepath.Join(dir, "state", "admin.token")
-	slaveTok, err := os.ReadFile(filepath.Join(dir, "state", "slave.token"))
+	credFile := filepath.Join(dir, "s1.token")
+	if _, stderr, code := cliRun(t, "slave", "add", "s1", "--token-file-out", credFile, "--master", url, "--token-file", tokenFile); code != 0 {
+		t.Fatalf("slave add: %d %s", code, stderr)
+	}
+	slaveTok, err := os.ReadFile(credFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,13 +57,16 @@ the tunnel user (detached: stopping or restarting this daemon drops no tunnel,
 and the next start adopts it), answers sshd's AuthorizedKeysCommand, restarts
 sshd if it dies, and ends the sessions of revoked devices.
 
-Under a master (--master, with the slave token in --token-file) the slave
-heartbeats its load, host keys and live tunnels, validates unknown keys with
-the master, caches positive answers (refreshed before they expire), keeps
-serving cached devices while the master is down, and ends the sessions of
-devices the master revokes. Standalone (--db) it reads devices from a local
-registry file.`,
-		Example: `  mas4h slave --name s1 --master https://master:8080 --token-file /etc/mas4h/slave.token --public-host s1.example.net
+Under a master (--master, with the slave's own credential in --token-file,
+issued on the master by 'mas4h slave add NAME') the slave heartbeats its load,
+host keys and live tunnels, validates unknown keys with the master, caches
+positive answers (refreshed before they expire), keeps serving cached devices
+while the master is down, and ends the sessions of devices the master
+revokes. Standalone (--db) it reads devices from a local registry file.
+
+The subcommands below act on the master (with its admin token): they issue
+and withdraw slaves' credentials and accept a slave's new host keys.`,
+		Example: `  mas4h slave --name s1 --master https://master:8080 --token-file /etc/mas4h/slave-s1.token --public-host s1.example.net
   mas4h slave --name s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -74,9 +77,13 @@ registry file.`,
 			log := g.logger()
 			var src source.Source
 			if o.master != "" {
-				api, err := newSlaveMasterAPI(o.master, o.tokenFile)
+				api, shared, err := newSlaveMasterAPI(o.master, o.tokenFile, o.name)
 				if err != nil {
 					return err
+				}
+				if shared {
+					log.Warn("--token-file holds no credential of this slave's own (the shared slave token of an older install?); "+
+						"the master accepts it only with --allow-shared-slave-token. Ask for this slave's own: mas4h slave add "+o.name, "file", o.tokenFile)
 				}
 				src = source.NewMaster(api, o.name, nil, log.With("master", o.master))
 			} else {
@@ -97,10 +104,11 @@ registry file.`,
 			return slave.Run(cmd.Context())
 		},
 	}
+	cmd.AddCommand(slaveAdminCmds(g)...)
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "this slave's name (required; [a-z0-9][a-z0-9._-]*)")
 	f.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080 (or MAS4H_MASTER)")
-	f.StringVar(&o.tokenFile, "token-file", "", "file holding the master's slave token (or MAS4H_TOKEN_FILE)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding this slave's credential, from 'mas4h slave add NAME' on the master (or MAS4H_TOKEN_FILE)")
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")
 	f.IntVar(&o.capacity, "capacity", 2000, "tunnels this slave is sized for; dispatch balances tunnels/capacity")
@@ -146,7 +154,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	case o.master == "" && o.db == "":
 		return sshd.SlaveConfig{}, usagef("give --master URL --token-file F (under a master) or --db PATH (standalone)")
 	case o.master != "" && o.tokenFile == "":
-		return sshd.SlaveConfig{}, usagef("--master needs --token-file (the slave token file the master created)")
+		return sshd.SlaveConfig{}, usagef("--master needs --token-file (this slave's credential: mas4h slave add %s --token-file-out FILE, on the master)", o.name)
 	}
 	if o.capacity < 1 {
 		return sshd.SlaveConfig{}, usagef("--capacity must be at least 1")

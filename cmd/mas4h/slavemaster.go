@@ -16,20 +16,37 @@ import (
 // refusal (403) apart from a master that does not answer.
 type slaveMasterAPI struct{ c *client.Client }
 
-func newSlaveMasterAPI(url, tokenFile string) (source.MasterAPI, error) {
+// newSlaveMasterAPI reads slave's credential from tokenFile. A credential
+// of another slave is refused at once, with the fix; a token that is no
+// slave's credential is the shared token of an older install (shared), which
+// only a master with --allow-shared-slave-token accepts.
+func newSlaveMasterAPI(url, tokenFile, slave string) (api source.MasterAPI, shared bool, err error) {
 	tok, err := token.Load(tokenFile)
 	if err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	name, _, ok := token.ParseSlaveCredential(tok)
+	if ok && name != slave {
+		return nil, false, usagef("%s holds slave %s's credential, not slave %s's; issue this one its own: mas4h slave add %s", tokenFile, name, slave, slave)
 	}
 	c, err := client.New(url, tok)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, false, usageError{err}
 	}
-	return slaveMasterAPI{c}, nil
+	return slaveMasterAPI{c}, !ok, nil
 }
 
+// Heartbeat tells a refusal apart in the slave's log: the heartbeat loop
+// reports every failure as the master being out of reach.
 func (a slaveMasterAPI) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
-	return a.c.Heartbeat(ctx, slave, hb)
+	r, err := a.c.Heartbeat(ctx, slave, hb)
+	switch client.StatusOf(err) {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return r, fmt.Errorf("the master refused this slave's credential: %w", err)
+	case http.StatusConflict:
+		return r, fmt.Errorf("the master refused this slave's heartbeat: %w", err)
+	}
+	return r, err
 }
 
 func (a slaveMasterAPI) Revocations(ctx context.Context, slave string, after int64, wait time.Duration) (wire.RevocationsReply, error) {

@@ -356,15 +356,15 @@ func (c *Client) Events(ctx context.Context, q EventQuery) ([]wire.Event, error)
 	return out, err
 }
 
-// Heartbeat reports a slave's load and tunnels (slave token).
+// Heartbeat reports a slave's load and tunnels (the slave's own credential).
 func (c *Client) Heartbeat(ctx context.Context, slave string, hb wire.Heartbeat) (wire.HeartbeatReply, error) {
 	var r wire.HeartbeatReply
 	err := c.do(ctx, http.MethodPost, "/slaves/"+url.PathEscape(slave)+"/heartbeat", nil, hb, &r)
 	return r, err
 }
 
-// Revocations asks for the revocations after sequence number after (slave
-// token), waiting up to wait on the master for one to happen.
+// Revocations asks for the revocations after sequence number after (the
+// slave's own credential), waiting up to wait on the master for one to happen.
 func (c *Client) Revocations(ctx context.Context, slave string, after int64, wait time.Duration) (wire.RevocationsReply, error) {
 	var r wire.RevocationsReply
 	q := url.Values{"after": {strconv.FormatInt(after, 10)}, "wait": {strconv.Itoa(int(wait / time.Second))}}
@@ -372,8 +372,8 @@ func (c *Client) Revocations(ctx context.Context, slave string, after int64, wai
 	return r, err
 }
 
-// Validate asks whether a key may connect (slave token). A refusal is an
-// *Error with Status 403.
+// Validate asks whether a key may connect (a slave's credential). A refusal
+// is an *Error with Status 403.
 func (c *Client) Validate(ctx context.Context, req wire.ValidateRequest) (wire.Validation, error) {
 	var v wire.Validation
 	err := c.do(ctx, http.MethodPost, "/validate", nil, req, &v)

@@ -1,6 +1,7 @@
 // Package token reads and creates the bearer-token files of the master's
-// API (admin and slave tokens). Tokens live in files of mode 0600, never in
-// argv or the environment, where other users and crash reports can read them.
+// API: the admin token, each slave's own credential, and the shared slave
+// token of older installs. Tokens live in files of mode 0600, never in argv
+// or the environment, where other users and crash reports can read them.
 package token
 
 import (
@@ -13,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/mas4h/mas4h/atomicfile"
+	"github.com/mas4h/mas4h/names"
 )
 
 // MinLength is the shortest token accepted from a file: shorter ones are
@@ -86,4 +88,53 @@ func LoadOrCreate(path string) (tok string, created bool, err error) {
 		return "", false, fmt.Errorf("creating token file %s: %w", path, err)
 	}
 	return tok, true, nil
+}
+
+// secretBytes is the entropy of a slave credential's secret.
+const secretBytes = 32
+
+// NewSlaveCredential returns a fresh credential for slave name, and its
+// secret. The credential is "NAME.SECRET", SECRET 64 hex digits of 32
+// random bytes: naming the slave lets the master look its hash up by name
+// and compare in constant time, and lets the slave check at start that it
+// was given its own.
+func NewSlaveCredential(name string) (cred, secret string, err error) {
+	if err := names.Slave(name); err != nil {
+		return "", "", err
+	}
+	raw := make([]byte, secretBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", fmt.Errorf("making a credential for slave %s: %w", name, err)
+	}
+	secret = hex.EncodeToString(raw)
+	return name + "." + secret, secret, nil
+}
+
+// ParseSlaveCredential splits a slave credential into its slave's name and
+// secret. ok is false for anything else: an admin token, or the shared
+// slave token of older installs (plain hex, no name).
+func ParseSlaveCredential(tok string) (name, secret string, ok bool) {
+	i := strings.LastIndexByte(tok, '.')
+	if i < 0 {
+		return "", "", false
+	}
+	name, secret = tok[:i], tok[i+1:]
+	if len(secret) != 2*secretBytes || names.Slave(name) != nil {
+		return "", "", false
+	}
+	for _, c := range []byte(secret) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", "", false
+		}
+	}
+	return name, secret, true
+}
+
+// Write writes tok to path with mode 0600, atomically, replacing any file
+// there. The directory must exist.
+func Write(path, tok string) error {
+	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing token file: %w", err)
+	}
+	return nil
 }

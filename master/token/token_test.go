@@ -52,3 +52,43 @@ func TestLoadRefusesLooseModeAndShortTokens(t *testing.T) {
 		t.Error("Load(missing) succeeded")
 	}
 }
+
+func TestSlaveCredential(t *testing.T) {
+	cred, secret, err := NewSlaveCredential("s1.lyon")
+	if err != nil || !strings.HasPrefix(cred, "s1.lyon.") || len(secret) != 64 || !strings.HasSuffix(cred, secret) {
+		t.Fatalf("NewSlaveCredential = %q, %q, %v", cred, secret, err)
+	}
+	other, _, _ := NewSlaveCredential("s1.lyon")
+	if other == cred {
+		t.Fatal("two credentials alike")
+	}
+	name, sec, ok := ParseSlaveCredential(cred)
+	if !ok || name != "s1.lyon" || sec != secret {
+		t.Errorf("Parse(%q) = %q, %q, %v", cred, name, sec, ok)
+	}
+	for _, tok := range []string{
+		secret,                          // the shared token of older installs: plain hex
+		"s1." + secret[:63],             // short
+		"s1." + strings.ToUpper(secret), // not lowercase hex
+		"-s1." + secret,                 // not a slave name
+		"." + secret,                    // no name
+		"s1." + secret + "0",            // long
+	} {
+		if _, _, ok := ParseSlaveCredential(tok); ok {
+			t.Errorf("Parse(%q) accepted", tok)
+		}
+	}
+	if _, _, err := NewSlaveCredential("../x"); err == nil {
+		t.Error("a credential for a bad name")
+	}
+	path := filepath.Join(t.TempDir(), "s1.token")
+	if err := Write(path, cred); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Load(path); err != nil || got != cred {
+		t.Fatalf("Load after Write = %q, %v", got, err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+}
