@@ -50,6 +50,10 @@ type Store interface {
 	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
 	LastEventID(ctx context.Context) (int64, error)
 
+	AddSession(ctx context.Context, sess registry.Session) error
+	Session(ctx context.Context, id string) (registry.Session, error)
+	RemoveSession(ctx context.Context, id string) error
+
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
@@ -110,6 +114,8 @@ type Server struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	writerWG sync.WaitGroup
+
+	dash *dashGuard // the dashboard's login backoff and origin check
 }
 
 // New checks cfg and loads the slaves the registry knows, so that a
@@ -158,6 +164,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		slave:   sha256.Sum256([]byte(cfg.SlaveToken)),
 		writes:  make(chan *slotWrite, maxSlotBatch),
 		revoked: newFeed(),
+		dash:    newDashGuard(cfg.AdminToken),
 		stop:    make(chan struct{}),
 	}
 	if cfg.SlotRate > 0 {

@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -89,5 +89,19 @@ INSERT INTO sqlite_sequence (name, seq) VALUES ('revocations', 1);
 	`
 ALTER TABLE slaves ADD COLUMN vip  TEXT    NOT NULL DEFAULT '';
 ALTER TABLE slaves ADD COLUMN node INTEGER NOT NULL DEFAULT 0;
+`,
+	// 5 (it follows 4, the slaves' own credentials): the dashboard's sessions,
+	// kept here so that logging out ends one, and so that every master on
+	// the registry knows it. The cookie holds a random secret; the row its
+	// SHA-256, never the secret.
+	`
+CREATE TABLE sessions (
+	id         TEXT    PRIMARY KEY, -- hex SHA-256 of the cookie's secret
+	binding    TEXT    NOT NULL,    -- names the admin token it was opened with: a new token ends it
+	csrf       TEXT    NOT NULL,    -- what the session's forms carry
+	created_at INTEGER NOT NULL,    -- unix nanoseconds, UTC
+	expires_at INTEGER NOT NULL
+);
+CREATE INDEX sessions_expires ON sessions (expires_at);
 `,
 }
