@@ -115,7 +115,9 @@ type Server struct {
 	stopOnce sync.Once
 	writerWG sync.WaitGroup
 
-	dash *dashGuard // the dashboard's login backoff and origin check
+	dash     *dashGuard     // the dashboard's login backoff and origin check
+	refusals *refusals      // refused keys, tallied per source and interval
+	gate     *validatorGate // the validator's rate limit and negative cache
 }
 
 // New checks cfg and loads the slaves the registry knows, so that a
@@ -170,6 +172,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.SlotRate > 0 {
 		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
 	}
+	s.refusals, s.gate = s.newRefusals(), newValidatorGate()
 	known, err := s.store.Slaves(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("starting the master: loading slaves: %w", err)
@@ -193,6 +196,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 func (s *Server) Close() {
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.writerWG.Wait()
+	s.refusals.close()
 }
 
 // maxSlotBatch bounds the grants committed in one transaction.

@@ -29,6 +29,7 @@ type masterOpts struct {
 	cacheTTL       time.Duration
 	slotRate       float64
 	slotBurst      int
+	events         registry.Retention
 }
 
 // masterConfig is what the flags amount to, checked.
@@ -38,6 +39,7 @@ type masterConfig struct {
 	adminTokenFile string
 	slaveTokenFile string
 	api            master.Config // without Store, Logger and tokens
+	events         registry.Retention
 }
 
 func newMasterCmd(g *globals) *cobra.Command {
@@ -80,6 +82,8 @@ and report again when it is back.`,
 	f.DurationVar(&o.cacheTTL, "cache-ttl", master.DefaultCacheTTL, "how long slaves may serve a validated device from cache")
 	f.Float64Var(&o.slotRate, "slot-rate", master.DefaultSlotRate, "slot requests per second per source address (0: no limit)")
 	f.IntVar(&o.slotBurst, "slot-burst", master.DefaultSlotBurst, "burst of slot requests per source address")
+	f.DurationVar(&o.events.MaxAge, "events-max-age", registry.DefaultEventMaxAge, "events older than this are deleted (0: kept whatever their age)")
+	f.Int64Var(&o.events.MaxRows, "events-max-rows", registry.DefaultEventMaxRows, "at most this many of the newest events are kept, about 180 bytes each (0: no limit)")
 	return cmd
 }
 
@@ -141,6 +145,10 @@ func (o *masterOpts) config() (masterConfig, error) {
 	if o.slotBurst < 1 {
 		return c, usagef("--slot-burst must be at least 1, got %d", o.slotBurst)
 	}
+	if o.events.MaxAge < 0 || o.events.MaxRows < 0 {
+		return c, usagef("--events-max-age and --events-max-rows must be 0 (no limit) or more")
+	}
+	c.events = o.events
 	rate := o.slotRate
 	if rate == 0 {
 		rate = -1 // master.Config: negative disables the limit
@@ -174,6 +182,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 		return err
 	}
 	defer st.Close()
+	go st.KeepEvents(ctx, cfg.events, 0, log)
 	ac := cfg.api
 	ac.Store, ac.Logger, ac.AdminToken, ac.SlaveToken = st, g.logger(), adminTok, slaveTok
 	srv, err := master.New(ctx, ac)
@@ -195,7 +204,8 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 		vname = ac.Validator.String()
 	}
 	log.Info("master listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
-		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval)
+		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval,
+		"events", cfg.events.String())
 	err = srv.Serve(ctx, ln)
 	log.Info("master stopped")
 	return err

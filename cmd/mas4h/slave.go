@@ -88,6 +88,7 @@ registry file.`,
 					return err
 				}
 				defer st.Close()
+				go st.KeepEvents(cmd.Context(), registry.DefaultRetention, 0, log) // nobody else prunes it
 				src = source.NewLocal(st, 0, log)
 			}
 			slave, err := sshd.NewSlave(cfg, src, log)
