@@ -171,6 +171,10 @@ func (s *Server) handleEvents(c *gin.Context) {
 		f.Limit = n
 	}
 	if v := c.Query("kind"); v != "" {
+		if n := strings.Count(v, ",") + 1; n > registry.MaxEventKinds {
+			fail(c, http.StatusBadRequest, fmt.Sprintf("kind: %d kinds, at most %d", n, registry.MaxEventKinds))
+			return
+		}
 		f.Kinds = strings.Split(v, ",")
 	}
 	evs, err := s.store.Events(c.Request.Context(), f)

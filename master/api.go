@@ -55,6 +55,9 @@ type Store interface {
 	SlaveEntries(ctx context.Context) ([]registry.SlaveEntry, error)
 	AcceptSlaveKeys(ctx context.Context, name string, fingerprints []string) ([]string, error)
 	RemoveSlave(ctx context.Context, name string) error
+	AddSession(ctx context.Context, sess registry.Session) error
+	Session(ctx context.Context, id string) (registry.Session, error)
+	RemoveSession(ctx context.Context, id string) error
 
 	RecordHeartbeat(ctx context.Context, r registry.SlaveReport, liveSince time.Time) (registry.SlaveChange, error)
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
@@ -140,6 +143,10 @@ type Server struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	writerWG sync.WaitGroup
+
+	dash     *dashGuard     // the dashboard's login backoff and origin check
+	refusals *refusals      // refused keys, tallied per source and interval
+	gate     *validatorGate // the validator's rate limit and negative cache
 }
 
 // New checks cfg and loads the slaves the registry knows, so that a
@@ -190,6 +197,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		admin:   sha256.Sum256([]byte(cfg.AdminToken)),
 		writes:  make(chan *slotWrite, maxSlotBatch),
 		revoked: newFeed(),
+		dash:    newDashGuard(cfg.AdminToken),
 		stop:    make(chan struct{}),
 	}
 	if cfg.SlaveToken != "" {
@@ -207,6 +215,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.proof = proof
 	s.slotEvents = newSlotEvents()
+	s.refusals, s.gate = s.newRefusals(), newValidatorGate()
 	known, err := s.store.Slaves(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("starting the master: loading slaves: %w", err)
@@ -234,6 +243,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 func (s *Server) Close() {
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.writerWG.Wait()
+	s.refusals.close()
 }
 
 // maxSlotBatch bounds the grants committed in one transaction.

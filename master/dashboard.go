@@ -3,10 +3,8 @@ package master
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"html/template"
@@ -27,12 +25,16 @@ import (
 // devices, latest events) and GET /ui/devices/NAME (one device and its
 // history). They need the admin token, which the operator types once into a
 // login form; the master answers with a session cookie (HttpOnly,
-// SameSite=Strict, Secure over HTTPS) holding an expiry and an HMAC keyed
-// by the admin token, never the token itself. This works without
-// JavaScript, keeps the token out of URLs, logs and browser history, lets
-// no script read the session, and every session ends when the admin token
-// is rotated. A token in the URL fragment read by a script would need
-// JavaScript on every page and put the token in reach of any script.
+// SameSite=Strict, Secure over HTTPS) naming a session kept in the
+// registry (dashboard_session.go), never the token itself. This works
+// without JavaScript, keeps the token out of URLs, logs and browser
+// history, and lets no script read the session; logging out ends it, and
+// a new admin token ends them all. A token in the URL fragment read by a
+// script would need JavaScript on every page and put the token in reach of
+// any script. The login form backs off per source after a few failures
+// (dashboard_login.go) and says the same for every wrong secret; every
+// POST must come from the dashboard's own origin, and a session's forms
+// carry its CSRF token.
 const (
 	sessionCookie  = "mas4h_session"
 	sessionTTL     = 12 * time.Hour
@@ -61,44 +63,9 @@ var dashTemplates = sync.OnceValues(func() (map[string]*template.Template, error
 
 func (s *Server) dashboardRoutes(e *gin.Engine) {
 	e.GET("/", s.handleOverview)
-	e.POST("/login", s.handleLogin)
-	e.POST("/logout", s.handleLogout)
+	e.POST("/login", s.sameOrigin, s.handleLogin)
+	e.POST("/logout", s.sameOrigin, s.handleLogout)
 	e.GET("/ui/devices/:name", s.handleDevicePage)
-}
-
-// sessionMAC signs a session's expiry with a key derived from the admin
-// token.
-func (s *Server) sessionMAC(expiry string) []byte {
-	key := sha256.Sum256([]byte("mas4h dashboard session key\x00" + s.cfg.AdminToken))
-	m := hmac.New(sha256.New, key[:])
-	m.Write([]byte("v1." + expiry))
-	return m.Sum(nil)
-}
-
-func (s *Server) newSession(now time.Time) string {
-	exp := strconv.FormatInt(now.Add(sessionTTL).Unix(), 10)
-	return "v1." + exp + "." + base64.RawURLEncoding.EncodeToString(s.sessionMAC(exp))
-}
-
-// validSession checks the session cookie: well-formed, signed, not expired.
-func (s *Server) validSession(c *gin.Context) bool {
-	v, err := c.Cookie(sessionCookie)
-	if err != nil {
-		return false
-	}
-	parts := strings.Split(v, ".")
-	if len(parts) != 3 || parts[0] != "v1" {
-		return false
-	}
-	exp, err := strconv.ParseInt(parts[1], 10, 64)
-	if err != nil || s.now().Unix() >= exp {
-		return false
-	}
-	mac, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		return false
-	}
-	return hmac.Equal(mac, s.sessionMAC(parts[1]))
 }
 
 func (s *Server) setSessionCookie(c *gin.Context, value string, maxAge int) {
@@ -124,7 +91,8 @@ type pageView struct {
 	Title   string
 	Refresh int // seconds; 0: no automatic reload
 	Now     string
-	Session bool // show the log-out button
+	Session bool   // show the log-out button
+	CSRF    string // the session's CSRF token, for its forms
 }
 
 type loginView struct {
@@ -148,63 +116,108 @@ func (s *Server) renderHTML(c *gin.Context, status int, page string, data any) {
 	h.Set("Content-Security-Policy", dashCSP)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer browsers send
+	// "Origin: null" on the page's own POSTs, which tells nothing.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	c.Data(status, "text/html; charset=utf-8", buf.Bytes())
 }
 
-func (s *Server) page(title string, refresh int, session bool) pageView {
-	return pageView{Title: title, Refresh: refresh, Now: s.now().UTC().Format("2006-01-02 15:04:05Z"), Session: session}
+// page is a page's header; sess is the session it is shown in, nil for
+// the login form.
+func (s *Server) page(title string, refresh int, sess *registry.Session) pageView {
+	v := pageView{Title: title, Refresh: refresh, Now: s.now().UTC().Format("2006-01-02 15:04:05Z")}
+	if sess != nil {
+		v.Session, v.CSRF = true, sess.CSRF
+	}
+	return v
 }
 
 // requireSession answers the login form (401) when the request has no
-// valid session, and reports whether the page may be served.
-func (s *Server) requireSession(c *gin.Context) bool {
-	if s.validSession(c) {
-		return true
+// valid session, and otherwise returns the session.
+func (s *Server) requireSession(c *gin.Context) (*registry.Session, bool) {
+	if sess, ok := s.session(c); ok {
+		return &sess, true
 	}
-	s.renderHTML(c, http.StatusUnauthorized, "dashboard_login.tmpl", loginView{
-		pageView: s.page("mas4h — log in", 0, false), Next: localPath(c.Request.URL.RequestURI()),
-	})
-	return false
+	s.loginForm(c, http.StatusUnauthorized, localPath(c.Request.URL.RequestURI()), "")
+	return nil, false
 }
 
+func (s *Server) loginForm(c *gin.Context, status int, next, msg string) {
+	s.renderHTML(c, status, "dashboard_login.tmpl", loginView{pageView: s.page("mas4h — log in", 0, nil), Next: next, Error: msg})
+}
+
+// wrongToken is the login form's one answer to every wrong secret (the
+// slave token, an old admin token, anything): it must not tell them apart.
+const wrongToken = "Wrong token. Paste the contents of the master's admin token file (admin.token next to its registry)."
+
 func (s *Server) handleLogin(c *gin.Context) {
+	src := sourceOf(c.Request.Context())
+	if wait := s.dash.logins.wait(src, s.now()); wait > 0 {
+		s.tooManyLogins(c, wait)
+		return
+	}
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxLoginBody)
 	if err := c.Request.ParseForm(); err != nil {
-		s.renderHTML(c, http.StatusBadRequest, "dashboard_login.tmpl", loginView{
-			pageView: s.page("mas4h — log in", 0, false), Next: "/", Error: "Malformed form.",
-		})
+		s.loginForm(c, http.StatusBadRequest, "/", "Malformed form.")
 		return
 	}
 	next := localPath(c.Request.PostForm.Get("next"))
 	tok := strings.TrimSpace(c.Request.PostForm.Get("token"))
 	sum := sha256.Sum256([]byte(tok))
-	isAdmin := subtle.ConstantTimeCompare(sum[:], s.admin[:]) == 1
-	isSlave := subtle.ConstantTimeCompare(sum[:], s.slave[:]) == 1
-	if !isAdmin {
-		msg := "Wrong token. Paste the contents of the master's admin token file (admin.token next to its registry)."
-		if isSlave {
-			msg = "That is the slave token; the dashboard needs the admin token."
+	if subtle.ConstantTimeCompare(sum[:], s.admin[:]) != 1 {
+		wait := s.dash.logins.failed(src, s.now())
+		s.log.Info("dashboard login refused", "remote", remoteIP(c), "wait", wait)
+		if wait > 0 {
+			c.Header("Retry-After", strconv.Itoa(retryAfter(wait)))
 		}
-		s.log.Info("dashboard login refused", "remote", remoteIP(c))
-		s.renderHTML(c, http.StatusUnauthorized, "dashboard_login.tmpl", loginView{
-			pageView: s.page("mas4h — log in", 0, false), Next: next, Error: msg,
-		})
+		s.loginForm(c, http.StatusUnauthorized, next, wrongToken)
 		return
 	}
-	s.setSessionCookie(c, s.newSession(s.now()), int(sessionTTL/time.Second))
+	cookie, err := s.openSession(c.Request.Context())
+	if err != nil {
+		s.internal(c, err)
+		return
+	}
+	s.dash.logins.succeeded(src)
+	s.setSessionCookie(c, cookie, int(sessionTTL/time.Second))
 	s.log.Info("dashboard login", "remote", remoteIP(c))
 	c.Redirect(http.StatusSeeOther, next)
 }
 
+// tooManyLogins answers a login tried while its source must wait.
+func (s *Server) tooManyLogins(c *gin.Context, wait time.Duration) {
+	secs := retryAfter(wait)
+	c.Header("Retry-After", strconv.Itoa(secs))
+	s.log.Info("dashboard login refused: backing off", "remote", remoteIP(c), "retry_after", secs)
+	s.loginForm(c, http.StatusTooManyRequests, "/", fmt.Sprintf("Too many wrong tokens from your address: try again in %d s.", secs))
+}
+
+func retryAfter(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+
+// handleLogout ends the session named by the cookie, if the form carries
+// its CSRF token, and clears the cookie.
 func (s *Server) handleLogout(c *gin.Context) {
+	if sess, ok := s.session(c); ok {
+		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxLoginBody)
+		if err := c.Request.ParseForm(); err != nil || !csrfOK(sess, c.Request.PostForm.Get("csrf")) {
+			s.log.Warn("dashboard logout refused: no or wrong CSRF token", "remote", remoteIP(c))
+			c.Data(http.StatusForbidden, "text/plain; charset=utf-8", []byte("403 forbidden: log out with the button of the dashboard page\n"))
+			return
+		}
+		if err := s.store.RemoveSession(c.Request.Context(), sess.ID); err != nil {
+			s.internal(c, err)
+			return
+		}
+		s.log.Info("dashboard logout", "remote", remoteIP(c))
+	}
 	s.setSessionCookie(c, "", -1)
 	c.Redirect(http.StatusSeeOther, "/")
 }
 
 func (s *Server) handleOverview(c *gin.Context) {
-	if !s.requireSession(c) {
+	sess, ok := s.requireSession(c)
+	if !ok {
 		return
 	}
 	d, err := s.overviewData(c.Request.Context())
@@ -213,7 +226,7 @@ func (s *Server) handleOverview(c *gin.Context) {
 		return
 	}
 	v := buildOverview(d, c.Query("q"), c.Query("show"), s.now())
-	v.pageView = s.page("mas4h", dashRefresh, true)
+	v.pageView = s.page("mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard.tmpl", v)
 }
 
@@ -239,7 +252,8 @@ func (s *Server) overviewData(ctx context.Context) (overviewData, error) {
 }
 
 func (s *Server) handleDevicePage(c *gin.Context) {
-	if !s.requireSession(c) {
+	sess, ok := s.requireSession(c)
+	if !ok {
 		return
 	}
 	ctx := c.Request.Context()
@@ -264,7 +278,7 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 		return
 	}
 	v := buildDeviceDetail(dev, tunnels, events, s.now())
-	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, true)
+	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard_device.tmpl", v)
 }
 

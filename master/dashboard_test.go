@@ -1,10 +1,13 @@
 package master
 
 import (
+	"fmt"
+	"html/template"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,12 +137,49 @@ func get(t *testing.T, c *http.Client, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func login(t *testing.T, c *http.Client, base, token, next string) *http.Response {
+// post sends a form as a browser would from the dashboard's own page: with
+// its Origin.
+func post(t *testing.T, c *http.Client, base, path string, form url.Values, header ...string) *http.Response {
 	t.Helper()
-	resp, err := c.PostForm(base+"/login", url.Values{"token": {token}, "next": {next}})
+	req, err := http.NewRequest("POST", base+path, strings.NewReader(form.Encode()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", base)
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i+1] == "" {
+			req.Header.Del(header[i])
+		} else {
+			req.Header.Set(header[i], header[i+1])
+		}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func login(t *testing.T, c *http.Client, base, token, next string) *http.Response {
+	t.Helper()
+	resp := post(t, c, base, "/login", url.Values{"token": {token}, "next": {next}})
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// logout presses the page's log-out button: the form with its CSRF token.
+func logout(t *testing.T, c *http.Client, base string) *http.Response {
+	t.Helper()
+	_, page := get(t, c, base+"/")
+	m := csrfRE.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no log-out form with a CSRF token on the page:\n%s", page)
+	}
+	resp := post(t, c, base, "/logout", url.Values{"csrf": {m[1]}})
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp
@@ -176,7 +216,7 @@ func TestDashboardLogin(t *testing.T) {
 	// A forged or expired session is refused.
 	u, _ := url.Parse(e.ts.URL)
 	forged := e.browser()
-	forged.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: "v1.99999999999.AAAA"}})
+	forged.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: "v2.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}})
 	if code, _ := get(t, forged, e.ts.URL+"/"); code != http.StatusUnauthorized {
 		t.Errorf("forged session: %d, want 401", code)
 	}
@@ -194,13 +234,167 @@ func TestDashboardLogin(t *testing.T) {
 		t.Errorf("API with only the session cookie: %v %v, want 401", resp.StatusCode, err)
 	}
 	// Log out.
-	resp, err := c.PostForm(e.ts.URL+"/logout", nil)
-	if err != nil {
-		t.Fatal(err)
+	if resp := logout(t, c, e.ts.URL); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("log-out = %d, want 303", resp.StatusCode)
 	}
-	resp.Body.Close()
 	if code, _ := get(t, c, e.ts.URL+"/"); code != http.StatusUnauthorized {
 		t.Errorf("after log-out: %d, want 401", code)
+	}
+}
+
+// The login form said "That is the slave token" to the slave token: an
+// oracle. Every wrong secret gets the same page.
+func TestDashboardLoginOneMessageForEveryWrongSecret(t *testing.T) {
+	e := newEnv(t, nil)
+	var first string
+	for _, tok := range []string{slaveTok, adminTok + "x", "x" + adminTok[1:], "random-guess-0123456789", ""} {
+		c := e.browser()
+		resp := post(t, c, e.ts.URL, "/login", url.Values{"token": {tok}, "next": {"/"}})
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		page := regexp.MustCompile(`<span class="meta">[^<]*</span>`).ReplaceAllString(string(b), "")
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(page, template.HTMLEscapeString(wrongToken)) {
+			t.Errorf("login with %q = %d, want 401 with %q", tok, resp.StatusCode, wrongToken)
+		}
+		if first == "" {
+			first = page
+		} else if page != first {
+			t.Errorf("login with %q answers another page than the slave token's", tok)
+		}
+		e.srv.dash.logins.succeeded("127.0.0.1") // this test is not about the backoff
+	}
+}
+
+// 300 wrong logins took 2.9 s. After a handful from one source, it waits:
+// 429 with Retry-After, doubling, whatever the token, while another
+// source is unaffected.
+func TestDashboardLoginBacksOff(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.browser()
+	for i := 1; i <= loginFreeFailures; i++ {
+		resp := login(t, c, e.ts.URL, fmt.Sprintf("guess-%d-0123456789", i), "/")
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failure %d = %d, want 401", i, resp.StatusCode)
+		}
+		if ra := resp.Header.Get("Retry-After"); (i < loginFreeFailures) != (ra == "") {
+			t.Errorf("failure %d: Retry-After %q", i, ra)
+		}
+	}
+	for _, tok := range []string{"guess-6-0123456789", adminTok} {
+		resp := login(t, c, e.ts.URL, tok, "/")
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "5" || len(resp.Cookies()) != 0 {
+			t.Fatalf("try while waiting (%s) = %d, Retry-After %q; want 429, 5 and no session", tok, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	// Another source may still log in.
+	if wait := e.srv.dash.logins.wait(sourceAddr("2001:db8::7"), e.clock.Now()); wait != 0 {
+		t.Errorf("another source waits %s", wait)
+	}
+	// The wait doubles with each further failure.
+	e.clock.Advance(5 * time.Second)
+	if resp := login(t, c, e.ts.URL, "guess-7-0123456789", "/"); resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("Retry-After") != "10" {
+		t.Fatalf("failure 6 = %d, Retry-After %q; want 401, 10", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	e.clock.Advance(10 * time.Second)
+	if resp := login(t, c, e.ts.URL, adminTok, "/"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the right token after the wait = %d, want 303", resp.StatusCode)
+	}
+	// A success forgets the failures.
+	if resp := login(t, c, e.ts.URL, "guess-8-0123456789", "/"); resp.Header.Get("Retry-After") != "" {
+		t.Errorf("a failure after a success waits %s s", resp.Header.Get("Retry-After"))
+	}
+}
+
+func TestLoginThrottleIsBounded(t *testing.T) {
+	l := newLoginThrottle()
+	now := time.Unix(1_700_000_000, 0)
+	for i := range loginMaxSources + 500 {
+		l.failed(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), now.Add(time.Duration(i)*time.Millisecond))
+	}
+	if n := len(l.sources); n > loginMaxSources {
+		t.Fatalf("%d sources kept, at most %d", n, loginMaxSources)
+	}
+	if _, ok := l.sources["10.0.0.0"]; ok {
+		t.Error("the source that failed longest ago was kept over newer ones")
+	}
+	if got, want := sourceAddr("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64"; got != want {
+		t.Errorf("sourceAddr of an IPv6 address = %q, want its /64 %q", got, want)
+	}
+	if got := sourceAddr("::ffff:192.0.2.1"); got != "192.0.2.1" {
+		t.Errorf("sourceAddr of a mapped IPv4 address = %q", got)
+	}
+}
+
+// A cookie copied before logging out (a shared machine, a proxy's log, a
+// stolen backup) was good until the admin token changed: logging out ends
+// the session itself.
+func TestDashboardLogoutEndsTheSession(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.browser()
+	login(t, c, e.ts.URL, adminTok, "/")
+	u, _ := url.Parse(e.ts.URL)
+	copied := e.browser()
+	copied.Jar.SetCookies(u, c.Jar.Cookies(u))
+	if code, _ := get(t, copied, e.ts.URL+"/"); code != http.StatusOK {
+		t.Fatalf("copied cookie before log-out = %d, want 200", code)
+	}
+	logout(t, c, e.ts.URL)
+	if code, _ := get(t, copied, e.ts.URL+"/"); code != http.StatusUnauthorized {
+		t.Fatalf("copied cookie after log-out = %d, want 401", code)
+	}
+	// A new admin token ends every session.
+	c2 := e.browser()
+	login(t, c2, e.ts.URL, adminTok, "/")
+	e2 := newEnvOn(t, e.store, e.clock, func(cfg *Config) { cfg.AdminToken = "another-admin-token-0123456789" })
+	rotated := e2.browser()
+	u2, _ := url.Parse(e2.ts.URL)
+	for _, k := range c2.Jar.Cookies(u) {
+		rotated.Jar.SetCookies(u2, []*http.Cookie{k})
+	}
+	if code, _ := get(t, rotated, e2.ts.URL+"/"); code != http.StatusUnauthorized {
+		t.Fatalf("session of the old admin token on a master with a new one = %d, want 401", code)
+	}
+}
+
+// Logout had no CSRF protection. Every POST of the dashboard must come
+// from its own origin, and log-out must carry the session's CSRF token.
+func TestDashboardPostsNeedTheDashboardsOrigin(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.browser()
+	for _, h := range [][]string{
+		{"Origin", "http://evil.example"},
+		{"Origin", "null"},
+		{"Origin", "", "Sec-Fetch-Site", "cross-site"},
+		{"Origin", "", "Sec-Fetch-Site", "same-site"}, // another port of the same host
+		{"Origin", ""},                                // no browser sends a form so
+	} {
+		resp := post(t, c, e.ts.URL, "/login", url.Values{"token": {adminTok}}, h...)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+			t.Errorf("login with %v = %d, want 403 and no session", h, resp.StatusCode)
+		}
+	}
+	resp := post(t, c, e.ts.URL, "/login", url.Values{"token": {adminTok}}, "Origin", "", "Sec-Fetch-Site", "same-origin")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login with Sec-Fetch-Site: same-origin = %d, want 303", resp.StatusCode)
+	}
+	for _, tc := range []struct {
+		form   url.Values
+		header []string
+	}{
+		{url.Values{}, nil},                                       // no CSRF token
+		{url.Values{"csrf": {"forged"}}, nil},                     // a wrong one
+		{url.Values{}, []string{"Origin", "http://evil.example"}}, // another origin
+	} {
+		resp := post(t, c, e.ts.URL, "/logout", tc.form, tc.header...)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("log-out with %v %v = %d, want 403", tc.form, tc.header, resp.StatusCode)
+		}
+		if code, _ := get(t, c, e.ts.URL+"/"); code != http.StatusOK {
+			t.Fatalf("the session ended after a refused log-out (%v %v)", tc.form, tc.header)
+		}
 	}
 }
 

@@ -43,6 +43,7 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 		fail(c, http.StatusBadRequest, err.Error())
 		return
 	}
+	report.Events = s.tallySlaveEvents(name, report.Events)
 	ctx := c.Request.Context()
 	change, err := s.store.RecordHeartbeat(ctx, report, report.At.Add(-registry.DeadAfter*s.cfg.HeartbeatInterval))
 	var mismatch *registry.HostKeyMismatchError

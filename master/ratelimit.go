@@ -2,7 +2,6 @@ package master
 
 import (
 	"math"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -40,7 +39,7 @@ func newIPLimiter(perSecond float64, burst int) *ipLimiter {
 // allow takes a token from ip's bucket; when there is none it says how
 // long until there is.
 func (l *ipLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
-	ip = rateKey(ip)
+	ip = sourceAddr(ip) // an IPv6 address counts by its /64
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.lastSweep) >= sweepInterval {
@@ -67,23 +66,4 @@ func (l *ipLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
 		wait = time.Duration(math.Ceil(float64(time.Second) / float64(l.rate)))
 	}
 	return false, wait
-}
-
-// rateKey is the bucket of an address: an IPv4 address (IPv4-mapped IPv6
-// included) alone, an IPv6 address by its /64. Anything else is its own
-// bucket.
-func rateKey(addr string) string {
-	ip, err := netip.ParseAddr(addr)
-	if err != nil {
-		return addr
-	}
-	ip = ip.Unmap().WithZone("")
-	if ip.Is4() {
-		return ip.String()
-	}
-	p, err := ip.Prefix(64)
-	if err != nil {
-		return addr
-	}
-	return p.String()
 }

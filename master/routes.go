@@ -49,6 +49,7 @@ func (s *Server) routes() *gin.Engine {
 	e.ForwardedByClientIP = false
 	_ = e.SetTrustedProxies(nil)
 	e.Use(s.logRequests, gin.CustomRecoveryWithWriter(io.Discard, s.recovered))
+	e.Use(s.tagSource)
 	e.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, "no such endpoint: "+c.Request.URL.Path) })
 	e.NoMethod(func(c *gin.Context) {
 		fail(c, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s", c.Request.Method, c.Request.URL.Path))

@@ -54,7 +54,7 @@ func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device,
 		}
 		return dev, nil
 	}
-	deviceKey, _, err := v.Validate(ctx, key)
+	deviceKey, _, err := s.validate(ctx, v, key, known)
 	if err != nil {
 		if errors.Is(err, validator.ErrDenied) {
 			return registry.Device{}, &denial{dev.Name, fmt.Sprintf("key %s: %v", fp, err)}
@@ -83,14 +83,6 @@ func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device,
 		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s, but enrolling it failed: %v", fp, v, err)}
 	default:
 		return registry.Device{}, err
-	}
-}
-
-// deny logs a refusal in the event log.
-func (s *Server) deny(ctx context.Context, slave string, d *denial, what string) {
-	s.log.Info("key refused", "device", d.device, "slave", slave, "for", what, "reason", d.reason)
-	if err := s.store.AddSlaveEvent(ctx, registry.EventDeny, slave, d.device, what+" refused: "+d.reason); err != nil {
-		s.log.Error("writing deny event", "err", err)
 	}
 }
 

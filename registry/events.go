@@ -14,6 +14,9 @@ const (
 	// for strangers' keys, and a stranger must not be able to grow the log
 	// by more than a line per attempt.
 	maxEventDetail = 4096
+	// MaxEventKinds bounds EventFilter.Kinds: each kind is a bound
+	// variable, and SQLite takes at most 32,766 of them per statement.
+	MaxEventKinds = 64
 )
 
 // execContexter is what *sql.DB and *sql.Tx share for writes, so events
@@ -67,7 +70,7 @@ type EventFilter struct {
 	Device  string    // only this device's events
 	Since   time.Time // only events at or after this time
 	AfterID int64     // only events with a larger id: for following the log
-	Kinds   []string  // only these kinds
+	Kinds   []string  // only these kinds, at most MaxEventKinds
 	Slave   string    // only events about this slave
 	Limit   int       // at most this many, oldest first; 0 means 1000
 }
@@ -76,6 +79,9 @@ type EventFilter struct {
 func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("listing events: negative limit %d: %w", f.Limit, ErrInvalid)
+	}
+	if len(f.Kinds) > MaxEventKinds {
+		return nil, fmt.Errorf("listing events: %d kinds, at most %d: %w", len(f.Kinds), MaxEventKinds, ErrInvalid)
 	}
 	limit := f.Limit
 	if limit == 0 {

@@ -105,4 +105,18 @@ CREATE TABLE slave_credentials (
 ALTER TABLE slaves ADD COLUMN pending_host_keys TEXT    NOT NULL DEFAULT '[]'; -- JSON, like host_keys
 ALTER TABLE slaves ADD COLUMN pending_since     INTEGER NOT NULL DEFAULT 0;    -- 0: none pending
 `,
+	// 5 (it follows 4, the slaves' own credentials): the dashboard's sessions,
+	// kept here so that logging out ends one, and so that every master on
+	// the registry knows it. The cookie holds a random secret; the row its
+	// SHA-256, never the secret.
+	`
+CREATE TABLE sessions (
+	id         TEXT    PRIMARY KEY, -- hex SHA-256 of the cookie's secret
+	binding    TEXT    NOT NULL,    -- names the admin token it was opened with: a new token ends it
+	csrf       TEXT    NOT NULL,    -- what the session's forms carry
+	created_at INTEGER NOT NULL,    -- unix nanoseconds, UTC
+	expires_at INTEGER NOT NULL
+);
+CREATE INDEX sessions_expires ON sessions (expires_at);
+`,
 }

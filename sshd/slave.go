@@ -123,6 +123,7 @@ type parts struct {
 	follow   *authlog.Follower
 	vip      *vipkeeper.Keeper
 	hook     *hookserver.Server
+	denials  *hookserver.Denials
 
 	closers []func()
 }
@@ -235,6 +236,8 @@ func (p *parts) build() {
 		panic(fmt.Sprintf("registering the slave's metrics: %v", err))
 	}
 	p.metrics = m
+	p.denials = hookserver.NewDenials(s.src.Report, nil)
+	p.closers = append(p.closers, p.denials.Close)
 	p.sup = supervisor.New(supervisor.Config{
 		SSHD: s.cfg.SSHDPath, ConfigPath: s.dir.SSHDConfig(), LogPath: s.dir.Log(), PidPath: s.dir.PidFile(),
 		ListenAddr: s.cfg.SSHListen, ProcRoot: s.cfg.ProcRoot, UID: p.user.UID, GID: p.user.GID, LowPort: s.port < 1024,
@@ -267,7 +270,7 @@ func (p *parts) build() {
 func (p *parts) authorizer() *hookserver.Authorizer {
 	return &hookserver.Authorizer{
 		TunnelUser: p.user.Name, Lookup: p.s.src.Lookup, Sessions: p.sessionsOf, MaxSessions: p.s.cfg.MaxSessionsPerDevice,
-		Report: p.s.src.Report, Metrics: p.metrics, Log: p.s.log,
+		Denials: p.denials, Metrics: p.metrics, Log: p.s.log,
 	}
 }
 

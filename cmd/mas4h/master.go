@@ -32,6 +32,7 @@ type masterOpts struct {
 	slotBurst      int
 	allowUnsigned  bool     // slot requests without proof of possession
 	publicURLs     []string // the URLs slot signatures may name
+	events         registry.Retention
 }
 
 // masterConfig is what the flags amount to, checked.
@@ -44,6 +45,7 @@ type masterConfig struct {
 	slaveTokenFile string
 	allowShared    bool
 	api            master.Config // without Store, Logger and tokens
+	events         registry.Retention
 }
 
 func newMasterCmd(g *globals) *cobra.Command {
@@ -99,6 +101,8 @@ and report again when it is back.`,
 	f.IntVar(&o.slotBurst, "slot-burst", master.DefaultSlotBurst, "burst of slot requests per source address")
 	f.BoolVar(&o.allowUnsigned, "allow-unsigned-slots", false, "accept slot requests without a signature (dropbear-only devices); their answers carry no LAN targets")
 	f.StringSliceVar(&o.publicURLs, "public-url", nil, "URL devices reach the master at (repeatable); slot signatures must name one (default: the TLS certificate's names)")
+	f.DurationVar(&o.events.MaxAge, "events-max-age", registry.DefaultEventMaxAge, "events older than this are deleted (0: kept whatever their age)")
+	f.Int64Var(&o.events.MaxRows, "events-max-rows", registry.DefaultEventMaxRows, "at most this many of the newest events are kept, about 180 bytes each (0: no limit)")
 	return cmd
 }
 
@@ -164,6 +168,10 @@ func (o *masterOpts) config() (masterConfig, error) {
 	if o.slotBurst < 1 {
 		return c, usagef("--slot-burst must be at least 1, got %d", o.slotBurst)
 	}
+	if o.events.MaxAge < 0 || o.events.MaxRows < 0 {
+		return c, usagef("--events-max-age and --events-max-rows must be 0 (no limit) or more")
+	}
+	c.events = o.events
 	rate := o.slotRate
 	if rate == 0 {
 		rate = -1 // master.Config: negative disables the limit
@@ -204,6 +212,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 		return err
 	}
 	defer st.Close()
+	go st.KeepEvents(ctx, cfg.events, 0, log)
 	ac := cfg.api
 	ac.Store, ac.Logger, ac.AdminToken, ac.SlaveToken = st, g.logger(), adminTok, slaveTok
 	srv, err := master.New(ctx, ac)
@@ -225,7 +234,8 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 		vname = ac.Validator.String()
 	}
 	log.Info("master listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
-		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval)
+		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval,
+		"events", cfg.events.String())
 	err = srv.Serve(ctx, ln)
 	log.Info("master stopped")
 	return err

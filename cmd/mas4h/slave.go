@@ -95,6 +95,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 					return err
 				}
 				defer st.Close()
+				go st.KeepEvents(cmd.Context(), registry.DefaultRetention, 0, log) // nobody else prunes it
 				src = source.NewLocal(st, 0, log)
 			}
 			slave, err := sshd.NewSlave(cfg, src, log)

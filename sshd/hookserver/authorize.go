@@ -19,7 +19,8 @@ type Lookup func(ctx context.Context, fingerprint string, key ssh.PublicKey) (de
 
 // Authorizer decides authentication attempts: sshd's arguments checked,
 // the device looked up, authkeys.Decide's one rule applied, the session cap
-// enforced, every decision logged and counted, every denial an event. It
+// enforced, every decision counted, every denial an event or part of a
+// minute's summary (Denials). It
 // acts on nothing: sshd asks before the client has proven it holds the key
 // (newest-wins waits for the authenticated session, in the reaper).
 type Authorizer struct {
@@ -29,8 +30,8 @@ type Authorizer struct {
 	// MaxSessions (0: no cap) refuses a key that has that many already.
 	Sessions    func(ctx context.Context, fingerprint string) int
 	MaxSessions int
-	// Report records a denial event.
-	Report  func(ctx context.Context, kind, device, detail string)
+	// Denials records denial events, tallied (NewDenials).
+	Denials *Denials
 	Metrics *metrics.Slave // nil counts nothing
 	Log     *slog.Logger
 	Now     func() time.Time // nil: time.Now
@@ -64,7 +65,11 @@ func (a *Authorizer) Authorize(ctx context.Context, req authkeys.HookRequest) (r
 		a.Log.Info("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "verdict", "allow")
 		return reply
 	}
-	a.Log.Warn("auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
-	a.Report(ctx, registry.EventAuthDeny, reply.Device, fmt.Sprintf("%s (key %s, user %q)", reply.Reason, req.Fingerprint, req.User))
+	// Logged like the events: the first of a kind, then the minute's sum.
+	lvl := slog.LevelDebug
+	if a.Denials.Deny(ctx, Denial{Device: reply.Device, Reason: reply.Reason, Fingerprint: req.Fingerprint, User: req.User}) {
+		lvl = slog.LevelWarn
+	}
+	a.Log.Log(ctx, lvl, "auth", "device", reply.Device, "fingerprint", req.Fingerprint, "user", req.User, "verdict", "deny", "reason", reply.Reason)
 	return reply
 }

@@ -44,9 +44,9 @@ type authRig struct {
 func newAuthRig(lookup Lookup) *authRig {
 	g := &authRig{}
 	g.a = &Authorizer{TunnelUser: tunnelUser, Lookup: lookup,
-		Report: func(_ context.Context, kind, device, detail string) {
+		Denials: NewDenials(func(_ context.Context, kind, device, detail string) {
 			g.events = append(g.events, kind+" "+device+": "+detail)
-		},
+		}, nil),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	return g
 }
