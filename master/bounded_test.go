@@ -2,8 +2,6 @@ package master
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"net/http"
 	"strings"
@@ -62,12 +60,8 @@ func (v *countingValidator) count() int {
 
 func randomKey(t *testing.T) string {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, _ := ssh.NewPublicKey(pub)
-	return registry.AuthorizedKey(k)
+	_, ak := newKey(t)
+	return ak
 }
 
 // Every refused key was a row: 500 random keys asking for slots and 300
@@ -78,7 +72,7 @@ func TestRefusalsAreTalliedPerSource(t *testing.T) {
 	e.beat("s1", heartbeatOf(10))
 	last, _ := e.store.LastEventID(t.Context())
 	for range 500 {
-		e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: randomKey(t)}, http.StatusForbidden, nil)
+		e.want("POST", "/slots", "", e.signed(randomKey(t)), http.StatusForbidden, nil)
 	}
 	for range 300 {
 		e.want("POST", "/validate", slaveTok, wire.ValidateRequest{PublicKey: randomKey(t), Slave: "s1"}, http.StatusForbidden, nil)
@@ -90,7 +84,7 @@ func TestRefusalsAreTalliedPerSource(t *testing.T) {
 	}
 	// The minute ends; the next refusal closes it.
 	e.clock.Advance(denialInterval)
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: randomKey(t)}, http.StatusForbidden, nil)
+	e.want("POST", "/slots", "", e.signed(randomKey(t)), http.StatusForbidden, nil)
 	evs = e.events(fmt.Sprintf("?after_id=%d&kind=deny", evs[1].ID))
 	var details []string
 	for _, ev := range evs {
@@ -135,7 +129,7 @@ func TestValidatorIsRateLimitedPerSource(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.Validator = v })
 	e.beat("s1", heartbeatOf(10))
 	for range 100 {
-		e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: randomKey(t)}, http.StatusForbidden, nil)
+		e.want("POST", "/slots", "", e.signed(randomKey(t)), http.StatusForbidden, nil)
 	}
 	if n := v.count(); n != validatorBurst {
 		t.Fatalf("100 unknown keys ran the validator %d times, want its burst, %d", n, validatorBurst)
@@ -165,7 +159,7 @@ func TestValidatorIsRateLimitedPerSource(t *testing.T) {
 	e.clock.Advance(3 * time.Second)
 	before := v.count()
 	for range 10 {
-		e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: randomKey(t)}, http.StatusForbidden, nil)
+		e.want("POST", "/slots", "", e.signed(randomKey(t)), http.StatusForbidden, nil)
 	}
 	if n := v.count() - before; n != 3 {
 		t.Fatalf("3 s later, 10 unknown keys ran the validator %d times, want 3", n)
@@ -175,13 +169,13 @@ func TestValidatorIsRateLimitedPerSource(t *testing.T) {
 	same := randomKey(t)
 	before = v.count()
 	for range 5 {
-		e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: same}, http.StatusForbidden, nil)
+		e.want("POST", "/slots", "", e.signed(same), http.StatusForbidden, nil)
 	}
 	if n := v.count() - before; n != 1 {
 		t.Fatalf("one refused key asked 5 times ran the validator %d times, want 1", n)
 	}
 	e.clock.Advance(validatorNegativeTTL)
-	e.want("POST", "/slots", "", wire.SlotRequest{PublicKey: same}, http.StatusForbidden, nil)
+	e.want("POST", "/slots", "", e.signed(same), http.StatusForbidden, nil)
 	if n := v.count() - before; n != 2 {
 		t.Fatalf("after the negative cache's minute the validator ran %d times, want 2", n)
 	}

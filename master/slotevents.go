@@ -3,7 +3,6 @@ package master
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,78 +13,55 @@ import (
 // as one row per device.
 const DefaultSlotEventInterval = time.Minute
 
-// slotEvents folds the events of slot requests so that a device asking
-// again and again, or a stranger trying keys, adds one row per interval
-// rather than one per request: the first event of a key (a device's
-// grants, a device's refusals, or all strangers' refusals together) after
-// a quiet interval is written at once, and the repeats are counted and
-// written as one summary row when the interval ends. Keys are device
-// names, so the map is bounded by the fleet, plus one for strangers.
+// slotEvents folds the grants of slot requests so that a device asking
+// again and again adds one row per interval rather than one per request:
+// a device's first grant after a quiet interval is written at once, and
+// the repeats are counted and written as one summary row when the
+// interval ends. Keys are device names, so the map is bounded by the
+// fleet. (Refusals are tallied per source instead: denials.go.)
 type slotEvents struct {
 	mu  sync.Mutex
 	hot map[string]*folded
 }
 
-// folded is what a key's repeats amount to since its last row.
+// folded is what a device's repeated grants amount to since its last row.
 type folded struct {
-	kind, device, slave string
-	verb                string    // "granted" or "refused"
-	since               time.Time // when the key's last row was written
-	n                   int
-	last                string // the last repeat's reason
-	samples             []string
-	more                int
+	device, slave string
+	since         time.Time // when the device's last row was written
+	n             int
 }
-
-const maxSamples = 5
 
 func newSlotEvents() *slotEvents { return &slotEvents{hot: map[string]*folded{}} }
 
-// note counts an event under key and reports whether the caller should
-// write it now (the key was quiet). force writes it now whatever the key's
-// state (a device moving to another slave), without counting it as a
-// repeat. sample (a fingerprint, a source) is kept for the summary.
-func (e *slotEvents) note(key string, f folded, sample string, force bool, now time.Time) (writeNow bool) {
+// granted counts a grant of slave to device and reports whether the caller
+// should write it now (the device was quiet). moved writes it now whatever
+// the device's state (it moved to another slave), without counting it as
+// a repeat.
+func (e *slotEvents) granted(device, slave string, moved bool, now time.Time) (writeNow bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	h := e.hot[key]
-	if h == nil || force {
-		if h == nil {
-			f.since = now
-			e.hot[key] = &f
-			return true
-		}
-		h.slave, h.since = f.slave, now
+	h := e.hot[device]
+	switch {
+	case h == nil:
+		e.hot[device] = &folded{device: device, slave: slave, since: now}
+		return true
+	case moved:
+		h.slave, h.since = slave, now
 		return true
 	}
 	h.n++
-	h.slave, h.last = f.slave, f.last
-	if sample != "" && !contains(h.samples, sample) {
-		if len(h.samples) < maxSamples {
-			h.samples = append(h.samples, sample)
-		} else {
-			h.more++
-		}
-	}
-	return false
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
+	h.slave = slave
 	return false
 }
 
 // summaryRow is a row flush asks to write.
 type summaryRow struct {
-	kind, slave, device, detail string
+	slave, device, detail string
 }
 
-// flush returns a summary row for each key with repeats, and forgets the
-// keys quiet for a whole interval, whose next event is written at once.
+// flush returns a summary row for each device with repeats, and forgets
+// the devices quiet for a whole interval, whose next grant is written at
+// once.
 func (e *slotEvents) flush(now time.Time, interval time.Duration) []summaryRow {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -97,26 +73,13 @@ func (e *slotEvents) flush(now time.Time, interval time.Duration) []summaryRow {
 			}
 			continue
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "%d more slot request", h.n)
+		plural := ""
 		if h.n > 1 {
-			b.WriteByte('s')
+			plural = "s"
 		}
-		fmt.Fprintf(&b, " %s since %s", h.verb, h.since.UTC().Format(time.TimeOnly))
-		if h.slave != "" {
-			b.WriteString(" (slave " + h.slave + ")")
-		}
-		if h.last != "" {
-			b.WriteString("; last: " + h.last)
-		}
-		if len(h.samples) > 0 {
-			b.WriteString("; " + strings.Join(h.samples, ", "))
-			if h.more > 0 {
-				fmt.Fprintf(&b, " and %d more", h.more)
-			}
-		}
-		rows = append(rows, summaryRow{kind: h.kind, slave: h.slave, device: h.device, detail: b.String()})
-		h.n, h.samples, h.more, h.last, h.since = 0, nil, 0, "", now
+		rows = append(rows, summaryRow{slave: h.slave, device: h.device,
+			detail: fmt.Sprintf("%d more slot request%s granted since %s (slave %s)", h.n, plural, h.since.UTC().Format(time.TimeOnly), h.slave)})
+		h.n, h.since = 0, now
 	}
 	return rows
 }
@@ -124,7 +87,7 @@ func (e *slotEvents) flush(now time.Time, interval time.Duration) []summaryRow {
 // flushSlotEvents writes the summary rows of the interval that ended.
 func (s *Server) flushSlotEvents(ctx context.Context) {
 	for _, r := range s.slotEvents.flush(s.now(), s.cfg.SlotEventInterval) {
-		if err := s.store.AddSlaveEvent(ctx, r.kind, r.slave, r.device, r.detail); err != nil {
+		if err := s.store.AddSlaveEvent(ctx, registry.EventSlot, r.slave, r.device, r.detail); err != nil {
 			s.log.Error("writing slot events", "err", err)
 			return
 		}
@@ -145,23 +108,5 @@ func (s *Server) slotEventLoop() {
 		case <-t.C:
 			s.flushSlotEvents(context.Background())
 		}
-	}
-}
-
-// slotDenied records a refused slot request: at once when its key is
-// quiet, folded into the interval's summary otherwise. Strangers (keys no
-// device holds, bad signatures) share one key.
-func (s *Server) slotDenied(ctx context.Context, device, reason, fingerprint, source string) {
-	s.log.Info("key refused", "device", device, "for", "slot", "reason", reason, "fingerprint", fingerprint, "remote", source)
-	key := "deny\x00" + device
-	sample := fingerprint + " from " + source
-	if device != "" {
-		sample = "from " + source
-	}
-	if !s.slotEvents.note(key, folded{kind: registry.EventDeny, device: device, verb: "refused", last: reason}, sample, false, s.now()) {
-		return
-	}
-	if err := s.store.AddSlaveEvent(ctx, registry.EventDeny, "", device, "slot refused: "+reason+" (from "+source+")"); err != nil {
-		s.log.Error("writing deny event", "err", err)
 	}
 }

@@ -253,8 +253,8 @@ func TestUnsignedSlotsCarryNoLANTargets(t *testing.T) {
 
 // Events of slot requests are folded: a device asking N times in an
 // interval adds its first grant at once and one summary row when the
-// interval ends, then at most a row per interval; strangers trying many
-// keys add as few.
+// interval ends, then at most a row per interval (strangers' refusals:
+// TestRefusalsAreTalliedPerSource).
 func TestSlotEventsAggregated(t *testing.T) {
 	e := newEnv(t, nil)
 	e.beat("s1", heartbeatOf(10))
@@ -294,19 +294,6 @@ func TestSlotEventsAggregated(t *testing.T) {
 		t.Fatalf("slot events after a quiet interval = %+v", evs)
 	}
 
-	// 200 strangers' keys: one deny row at once, one summary.
-	for range 200 {
-		_, k := newKey(t)
-		e.want("POST", "/slots", "", e.signed(k), http.StatusForbidden, nil)
-	}
-	if d := e.events("?kind=deny"); len(d) != 1 {
-		t.Fatalf("%d deny events for 200 strangers before the flush", len(d))
-	}
-	interval()
-	d := e.events("?kind=deny")
-	if len(d) != 2 || !strings.Contains(d[1].Detail, "199 more slot requests refused") || !strings.Contains(d[1].Detail, "and 194 more") {
-		t.Fatalf("deny events = %+v", d)
-	}
 }
 
 // The replay cache forgets statements once their timestamps are stale,

@@ -136,7 +136,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 	if err != nil {
 		pe := err.(*proofError)
 		if pe.status == http.StatusForbidden {
-			s.slotDenied(ctx, "", pe.reason, registry.Fingerprint(key), source)
+			s.deny(ctx, "", &denial{"", pe.reason}, "slot")
 		}
 		slotFail(c, env, pe.status, pe.msg, 0)
 		return
@@ -145,7 +145,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 	if err != nil {
 		var d *denial
 		if errors.As(err, &d) {
-			s.slotDenied(ctx, d.device, d.reason, registry.Fingerprint(key), source)
+			s.deny(ctx, "", d, "slot")
 			slotFail(c, env, http.StatusForbidden, notAccepted, 0)
 			return
 		}
@@ -167,7 +167,7 @@ func (s *Server) handleSlot(c *gin.Context) {
 	// the device moves, or asks after a quiet interval; a device asking
 	// again for the same slave is counted into the interval's summary row.
 	moved := slot.Slave != dev.LastSlave
-	if s.slotEvents.note("slot\x00"+dev.Name, folded{kind: registry.EventSlot, device: dev.Name, slave: slot.Slave, verb: "granted"}, "", moved, now) {
+	if s.slotEvents.granted(dev.Name, slot.Slave, moved, now) {
 		if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
 			s.live.Unpick(dev.Name, slot.Slave)
 			s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
