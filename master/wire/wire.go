@@ -172,31 +172,36 @@ type Event struct {
 	Kind   string    `json:"kind"`
 	Device string    `json:"device,omitempty"`
 	Slave  string    `json:"slave,omitempty"`
-	Detail string    `json:"detail,omitempty"`
+	// Operator is the operator of operator-* events.
+	Operator string `json:"operator,omitempty"`
+	Detail   string `json:"detail,omitempty"`
 }
 
 // SlaveEvent is an event a slave reports with its heartbeat (auth denials,
 // sessions it killed).
 type SlaveEvent struct {
-	At     time.Time `json:"at"`
-	Kind   string    `json:"kind"`
-	Device string    `json:"device,omitempty"`
-	Detail string    `json:"detail,omitempty"`
+	At       time.Time `json:"at"`
+	Kind     string    `json:"kind"`
+	Device   string    `json:"device,omitempty"`
+	Operator string    `json:"operator,omitempty"` // operator-* events
+	Detail   string    `json:"detail,omitempty"`
 }
 
 // Heartbeat is POST /slaves/{name}/heartbeat. The first one registers the
 // slave. Seq is the last revocation sequence the slave has applied.
 type Heartbeat struct {
-	Host     string       `json:"host"`
-	Port     int          `json:"port"`
-	User     string       `json:"user"`
-	HostKeys []string     `json:"host_keys"`
-	Capacity int          `json:"capacity"`
-	CPU      float64      `json:"cpu_percent"`
-	MemUsed  float64      `json:"mem_percent"`
-	Tunnels  []Tunnel     `json:"tunnels"`
-	Events   []SlaveEvent `json:"events,omitempty"`
-	Seq      int64        `json:"seq"`
+	Host     string   `json:"host"`
+	Port     int      `json:"port"`
+	User     string   `json:"user"`
+	HostKeys []string `json:"host_keys"`
+	Capacity int      `json:"capacity"`
+	CPU      float64  `json:"cpu_percent"`
+	MemUsed  float64  `json:"mem_percent"`
+	Tunnels  []Tunnel `json:"tunnels"`
+	// Operators are the live operator sessions and what each has open.
+	Operators []OperatorSession `json:"operators,omitempty"`
+	Events    []SlaveEvent      `json:"events,omitempty"`
+	Seq       int64             `json:"seq"`
 	// A slave sharing a virtual IP names it and its node number, so the
 	// master can tell the other nodes when it dies (take-over).
 	VIP  string `json:"vip,omitempty"`
@@ -213,8 +218,11 @@ type Peer struct {
 // Revocation tells a slave that a device may no longer connect: it drops the
 // device from its cache and kills its sessions on Ports.
 type Revocation struct {
-	Seq         int64  `json:"seq"`
-	Device      string `json:"device"`
+	Seq    int64  `json:"seq"`
+	Device string `json:"device,omitempty"`
+	// Operator is set (and Device empty) when an operator was revoked or
+	// removed: its sessions end on every slave.
+	Operator    string `json:"operator,omitempty"`
 	Fingerprint string `json:"fingerprint,omitempty"`
 	Ports       []int  `json:"ports"`
 	Reason      string `json:"reason"` // "revoked" or "removed"
@@ -243,6 +251,10 @@ type ValidateRequest struct {
 	PublicKey   string `json:"public_key,omitempty"`
 	Fingerprint string `json:"fingerprint,omitempty"`
 	Slave       string `json:"slave,omitempty"` // who asks, for the event log (optional)
+	// Role is "operator" when the key logs in as the operator user: the
+	// answer is then an OperatorValidation, and a device's key is refused.
+	// Empty or "device": a device's key as the tunnel user (a Validation).
+	Role string `json:"role,omitempty"`
 }
 
 // Validation is the positive answer to POST /validate (403 otherwise).
