@@ -22,10 +22,11 @@ type deviceOpts struct {
 	db     string
 	mf     masterFlags
 	output string
+	stderr io.Writer // warnings
 }
 
 func newDeviceCmd(g *globals) *cobra.Command {
-	o := &deviceOpts{}
+	o := &deviceOpts{stderr: g.stderr}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Enrol, list, show, revoke and remove devices",
@@ -83,7 +84,7 @@ func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(devic
 		return err
 	}
 	if remote {
-		c, err := o.mf.client()
+		c, err := o.mf.client(o.stderr)
 		if err != nil {
 			return err
 		}

@@ -258,3 +258,27 @@ func TestMasterRefusesLooseTokenFile(t *testing.T) {
 		t.Errorf("status with a loose token file: exit %d, %s", code, stderr)
 	}
 }
+
+// An admin command to a plain-http master beyond the loopback warns (the
+// admin token would cross the network in clear); https and the loopback do
+// not. Only the client is built: no request leaves.
+func TestAdminClientWarnsOfCleartext(t *testing.T) {
+	tf := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(tf, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for u, warn := range map[string]bool{
+		"http://master.example.net:8080":  true,
+		"https://master.example.net:8080": false,
+		"http://127.0.0.1:8080":           false,
+	} {
+		var errb testkit.Buffer
+		m := masterFlags{master: u, tokenFile: tf}
+		if _, err := m.client(&errb); err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		if got := strings.Contains(errb.String(), "warning: "+u+" is plain http"); got != warn {
+			t.Errorf("%s: warned %v, want %v (%q)", u, got, warn, errb.String())
+		}
+	}
+}

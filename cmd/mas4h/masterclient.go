@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -30,7 +32,7 @@ func (m *masterFlags) url() string {
 }
 
 // client builds an API client for url() with the admin token.
-func (m *masterFlags) client() (*client.Client, error) {
+func (m *masterFlags) client(stderr io.Writer) (*client.Client, error) {
 	u := m.url()
 	if u == "" {
 		return nil, usagef("no master given: pass --master URL (or set MAS4H_MASTER) and --token-file FILE (or set MAS4H_TOKEN_FILE)")
@@ -49,6 +51,9 @@ func (m *masterFlags) client() (*client.Client, error) {
 	c, err := client.New(u, tok)
 	if err != nil {
 		return nil, usageError{err}
+	}
+	if c.Cleartext() {
+		fmt.Fprintf(stderr, "warning: %s is plain http: the admin token and every answer cross the network unprotected; serve the master over https (--tls-cert, --tls-key)\n", u)
 	}
 	return c, nil
 }

@@ -81,6 +81,9 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				if err != nil {
 					return err
 				}
+				if api.Cleartext() {
+					log.Warn(cleartextWarning, "master", o.master)
+				}
 				if shared {
 					log.Warn("--token-file holds no credential of this slave's own (the shared slave token of an older install?); "+
 						"the master accepts it only with --allow-shared-slave-token. Ask for this slave's own: mas4h slave add "+o.name, "file", o.tokenFile)

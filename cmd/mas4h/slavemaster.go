@@ -20,21 +20,28 @@ type slaveMasterAPI struct{ c *client.Client }
 // of another slave is refused at once, with the fix; a token that is no
 // slave's credential is the shared token of an older install (shared), which
 // only a master with --allow-shared-slave-token accepts.
-func newSlaveMasterAPI(url, tokenFile, slave string) (api source.MasterAPI, shared bool, err error) {
+func newSlaveMasterAPI(url, tokenFile, slave string) (api slaveMasterAPI, shared bool, err error) {
 	tok, err := token.Load(tokenFile)
 	if err != nil {
-		return nil, false, err
+		return slaveMasterAPI{}, false, err
 	}
 	name, _, ok := token.ParseSlaveCredential(tok)
 	if ok && name != slave {
-		return nil, false, usagef("%s holds slave %s's credential, not slave %s's; issue this one its own: mas4h slave add %s", tokenFile, name, slave, slave)
+		return slaveMasterAPI{}, false, usagef("%s holds slave %s's credential, not slave %s's; issue this one its own: mas4h slave add %s", tokenFile, name, slave, slave)
 	}
 	c, err := client.New(url, tok)
 	if err != nil {
-		return nil, false, usageError{err}
+		return slaveMasterAPI{}, false, usageError{err}
 	}
 	return slaveMasterAPI{c}, !ok, nil
 }
+
+// Cleartext: see client.Client.Cleartext.
+func (a slaveMasterAPI) Cleartext() bool { return a.c.Cleartext() }
+
+// cleartextWarning is what a slave logs at every start when its master is
+// plain http:// beyond the loopback.
+const cleartextWarning = "the master is plain http: this slave's credential, the keys it validates and the revocations it follows cross the network unprotected, and a man in the middle can change them; serve the master over https (--tls-cert, --tls-key)"
 
 // Heartbeat tells a refusal apart in the slave's log: the heartbeat loop
 // reports every failure as the master being out of reach.

@@ -110,7 +110,7 @@ func (o *sshOpts) run(ctx context.Context, g *globals, arg string, extra []strin
 	if strings.HasPrefix(o.jumpUser, "-") || strings.HasPrefix(o.jumpHost, "-") {
 		return usagef("--jump-user and --jump-host must not start with '-'")
 	}
-	c, err := o.mf.client()
+	c, err := o.mf.client(g.stderr)
 	if err != nil {
 		return err
 	}

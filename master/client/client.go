@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -73,6 +74,23 @@ func New(baseURL, token string, opts ...Option) (*Client, error) {
 		o(c)
 	}
 	return c, nil
+}
+
+// Cleartext says whether the client talks to its master over plain http://
+// to a host other than the loopback: its credential and every answer then
+// cross the network unprotected, and a man in the middle can read and
+// change them. Callers warn at every start.
+func (c *Client) Cleartext() bool {
+	u, err := url.Parse(c.base)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return false
+	}
+	ip, err := netip.ParseAddr(h)
+	return err != nil || !ip.Unmap().IsLoopback()
 }
 
 // URL is the master's base URL as given to New.

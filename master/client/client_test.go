@@ -249,3 +249,27 @@ func TestSlotSignedWithEveryKeyType(t *testing.T) {
 		}
 	}
 }
+
+// Plain http:// to anything but the loopback is cleartext (callers warn);
+// https:// and the loopback are not.
+func TestCleartext(t *testing.T) {
+	for u, want := range map[string]bool{
+		"http://master.example.net:8080": true,
+		"http://192.0.2.7:8080":          true,
+		"http://[2001:db8::1]:8080":      true,
+		"http://127.0.0.1:8080":          false,
+		"http://127.9.9.9:8080":          false,
+		"http://[::1]:8080":              false,
+		"http://localhost:8080":          false,
+		"https://master.example.net":     false,
+		"https://192.0.2.7:8443/api/v1":  false,
+	} {
+		c, err := client.New(u, "")
+		if err != nil {
+			t.Fatalf("New(%q): %v", u, err)
+		}
+		if got := c.Cleartext(); got != want {
+			t.Errorf("Cleartext(%q) = %v, want %v", u, got, want)
+		}
+	}
+}
