@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
@@ -26,9 +27,27 @@ type Store struct {
 // sqliteMagic starts every SQLite 3 database file.
 var sqliteMagic = []byte("SQLite format 3\x00")
 
+// CheckPath refuses a registry location this build cannot open: a URL
+// (postgres://…, sqlite://…) where a SQLite file's path belongs. Without
+// it, "postgres://db/fleet" would quietly become a file under a new
+// directory named "postgres:".
+func CheckPath(path string) error {
+	scheme, _, ok := strings.Cut(path, "://")
+	if !ok || strings.ContainsAny(scheme, "/.") {
+		return nil
+	}
+	if strings.EqualFold(scheme, "postgres") || strings.EqualFold(scheme, "postgresql") {
+		return fmt.Errorf("registry %q: this build keeps its registry in SQLite only (PostgreSQL is not built in yet); give the path of a SQLite file, e.g. /var/lib/mas4h/registry.db", path)
+	}
+	return fmt.Errorf("registry %q: %s:// is not a registry this build knows; give the path of a SQLite file, e.g. /var/lib/mas4h/registry.db", path, scheme)
+}
+
 // Open opens the registry at path, creating it (mode 0600) if absent, and
 // brings its schema up to SchemaVersion. The parent directory must exist.
 func Open(ctx context.Context, path string) (*Store, error) {
+	if err := CheckPath(path); err != nil {
+		return nil, err
+	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)

@@ -158,3 +158,25 @@ func TestOpenEmptyFileIsNewDatabase(t *testing.T) {
 	}
 	s.Close()
 }
+
+// A database URL is refused with what to give instead, and nothing is
+// created: "postgres://db/fleet" once became a SQLite file under a new
+// directory named "postgres:".
+func TestOpenRefusesURLs(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, u := range []string{"postgres://mas4h@db.example.net/fleet", "postgresql://localhost/x", "sqlite:///var/lib/x.db", "mysql://h/db"} {
+		_, err := Open(t.Context(), u)
+		if err == nil || !strings.Contains(err.Error(), "give the path of a SQLite file") {
+			t.Errorf("Open(%q) = %v, want a refusal that says what to give", u, err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("refused URLs left %v behind", ents)
+	}
+	for _, p := range []string{"registry.db", "./a://b.db"} {
+		if err := CheckPath(p); err != nil {
+			t.Errorf("CheckPath(%q) = %v, want nil", p, err)
+		}
+	}
+}

@@ -117,6 +117,9 @@ func (o *masterOpts) config() (masterConfig, error) {
 	if o.db == "" {
 		return c, usagef("--db must name the registry file")
 	}
+	if err := registry.CheckPath(o.db); err != nil {
+		return c, usagef("--db: %v", err)
+	}
 	db, err := filepath.Abs(o.db)
 	if err != nil {
 		return c, usagef("--db: %v", err)

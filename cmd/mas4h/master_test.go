@@ -162,6 +162,7 @@ func TestDeviceCommandsSameOutputWithMasterAndDB(t *testing.T) {
 }
 
 func TestDeviceAndStatusUsageErrors(t *testing.T) {
+	t.Chdir(t.TempDir()) // nothing may be created here (a --db URL once made a directory "postgres:")
 	t.Setenv("MAS4H_MASTER", "")
 	t.Setenv("MAS4H_TOKEN_FILE", "")
 	for _, tc := range []struct {
@@ -178,6 +179,8 @@ func TestDeviceAndStatusUsageErrors(t *testing.T) {
 		{[]string{"master", "--tls-cert", "c.pem"}, "go together"},
 		{[]string{"master", "--port-range", "5-1"}, "port range"},
 		{[]string{"master", "--slot-burst", "0"}, "slot-burst"},
+		{[]string{"master", "--db", "postgres://mas4h@db.example.net/fleet"}, "SQLite only"},
+		{[]string{"slave", "--name", "s1", "--db", "postgres://db/fleet"}, "SQLite only"},
 		{[]string{"slave", "--name", "s1", "--db", "x.db", "--keepalive", "1500ms"}, "--keepalive must be whole seconds"},
 		{[]string{"slave", "--name", "s1", "--db", "x.db", "--keepalive", "0s"}, "--keepalive must be whole seconds"},
 		{[]string{"slave", "--name", "-s1", "--db", "x.db"}, "slave name must be"},
@@ -195,6 +198,9 @@ func TestDeviceAndStatusUsageErrors(t *testing.T) {
 		if code != exitUsage || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 mentioning %q", tc.args, code, stderr, tc.want)
 		}
+	}
+	if ents, _ := os.ReadDir("."); len(ents) != 0 {
+		t.Errorf("usage errors left %v behind", ents)
 	}
 }
 

@@ -90,6 +90,9 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				}
 				src = source.NewMaster(api, o.name, nil, log.With("master", o.master))
 			} else {
+				if err := registry.CheckPath(o.db); err != nil {
+					return usagef("--db: %v", err)
+				}
 				if _, err := os.Stat(o.db); err != nil {
 					return fmt.Errorf("registry %s: %w (enrol a device with 'mas4h device add --db %s' first)", o.db, err, o.db)
 				}
