@@ -354,10 +354,15 @@ func testAgent(t *testing.T, client, comm string, standalone bool) {
 	}
 	t.Logf("%s: %d attempts in 12 s of host-key refusals; the agent said: %s", client, attempts, firstLineWith(since, "host key mismatch"))
 
-	// The master returns and learns the new key from the slave's heartbeat;
-	// the agent picks it up at its next attempt.
+	// The master returns; the slave's heartbeat presents the new key, which
+	// waits until an admin accepts it (host keys are bound to the slave's
+	// name); the agent picks it up at its next attempt.
 	m.start()
 	back := time.Now()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		_, _, code := m.admin("slave", "accept-key", "s1")
+		return code == 0
+	}, "the slave's new host key never waited for acceptance")
 	took = waitRoundTrip(t, sp, p, back, 75*time.Second, "master back with the new host key", ag.log)
 	t.Logf("%s: tunnel up %s after the master came back with the new host key", client, took.Round(time.Millisecond))
 
