@@ -267,7 +267,6 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		}
 		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
 		in.unit("mas4h-slave@.service")
-		in.unit("mas4h-sshd@.service")
 		in.enable(ctx, "mas4h-slave@"+c.Name+".service")
 	case RoleAgent:
 		in.dir(AgentStateDir, 0o700, "root")

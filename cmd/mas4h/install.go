@@ -37,7 +37,8 @@ tokens, owned by mas4h), /etc/mas4h/master.conf and mas4h-master.service.
 
 slave NAME: the tunnel user (mas4h-tunnel, password field '*'), the state dir
 /var/lib/mas4h/slave-NAME (root-owned 0755, as sshd demands of the hook's
-path), /etc/mas4h/slave-NAME.conf, mas4h-slave@.service and mas4h-sshd@.service;
+path), /etc/mas4h/slave-NAME.conf and mas4h-slave@.service (the daemon supervises
+the slave's sshd itself);
 with --credential FILE (the slave's own credential, from 'mas4h slave add NAME
 --token-file-out FILE' on the master), that credential as
 /etc/mas4h/slave-NAME.token (or --token-file), root's, mode 0600.
