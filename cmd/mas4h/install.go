@@ -45,7 +45,11 @@ with --credential FILE (the slave's own credential, from 'mas4h slave add NAME
 
 agent: /var/lib/mas4h-agent, /etc/mas4h/agent.conf and mas4h-agent.service.
 
-An existing config file is kept; units a package already provides (in
+Without any of the role's flags (or --args) an existing config file is
+kept. With them, the config file says what they say: an existing one (the
+package's master.conf or agent.conf, or one written by hand) is kept beside
+it as NAME.conf.mas4h-old, and the command says so; 'mas4h uninstall' puts
+it back. Units a package already provides (in
 /lib/systemd/system or /usr/local/lib/systemd/system) are used as they are,
 others are written to /etc/systemd/system with ExecStart set to this binary.
 When systemd runs the host the unit is enabled (not started: edit the config,
@@ -215,6 +219,9 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 			return "", usagef("--credential goes with --master (a standalone slave needs none)")
 		}
 		if o.master == "" && o.db == "" {
+			if o.sshListen != "" || o.publicHost != "" || o.tokenFile != "" {
+				return "", usagef("a slave's config line needs --master URL or --db PATH (or give the whole line with --args)")
+			}
 			return "", nil // the skeleton's example line
 		}
 		add("--master", o.master)
