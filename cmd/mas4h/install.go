@@ -23,6 +23,8 @@ type installOpts struct {
 	master, tokenFile, db, sshListen, publicHost, listen, key string
 	// credential is a slave's own credential file to install as tokenFile.
 	credential string
+	// insecureHTTP: an agent's http:// master, allowed (--insecure-http).
+	insecureHTTP bool
 }
 
 func newInstallCmd(g *globals) *cobra.Command {
@@ -86,7 +88,8 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	f.StringVar(&o.sshListen, "ssh-listen", "", "slave: address its sshd listens on (default 0.0.0.0:2222)")
 	f.StringVar(&o.publicHost, "public-host", "", "slave: host name devices are told to dial")
 	f.StringVar(&o.listen, "listen", "", "master: address of the API (default 127.0.0.1:8080)")
-	f.StringVar(&o.key, "key", "", "agent: the device's private key file")
+	f.StringVar(&o.key, "key", "", "agent: the device's private key file (the unit's default: /etc/mas4h/agent.key)")
+	f.BoolVar(&o.insecureHTTP, "insecure-http", false, "agent: allow an http:// --master (clear text; the agent warns at every start)")
 	return cmd
 }
 
@@ -204,11 +207,17 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 	}
 	switch role {
 	case install.RoleMaster:
+		if o.insecureHTTP {
+			return "", usagef("--insecure-http is a flag of role agent")
+		}
 		if err := wrong("--master", o.master, "--token-file", o.tokenFile, "--credential", o.credential, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--key", o.key); err != nil {
 			return "", err
 		}
 		add("--listen", o.listen)
 	case install.RoleSlave:
+		if o.insecureHTTP {
+			return "", usagef("--insecure-http is a flag of role agent")
+		}
 		if err := wrong("--listen", o.listen, "--key", o.key); err != nil {
 			return "", err
 		}
@@ -246,10 +255,19 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 			return "", err
 		}
 		if o.master == "" && o.key == "" {
+			if o.insecureHTTP {
+				return "", usagef("--insecure-http goes with --master http://…")
+			}
 			return "", nil
+		}
+		if strings.HasPrefix(o.master, "http://") && !o.insecureHTTP {
+			return "", usagef("--master %s is plain http: the agent refuses it unless --insecure-http says so (give it here too), or use https://", o.master)
 		}
 		add("--master", o.master)
 		add("--key", o.key)
+		if o.insecureHTTP {
+			a = append(a, "--insecure-http")
+		}
 	}
 	return strings.Join(a, " "), nil
 }

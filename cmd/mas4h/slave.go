@@ -97,6 +97,8 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				defer st.Close()
 				src = source.NewLocal(st, 0, log)
 			}
+			log.Info("slave starting", "version", version, "slave", o.name, "ssh_listen", cfg.SSHListen, "state_dir", cfg.StateDir,
+				"master", o.master, "db", o.db, "metrics_listen", o.metrics)
 			slave, err := sshd.NewSlave(cfg, src, log)
 			if err != nil {
 				return usageError{err}
