@@ -59,7 +59,7 @@ func TestDebian13(t *testing.T) {
 		t.Skipf("already inside the %s root", r)
 	}
 	requireE2E(t, "mmdebstrap", "unshare", "chroot", "mount", "ip")
-	root := debian13Root(t)
+	root := cachedRoot(t, "debian13", debian13Suite, debian13Packages)
 	goEnv := func(name string) string {
 		out, err := exec.Command("go", "env", name).Output()
 		if err != nil || strings.TrimSpace(string(out)) == "" {
@@ -93,22 +93,23 @@ func TestDebian13(t *testing.T) {
 	t.Logf("Debian 13: %d tests in %s:\n%s", len(debian13Tests), took, strings.Join(summary, "\n"))
 }
 
-// debian13Root returns the cached Debian 13 root, built or rebuilt first
-// when needed. It holds a shared lock on it until the test ends: a rebuild
-// (exclusive) waits for the runs that use the old one.
-func debian13Root(t *testing.T) string {
+// cachedRoot returns the cached mmdebstrap root NAME of suite with
+// packages, built or rebuilt first when needed (its package list changed,
+// or it is older than a week). It holds a shared lock on it until the test
+// ends: a rebuild (exclusive) waits for the runs that use the old one.
+func cachedRoot(t *testing.T, name, suite string, packages []string) string {
 	t.Helper()
 	if err := os.MkdirAll(debian13Cache, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := os.OpenFile(filepath.Join(debian13Cache, "debian13.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	lock, err := os.OpenFile(filepath.Join(debian13Cache, name+".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lock.Close() })
-	root := filepath.Join(debian13Cache, "debian13")
+	root := filepath.Join(debian13Cache, name)
 	stampPath := root + ".stamp"
-	want := fmt.Sprintf("mmdebstrap --variant=important --include=%s %s", strings.Join(debian13Packages, ","), debian13Suite)
+	want := fmt.Sprintf("mmdebstrap --variant=important --include=%s %s", strings.Join(packages, ","), suite)
 	fresh := func() bool {
 		fi, err := os.Stat(stampPath)
 		b, _ := os.ReadFile(stampPath)
@@ -126,7 +127,7 @@ func debian13Root(t *testing.T) string {
 		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 		if err != nil {
 			os.RemoveAll(tmp)
-			t.Fatalf("building the Debian 13 root: %s: %v\n%s", strings.Join(args, " "), err, lastLines(string(out), 30))
+			t.Fatalf("building the %s root: %s: %v\n%s", name, strings.Join(args, " "), err, lastLines(string(out), 30))
 		}
 		if err := os.RemoveAll(root); err != nil {
 			t.Fatal(err)
@@ -137,7 +138,7 @@ func debian13Root(t *testing.T) string {
 		if err := os.WriteFile(stampPath, []byte(want+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("built the Debian 13 root in %s", time.Since(start).Round(time.Second))
+		t.Logf("built the %s root in %s", name, time.Since(start).Round(time.Second))
 	}
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_SH); err != nil {
 		t.Fatal(err)
