@@ -123,6 +123,8 @@ func (c *container) boot() {
 		}
 		c.leader = leaderOf(cmd.Process.Pid)
 	}
+	// systemctl answers once PID 1 has its private socket up.
+	c.waitFor(60*time.Second, "the container's systemd answering", "test -S /run/systemd/private")
 	out, err := c.run(90*time.Second, "systemctl is-system-running --wait")
 	if s := strings.TrimSpace(out); s != "running" {
 		failed, _ := c.run(10*time.Second, "systemctl --failed --no-legend; journalctl -b -p warning --no-pager | tail -n 30")
