@@ -35,7 +35,7 @@ lint:
 # The test command of the README and of .ci/run. MAS4H_E2E=1 turns a missing
 # system part or root into a failure instead of a skip.
 test: deps lint build
-	$(GO) test -count=1 -timeout 45m ./...
+	$(GO) test -count=1 -timeout 60m ./...
 
 # The Debian package under a real systemd (TestPackagedSystemd): builds the
 # .deb, boots a Debian 12 root in systemd-nspawn (cached in
