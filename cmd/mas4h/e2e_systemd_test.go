@@ -242,7 +242,7 @@ func (c *container) tunnelPids(port int) (session, listener string) {
 // tunnelUp: the device's port on the slave's loopback leads to the
 // device's sshd.
 func tunnelCheck(port int) string {
-	return fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && head -c 8 <&3 | grep -q SSH-2.0-`, port)
+	return fmt.Sprintf(`timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && head -c 8 <&3' | grep -q SSH-2.0-`, port)
 }
 
 func packagedSystemd(t *testing.T, base, deb, env string) {
