@@ -104,8 +104,11 @@ first, as recorded in its manifest. What another installed role still uses
 (the slave units and tunnel user while another slave is installed,
 /var/lib/mas4h and /etc/mas4h) stays. A slave's detached sshd is stopped.
 
-Without --purge, a config file edited since install and a state dir the daemon
-filled (host keys, cache; the master's registry) are kept, and said so.`,
+A config file install replaced (the package's master.conf or agent.conf, or
+one made by hand) is put back from NAME.conf.mas4h-old. Without --purge, a
+config file edited since install and a state dir the daemon filled (host
+keys, cache; the master's registry) are kept, and said so; files in them
+that mas4h did not make are named.`,
 		Example: `  mas4h uninstall slave s1
   mas4h uninstall master --purge`,
 		Args: roleArgs,
