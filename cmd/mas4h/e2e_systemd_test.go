@@ -394,7 +394,21 @@ func packagedSystemd(t *testing.T, base, deb, env string) {
 	c.waitFor(90*time.Second, "the agent's tunnel after the reboot", tunnelCheck(port))
 	t.Logf("after the reboot: units active and the tunnel up %s after boot began", time.Since(start).Round(100*time.Millisecond))
 
-	// Purge: the container as before the package, but for what the
+	// mas4h uninstall under systemd: the slave's unit disabled (no link
+	// left), its sshd and sessions ended, its config and credential gone;
+	// the agent's: the package's agent.conf put back.
+	out = c.must("mas4h uninstall slave s1 2>&1")
+	c.must(`! ls /etc/systemd/system/*.wants/mas4h-slave@s1.service 2>/dev/null && ! test -e /etc/mas4h/slave-s1.conf && ! test -e /etc/mas4h/slave-s1.token && ! systemctl is-active mas4h-slave@s1`)
+	if left := c.must(`ps -eo pid,args --no-headers | grep '[s]lave-s1/sshd_config' || true`); strings.TrimSpace(left) != "" {
+		t.Errorf("uninstall slave s1 left its sshd running:\n%s\n%s", left, out)
+	}
+	out = c.must("mas4h uninstall agent 2>&1")
+	if !strings.Contains(out, "put back /etc/mas4h/agent.conf") {
+		t.Errorf("uninstall agent did not put the package's agent.conf back:\n%s", out)
+	}
+	c.must(`grep -q master.example.net /etc/mas4h/agent.conf && ! test -e /etc/mas4h/agent.conf.mas4h-old && ! ls /etc/systemd/system/*.wants/mas4h-agent.service 2>/dev/null`)
+
+	// Purge (the master still installed): the container as before the package, but for what the
 	// operator made by hand, which purge names.
 	out = c.must("DEBIAN_FRONTEND=noninteractive dpkg --purge mas4h 2>&1")
 	if !strings.Contains(out, "kept /etc/mas4h: it holds files mas4h did not make: agent.key agent.key.pub") {
