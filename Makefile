@@ -6,7 +6,7 @@ DESTDIR ?=
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build deps test lint fuzz bench bench-full demo demo-stop install clean dist man deb
+.PHONY: all build deps test test-systemd lint fuzz bench bench-full demo demo-stop install clean dist man deb
 
 all: build
 
@@ -35,7 +35,15 @@ lint:
 # The test command of the README and of .ci/run. MAS4H_E2E=1 turns a missing
 # system part or root into a failure instead of a skip.
 test: deps lint build
-	$(GO) test -count=1 -timeout 45m ./...
+	$(GO) test -count=1 -timeout 60m ./...
+
+# The Debian package under a real systemd (TestPackagedSystemd): builds the
+# .deb, boots a Debian 12 root in systemd-nspawn (cached in
+# /var/cache/mas4h-ci), and runs install, every lifecycle event, a reboot
+# and a purge in there, under both cgroup layouts (MAS4H_SYSTEMD_LAYOUTS=
+# unified or default picks one). Root; .ci/run runs it after make test.
+test-systemd: build
+	MAS4H_SYSTEMD_TEST=1 $(GO) test -count=1 -timeout 30m -v -run '^TestPackagedSystemd$$' ./cmd/mas4h
 
 # Every fuzz target (the parsers of what devices, sshd, the kernel and
 # operators hand mas4h) for FUZZTIME each, one after the other (go test

@@ -44,6 +44,7 @@ type Config struct {
 	MaxRetryAfter  time.Duration // bound on a master's Retry-After
 	RepeatLog      time.Duration // an unchanged problem is logged again at most this often
 	UserAgent      string
+	Version        string // logged at start
 }
 
 // keyNotAccepted is the master's answer to unknown and revoked keys and to
@@ -206,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := ensureStateDir(a.cfg.StateDir); err != nil {
 		return err
 	}
-	a.log.Info("agent started", "master", a.cfg.Master, "key", a.cfg.KeyPath, "state_dir", a.cfg.StateDir, "ssh_client", a.cfg.SSHClient)
+	a.log.Info("agent started", "version", a.cfg.Version, "master", a.cfg.Master, "key", a.cfg.KeyPath, "state_dir", a.cfg.StateDir, "ssh_client", a.cfg.SSHClient)
 	if a.cfg.plainHTTP() {
 		a.log.Warn("the master is reached over plain http (--insecure-http): whoever is on the path can read this device's slot and send it to an sshd of theirs; use https://", "master", a.cfg.Master)
 	}

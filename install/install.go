@@ -66,8 +66,11 @@ type Config struct {
 	Bin        string
 	TunnelUser string // slave
 	MasterUser string // master
-	// Args is the initial flag line written into the role's config file
-	// (MAS4H_MASTER_ARGS, MAS4H_SLAVE_ARGS or MAS4H_AGENT_ARGS).
+	// Args is the flag line written into the role's config file
+	// (MAS4H_MASTER_ARGS, MAS4H_SLAVE_ARGS or MAS4H_AGENT_ARGS). Empty:
+	// the skeleton's example line, and an existing file is kept. Given, it
+	// replaces what an existing file says (the old file kept beside it as
+	// NAME.conf.mas4h-old).
 	Args string
 	// Credential, when not nil, is the slave's own credential (from 'mas4h
 	// slave add NAME' on the master), installed as CredentialFile (a path
@@ -173,7 +176,17 @@ const (
 	KindFile   = "file"
 	KindUnit   = "unit"
 	KindEnable = "enable"
+	// KindReplaced is a config file that was there (the package's, or
+	// hand-made) and that install replaced because flags were given; the
+	// old one was moved to Backup, and uninstall moves it back.
+	KindReplaced = "replaced"
+	// KindBackup is a copy install made of a config file of its own that
+	// had been edited, before replacing it: the operator's, kept.
+	KindBackup = "backup"
 )
+
+// BackupSuffix ends the name a replaced config file is kept under.
+const BackupSuffix = ".mas4h-old"
 
 // Step is one thing an installation created. Path is a path on the target
 // system, a user or group name, or a unit name.
@@ -181,6 +194,7 @@ type Step struct {
 	Kind   string `json:"kind"`
 	Path   string `json:"path"`
 	SHA256 string `json:"sha256,omitempty"` // of a file as written
+	Backup string `json:"backup,omitempty"` // KindReplaced: where the old file went
 }
 
 // Manifest records what one installation created, in order.
@@ -255,7 +269,7 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		in.user(ctx, c.MasterUser, MasterStateDir, false)
 		in.dir(MasterStateDir, 0o750, c.MasterUser)
 		in.dir(ConfDir, 0o755, "root")
-		in.file(ConfPath(c.Role, ""), masterConf(c.Args))
+		in.conf(ConfPath(c.Role, ""), masterConf(c.Args), c.Args != "")
 		in.unit("mas4h-master.service")
 		in.enable(ctx, "mas4h-master.service")
 	case RoleSlave:
@@ -265,14 +279,13 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		if c.Credential != nil {
 			in.secret(c.CredentialFile, c.Credential)
 		}
-		in.file(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args))
+		in.conf(ConfPath(c.Role, c.Name), slaveConf(c.Name, c.Args), c.Args != "")
 		in.unit("mas4h-slave@.service")
-		in.unit("mas4h-sshd@.service")
 		in.enable(ctx, "mas4h-slave@"+c.Name+".service")
 	case RoleAgent:
 		in.dir(AgentStateDir, 0o700, "root")
 		in.dir(ConfDir, 0o755, "root")
-		in.file(ConfPath(c.Role, ""), agentConf(c.Args))
+		in.conf(ConfPath(c.Role, ""), agentConf(c.Args), c.Args != "")
 		in.unit("mas4h-agent.service")
 		in.enable(ctx, "mas4h-agent.service")
 	}
@@ -446,21 +459,75 @@ func errOr(err error, s string) string {
 	return s
 }
 
-// file writes a config skeleton unless the file exists.
-func (in *installer) file(p string, data []byte) {
+// conf writes a role's config file. An existing one is kept when no flags
+// were given (given false). With flags it is replaced, unless it says
+// exactly this already: a file of this installation's own, unedited, is
+// rewritten; any other (the package's, one made or edited by hand) is first
+// moved aside to NAME.conf.mas4h-old (or .mas4h-old.N), and said so —
+// never silently kept.
+func (in *installer) conf(p string, data []byte, given bool) {
 	if in.err != nil {
 		return
 	}
 	full := in.c.path(p)
-	if _, err := os.Lstat(full); err == nil {
-		fmt.Fprintf(in.c.Out, "%s exists, kept\n", p)
+	old, err := os.ReadFile(full)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := atomicfile.Write(full, data, 0o644); err != nil {
+			in.err = err
+			return
+		}
+		in.record(Step{Kind: KindFile, Path: p, SHA256: sum(data)}, "wrote %s", p)
+		return
+	case err != nil:
+		in.err = err
+		return
+	case !given:
+		fmt.Fprintf(in.c.Out, "%s exists, kept (give the role's flags, or --args, to replace it)\n", p)
+		return
+	case bytes.Equal(old, data):
+		fmt.Fprintf(in.c.Out, "%s says this already\n", p)
+		return
+	}
+	own := -1
+	for i, s := range in.m.Created {
+		if (s.Kind == KindFile || s.Kind == KindReplaced) && s.Path == p {
+			own = i
+		}
+	}
+	if own >= 0 && in.m.Created[own].SHA256 == sum(old) {
+		if err := atomicfile.Write(full, data, 0o644); err != nil {
+			in.err = err
+			return
+		}
+		in.m.Created[own].SHA256 = sum(data)
+		in.record(in.m.Created[own], "rewrote %s with the flags given", p)
+		return
+	}
+	backup := p + BackupSuffix
+	for n := 1; ; n++ {
+		if _, err := os.Lstat(in.c.path(backup)); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		backup = fmt.Sprintf("%s%s.%d", p, BackupSuffix, n)
+	}
+	if err := os.Link(full, in.c.path(backup)); err != nil {
+		in.err = fmt.Errorf("keeping %s as %s: %w", p, backup, err)
 		return
 	}
 	if err := atomicfile.Write(full, data, 0o644); err != nil {
+		os.Remove(in.c.path(backup))
 		in.err = err
 		return
 	}
-	in.record(Step{Kind: KindFile, Path: p, SHA256: sum(data)}, "wrote %s", p)
+	if own >= 0 {
+		// Ours, but edited since: the edit is the operator's, kept.
+		in.m.Created[own].SHA256 = sum(data)
+		in.record(Step{Kind: KindBackup, Path: backup}, "replaced %s (edited since install) with the flags given; the edited one is kept as %s", p, backup)
+		return
+	}
+	in.record(Step{Kind: KindReplaced, Path: p, SHA256: sum(data), Backup: backup},
+		"replaced %s with the flags given; the old one is kept as %s (uninstall puts it back)", p, backup)
 }
 
 // secret installs a credential, root's and 0600, replacing an older one:

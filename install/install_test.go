@@ -125,3 +125,77 @@ func TestInstallLeavesAStateDirOfAnotherAccountAlone(t *testing.T) {
 		t.Errorf("state dir now uid %d mode %04o", st.Uid, fi.Mode().Perm())
 	}
 }
+
+// Flags given to install are applied to a config file that is there
+// already (the package's master.conf): the old one is kept beside it and
+// said so, never silently kept; uninstall puts it back.
+func TestInstallAppliesFlagsToAnExistingConf(t *testing.T) {
+	root, run := fakeRoot(t)
+	conf := filepath.Join(root, "etc/mas4h/master.conf")
+	pkg := []byte("# the package's\nMAS4H_MASTER_ARGS=\"--listen 127.0.0.1:8080\"\n")
+	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, pkg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inst := func(args string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if _, err := Install(context.Background(), Config{Role: RoleMaster, Root: root, Args: args, Units: systemd.Units, Runner: run, Out: &out}); err != nil {
+			t.Fatalf("install master %q: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	read := func(p string) string {
+		t.Helper()
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+
+	// No flags: the file stays, and the output says how to change it.
+	if out := inst(""); !strings.Contains(out, "/etc/mas4h/master.conf exists, kept (give the role's flags") || read(conf) != string(pkg) {
+		t.Errorf("without flags:\n%s\n%s", out, read(conf))
+	}
+	// Flags: applied; the package's file kept as master.conf.mas4h-old.
+	out := inst("--listen 0.0.0.0:9090")
+	if !strings.Contains(out, "replaced /etc/mas4h/master.conf with the flags given; the old one is kept as /etc/mas4h/master.conf.mas4h-old") {
+		t.Errorf("with flags:\n%s", out)
+	}
+	if !strings.Contains(read(conf), `MAS4H_MASTER_ARGS="--listen 0.0.0.0:9090"`) || read(conf+BackupSuffix) != string(pkg) {
+		t.Errorf("after install --listen: conf\n%s\nbackup\n%s", read(conf), read(conf+BackupSuffix))
+	}
+	// The same flags again change nothing; other flags rewrite the file
+	// install wrote, with no second backup.
+	if out := inst("--listen 0.0.0.0:9090"); !strings.Contains(out, "says this already") {
+		t.Errorf("same flags again:\n%s", out)
+	}
+	if out := inst("--listen 0.0.0.0:9091"); !strings.Contains(out, "rewrote /etc/mas4h/master.conf") || !strings.Contains(read(conf), "0.0.0.0:9091") {
+		t.Errorf("other flags:\n%s", out)
+	}
+	// An edit of the operator's is kept aside too.
+	os.WriteFile(conf, []byte("MAS4H_MASTER_ARGS=\"--listen 0.0.0.0:1 --edited\"\n"), 0o644)
+	if out := inst("--listen 0.0.0.0:9092"); !strings.Contains(out, "the edited one is kept as /etc/mas4h/master.conf.mas4h-old.1") {
+		t.Errorf("over an edit:\n%s", out)
+	}
+	if !strings.Contains(read(conf+BackupSuffix+".1"), "--edited") {
+		t.Errorf("backup of the edit: %s", read(conf+BackupSuffix+".1"))
+	}
+
+	var uout bytes.Buffer
+	if err := Uninstall(context.Background(), Config{Role: RoleMaster, Root: root, Runner: run, Out: &uout}); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, uout.String())
+	}
+	if read(conf) != string(pkg) || !strings.Contains(uout.String(), "put back /etc/mas4h/master.conf") {
+		t.Errorf("uninstall did not put the package's file back:\n%s\n%s", uout.String(), read(conf))
+	}
+	if !strings.Contains(uout.String(), "kept /etc/mas4h/master.conf.mas4h-old.1: your edited config") {
+		t.Errorf("uninstall did not name the operator's edit it kept:\n%s", uout.String())
+	}
+	if _, err := os.Stat(conf + BackupSuffix); err == nil {
+		t.Errorf("the backup is still there after it was put back")
+	}
+}

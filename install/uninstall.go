@@ -133,6 +133,31 @@ func undo(ctx context.Context, c Config, s Step) error {
 			return err
 		}
 		fmt.Fprintf(c.Out, "removed %s\n", s.Path)
+	case KindReplaced:
+		full, backup := c.path(s.Path), c.path(s.Backup)
+		b, err := os.ReadFile(full)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err == nil && sum(b) != s.SHA256 && !c.Purge {
+			fmt.Fprintf(c.Out, "kept %s: edited since install (--purge puts back %s); %s stays too\n", s.Path, s.Backup, s.Backup)
+			return nil
+		}
+		if _, err := os.Lstat(backup); err != nil {
+			if err := os.Remove(full); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			fmt.Fprintf(c.Out, "removed %s (%s, the one it replaced, is gone)\n", s.Path, s.Backup)
+			return nil
+		}
+		if err := os.Rename(backup, full); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.Out, "put back %s as it was before install (from %s)\n", s.Path, s.Backup)
+	case KindBackup:
+		if _, err := os.Lstat(c.path(s.Path)); err == nil {
+			fmt.Fprintf(c.Out, "kept %s: your edited config, saved when install replaced it\n", s.Path)
+		}
 	case KindDir:
 		full := c.path(s.Path)
 		if c.Root == "/" && strings.HasPrefix(filepath.Base(s.Path), "slave-") {
@@ -150,7 +175,7 @@ func undo(ctx context.Context, c Config, s Step) error {
 			}
 			fmt.Fprintf(c.Out, "purged %s\n", s.Path)
 		default:
-			fmt.Fprintf(c.Out, "kept %s: not empty%s\n", s.Path, map[bool]string{true: "", false: " (--purge removes a role's state)"}[s.Path == StateRoot || s.Path == ConfDir])
+			fmt.Fprintf(c.Out, "kept %s: not empty%s%s\n", s.Path, map[bool]string{true: "", false: " (--purge removes a role's state)"}[s.Path == StateRoot || s.Path == ConfDir], leftIn(full))
 		}
 	case KindUser:
 		if _, ok, err := LookupUser(c.Root, s.Path); err != nil || !ok {
@@ -172,4 +197,22 @@ func undo(ctx context.Context, c Config, s Step) error {
 		return fmt.Errorf("unknown manifest step %q", s.Kind)
 	}
 	return nil
+}
+
+// leftIn names what a directory kept for not being empty still holds (files
+// mas4h did not make, or state), for the message: ", holding a, b".
+func leftIn(dir string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) == 0 {
+		return ""
+	}
+	var names []string
+	for i, e := range entries {
+		if i == 8 {
+			names = append(names, fmt.Sprintf("and %d more", len(entries)-i))
+			break
+		}
+		names = append(names, e.Name())
+	}
+	return ", holding " + strings.Join(names, ", ")
 }

@@ -88,6 +88,7 @@ Flags:
 	}
 	cfg.Defaults()
 	cfg.UserAgent = "mas4h-agent/" + version
+	cfg.Version = version
 	if err := cfg.Check(); err != nil {
 		return usage("%v", err)
 	}

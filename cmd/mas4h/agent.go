@@ -30,6 +30,7 @@ static, as mas4h-agent for small devices.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Defaults()
+			cfg.Version = version
 			if err := cfg.Check(); err != nil {
 				return usageError{err}
 			}

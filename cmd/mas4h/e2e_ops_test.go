@@ -104,7 +104,6 @@ func TestUnitFilesVerify(t *testing.T) {
 	want := map[string][]string{
 		"mas4h-master.service": {"User=mas4h", "ProtectSystem=strict", "StateDirectory=mas4h/master", "LimitNOFILE=65536", "Restart=on-failure", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n", "NoNewPrivileges=yes"},
 		"mas4h-slave@.service": {"KillMode=process", "EnvironmentFile=/etc/mas4h/slave-%i.conf", "TasksMax=32768", "ProtectSystem=strict", "CAP_SETUID", "CAP_KILL", "NoNewPrivileges=yes", "Restart=on-failure"},
-		"mas4h-sshd@.service":  {"KillMode=process", "User=mas4h-tunnel", "ExecReload=/bin/kill -HUP $MAINPID", "TasksMax=32768", "-f /var/lib/mas4h/slave-%i/sshd_config"},
 		"mas4h-agent.service":  {"EnvironmentFile=-/etc/mas4h/agent.conf"},
 	}
 	for name, keys := range want {
@@ -220,7 +219,7 @@ func TestInstallRootRoundTrip(t *testing.T) {
 		t.Errorf("slave-s1.conf:\n%s", conf)
 	}
 	units, _ := filepath.Glob(filepath.Join(root, "etc/systemd/system/*.service"))
-	if len(units) != 3 {
+	if len(units) != 2 {
 		t.Fatalf("units written: %v", units)
 	}
 	for _, u := range units {
@@ -416,7 +415,7 @@ func TestDebInstallPurge(t *testing.T) {
 		t.Errorf("the lean hook is not installed: %v", err)
 	}
 	var units []string
-	for _, u := range []string{"mas4h-master.service", "mas4h-slave@.service", "mas4h-sshd@.service", "mas4h-agent.service"} {
+	for _, u := range []string{"mas4h-master.service", "mas4h-slave@.service", "mas4h-agent.service"} {
 		p := filepath.Join("/lib/systemd/system", u)
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("unit %s not installed: %v", u, err)

@@ -23,6 +23,8 @@ type installOpts struct {
 	master, tokenFile, db, sshListen, publicHost, listen, key string
 	// credential is a slave's own credential file to install as tokenFile.
 	credential string
+	// insecureHTTP: an agent's http:// master, allowed (--insecure-http).
+	insecureHTTP bool
 }
 
 func newInstallCmd(g *globals) *cobra.Command {
@@ -37,14 +39,19 @@ tokens, owned by mas4h), /etc/mas4h/master.conf and mas4h-master.service.
 
 slave NAME: the tunnel user (mas4h-tunnel, password field '*'), the state dir
 /var/lib/mas4h/slave-NAME (root-owned 0755, as sshd demands of the hook's
-path), /etc/mas4h/slave-NAME.conf, mas4h-slave@.service and mas4h-sshd@.service;
+path), /etc/mas4h/slave-NAME.conf and mas4h-slave@.service (the daemon supervises
+the slave's sshd itself);
 with --credential FILE (the slave's own credential, from 'mas4h slave add NAME
 --token-file-out FILE' on the master), that credential as
 /etc/mas4h/slave-NAME.token (or --token-file), root's, mode 0600.
 
 agent: /var/lib/mas4h-agent, /etc/mas4h/agent.conf and mas4h-agent.service.
 
-An existing config file is kept; units a package already provides (in
+Without any of the role's flags (or --args) an existing config file is
+kept. With them, the config file says what they say: an existing one (the
+package's master.conf or agent.conf, or one written by hand) is kept beside
+it as NAME.conf.mas4h-old, and the command says so; 'mas4h uninstall' puts
+it back. Units a package already provides (in
 /lib/systemd/system or /usr/local/lib/systemd/system) are used as they are,
 others are written to /etc/systemd/system with ExecStart set to this binary.
 When systemd runs the host the unit is enabled (not started: edit the config,
@@ -81,7 +88,8 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	f.StringVar(&o.sshListen, "ssh-listen", "", "slave: address its sshd listens on (default 0.0.0.0:2222)")
 	f.StringVar(&o.publicHost, "public-host", "", "slave: host name devices are told to dial")
 	f.StringVar(&o.listen, "listen", "", "master: address of the API (default 127.0.0.1:8080)")
-	f.StringVar(&o.key, "key", "", "agent: the device's private key file")
+	f.StringVar(&o.key, "key", "", "agent: the device's private key file (the unit's default: /etc/mas4h/agent.key)")
+	f.BoolVar(&o.insecureHTTP, "insecure-http", false, "agent: allow an http:// --master (clear text; the agent warns at every start)")
 	return cmd
 }
 
@@ -96,8 +104,11 @@ first, as recorded in its manifest. What another installed role still uses
 (the slave units and tunnel user while another slave is installed,
 /var/lib/mas4h and /etc/mas4h) stays. A slave's detached sshd is stopped.
 
-Without --purge, a config file edited since install and a state dir the daemon
-filled (host keys, cache; the master's registry) are kept, and said so.`,
+A config file install replaced (the package's master.conf or agent.conf, or
+one made by hand) is put back from NAME.conf.mas4h-old. Without --purge, a
+config file edited since install and a state dir the daemon filled (host
+keys, cache; the master's registry) are kept, and said so; files in them
+that mas4h did not make are named.`,
 		Example: `  mas4h uninstall slave s1
   mas4h uninstall master --purge`,
 		Args: roleArgs,
@@ -199,11 +210,17 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 	}
 	switch role {
 	case install.RoleMaster:
+		if o.insecureHTTP {
+			return "", usagef("--insecure-http is a flag of role agent")
+		}
 		if err := wrong("--master", o.master, "--token-file", o.tokenFile, "--credential", o.credential, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--key", o.key); err != nil {
 			return "", err
 		}
 		add("--listen", o.listen)
 	case install.RoleSlave:
+		if o.insecureHTTP {
+			return "", usagef("--insecure-http is a flag of role agent")
+		}
 		if err := wrong("--listen", o.listen, "--key", o.key); err != nil {
 			return "", err
 		}
@@ -214,6 +231,9 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 			return "", usagef("--credential goes with --master (a standalone slave needs none)")
 		}
 		if o.master == "" && o.db == "" {
+			if o.sshListen != "" || o.publicHost != "" || o.tokenFile != "" {
+				return "", usagef("a slave's config line needs --master URL or --db PATH (or give the whole line with --args)")
+			}
 			return "", nil // the skeleton's example line
 		}
 		add("--master", o.master)
@@ -238,10 +258,19 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 			return "", err
 		}
 		if o.master == "" && o.key == "" {
+			if o.insecureHTTP {
+				return "", usagef("--insecure-http goes with --master http://…")
+			}
 			return "", nil
+		}
+		if strings.HasPrefix(o.master, "http://") && !o.insecureHTTP {
+			return "", usagef("--master %s is plain http: the agent refuses it unless --insecure-http says so (give it here too), or use https://", o.master)
 		}
 		add("--master", o.master)
 		add("--key", o.key)
+		if o.insecureHTTP {
+			a = append(a, "--insecure-http")
+		}
 	}
 	return strings.Join(a, " "), nil
 }

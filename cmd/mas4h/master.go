@@ -236,7 +236,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 	if ac.Validator != nil {
 		vname = ac.Validator.String()
 	}
-	log.Info("master listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
+	log.Info("master listening", "version", version, "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
 		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval,
 		"events", cfg.events.String())
 	err = srv.Serve(ctx, ln)
