@@ -37,10 +37,12 @@ const (
 // installer lays the daemon out below root ("/" but in tests) and drives
 // launchctl through run.
 type installer struct {
-	root   string
-	goos   string
-	self   string // the running binary, copied to launchdBin
-	run    interface{ Run(context.Context, process.Cmd) ([]byte, error) }
+	root string
+	goos string
+	self string // the running binary, copied to launchdBin
+	run  interface {
+		Run(context.Context, process.Cmd) ([]byte, error)
+	}
 	stdout io.Writer
 }
 
