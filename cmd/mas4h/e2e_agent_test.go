@@ -535,7 +535,7 @@ func TestClientScriptLints(t *testing.T) {
 	requireE2E(t, "busybox", "shellcheck")
 	dir := t.TempDir()
 	ca := writeTestCert(t, dir, "127.0.0.1")
-	for _, install := range []string{"", "openwrt", "systemd", "cron"} {
+	for _, install := range []string{"", "openwrt", "systemd", "launchd", "cron"} {
 		for _, client := range []string{"auto", "openssh", "dropbear"} {
 			fl := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client, masterCA: ca.cert}
 			if client == "auto" {
