@@ -77,21 +77,24 @@ demo-stop:
 
 # The standalone device agent, static (CGO_ENABLED=0, no SQLite or gin), for
 # the devices of a fleet: linux/amd64, arm64, arm (v6, v7), mips and mipsle
-# (softfloat: most MIPS routers have no FPU).
+# (softfloat: most MIPS routers have no FPU), and darwin/amd64 and arm64 for
+# Macs (`mas4h-agent install` sets up its launchd daemon there).
 DIST      ?= dist
 DISTFLAGS := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
-# $(call agent_build,NAME,GOARCH,EXTRA_ENV)
-agent_build = GOARCH=$(2) $(3) CGO_ENABLED=0 GOOS=linux $(GO) build $(DISTFLAGS) -o $(DIST)/mas4h-agent-linux-$(1) ./cmd/mas4h-agent
+# $(call agent_build,GOOS,NAME,GOARCH,EXTRA_ENV)
+agent_build = GOOS=$(1) GOARCH=$(3) $(4) CGO_ENABLED=0 $(GO) build $(DISTFLAGS) -o $(DIST)/mas4h-agent-$(1)-$(2) ./cmd/mas4h-agent
 
 dist:
 	@mkdir -p $(DIST)
-	$(call agent_build,amd64,amd64)
-	$(call agent_build,arm64,arm64)
-	$(call agent_build,armv6,arm,GOARM=6)
-	$(call agent_build,armv7,arm,GOARM=7)
-	$(call agent_build,mips,mips,GOMIPS=softfloat)
-	$(call agent_build,mipsle,mipsle,GOMIPS=softfloat)
-	@for f in $(DIST)/mas4h-agent-linux-*; do \
+	$(call agent_build,linux,amd64,amd64)
+	$(call agent_build,linux,arm64,arm64)
+	$(call agent_build,linux,armv6,arm,GOARM=6)
+	$(call agent_build,linux,armv7,arm,GOARM=7)
+	$(call agent_build,linux,mips,mips,GOMIPS=softfloat)
+	$(call agent_build,linux,mipsle,mipsle,GOMIPS=softfloat)
+	$(call agent_build,darwin,amd64,amd64)
+	$(call agent_build,darwin,arm64,arm64)
+	@for f in $(DIST)/mas4h-agent-linux-* $(DIST)/mas4h-agent-darwin-*; do \
 	  n=$$(wc -c < "$$f"); printf '%-40s %9d bytes %6.1f MiB\n' "$$f" "$$n" "$$(awk "BEGIN{print $$n/1048576}")"; \
 	done
 

@@ -52,9 +52,6 @@ type Config struct {
 // minutes, a signature for another master) say what is wrong.
 const keyNotAccepted = "key not accepted"
 
-// DefaultStateDir is the agent's state dir unless told otherwise.
-const DefaultStateDir = "/var/lib/mas4h-agent"
-
 // Defaults fills the zero fields.
 func (c *Config) Defaults() {
 	if c.SSHClient == "" {

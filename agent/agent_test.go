@@ -111,6 +111,9 @@ func (l fakeLookup) Version(_ context.Context, path string) string { return l[fi
 
 var openssh = fakeLookup{"ssh": "OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15"}
 
+// macOS is what `ssh -V` prints on macOS 15.
+var macOS = fakeLookup{"ssh": "OpenSSH_9.8p1, LibreSSL 3.3.6"}
+
 // writeKey writes a fresh ed25519 key in OpenSSH format.
 func writeKey(t *testing.T, dir string) (path, pub string) {
 	t.Helper()
@@ -506,6 +509,10 @@ func TestDetectClient(t *testing.T) {
 		{"openssh", openwrt, "", "", "not OpenSSH"},
 		{"openssh", fakeLookup{}, "", "", "not installed"},
 		{"auto", fakeLookup{}, "", "", "no SSH client found"},
+		// macOS: /usr/bin/ssh is OpenSSH built against LibreSSL; with
+		// Homebrew's dropbear beside it, auto still picks OpenSSH.
+		{"auto", macOS, ClientOpenSSH, "/usr/bin/ssh", ""},
+		{"auto", fakeLookup{"ssh": macOS["ssh"], "dbclient": "Dropbear v2024.86"}, ClientOpenSSH, "/usr/bin/ssh", ""},
 	} {
 		c, err := DetectClient(ctx, tc.want, tc.l)
 		if tc.errSub != "" {

@@ -25,7 +25,10 @@ func (Exec) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	if len(c.Argv) == 0 {
 		return nil, &Error{Code: -1, Err: errNoArgv}
 	}
-	cmd := c.command(ctx)
+	cmd, err := c.command(ctx)
+	if err != nil {
+		return nil, newError(errArgv(c.Argv), -1, nil, err)
+	}
 	// A program that leaves a child holding its output open (a daemon
 	// that forks) must not hang Run.
 	cmd.WaitDelay = time.Second
@@ -56,8 +59,11 @@ func (Exec) Start(ctx context.Context, c Cmd) (Process, error) {
 	if len(c.Argv) == 0 {
 		return nil, &Error{Code: -1, Err: errNoArgv}
 	}
-	cmd := c.command(ctx)
-	cmd.SysProcAttr.Setsid = true
+	cmd, err := c.command(ctx)
+	if err != nil {
+		return nil, newError(errArgv(c.Argv), -1, nil, err)
+	}
+	lockThread := startAttrs(cmd.SysProcAttr, c.DieWithParent)
 	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGTERM) }
 	cmd.WaitDelay = StopGrace
 	if c.Stderr != nil {
@@ -66,11 +72,10 @@ func (Exec) Start(ctx context.Context, c Cmd) (Process, error) {
 	p := &execProcess{cmd: cmd, argv: errArgv(c.Argv), done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
-		if c.DieWithParent {
-			// The kernel sends Pdeathsig when the thread that forked the
-			// child exits: keep this goroutine on its thread for the
-			// child's lifetime.
-			cmd.SysProcAttr.Pdeathsig = unix.SIGTERM
+		if lockThread {
+			// Linux sends Pdeathsig when the thread that forked the child
+			// exits: keep this goroutine on its thread for the child's
+			// lifetime.
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 		}
@@ -93,7 +98,7 @@ func (Exec) Start(ctx context.Context, c Cmd) (Process, error) {
 // LookPath implements Runner.
 func (Exec) LookPath(name string) (string, error) { return exec.LookPath(name) }
 
-func (c Cmd) command(ctx context.Context) *exec.Cmd {
+func (c Cmd) command(ctx context.Context) (*exec.Cmd, error) {
 	cmd := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...)
 	if len(c.Env) > 0 {
 		cmd.Env = append(os.Environ(), c.Env...)
@@ -106,8 +111,10 @@ func (c Cmd) command(ctx context.Context) *exec.Cmd {
 	if c.Cred != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(c.Cred.UID), Gid: uint32(c.Cred.GID), Groups: []uint32{}}
 	}
-	cmd.SysProcAttr.AmbientCaps = c.AmbientCaps
-	return cmd
+	if err := setAmbientCaps(cmd.SysProcAttr, c.AmbientCaps); err != nil {
+		return nil, err
+	}
+	return cmd, nil
 }
 
 func exitCode(err error) int {

@@ -51,6 +51,8 @@ type Cmd struct {
 	// agent's ssh client); never for sshd, whose tunnels outlive the daemon.
 	// The kernel ties it to the thread that forked, so it costs an OS
 	// thread for the child's lifetime: not for thousands of children.
+	// Outside Linux (macOS has no such signal) the child stays in the
+	// caller's process group instead, which launchd ends with its job.
 	DieWithParent bool
 }
 

@@ -1,3 +1,8 @@
+//go:build linux
+
+// The runner against Linux itself (/proc, ambient capabilities, the
+// parent-death signal); sysproc_other.go has the macOS variants.
+
 package process
 
 import (

@@ -1,7 +1,8 @@
 // Command mas4h-agent is `mas4h agent` alone: the device-side keeper of a
-// reverse tunnel, built with CGO_ENABLED=0 into one static binary for
-// Linux devices (amd64, arm64, arm, mips). It links no SQLite, gin or
-// cobra, so it stays small; its flags are those of `mas4h agent`.
+// reverse tunnel, built with CGO_ENABLED=0 into one binary for Linux
+// devices (amd64, arm64, arm, mips; static) and Macs (amd64, arm64). It
+// links no SQLite, gin or cobra, so it stays small; its flags are those of
+// `mas4h agent`. On macOS `mas4h-agent install` sets up its launchd daemon.
 package main
 
 import (
@@ -32,6 +33,14 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "install":
+			return runInstall(ctx, newInstaller(stdout), args[1:], stderr)
+		case "uninstall":
+			return runUninstall(ctx, newInstaller(stdout), args[1:], stderr)
+		}
+	}
 	var cfg agent.Config
 	var logFormat, logLevel string
 	var showVersion bool
@@ -43,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent --master URL --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]
+       mas4h-agent install --master URL [--key FILE] [flags] [--print]   (macOS: the launchd daemon)
+       mas4h-agent uninstall                                             (macOS)
 
 Keeps this device's reverse SSH tunnel up: asks the mas4h master for a slot,
 signing the request with the device key, pins the slave's host keys, runs

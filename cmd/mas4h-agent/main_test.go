@@ -43,7 +43,7 @@ func TestUsage(t *testing.T) {
 }
 
 // The agent runs on routers and NAS boxes, built with CGO_ENABLED=0 for
-// arm, arm64 and mips: it must link no cgo and none of the master's or the
+// arm, arm64 and mips, and on Macs: for Linux and macOS alike it must link no cgo and none of the master's or the
 // slave's weight (gin, SQLite, cobra, gopsutil, the registry). Every
 // package it links is allowed here: the standard library but runtime/cgo,
 // the mas4h packages and the modules below. Anything else fails, with the
@@ -60,14 +60,21 @@ func TestDepsAreStaticAndSmall(t *testing.T) {
 		"github.com/mas4h/mas4h/process":                 true, // the ssh client
 		"github.com/mas4h/mas4h/cmd/internal/agentflags": true, // the agent's flags, shared with mas4h agent
 		"github.com/mas4h/mas4h/sshsig":                  true, // signs slot requests
+		"github.com/mas4h/mas4h/launchd":                 true, // the macOS daemon's plist
 	}
 	modules := map[string]bool{
 		"golang.org/x/crypto":           true, // ssh keys, slot signatures
 		"golang.org/x/sys":              true, // system calls, pure Go
 		"github.com/google/renameio/v2": true, // atomicfile's temp files
 	}
+	for _, goos := range []string{"linux", "darwin"} {
+		t.Run(goos, func(t *testing.T) { checkDeps(t, goos, self, mas4h, modules) })
+	}
+}
+
+func checkDeps(t *testing.T, goos, self string, mas4h, modules map[string]bool) {
 	cmd := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}|{{.Standard}}|{{with .Module}}{{.Path}}{{end}}|{{join .Imports " "}}`, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+goos)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -29,7 +29,7 @@ import (
 type clientScript struct {
 	Version   string
 	Device    string // validated device name, or ""
-	Install   string // quoted: openwrt, systemd, cron or ''
+	Install   string // quoted: openwrt, systemd, launchd, cron or ''
 	Master    string // quoted
 	Key       string // quoted
 	StateDir  string // quoted
@@ -89,9 +89,9 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 		}
 	}
 	switch f.install {
-	case "", "openwrt", "systemd", "cron":
+	case "", "openwrt", "systemd", "launchd", "cron":
 	default:
-		return "", usagef("--install must be openwrt, systemd or cron, not %q", f.install)
+		return "", usagef("--install must be openwrt, systemd, launchd or cron, not %q", f.install)
 	}
 	switch f.sshClient {
 	case agent.ClientAuto, agent.ClientOpenSSH, agent.ClientDropbear:
@@ -103,8 +103,11 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 	}
 	if f.stateDir == "" {
 		f.stateDir = "/var/lib/mas4h-client"
-		if f.install == "openwrt" {
+		switch f.install {
+		case "openwrt":
 			f.stateDir = "/etc/mas4h/state" // /var is a tmpfs on OpenWrt
+		case "launchd":
+			f.stateDir = "/var/db/mas4h-client" // macOS's place for daemons' state
 		}
 	}
 	for flag, p := range map[string]string{"--key": f.key, "--state-dir": f.stateDir} {
@@ -148,8 +151,8 @@ func shQuote(s string) string {
 func newClientScriptCmd(g *globals) *cobra.Command {
 	var f clientScriptFlags
 	cmd := &cobra.Command{
-		Use:   "client-script --master URL [--device NAME] [--master-ca FILE] [--insecure-http] [--install openwrt|systemd|cron] [--key PATH] [--ssh-client auto|openssh|dropbear]",
-		Short: "Print a POSIX sh client for devices that can take no binary (OpenWrt, busybox)",
+		Use:   "client-script --master URL [--device NAME] [--master-ca FILE] [--insecure-http] [--install openwrt|systemd|launchd|cron] [--key PATH] [--ssh-client auto|openssh|dropbear]",
+		Short: "Print a POSIX sh client for devices that can take no binary (OpenWrt, busybox, macOS)",
 		Long: `Print a POSIX sh script (busybox ash is enough) that keeps a device's tunnel
 up with only ssh or dbclient and curl or uclient-fetch: the agent's loop,
 backoff, host-key pinning and last-slot fallback, reading the slot through
@@ -182,9 +185,9 @@ An http:// master needs --insecure-http, and the script warns at every start.
 	fl := cmd.Flags()
 	fl.StringVar(&f.master, "master", "", "the master's URL as the device reaches it")
 	fl.StringVar(&f.device, "device", "", "the device's name (for the script's comments and hints)")
-	fl.StringVar(&f.install, "install", "", "the service kind `install` sets up: openwrt (procd), systemd or cron")
+	fl.StringVar(&f.install, "install", "", "the service kind `install` sets up: openwrt (procd), systemd, launchd (macOS) or cron")
 	fl.StringVar(&f.key, "key", "", "the device key's path on the device (default /etc/mas4h/key)")
-	fl.StringVar(&f.stateDir, "state-dir", "", "the script's state dir on the device (default /var/lib/mas4h-client, /etc/mas4h/state on OpenWrt)")
+	fl.StringVar(&f.stateDir, "state-dir", "", "the script's state dir on the device (default /var/lib/mas4h-client, /etc/mas4h/state on OpenWrt, /var/db/mas4h-client with launchd)")
 	fl.StringVar(&f.sshClient, "ssh-client", agent.ClientAuto, "auto, openssh or dropbear")
 	fl.StringVar(&f.masterCA, "master-ca", "", "PEM file of the CA (or the master's own certificate) the script trusts for the master; default: what the master presents now")
 	fl.BoolVar(&f.insecureHTTP, "insecure-http", false, "allow an http:// master (clear text: whoever is on the path can redirect the tunnel); the script warns at every start")

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"debug/elf"
+	"debug/macho"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -538,7 +540,7 @@ func TestClientScriptLints(t *testing.T) {
 	requireE2E(t, "busybox", "shellcheck")
 	dir := t.TempDir()
 	ca := writeTestCert(t, dir, "127.0.0.1")
-	for _, install := range []string{"", "openwrt", "systemd", "cron"} {
+	for _, install := range []string{"", "openwrt", "systemd", "launchd", "cron"} {
 		for _, client := range []string{"auto", "openssh", "dropbear"} {
 			fl := clientScriptFlags{master: "https://master.example:8443", device: "ap-1", install: install, sshClient: client, masterCA: ca.cert}
 			if client == "auto" {
@@ -560,19 +562,35 @@ func TestClientScriptLints(t *testing.T) {
 	}
 }
 
-// `make dist` builds every architecture; the amd64 agent runs with no
-// shared libraries.
+// `make dist` builds every architecture and lists the eight agents with
+// their sizes; the Linux agents are static ELF, the amd64 one runs; the
+// macOS agents are Mach-O executables for their CPU (debug/macho and
+// file(1) agree) that link only what every macOS has (libSystem and the
+// system frameworks Go's crypto/x509 asks for the trust store), nothing
+// from Homebrew or another prefix. Running them needs a Mac.
 func TestMakeDist(t *testing.T) {
-	requireE2E(t, "make", "go")
+	requireE2E(t, "make", "go", "file")
 	dist := t.TempDir()
 	cmd := exec.Command("make", "-C", filepath.Join("..", ".."), "dist", "DIST="+dist)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make dist: %v:\n%s", err, out)
 	}
-	t.Logf("make dist:\n%s", lastLines(string(out), 6))
-	for _, arch := range []string{"amd64", "arm64", "armv6", "armv7", "mips", "mipsle"} {
-		f := filepath.Join(dist, "mas4h-agent-linux-"+arch)
+	t.Logf("make dist:\n%s", lastLines(string(out), 8))
+	agents := []string{"linux-amd64", "linux-arm64", "linux-armv6", "linux-armv7", "linux-mips", "linux-mipsle", "darwin-amd64", "darwin-arm64"}
+	listed := regexp.MustCompile(`(?m)^\S+/mas4h-agent-(\S+)\s+(\d+) bytes\s+[\d.]+ MiB$`).FindAllStringSubmatch(string(out), -1)
+	var names []string
+	for _, m := range listed {
+		names = append(names, m[1])
+		if fi, err := os.Stat(filepath.Join(dist, "mas4h-agent-"+m[1])); err != nil || strconv.FormatInt(fi.Size(), 10) != m[2] {
+			t.Errorf("make dist lists %s with %s bytes: %v", m[1], m[2], err)
+		}
+	}
+	if strings.Join(names, " ") != strings.Join(agents, " ") {
+		t.Errorf("make dist lists %q, want %q", names, agents)
+	}
+	for _, arch := range agents[:6] {
+		f := filepath.Join(dist, "mas4h-agent-"+arch)
 		ef, err := elf.Open(f)
 		if err != nil {
 			t.Errorf("%s: %v", arch, err)
@@ -589,8 +607,39 @@ func TestMakeDist(t *testing.T) {
 	if out, err := exec.Command(amd, "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "Usage: mas4h-agent") {
 		t.Errorf("%s --help: %v: %s", amd, err, out)
 	}
-	if out, err := exec.Command("file", amd).CombinedOutput(); err == nil && !strings.Contains(string(out), "statically linked") {
-		t.Errorf("file says: %s", out)
+	if out, err := exec.Command("file", amd).CombinedOutput(); err != nil || !strings.Contains(string(out), "statically linked") {
+		t.Errorf("file says: %s (%v)", out, err)
+	}
+	for _, tc := range []struct {
+		arch string
+		cpu  macho.Cpu
+		file string
+	}{
+		{"darwin-amd64", macho.CpuAmd64, "Mach-O 64-bit x86_64 executable"},
+		{"darwin-arm64", macho.CpuArm64, "Mach-O 64-bit arm64 executable"},
+	} {
+		f := filepath.Join(dist, "mas4h-agent-"+tc.arch)
+		mf, err := macho.Open(f)
+		if err != nil {
+			t.Errorf("%s: %v", tc.arch, err)
+			continue
+		}
+		if mf.Cpu != tc.cpu || mf.Type != macho.TypeExec {
+			t.Errorf("%s is a Mach-O %s %s, want %s executable", f, mf.Cpu, mf.Type, tc.cpu)
+		}
+		libs, err := mf.ImportedLibraries()
+		mf.Close()
+		if err != nil || len(libs) == 0 {
+			t.Errorf("%s: imported libraries %v: %v", f, libs, err)
+		}
+		for _, l := range libs {
+			if !strings.HasPrefix(l, "/usr/lib/") && !strings.HasPrefix(l, "/System/Library/Frameworks/") {
+				t.Errorf("%s links %s, which is not part of macOS", f, l)
+			}
+		}
+		if out, err := exec.Command("file", f).CombinedOutput(); err != nil || !strings.Contains(string(out), tc.file) {
+			t.Errorf("file says: %s (%v), want %q", out, err, tc.file)
+		}
 	}
 }
 
