@@ -89,7 +89,7 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		}
 		specs = append(specs, spec)
 	}
-	dev, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, s.cfg.PortRange, "")
+	dev, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, req.Labels, s.cfg.PortRange, "")
 	if err != nil {
 		s.storeFail(c, err)
 		return

@@ -52,9 +52,13 @@ func addEvent(ctx context.Context, x execContexter, at time.Time, kind, device, 
 }
 
 func addSlaveEvent(ctx context.Context, x execContexter, at time.Time, kind, slave, device, detail string) error {
-	kind, slave, device, detail = truncEvent(kind), truncEvent(slave), truncEvent(device), truncEvent(detail)
-	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, slave, device, detail) VALUES (?, ?, ?, ?, ?)`,
-		at.UnixNano(), kind, slave, device, detail)
+	return insertEvent(ctx, x, Event{At: at, Kind: kind, Slave: slave, Device: device, Detail: detail})
+}
+
+// insertEvent writes e (its At, Kind, Slave, Device, Operator, Detail).
+func insertEvent(ctx context.Context, x execContexter, e Event) error {
+	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, slave, device, operator, detail) VALUES (?, ?, ?, ?, ?, ?)`,
+		e.At.UnixNano(), truncEvent(e.Kind), truncEvent(e.Slave), truncEvent(e.Device), truncEvent(e.Operator), truncEvent(e.Detail))
 	return err
 }
 
@@ -72,7 +76,9 @@ type EventFilter struct {
 	AfterID int64     // only events with a larger id: for following the log
 	Kinds   []string  // only these kinds, at most MaxEventKinds
 	Slave   string    // only events about this slave
-	Limit   int       // at most this many, oldest first; 0 means 1000
+	// Operator: only events of this operator (operator-* kinds).
+	Operator string
+	Limit    int // at most this many, oldest first; 0 means 1000
 }
 
 // Events returns the events matching f in ascending id order.
@@ -97,6 +103,10 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 		where = append(where, "slave = ?")
 		args = append(args, f.Slave)
 	}
+	if f.Operator != "" {
+		where = append(where, "operator = ?")
+		args = append(args, f.Operator)
+	}
 	if !f.Since.IsZero() {
 		where = append(where, "at >= ?")
 		args = append(args, f.Since.UnixNano())
@@ -111,7 +121,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 			args = append(args, k)
 		}
 	}
-	q := `SELECT id, at, kind, slave, device, detail FROM events`
+	q := `SELECT id, at, kind, slave, device, operator, detail FROM events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -127,7 +137,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 	for rows.Next() {
 		var e Event
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Detail); err != nil {
+		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Operator, &e.Detail); err != nil {
 			return nil, fmt.Errorf("listing events: %w", err)
 		}
 		e.At = fromNanos(at)

@@ -167,7 +167,7 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 		if when.IsZero() {
 			when = at
 		}
-		if err := addSlaveEvent(ctx, tx, when.UTC(), e.Kind, r.Name, e.Device, e.Detail); err != nil {
+		if err := insertEvent(ctx, tx, Event{At: when.UTC(), Kind: e.Kind, Slave: r.Name, Device: e.Device, Operator: e.Operator, Detail: e.Detail}); err != nil {
 			return 0, fmt.Errorf("recording events of slave %s: %w", r.Name, err)
 		}
 	}
