@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -157,4 +158,42 @@ func (s *Store) LastEventID(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("reading last event id: %w", err)
 	}
 	return id, nil
+}
+
+// AddOperatorEvent appends an event about an operator (an access refused
+// by the master, say), with the slave and device it concerns when known.
+func (s *Store) AddOperatorEvent(ctx context.Context, kind, operator, slave, device, detail string) error {
+	if kind == "" {
+		return fmt.Errorf("adding event: empty kind: %w", ErrInvalid)
+	}
+	e := Event{At: s.now().UTC(), Kind: kind, Operator: operator, Slave: slave, Device: device, Detail: detail}
+	if err := insertEvent(ctx, s.db, e); err != nil {
+		return fmt.Errorf("adding %s event: %w", kind, err)
+	}
+	return nil
+}
+
+// LastDeviceEvent returns device's newest event of one of kinds (at most
+// MaxEventKinds), ErrNotFound when it has none.
+func (s *Store) LastDeviceEvent(ctx context.Context, device string, kinds []string) (Event, error) {
+	if len(kinds) == 0 || len(kinds) > MaxEventKinds {
+		return Event{}, fmt.Errorf("reading the last event of %s: %d kinds: %w", quoteTrunc(device), len(kinds), ErrInvalid)
+	}
+	args := []any{device}
+	for _, k := range kinds {
+		args = append(args, k)
+	}
+	var e Event
+	var at int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, at, kind, slave, device, operator, detail FROM events
+		WHERE device = ? AND kind IN (?`+strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY id DESC LIMIT 1`, args...).
+		Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Operator, &e.Detail)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Event{}, fmt.Errorf("last event of %s: %w", quoteTrunc(device), ErrNotFound)
+	}
+	if err != nil {
+		return Event{}, fmt.Errorf("reading the last event of %s: %w", quoteTrunc(device), err)
+	}
+	e.At = fromNanos(at)
+	return e, nil
 }
