@@ -146,7 +146,7 @@ type Server struct {
 	// access is POST /access's own limiter (the slot request rate, per
 	// source): operators and devices behind one address do not starve
 	// each other.
-	access *ipLimiter
+	access  *ipLimiter
 	metrics *metrics.Master
 	live    *liveSlaves
 	revoked *feed // wakes slaves waiting for revocations

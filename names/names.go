@@ -12,7 +12,7 @@ import (
 
 // Longest names.
 const (
-	MaxDevice = 63
+	MaxDevice   = 63
 	MaxSlave    = 63
 	MaxOperator = 63
 	MaxUser     = 32
