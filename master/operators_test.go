@@ -386,3 +386,42 @@ func TestHeartbeatOperators(t *testing.T) {
 		t.Errorf("after silence: %+v", live)
 	}
 }
+
+func TestDashboardShowsOperatorAccess(t *testing.T) {
+	e, _ := opFleet(t, nil)
+	start := e.clock.Now()
+	hb := heartbeatOf(100, wire.Tunnel{Device: "lyon-1", Forward: "ssh", Port: 20000})
+	hb.OperatorUser = "mas4h-operator"
+	hb.Events = []wire.SlaveEvent{
+		{At: start, Kind: wire.EventOperatorConnect, Operator: "bob", Device: "lyon-1"},
+		{At: start.Add(90 * time.Second), Kind: wire.EventOperatorDisconnect, Operator: "bob", Device: "lyon-1"},
+		{At: start.Add(2 * time.Minute), Kind: wire.EventOperatorConnect, Operator: "alice", Device: "lyon-1"},
+	}
+	hb.Operators = []wire.OperatorSession{{Operator: "alice", Remote: "192.0.2.9:4000", Since: start.Add(2 * time.Minute),
+		Open: []wire.OperatorAccess{{Device: "lyon-1", Forward: "ssh", Port: 20000}}}}
+	e.clock.Advance(5 * time.Minute)
+	e.beat("s1", hb)
+
+	c := e.browser()
+	login(t, c, e.ts.URL, adminTok, "/")
+	_, body := get(t, c, e.ts.URL+"/")
+	for _, want := range []string{`data-operator="alice"`, "192.0.2.9:4000", "lyon-1:ssh", "3m00s ago"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("overview lacks %q", want)
+		}
+	}
+	_, body = get(t, c, e.ts.URL+"/ui/devices/lyon-1")
+	i, j := strings.Index(body, `id="access"`), strings.Index(body, `id="history"`)
+	if i < 0 || j < i {
+		t.Fatalf("no access section:\n%s", body)
+	}
+	access := body[i:j]
+	for _, want := range []string{"alice", "connected now", "bob", "2025-06-01 12:00:00Z", "2025-06-01 12:01:30Z", "1m30s"} {
+		if !strings.Contains(access, want) {
+			t.Errorf("access section lacks %q:\n%s", want, access)
+		}
+	}
+	if strings.Index(access, "alice") > strings.Index(access, "bob") {
+		t.Errorf("access not newest first:\n%s", access)
+	}
+}
