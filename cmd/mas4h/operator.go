@@ -57,9 +57,9 @@ func (o *deviceOpts) withOperators(ctx context.Context, create bool, fn func(ope
 	return o.withBackend(ctx, create, func(b deviceBackend, f outputFormat) error {
 		switch b := b.(type) {
 		case localBackend:
-			return fn(localOperators{b.st}, f)
+			return fn(localOperators(b), f)
 		case masterBackend:
-			return fn(masterOperators{b.c}, f)
+			return fn(masterOperators(b), f)
 		default:
 			return fmt.Errorf("no operator backend for %T", b)
 		}
