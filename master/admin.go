@@ -48,8 +48,14 @@ func (s *Server) handleStatus(c *gin.Context) {
 	c.JSON(http.StatusOK, st)
 }
 
+// handleListDevices lists devices, those a selector picks with
+// ?selector=SEL (repeatable, OR'ed).
 func (s *Server) handleListDevices(c *gin.Context) {
-	devs, err := s.store.Devices(c.Request.Context())
+	sels, ok := parseSelectorQuery(c)
+	if !ok {
+		return
+	}
+	devs, err := s.store.DevicesMatching(c.Request.Context(), sels)
 	if err != nil {
 		s.internal(c, err)
 		return
@@ -89,7 +95,7 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		}
 		specs = append(specs, spec)
 	}
-	dev, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, s.cfg.PortRange, "")
+	dev, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, req.Labels, s.cfg.PortRange, "")
 	if err != nil {
 		s.storeFail(c, err)
 		return
@@ -142,10 +148,10 @@ func (s *Server) handleTunnels(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
-// handleEvents lists events oldest first: ?device=NAME&slave=NAME
+// handleEvents lists events oldest first: ?device=NAME&slave=NAME&operator=NAME
 // &since=RFC3339&after_id=N&kind=a,b&limit=N (default 1000, at most 10000).
 func (s *Server) handleEvents(c *gin.Context) {
-	f := registry.EventFilter{Device: c.Query("device"), Slave: c.Query("slave")}
+	f := registry.EventFilter{Device: c.Query("device"), Slave: c.Query("slave"), Operator: c.Query("operator")}
 	if v := c.Query("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/validator"
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
 )
@@ -37,7 +38,7 @@ const (
 // Store is the registry as the API needs it. *registry.Store implements it;
 // another engine needs only these methods.
 type Store interface {
-	EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []registry.ForwardSpec, pr registry.PortRange, note string) (registry.Device, error)
+	EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []registry.ForwardSpec, labels map[string]string, pr registry.PortRange, note string) (registry.Device, error)
 	Device(ctx context.Context, name string) (registry.Device, error)
 	DeviceByFingerprint(ctx context.Context, fp string) (registry.Device, error)
 	Devices(ctx context.Context) ([]registry.Device, error)
@@ -46,7 +47,23 @@ type Store interface {
 	DeviceCounts(ctx context.Context) (total, active, revoked int, err error)
 	OnlineDevices(ctx context.Context) (int, error)
 
+	SetDeviceLabels(ctx context.Context, name string, set map[string]string, remove []string) (registry.Device, error)
+	DevicesMatching(ctx context.Context, sels []registry.Selector) ([]registry.Device, error)
+	LastDeviceEvent(ctx context.Context, device string, kinds []string) (registry.Event, error)
+
+	AddOperator(ctx context.Context, name string, key ssh.PublicKey, allow []string) (registry.Operator, error)
+	Operators(ctx context.Context) ([]registry.Operator, error)
+	Operator(ctx context.Context, name string) (registry.Operator, error)
+	OperatorByFingerprint(ctx context.Context, fp string) (registry.Operator, error)
+	OperatorDevices(ctx context.Context, o registry.Operator) ([]registry.Device, error)
+	OperatorAccess(ctx context.Context, fingerprint string) (registry.Operator, []wire.OpenPort, error)
+	AllowOperator(ctx context.Context, name, sel string) (registry.Operator, error)
+	DenyOperator(ctx context.Context, name, sel string) (registry.Operator, error)
+	RevokeOperator(ctx context.Context, name string) (registry.Operator, error)
+	RemoveOperator(ctx context.Context, name string) error
+
 	AddSlaveEvent(ctx context.Context, kind, slave, device, detail string) error
+	AddOperatorEvent(ctx context.Context, kind, operator, slave, device, detail string) error
 	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
 	LastEventID(ctx context.Context) (int64, error)
 
@@ -126,6 +143,10 @@ type Server struct {
 	admin   [sha256.Size]byte
 	slave   [sha256.Size]byte // the shared slave token's hash, when sharedSlave
 	limiter *ipLimiter
+	// access is POST /access's own limiter (the slot request rate, per
+	// source): operators and devices behind one address do not starve
+	// each other.
+	access  *ipLimiter
 	metrics *metrics.Master
 	live    *liveSlaves
 	revoked *feed // wakes slaves waiting for revocations
@@ -208,6 +229,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.SlotRate > 0 {
 		s.limiter = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
+		s.access = newIPLimiter(cfg.SlotRate, cfg.SlotBurst)
 	}
 	proof, err := newSlotProof(cfg, s.log)
 	if err != nil {

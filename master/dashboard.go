@@ -17,6 +17,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/templates"
 )
@@ -248,6 +249,7 @@ func (s *Server) overviewData(ctx context.Context) (overviewData, error) {
 	if d.Events, err = s.latestEvents(ctx, "", dashEvents); err != nil {
 		return d, err
 	}
+	d.Operators = s.live.Operators()
 	return d, nil
 }
 
@@ -277,7 +279,14 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 		s.internal(c, err)
 		return
 	}
+	access, err := s.latestEventsOf(ctx, registry.EventFilter{Device: dev.Name,
+		Kinds: []string{wire.EventOperatorConnect, wire.EventOperatorDisconnect}}, deviceEvents)
+	if err != nil {
+		s.internal(c, err)
+		return
+	}
 	v := buildDeviceDetail(dev, tunnels, events, s.now())
+	v.Access = viewAccess(dev.Name, access, s.live.Operators(), s.now())
 	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard_device.tmpl", v)
 }
@@ -286,13 +295,20 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 // for ""), oldest first. The log only reads forwards, so it looks at
 // windows of growing size before the newest id.
 func (s *Server) latestEvents(ctx context.Context, device string, n int) ([]registry.Event, error) {
+	return s.latestEventsOf(ctx, registry.EventFilter{Device: device}, n)
+}
+
+// latestEventsOf is latestEvents of those events f selects (its AfterID
+// and Limit are set here).
+func (s *Server) latestEventsOf(ctx context.Context, f registry.EventFilter, n int) ([]registry.Event, error) {
 	last, err := s.store.LastEventID(ctx)
 	if err != nil || last == 0 {
 		return nil, err
 	}
 	for window := int64(n); ; window *= 8 {
 		after := max(last-window, 0)
-		evs, err := s.store.Events(ctx, registry.EventFilter{Device: device, AfterID: after, Limit: int(min(window, 1<<22))})
+		f.AfterID, f.Limit = after, int(min(window, 1<<22))
+		evs, err := s.store.Events(ctx, f)
 		if err != nil {
 			return nil, err
 		}

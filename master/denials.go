@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/tally"
 )
@@ -35,6 +36,7 @@ const (
 // refusal is an event about a refused key.
 type refusal struct {
 	kind, slave, device, detail string
+	operator                    string // operator-deny events: who was refused
 	what                        string // for the master's own: "slot", "validation"
 	source                      string
 }
@@ -64,7 +66,7 @@ func (s *Server) newRefusals() *refusals {
 			"source", r.source, "interval", sum.Interval.Round(time.Second))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.store.AddSlaveEvent(ctx, r.kind, r.slave, r.device, detail); err != nil {
+		if err := s.store.AddOperatorEvent(ctx, r.kind, r.operator, r.slave, r.device, detail); err != nil {
 			s.log.Error("writing the summary of refused keys", "err", err)
 		}
 	}
@@ -100,14 +102,37 @@ func (s *Server) deny(ctx context.Context, slave string, d *denial, what string)
 	}
 }
 
+// denyOperator records a refused operator (what: "access" or
+// "validation"), in the event log as an operator-deny event tallied like
+// every refusal, and in the denials metric by reason. operator is empty
+// when the key is no operator's.
+func (s *Server) denyOperator(ctx context.Context, what, operator, slave, device, reason, metric string) {
+	s.metrics.AccessDenied(metric)
+	src := sourceOf(ctx)
+	r := refusal{kind: wire.EventOperatorDeny, slave: slave, device: device, operator: operator, what: what, source: src, detail: reason}
+	if !s.refusals.own.Add(what+"\x00"+slave+"\x00"+src+"\x00"+operator+"\x00"+device, r) {
+		s.log.Debug("operator refused", "operator", operator, "device", device, "slave", slave, "for", what, "source", src, "reason", reason)
+		return
+	}
+	s.log.Info("operator refused", "operator", operator, "device", device, "slave", slave, "for", what, "source", src, "reason", reason)
+	detail := what + " refused: " + reason
+	if src != "" {
+		detail += " (from " + src + ")"
+	}
+	if err := s.store.AddOperatorEvent(ctx, wire.EventOperatorDeny, operator, slave, device, detail); err != nil {
+		s.log.Error("writing operator-deny event", "err", err)
+	}
+}
+
 // tallySlaveEvents keeps the events of slave's heartbeat that are to be
-// written as they are: its auth-deny events beyond slaveDenialBurst per
+// written as they are: its auth-deny and operator-deny events beyond slaveDenialBurst per
 // device this interval go into the interval's summary instead.
 func (s *Server) tallySlaveEvents(slave string, evs []registry.Event) []registry.Event {
 	kept := evs[:0]
 	for _, e := range evs {
-		if e.Kind == registry.EventAuthDeny &&
-			!s.refusals.slaves.Add(slave+"\x00"+e.Device, refusal{kind: e.Kind, slave: slave, device: e.Device, detail: e.Detail}) {
+		if (e.Kind == registry.EventAuthDeny || e.Kind == wire.EventOperatorDeny) &&
+			!s.refusals.slaves.Add(slave+"\x00"+e.Device+"\x00"+e.Operator,
+				refusal{kind: e.Kind, slave: slave, device: e.Device, operator: e.Operator, detail: e.Detail}) {
 			continue
 		}
 		kept = append(kept, e)

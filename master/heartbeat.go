@@ -27,6 +27,10 @@ const (
 	maxRevocations    = 1000 // per reply; the slave catches up over the next beats
 	maxTunnelField    = 255  // device, forward and remote of a tunnel
 	maxProbeDetail    = 4096
+	// maxOperatorsPerBeat bounds the operator sessions of one heartbeat,
+	// maxOpenPerSession the device ports one of them lists.
+	maxOperatorsPerBeat = 10000
+	maxOpenPerSession   = 1000
 )
 
 var eventKindRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
@@ -128,6 +132,7 @@ func slaveReport(name string, hb wire.Heartbeat, at time.Time) (registry.SlaveRe
 	r := registry.SlaveReport{
 		Name: name, Host: hb.Host, Port: hb.Port, User: hb.User, HostKeys: hostKeys,
 		Capacity: hb.Capacity, CPU: hb.CPU, Mem: hb.MemUsed, At: at, VIP: hb.VIP, Node: hb.Node,
+		OperatorUser: hb.OperatorUser, Operators: hb.Operators,
 		Tunnels: make([]registry.Tunnel, len(hb.Tunnels)),
 		Events:  make([]registry.Event, len(hb.Events)),
 	}
@@ -139,7 +144,7 @@ func slaveReport(name string, hb wire.Heartbeat, at time.Time) (registry.SlaveRe
 		r.Tunnels[i] = rt
 	}
 	for i, e := range hb.Events {
-		r.Events[i] = registry.Event{At: e.At, Kind: e.Kind, Device: e.Device, Detail: "slave " + name + ": " + e.Detail}
+		r.Events[i] = registry.Event{At: e.At, Kind: e.Kind, Device: e.Device, Operator: e.Operator, Detail: "slave " + name + ": " + e.Detail}
 	}
 	return r, nil
 }
@@ -199,8 +204,50 @@ func checkHeartbeat(hb wire.Heartbeat) (hostKeys []string, err error) {
 		if !eventKindRE.MatchString(e.Kind) {
 			return nil, fmt.Errorf("event kind must be [a-z][a-z0-9-]*, got %q", trunc(e.Kind))
 		}
+		if e.Operator != "" && names.Operator(e.Operator) != nil {
+			return nil, fmt.Errorf("event %s: operator must be an operator's name, got %q", e.Kind, trunc(e.Operator))
+		}
+	}
+	if err := checkOperators(hb); err != nil {
+		return nil, err
 	}
 	return hostKeys, nil
+}
+
+// checkOperators checks the operator user and the operator sessions of
+// hb: names in their alphabets, bounded lists and fields.
+func checkOperators(hb wire.Heartbeat) error {
+	if hb.OperatorUser != "" {
+		if !names.ValidUser(hb.OperatorUser) {
+			return fmt.Errorf("operator_user must be a system user name, got %q", trunc(hb.OperatorUser))
+		}
+		if hb.OperatorUser == hb.User {
+			return fmt.Errorf("operator_user %s is the tunnel user: operators and devices log in as different users", hb.User)
+		}
+	}
+	if len(hb.Operators) > 0 && hb.OperatorUser == "" {
+		return errors.New("operator sessions reported without an operator_user")
+	}
+	if len(hb.Operators) > maxOperatorsPerBeat {
+		return fmt.Errorf("%d operator sessions, at most %d", len(hb.Operators), maxOperatorsPerBeat)
+	}
+	for _, o := range hb.Operators {
+		if names.Operator(o.Operator) != nil {
+			return fmt.Errorf("operator session with bad operator name %q", trunc(o.Operator))
+		}
+		if len(o.Fingerprint) > maxTunnelField || len(o.Remote) > maxTunnelField || !utf8.ValidString(o.Remote) || !utf8.ValidString(o.Fingerprint) {
+			return fmt.Errorf("operator session of %s: bad fingerprint or remote", o.Operator)
+		}
+		if len(o.Open) > maxOpenPerSession {
+			return fmt.Errorf("operator session of %s: %d open ports, at most %d", o.Operator, len(o.Open), maxOpenPerSession)
+		}
+		for _, a := range o.Open {
+			if names.Device(a.Device) != nil || len(a.Forward) > maxTunnelField || a.Port < 0 || a.Port > 65535 {
+				return fmt.Errorf("operator session of %s: bad device, forward or port", o.Operator)
+			}
+		}
+	}
+	return nil
 }
 
 // validHost accepts what a device can put after ssh's -p PORT: a DNS name

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"sort"
 	"sync"
 	"time"
 
@@ -45,8 +46,13 @@ type slaveState struct {
 	capacity int
 	tunnels  int
 	devices  map[string]bool // devices with a tunnel in its last heartbeat
-	lastSeen time.Time
-	alive    bool // false once marked dead, until it beats again
+	// operatorUser is the user operators log in as ("" until a heartbeat
+	// says, or when the slave takes no operators); operators its live
+	// operator sessions.
+	operatorUser string
+	operators    []wire.OperatorSession
+	lastSeen     time.Time
+	alive        bool // false once marked dead, until it beats again
 	// pending holds slots granted to this slave and not yet seen as a
 	// tunnel in its heartbeats, by device. They count as load until seen
 	// or until they expire, so devices asking one after another between
@@ -106,6 +112,7 @@ func (l *liveSlaves) Heard(r registry.SlaveReport) {
 	}
 	st.host, st.port, st.user, st.hostKeys = r.Host, r.Port, r.User, r.HostKeys
 	st.capacity, st.tunnels, st.devices = r.Capacity, len(r.Tunnels), devices
+	st.operatorUser, st.operators = r.OperatorUser, r.Operators
 	st.lastSeen, st.alive = r.At, true
 	for dev := range st.pending {
 		if devices[dev] {
@@ -205,6 +212,70 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 		slot.Forwards[i] = f.Wire()
 	}
 	return slot, true
+}
+
+// reach is where an operator reaches a device: its live slave.
+type reach struct {
+	slave, host, user string
+	port              int
+	hostKeys          []string
+}
+
+// Reach finds a live slave holding a tunnel of device, preferring prefer
+// (the slave the device was last sent to) when several do, for a moment,
+// during a move; else the first by name.
+func (l *liveSlaves) Reach(device, prefer string) (reach, bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var best *slaveState
+	for _, st := range l.slaves {
+		if !st.alive || !st.devices[device] || !(registry.SlaveLoad{LastSeen: st.lastSeen}).Live(now, l.interval) {
+			continue
+		}
+		if best == nil || st.name == prefer || (best.name != prefer && st.name < best.name) {
+			best = st
+		}
+	}
+	if best == nil {
+		return reach{}, false
+	}
+	return reach{slave: best.name, host: best.host, user: best.operatorUser, port: best.port,
+		hostKeys: append([]string{}, best.hostKeys...)}, true
+}
+
+// liveOperator is one operator session on a live slave.
+type liveOperator struct {
+	Slave string
+	wire.OperatorSession
+}
+
+// Operators lists the operator sessions live slaves reported last, by
+// operator, then slave, then start.
+func (l *liveSlaves) Operators() []liveOperator {
+	now := l.now()
+	l.mu.Lock()
+	var out []liveOperator
+	for _, st := range l.slaves {
+		if !st.alive || !(registry.SlaveLoad{LastSeen: st.lastSeen}).Live(now, l.interval) {
+			continue
+		}
+		for _, o := range st.operators {
+			out = append(out, liveOperator{Slave: st.name, OperatorSession: o})
+		}
+	}
+	l.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Operator != b.Operator {
+			return a.Operator < b.Operator
+		}
+		if a.Slave != b.Slave {
+			return a.Slave < b.Slave
+		}
+		return a.Since.Before(b.Since)
+	})
+	return out
 }
 
 // Unpick takes back device's pending grant on slave, for a slot that could

@@ -67,6 +67,7 @@ func (s *Server) metricsSnapshot(ctx context.Context) (metrics.MasterSnapshot, e
 		return snap, err
 	}
 	snap.DevicesActive, snap.DevicesRevoked, snap.DevicesOnline = active, revoked, online
+	snap.OperatorSessions = len(s.live.Operators())
 	now := s.now()
 	alive := s.live.Alive()
 	for _, sl := range slaves {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -83,6 +84,25 @@ type overviewView struct {
 	Events       []eventView
 	TunnelsLive  int
 	CapacityLive int
+	Connected    []connectedView // operators connected now
+}
+
+// connectedView is one live operator session on the overview.
+type connectedView struct {
+	Operator string
+	Slave    string
+	Remote   string
+	Since    string // "3m05s ago"
+	Devices  string // what it has open: "pi-1:ssh, nas:web"
+}
+
+// accessView is one operator's visit to a device, on its page.
+type accessView struct {
+	Operator string
+	Slave    string
+	Start    string
+	End      string // "connected now", or when it ended
+	Duration string
 }
 
 type deviceDetailView struct {
@@ -93,6 +113,7 @@ type deviceDetailView struct {
 	LastSlave   string
 	Created     string
 	Events      []eventView
+	Access      []accessView // who reached it, newest first
 }
 
 // overviewData is what the overview page shows.
@@ -102,6 +123,8 @@ type overviewData struct {
 	Devices []registry.Device
 	Tunnels []registry.Tunnel // on live slaves
 	Events  []registry.Event  // the latest, oldest first
+	// Operators are the operator sessions live slaves report.
+	Operators []liveOperator
 }
 
 // buildOverview is the overview page at now: every slave, the devices
@@ -110,6 +133,7 @@ type overviewData struct {
 // of them, and the events newest first. The page header is the caller's.
 func buildOverview(d overviewData, query, show string, now time.Time) overviewView {
 	v := overviewView{MaxDevices: dashMaxDevices, Query: strings.TrimSpace(query), Show: show}
+	v.Connected = viewConnected(d.Operators, now)
 	switch v.Show {
 	case "online", "offline", "revoked":
 	default:
@@ -264,6 +288,77 @@ func viewProbe(p *registry.Probe, now time.Time) probeView {
 		return probeView{}
 	}
 	return probeView{Known: true, OK: p.OK, Ago: ago(now, p.At), Detail: p.Detail}
+}
+
+// viewConnected lists the live operator sessions for the overview.
+func viewConnected(ops []liveOperator, now time.Time) []connectedView {
+	out := make([]connectedView, 0, len(ops))
+	for _, o := range ops {
+		open := make([]string, len(o.Open))
+		for i, a := range o.Open {
+			open[i] = a.Device + ":" + a.Forward
+		}
+		out = append(out, connectedView{Operator: o.Operator, Slave: o.Slave, Remote: o.Remote, Since: ago(now, o.Since),
+			Devices: strings.Join(open, ", ")})
+	}
+	return out
+}
+
+// viewAccess pairs device's operator-connect and operator-disconnect
+// events (oldest first) into visits, newest first: who, on which slave,
+// from when, until when, for how long. A visit not closed yet is
+// "connected now" while a live slave reports that operator with the
+// device open, else its end is unknown (the slave went away).
+func viewAccess(device string, events []registry.Event, live []liveOperator, now time.Time) []accessView {
+	type key struct{ op, slave string }
+	type visit struct {
+		key
+		start, end time.Time
+	}
+	var visits []visit
+	open := map[key][]int{} // indexes into visits of unclosed ones
+	for _, e := range events {
+		k := key{e.Operator, e.Slave}
+		switch e.Kind {
+		case wire.EventOperatorConnect:
+			open[k] = append(open[k], len(visits))
+			visits = append(visits, visit{key: k, start: e.At})
+		case wire.EventOperatorDisconnect:
+			if idx := open[k]; len(idx) > 0 {
+				visits[idx[0]].end = e.At
+				open[k] = idx[1:]
+			} else {
+				visits = append(visits, visit{key: k, end: e.At}) // its start is older than the page
+			}
+		}
+	}
+	liveNow := map[key]bool{}
+	for _, o := range live {
+		for _, a := range o.Open {
+			if a.Device == device {
+				liveNow[key{o.Operator, o.Slave}] = true
+			}
+		}
+	}
+	out := make([]accessView, 0, len(visits))
+	for i := len(visits) - 1; i >= 0; i-- {
+		v := visits[i]
+		av := accessView{Operator: v.op, Slave: v.slave, Start: "—", End: "—", Duration: "—"}
+		if !v.start.IsZero() {
+			av.Start = v.start.UTC().Format("2006-01-02 15:04:05Z")
+		}
+		switch {
+		case !v.end.IsZero():
+			av.End = v.end.UTC().Format("2006-01-02 15:04:05Z")
+			if !v.start.IsZero() {
+				av.Duration = short(v.end.Sub(v.start))
+			}
+		case liveNow[v.key]:
+			av.End, av.Duration = "connected now", short(now.Sub(v.start))
+		}
+		out = append(out, av)
+	}
+	return out
 }
 
 // viewEvents turns events, oldest first, into rows newest first.

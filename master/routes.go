@@ -58,6 +58,7 @@ func (s *Server) routes() *gin.Engine {
 	v1 := e.Group(wire.APIPrefix)
 	v1.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, wire.Health{Status: "ok"}) })
 	v1.POST("/slots", s.countSlots, s.handleSlot)
+	v1.POST("/access", s.handleAccess) // the operator's signature is the credential
 
 	slave := v1.Group("", s.auth(roleSlave))
 	slave.POST("/slaves/:name/heartbeat", s.selfOnly, s.handleHeartbeat)
@@ -71,6 +72,14 @@ func (s *Server) routes() *gin.Engine {
 	admin.GET("/devices/:name", s.handleGetDevice)
 	admin.DELETE("/devices/:name", s.handleRemoveDevice)
 	admin.POST("/devices/:name/revoke", s.handleRevokeDevice)
+	admin.POST("/devices/:name/labels", s.handleSetLabels)
+	admin.GET("/operators", s.handleListOperators)
+	admin.POST("/operators", s.handleAddOperator)
+	admin.GET("/operators/:name", s.handleGetOperator)
+	admin.DELETE("/operators/:name", s.handleRemoveOperator)
+	admin.POST("/operators/:name/revoke", s.handleRevokeOperator)
+	admin.POST("/operators/:name/allow", s.handleAllowOperator)
+	admin.POST("/operators/:name/deny", s.handleDenyOperator)
 	admin.GET("/tunnels", s.handleTunnels)
 	admin.GET("/events", s.handleEvents)
 	admin.GET("/slaves", s.handleListSlaves)

@@ -46,7 +46,8 @@ var nonceRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,64}$`)
 // maxMasterURL bounds the master field of a signed request.
 const maxMasterURL = 512
 
-// slotProof checks the proofs of slot requests.
+// slotProof checks the proofs of signed requests: slot requests (check)
+// and operators' access requests (verify).
 type slotProof struct {
 	allowUnsigned bool
 	names         masterNames
@@ -80,33 +81,55 @@ func (p *slotProof) check(req wire.SlotRequest, key ssh.PublicKey, now time.Time
 		}
 		return true, nil
 	}
+	sg := signedFields{master: req.Master, timestamp: req.Timestamp, nonce: req.Nonce, signature: req.Signature}
+	return false, p.verify(sg, wire.SlotNamespace, wire.SlotStatement(req), key, now, "the device's")
+}
+
+// signedFields are the proof of a signed request (a slot request, an
+// access request): whom it is for, when, a nonce, and the signature over
+// the statement made of them and the request's body.
+type signedFields struct {
+	master    string
+	timestamp int64
+	nonce     string
+	signature string
+}
+
+// verify checks a signed request's proof: the fields' shape, the clock
+// (wire.SlotSkew), this master's name, the signature by key over
+// statement in namespace, and that the statement is new (the replay cache
+// is shared by every kind of signed request: the statements of different
+// namespaces start differently and never collide). whose names the clock
+// to check in the message ("the device's", "your").
+func (p *slotProof) verify(sg signedFields, namespace string, statement []byte, key ssh.PublicKey, now time.Time, whose string) error {
 	switch {
-	case !nonceRE.MatchString(req.Nonce):
-		return false, &proofError{400, "nonce must be 16 to 64 of A-Z a-z 0-9 _ -", "bad nonce"}
-	case req.Master == "" || len(req.Master) > maxMasterURL || strings.ContainsFunc(req.Master, func(r rune) bool { return r < 0x21 || r == 0x7f }):
-		return false, &proofError{400, "master must be the master's URL, as the device reaches it", "bad master field"}
-	case req.Timestamp == 0:
-		return false, &proofError{400, "timestamp (Unix seconds) is required with a signature", "no timestamp"}
+	case sg.signature == "":
+		return &proofError{400, "a signature is required (SSH signature, namespace " + namespace + ")", "unsigned request"}
+	case !nonceRE.MatchString(sg.nonce):
+		return &proofError{400, "nonce must be 16 to 64 of A-Z a-z 0-9 _ -", "bad nonce"}
+	case sg.master == "" || len(sg.master) > maxMasterURL || strings.ContainsFunc(sg.master, func(r rune) bool { return r < 0x21 || r == 0x7f }):
+		return &proofError{400, "master must be the master's URL, as the client reaches it", "bad master field"}
+	case sg.timestamp == 0:
+		return &proofError{400, "timestamp (Unix seconds) is required with a signature", "no timestamp"}
 	}
-	if d := now.Sub(time.Unix(req.Timestamp, 0)); d > wire.SlotSkew || d < -wire.SlotSkew {
-		return false, &proofError{403, fmt.Sprintf("the signature's timestamp is %s from the master's clock (at most %s): check the device's clock",
-			d.Round(time.Second).Abs(), wire.SlotSkew), fmt.Sprintf("timestamp %d off by %s", req.Timestamp, d.Round(time.Second))}
+	if d := now.Sub(time.Unix(sg.timestamp, 0)); d > wire.SlotSkew || d < -wire.SlotSkew {
+		return &proofError{403, fmt.Sprintf("the signature's timestamp is %s from the master's clock (at most %s): check %s clock",
+			d.Round(time.Second).Abs(), wire.SlotSkew, whose), fmt.Sprintf("timestamp %d off by %s", sg.timestamp, d.Round(time.Second))}
 	}
-	if ok, why := p.names.match(req.Master); !ok {
-		return false, &proofError{403, "the signature names master " + req.Master + ", which is not this master", why}
+	if ok, why := p.names.match(sg.master); !ok {
+		return &proofError{403, "the signature names master " + sg.master + ", which is not this master", why}
 	}
-	statement := wire.SlotStatement(req)
-	signer, err := sshsig.Verify(req.Signature, wire.SlotNamespace, statement)
+	signer, err := sshsig.Verify(sg.signature, namespace, statement)
 	if err != nil {
-		return false, &proofError{403, notAccepted, "signature: " + err.Error()}
+		return &proofError{403, notAccepted, "signature: " + err.Error()}
 	}
 	if !bytes.Equal(signer.Marshal(), key.Marshal()) {
-		return false, &proofError{403, notAccepted, "signed by another key, " + ssh.FingerprintSHA256(signer)}
+		return &proofError{403, notAccepted, "signed by another key, " + ssh.FingerprintSHA256(signer)}
 	}
-	if !p.replays.first(sha256.Sum256(statement), time.Unix(req.Timestamp, 0).Add(wire.SlotSkew), now) {
-		return false, &proofError{403, notAccepted, "replayed statement"}
+	if !p.replays.first(sha256.Sum256(statement), time.Unix(sg.timestamp, 0).Add(wire.SlotSkew), now) {
+		return &proofError{403, notAccepted, "replayed statement"}
 	}
-	return false, nil
+	return nil
 }
 
 // masterNames says which master URLs a signature may name: those

@@ -47,6 +47,18 @@ func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device,
 	if known && dev.Status != registry.StatusActive {
 		return registry.Device{}, &denial{dev.Name, fmt.Sprintf("device %s is %s", dev.Name, dev.Status)}
 	}
+	if !known {
+		// An operator's key is never a device's, whatever a validator
+		// says: it would not be enrolled (one key, one identity), and it
+		// must not open a tunnel either.
+		name, isOp, err := s.operatorKey(ctx, key)
+		if err != nil {
+			return registry.Device{}, err
+		}
+		if isOp {
+			return registry.Device{}, &denial{"", fmt.Sprintf("key %s is operator %s's, not a device's", fp, name)}
+		}
+	}
 	v := s.cfg.Validator
 	if v == nil {
 		if !known {
@@ -68,7 +80,7 @@ func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device,
 	if err != nil {
 		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s, but %v", fp, v, err)}
 	}
-	dev, err = s.store.EnrolDevice(ctx, name, key, nil, s.cfg.PortRange, "auto-enrolled by "+v.String())
+	dev, err = s.store.EnrolDevice(ctx, name, key, nil, nil, s.cfg.PortRange, "auto-enrolled by "+v.String())
 	switch {
 	case err == nil:
 		s.log.Info("device auto-enrolled", "device", name, "fingerprint", fp, "validator", v.String())
@@ -290,6 +302,15 @@ func (s *Server) handleValidate(c *gin.Context) {
 		}
 	}
 	if !s.validatesFor(c, &req.Slave) {
+		return
+	}
+	switch req.Role {
+	case "", "device":
+	case "operator":
+		s.validateOperator(c, req)
+		return
+	default:
+		fail(c, http.StatusBadRequest, fmt.Sprintf("role must be device or operator, got %q", trunc(req.Role)))
 		return
 	}
 	ctx := c.Request.Context()

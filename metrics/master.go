@@ -27,13 +27,27 @@ const (
 	ValidationError      = "error"
 )
 
+// Reasons an operator is refused (POST /api/v1/access, or its key at
+// POST /api/v1/validate), the values of
+// mas4h_operator_access_denials_total's reason label.
+const (
+	AccessUnknownKey   = "unknown_key"   // no operator has that key (a device's key included)
+	AccessRevoked      = "revoked"       // the operator is revoked
+	AccessNotAllowed   = "not_allowed"   // no such device, or not on the allow list
+	AccessOffline      = "offline"       // the device has no tunnel on a live slave
+	AccessBadSignature = "bad_signature" // the proof failed (signature, replay, clock, master URL)
+	AccessRateLimited  = "rate_limited"  // 429
+)
+
 // MasterSnapshot is the registry's state as the gauges show it, read once
 // per scrape.
 type MasterSnapshot struct {
 	DevicesActive  int
 	DevicesRevoked int
 	DevicesOnline  int // devices with a tunnel on a live slave
-	Slaves         []SlaveSnapshot
+	// OperatorSessions are the operator sessions live slaves report.
+	OperatorSessions int
+	Slaves           []SlaveSnapshot
 }
 
 // SlaveSnapshot is one slave as the master sees it.
@@ -56,6 +70,7 @@ type Master struct {
 	slots              *prometheus.CounterVec
 	validations        *prometheus.CounterVec
 	validationDuration prometheus.Histogram
+	accessDenials      *prometheus.CounterVec
 }
 
 // NewMaster registers the master's metrics on reg.
@@ -74,6 +89,10 @@ func NewMaster(reg prometheus.Registerer, snapshot SnapshotFunc) (*Master, error
 			Help:    "Time to answer a slave's key validation request, validator included.",
 			Buckets: latencyBuckets,
 		}),
+		accessDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "operator_access_denials_total",
+			Help: "Operators refused, at POST /api/v1/access or when a slave validates an operator's key, by reason.",
+		}, []string{"reason"}),
 	}
 	// Every known result is exported from the start at 0, so that a rate()
 	// over a result that has not happened yet is 0, not absent.
@@ -83,7 +102,10 @@ func NewMaster(reg prometheus.Registerer, snapshot SnapshotFunc) (*Master, error
 	for _, r := range []string{ValidationAccepted, ValidationDenied, ValidationBadRequest, ValidationError} {
 		m.validations.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.slots, m.validations, m.validationDuration, newRegistryCollector(snapshot)} {
+	for _, r := range []string{AccessUnknownKey, AccessRevoked, AccessNotAllowed, AccessOffline, AccessBadSignature, AccessRateLimited} {
+		m.accessDenials.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.slots, m.validations, m.validationDuration, m.accessDenials, newRegistryCollector(snapshot)} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -107,6 +129,13 @@ func (m *Master) Validation(result string, took time.Duration) {
 	m.validationDuration.Observe(took.Seconds())
 }
 
+// AccessDenied counts one refused operator.
+func (m *Master) AccessDenied(reason string) {
+	if m != nil {
+		m.accessDenials.WithLabelValues(reason).Inc()
+	}
+}
+
 // registryCollector turns a MasterSnapshot into gauges at scrape time.
 type registryCollector struct {
 	snapshot     SnapshotFunc
@@ -115,6 +144,7 @@ type registryCollector struct {
 	slavesAlive  *prometheus.Desc
 	tunnels      *prometheus.Desc
 	heartbeatAge *prometheus.Desc
+	operators    *prometheus.Desc
 }
 
 func newRegistryCollector(snapshot SnapshotFunc) *registryCollector {
@@ -126,6 +156,7 @@ func newRegistryCollector(snapshot SnapshotFunc) *registryCollector {
 		slavesAlive:  prometheus.NewDesc(name("slaves_alive"), "Slaves whose heartbeats arrive in time.", nil, nil),
 		tunnels:      prometheus.NewDesc(name("tunnels"), "Live tunnels (forwarded ports) per slave, as of its last heartbeat; 0 for a dead slave.", []string{"slave"}, nil),
 		heartbeatAge: prometheus.NewDesc(name("heartbeat_age_seconds"), "Time since the slave's last heartbeat.", []string{"slave"}, nil),
+		operators:    prometheus.NewDesc(name("operator_sessions"), "Live operator sessions, as live slaves' last heartbeats report them.", nil, nil),
 	}
 }
 
@@ -135,6 +166,7 @@ func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.slavesAlive
 	ch <- c.tunnels
 	ch <- c.heartbeatAge
+	ch <- c.operators
 }
 
 func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
@@ -157,4 +189,5 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.heartbeatAge, prometheus.GaugeValue, max(sl.HeartbeatAge.Seconds(), 0), sl.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(c.slavesAlive, prometheus.GaugeValue, float64(alive))
+	ch <- prometheus.MustNewConstMetric(c.operators, prometheus.GaugeValue, float64(s.OperatorSessions))
 }

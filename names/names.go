@@ -1,5 +1,5 @@
-// Package names is mas4h's one rule for each kind of name: devices, slaves
-// and system users. Names end up in file names, log lines, sshd_config,
+// Package names is mas4h's one rule for each kind of name: devices, slaves,
+// operators and system users. Names end up in file names, log lines, sshd_config,
 // systemd unit instances and URLs, so each is held to a small safe alphabet.
 // It imports only errors and strconv, so that the lean sshd hook can use it
 // without growing.
@@ -12,9 +12,10 @@ import (
 
 // Longest names.
 const (
-	MaxDevice = 63
-	MaxSlave  = 63
-	MaxUser   = 32
+	MaxDevice   = 63
+	MaxSlave    = 63
+	MaxOperator = 63
+	MaxUser     = 32
 )
 
 // ErrInvalid is wrapped by every error of this package.
@@ -40,6 +41,15 @@ func Device(name string) error {
 func Slave(name string) error {
 	if !safeName(name, MaxSlave) {
 		return &invalid{"slave name must be 1-63 characters of a-z 0-9 . _ - starting with a letter or digit, got " + quote(name)}
+	}
+	return nil
+}
+
+// Operator checks an operator's name (a person: alice, bob.smith), which
+// events, URLs and the slaves' logs carry: the device alphabet.
+func Operator(name string) error {
+	if !safeName(name, MaxOperator) {
+		return &invalid{"operator name must be 1-63 characters of a-z 0-9 . _ - starting with a letter or digit, got " + quote(name)}
 	}
 	return nil
 }

@@ -17,15 +17,20 @@ import (
 // DefaultForward. Everything (device, leases, enrol event) is written in one
 // transaction, so on any error nothing is.
 func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange) (Device, error) {
-	return s.EnrolDevice(ctx, name, key, forwards, pr, "")
+	return s.EnrolDevice(ctx, name, key, forwards, nil, pr, "")
 }
 
-// EnrolDevice is AddDevice with a note put in front of the enrol event's
-// detail, saying who enrolled the device (e.g. "auto-enrolled by exec
-// validator"). Every error it returns starts "enrolling device NAME: " and
+// EnrolDevice is AddDevice with labels, and a note put in front of the
+// enrol event's detail, saying who enrolled the device (e.g.
+// "auto-enrolled by exec validator"). Every error it returns starts
+// "enrolling device NAME: " and
 // wraps one of the package's sentinels when the input is the cause.
-func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange, note string) (Device, error) {
+func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, labels map[string]string, pr PortRange, note string) (Device, error) {
 	e, err := newEnrolment(name, key, forwards, pr)
+	if err == nil {
+		err = checkLabels(labels)
+		e.labels = labels
+	}
 	var d Device
 	if err == nil {
 		d, err = s.insertDevice(ctx, e, note)
@@ -48,6 +53,7 @@ type enrolment struct {
 	publicKey   string // AuthorizedKey form
 	forwards    []ForwardSpec
 	ports       PortRange // where its forwards lease their ports
+	labels      map[string]string
 }
 
 // newEnrolment checks a device about to be enrolled, without the store:
@@ -112,6 +118,13 @@ func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Dev
 	case !errors.Is(err, sql.ErrNoRows):
 		return Device{}, err
 	}
+	if err := keyNotOperators(ctx, tx, e.fingerprint); err != nil {
+		return Device{}, err
+	}
+	labels, err := marshalLabels(e.labels)
+	if err != nil {
+		return Device{}, err
+	}
 
 	ports, err := leasePorts(ctx, tx, e.ports, len(e.forwards))
 	if err != nil {
@@ -119,9 +132,9 @@ func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Dev
 	}
 	now := s.now().UTC()
 	res, err := tx.ExecContext(ctx,
-		`INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at)
-		 VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		e.name, e.fingerprint, e.keyType, e.publicKey, StatusActive, now.UnixNano(), now.UnixNano())
+		`INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at, labels)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.name, e.fingerprint, e.keyType, e.publicKey, StatusActive, now.UnixNano(), now.UnixNano(), labels)
 	if err != nil {
 		return Device{}, err
 	}
@@ -139,6 +152,9 @@ func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Dev
 		detail[i] = fmt.Sprintf("%s %s on port %d", f.Name, f.Target, ports[i])
 	}
 	msg := fmt.Sprintf("key %s; forwards: %s", e.fingerprint, strings.Join(detail, ", "))
+	if len(e.labels) > 0 {
+		msg += "; labels: " + FormatLabels(e.labels)
+	}
 	if note != "" {
 		msg = note + "; " + msg
 	}
@@ -202,15 +218,16 @@ func (s *Store) DeviceByFingerprint(ctx context.Context, fp string) (Device, err
 	return d, nil
 }
 
-const deviceCols = `d.id, d.name, d.fingerprint, d.key_type, d.public_key, d.status, d.created_at, d.updated_at, d.last_slave`
+const deviceCols = `d.id, d.name, d.fingerprint, d.key_type, d.public_key, d.status, d.created_at, d.updated_at, d.last_slave, d.labels`
 
 // deviceWhere loads one device and its forwards; col is a constant chosen
 // by the caller, never user input.
 func deviceWhere(ctx context.Context, q querier, col, val string) (Device, error) {
 	var d Device
 	var id, created, updated int64
+	var labels string
 	err := q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.`+col+` = ?`, val).
-		Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave)
+		Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave, &labels)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, ErrNotFound
 	}
@@ -218,6 +235,9 @@ func deviceWhere(ctx context.Context, q querier, col, val string) (Device, error
 		return Device{}, err
 	}
 	d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
+	if d.Labels, err = unmarshalLabels(labels); err != nil {
+		return Device{}, fmt.Errorf("labels of %s: %w", d.Name, err)
+	}
 	d.Forwards = []Forward{}
 	rows, err := q.QueryContext(ctx,
 		`SELECT name, target, probe, remote_port FROM forwards WHERE device_id = ? ORDER BY position`, id)
@@ -254,13 +274,18 @@ func (s *Store) Devices(ctx context.Context) ([]Device, error) {
 	for rows.Next() {
 		var d Device
 		var id, created, updated int64
+		var labels string
 		var fName, fTarget, fProbe sql.NullString
 		var fPort sql.NullInt64
-		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave,
+		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave, &labels,
 			&fName, &fTarget, &fProbe, &fPort); err != nil {
 			return nil, fmt.Errorf("listing devices: %w", err)
 		}
 		if id != lastID {
+			var err error
+			if d.Labels, err = unmarshalLabels(labels); err != nil {
+				return nil, fmt.Errorf("listing devices: labels of %s: %w", d.Name, err)
+			}
 			d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
 			d.Forwards = []Forward{}
 			devices = append(devices, d)

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -52,9 +53,13 @@ func addEvent(ctx context.Context, x execContexter, at time.Time, kind, device, 
 }
 
 func addSlaveEvent(ctx context.Context, x execContexter, at time.Time, kind, slave, device, detail string) error {
-	kind, slave, device, detail = truncEvent(kind), truncEvent(slave), truncEvent(device), truncEvent(detail)
-	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, slave, device, detail) VALUES (?, ?, ?, ?, ?)`,
-		at.UnixNano(), kind, slave, device, detail)
+	return insertEvent(ctx, x, Event{At: at, Kind: kind, Slave: slave, Device: device, Detail: detail})
+}
+
+// insertEvent writes e (its At, Kind, Slave, Device, Operator, Detail).
+func insertEvent(ctx context.Context, x execContexter, e Event) error {
+	_, err := x.ExecContext(ctx, `INSERT INTO events (at, kind, slave, device, operator, detail) VALUES (?, ?, ?, ?, ?, ?)`,
+		e.At.UnixNano(), truncEvent(e.Kind), truncEvent(e.Slave), truncEvent(e.Device), truncEvent(e.Operator), truncEvent(e.Detail))
 	return err
 }
 
@@ -72,7 +77,9 @@ type EventFilter struct {
 	AfterID int64     // only events with a larger id: for following the log
 	Kinds   []string  // only these kinds, at most MaxEventKinds
 	Slave   string    // only events about this slave
-	Limit   int       // at most this many, oldest first; 0 means 1000
+	// Operator: only events of this operator (operator-* kinds).
+	Operator string
+	Limit    int // at most this many, oldest first; 0 means 1000
 }
 
 // Events returns the events matching f in ascending id order.
@@ -97,6 +104,10 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 		where = append(where, "slave = ?")
 		args = append(args, f.Slave)
 	}
+	if f.Operator != "" {
+		where = append(where, "operator = ?")
+		args = append(args, f.Operator)
+	}
 	if !f.Since.IsZero() {
 		where = append(where, "at >= ?")
 		args = append(args, f.Since.UnixNano())
@@ -111,7 +122,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 			args = append(args, k)
 		}
 	}
-	q := `SELECT id, at, kind, slave, device, detail FROM events`
+	q := `SELECT id, at, kind, slave, device, operator, detail FROM events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -127,7 +138,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]Event, error) {
 	for rows.Next() {
 		var e Event
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Detail); err != nil {
+		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Operator, &e.Detail); err != nil {
 			return nil, fmt.Errorf("listing events: %w", err)
 		}
 		e.At = fromNanos(at)
@@ -147,4 +158,42 @@ func (s *Store) LastEventID(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("reading last event id: %w", err)
 	}
 	return id, nil
+}
+
+// AddOperatorEvent appends an event about an operator (an access refused
+// by the master, say), with the slave and device it concerns when known.
+func (s *Store) AddOperatorEvent(ctx context.Context, kind, operator, slave, device, detail string) error {
+	if kind == "" {
+		return fmt.Errorf("adding event: empty kind: %w", ErrInvalid)
+	}
+	e := Event{At: s.now().UTC(), Kind: kind, Operator: operator, Slave: slave, Device: device, Detail: detail}
+	if err := insertEvent(ctx, s.db, e); err != nil {
+		return fmt.Errorf("adding %s event: %w", kind, err)
+	}
+	return nil
+}
+
+// LastDeviceEvent returns device's newest event of one of kinds (at most
+// MaxEventKinds), ErrNotFound when it has none.
+func (s *Store) LastDeviceEvent(ctx context.Context, device string, kinds []string) (Event, error) {
+	if len(kinds) == 0 || len(kinds) > MaxEventKinds {
+		return Event{}, fmt.Errorf("reading the last event of %s: %d kinds: %w", quoteTrunc(device), len(kinds), ErrInvalid)
+	}
+	args := []any{device}
+	for _, k := range kinds {
+		args = append(args, k)
+	}
+	var e Event
+	var at int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, at, kind, slave, device, operator, detail FROM events
+		WHERE device = ? AND kind IN (?`+strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY id DESC LIMIT 1`, args...).
+		Scan(&e.ID, &at, &e.Kind, &e.Slave, &e.Device, &e.Operator, &e.Detail)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Event{}, fmt.Errorf("last event of %s: %w", quoteTrunc(device), ErrNotFound)
+	}
+	if err != nil {
+		return Event{}, fmt.Errorf("reading the last event of %s: %w", quoteTrunc(device), err)
+	}
+	e.At = fromNanos(at)
+	return e, nil
 }

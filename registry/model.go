@@ -13,15 +13,16 @@ const (
 
 // Device is an enrolled device: one public key and its forwards.
 type Device struct {
-	Name        string    `json:"name"`
-	Fingerprint string    `json:"fingerprint"`
-	KeyType     string    `json:"key_type"`
-	PublicKey   string    `json:"public_key"`      // AuthorizedKey form: "type base64"
-	Status      string    `json:"status"`          // StatusActive or StatusRevoked
-	Forwards    []Forward `json:"forwards"`        // never nil, so JSON shows []
-	LastSlave   string    `json:"slave,omitempty"` // the slave the master last sent it to
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	Name        string            `json:"name"`
+	Fingerprint string            `json:"fingerprint"`
+	KeyType     string            `json:"key_type"`
+	PublicKey   string            `json:"public_key"` // AuthorizedKey form: "type base64"
+	Status      string            `json:"status"`     // StatusActive or StatusRevoked
+	Forwards    []Forward         `json:"forwards"`   // never nil, so JSON shows []
+	Labels      map[string]string `json:"labels,omitempty"`
+	LastSlave   string            `json:"slave,omitempty"` // the slave the master last sent it to
+	CreatedAt   time.Time         `json:"created_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
 }
 
 // MarshalJSON writes forwards as [] rather than null even for a Device
@@ -56,6 +57,12 @@ const (
 	EventDeny      = "deny"
 	EventSlaveUp   = "slave-up"
 	EventSlaveDown = "slave-down"
+	// Operators' lifecycle, and device labels.
+	EventOperatorEnrol  = "operator-enrol"
+	EventOperatorAllow  = "operator-allow" // the allow list changed: "+SEL" or "-SEL"
+	EventOperatorRevoke = "operator-revoke"
+	EventOperatorRemove = "operator-rm"
+	EventLabels         = "labels"
 )
 
 // Event is one row of the event log.
@@ -65,5 +72,7 @@ type Event struct {
 	Kind   string    `json:"kind"`
 	Device string    `json:"device,omitempty"`
 	Slave  string    `json:"slave,omitempty"`
-	Detail string    `json:"detail,omitempty"`
+	// Operator is the operator an operator-* event is about.
+	Operator string `json:"operator,omitempty"`
+	Detail   string `json:"detail,omitempty"`
 }

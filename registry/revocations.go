@@ -11,6 +11,10 @@ import (
 const (
 	RevocationRevoked = "revoked"
 	RevocationRemoved = "removed"
+	// RevocationChanged: an operator's reach narrowed (a selector denied, a
+	// device's labels changed); slaves forget its cached lines and end its
+	// sessions, and its next login gets the new ones.
+	RevocationChanged = "changed"
 )
 
 // Revocation is one entry of the revocation log that slaves follow by
@@ -20,9 +24,10 @@ type Revocation struct {
 	Seq         int64
 	At          time.Time
 	Device      string
+	Operator    string // set, and Device empty, for an operator's
 	Fingerprint string
 	Ports       []int
-	Reason      string // RevocationRevoked or RevocationRemoved
+	Reason      string // RevocationRevoked, RevocationRemoved or RevocationChanged
 }
 
 // addRevocation logs d's revocation inside the caller's transaction.
@@ -43,13 +48,24 @@ func addRevocation(ctx context.Context, x execContexter, at time.Time, d Device,
 	return nil
 }
 
+// addOperatorRevocation logs that op's sessions are to end, inside the
+// caller's transaction.
+func addOperatorRevocation(ctx context.Context, x execContexter, at time.Time, op Operator, reason string) error {
+	_, err := x.ExecContext(ctx, `INSERT INTO revocations (at, device, operator, fingerprint, ports, reason) VALUES (?, '', ?, ?, '[]', ?)`,
+		at.UnixNano(), op.Name, op.Fingerprint, reason)
+	if err != nil {
+		return fmt.Errorf("logging revocation: %w", err)
+	}
+	return nil
+}
+
 // Revocations returns at most limit revocations with a sequence number
 // above after, oldest first.
 func (s *Store) Revocations(ctx context.Context, after int64, limit int) ([]Revocation, error) {
 	if limit <= 0 {
 		limit = defaultEventLimit
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, device, fingerprint, ports, reason FROM revocations
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, device, operator, fingerprint, ports, reason FROM revocations
 		WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing revocations: %w", err)
@@ -60,7 +76,7 @@ func (s *Store) Revocations(ctx context.Context, after int64, limit int) ([]Revo
 		var r Revocation
 		var at int64
 		var ports string
-		if err := rows.Scan(&r.Seq, &at, &r.Device, &r.Fingerprint, &ports, &r.Reason); err != nil {
+		if err := rows.Scan(&r.Seq, &at, &r.Device, &r.Operator, &r.Fingerprint, &ports, &r.Reason); err != nil {
 			return nil, fmt.Errorf("listing revocations: %w", err)
 		}
 		if err := json.Unmarshal([]byte(ports), &r.Ports); err != nil {

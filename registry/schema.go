@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 4
+const SchemaVersion = 6
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -118,5 +118,42 @@ CREATE TABLE sessions (
 	expires_at INTEGER NOT NULL
 );
 CREATE INDEX sessions_expires ON sessions (expires_at);
+`,
+	// 6: operators (people who reach devices through a slave's sshd), with
+	// their allow lists of selectors; device labels, which selectors match;
+	// the operator of operator-* events; and revocations of operators
+	// (device empty, operator set), with a third reason, "changed": an
+	// operator's reach narrowed (a selector denied, a label changed), so
+	// slaves forget its cached lines and end its sessions. The revocations
+	// table is rebuilt for that CHECK, keeping its sequence.
+	`
+ALTER TABLE devices ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'; -- JSON object of K=V
+CREATE TABLE operators (
+	id          INTEGER PRIMARY KEY,
+	name        TEXT    NOT NULL UNIQUE,
+	fingerprint TEXT    NOT NULL UNIQUE, -- never a device's: checked on both inserts
+	key_type    TEXT    NOT NULL,
+	public_key  TEXT    NOT NULL,
+	status      TEXT    NOT NULL CHECK (status IN ('active', 'revoked')),
+	allow       TEXT    NOT NULL DEFAULT '[]', -- JSON array of selectors
+	created_at  INTEGER NOT NULL, -- unix nanoseconds, UTC
+	updated_at  INTEGER NOT NULL
+);
+ALTER TABLE events ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+CREATE INDEX events_operator_id ON events (operator, id);
+CREATE TABLE revocations_new (
+	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+	at          INTEGER NOT NULL,
+	device      TEXT    NOT NULL,
+	operator    TEXT    NOT NULL DEFAULT '',
+	fingerprint TEXT    NOT NULL,
+	ports       TEXT    NOT NULL DEFAULT '[]',
+	reason      TEXT    NOT NULL CHECK (reason IN ('revoked', 'removed', 'changed'))
+);
+INSERT INTO sqlite_sequence (name, seq) SELECT 'revocations_new', seq FROM sqlite_sequence WHERE name = 'revocations';
+INSERT INTO revocations_new (seq, at, device, fingerprint, ports, reason)
+	SELECT seq, at, device, fingerprint, ports, reason FROM revocations;
+DROP TABLE revocations;
+ALTER TABLE revocations_new RENAME TO revocations;
 `,
 }

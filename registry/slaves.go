@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/mas4h/mas4h/master/wire"
 )
 
 // Slave is a slave as the master knows it from its heartbeats.
@@ -61,6 +63,11 @@ type SlaveReport struct {
 	Events   []Event // Slave is set from Name; a zero At means At above
 	VIP      string
 	Node     int
+	// OperatorUser and Operators are for the master's live view only (the
+	// store keeps neither): the user operators log in as on this slave,
+	// and its live operator sessions.
+	OperatorUser string
+	Operators    []wire.OperatorSession
 }
 
 // SlaveChange says what a heartbeat changed in the slave's liveness.
@@ -167,7 +174,7 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 		if when.IsZero() {
 			when = at
 		}
-		if err := addSlaveEvent(ctx, tx, when.UTC(), e.Kind, r.Name, e.Device, e.Detail); err != nil {
+		if err := insertEvent(ctx, tx, Event{At: when.UTC(), Kind: e.Kind, Slave: r.Name, Device: e.Device, Operator: e.Operator, Detail: e.Detail}); err != nil {
 			return 0, fmt.Errorf("recording events of slave %s: %w", r.Name, err)
 		}
 	}

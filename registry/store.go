@@ -213,6 +213,19 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
+	if v == 4 {
+		// Binaries built between the sessions table's migration (5) and
+		// the operators' (6) ran all five migrations but wrote version 4
+		// (SchemaVersion lagged behind len(migrations)): a version-4 file
+		// that has the sessions table is at version 5.
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sessions'`).Scan(&n); err != nil {
+			return fmt.Errorf("migrating: %w", err)
+		}
+		if n == 1 {
+			v = 5
+		}
+	}
 	for i := v; i < len(migrations); i++ {
 		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
 			return fmt.Errorf("migrating to schema version %d: %w", i+1, err)

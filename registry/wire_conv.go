@@ -15,6 +15,7 @@ func (d Device) Wire() wire.Device {
 		PublicKey:   d.PublicKey,
 		Status:      d.Status,
 		Forwards:    fs,
+		Labels:      d.Labels,
 		Slave:       d.LastSlave,
 		CreatedAt:   d.CreatedAt,
 		UpdatedAt:   d.UpdatedAt,
@@ -28,7 +29,7 @@ func (f Forward) Wire() wire.Forward {
 
 // Wire is the event as the REST API shows it.
 func (e Event) Wire() wire.Event {
-	return wire.Event{ID: e.ID, At: e.At, Kind: e.Kind, Device: e.Device, Slave: e.Slave, Detail: e.Detail}
+	return wire.Event{ID: e.ID, At: e.At, Kind: e.Kind, Device: e.Device, Slave: e.Slave, Operator: e.Operator, Detail: e.Detail}
 }
 
 // Wire is the tunnel as the REST API shows it.
@@ -46,5 +47,5 @@ func (r Revocation) Wire() wire.Revocation {
 	if ports == nil {
 		ports = []int{}
 	}
-	return wire.Revocation{Seq: r.Seq, Device: r.Device, Fingerprint: r.Fingerprint, Ports: ports, Reason: r.Reason}
+	return wire.Revocation{Seq: r.Seq, Device: r.Device, Operator: r.Operator, Fingerprint: r.Fingerprint, Ports: ports, Reason: r.Reason}
 }

@@ -29,10 +29,11 @@ func newDeviceCmd(g *globals) *cobra.Command {
 	o := &deviceOpts{stderr: g.stderr}
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Enrol, list, show, revoke and remove devices",
+		Short: "Enrol, list, show, label, revoke and remove devices",
 		Long: `Manage enrolled devices. Each device has one SSH public key and one or more
 forwards; each forward leases a remote port on the slaves, stable for the
-device's life.
+device's life, and labels (K=V, e.g. site=lyon) that operators' allow lists
+select devices by.
 
 Against a master (--master URL or $MAS4H_MASTER, with its admin token file from
 --token-file or $MAS4H_TOKEN_FILE), or directly on a local registry file (--db
@@ -42,15 +43,16 @@ PATH). Output is the same either way.`,
 	o.mf.add(cmd.PersistentFlags())
 	cmd.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	cmd.AddCommand(newDeviceAddCmd(g, o), newDeviceListCmd(g, o), newDeviceShowCmd(g, o),
-		newDeviceRevokeCmd(g, o), newDeviceRmCmd(g, o))
+		newDeviceLabelCmd(g, o), newDeviceRevokeCmd(g, o), newDeviceRmCmd(g, o))
 	return cmd
 }
 
 // deviceBackend is where device commands act: a local registry file or a
 // master's API. Both answer with the API's shapes, so output is identical.
 type deviceBackend interface {
-	add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error)
-	list(ctx context.Context) ([]wire.Device, error)
+	add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, labels map[string]string, pr registry.PortRange) (wire.Device, error)
+	list(ctx context.Context, sels []registry.Selector) ([]wire.Device, error)
+	label(ctx context.Context, name string, set map[string]string, remove []string) (wire.Device, error)
 	show(ctx context.Context, name string) (wire.Device, error)
 	revoke(ctx context.Context, name string) (wire.Device, error)
 	remove(ctx context.Context, name string) error
@@ -103,13 +105,18 @@ func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(devic
 
 type localBackend struct{ st *registry.Store }
 
-func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, pr registry.PortRange) (wire.Device, error) {
-	d, err := b.st.AddDevice(ctx, name, key, specs, pr)
+func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, labels map[string]string, pr registry.PortRange) (wire.Device, error) {
+	d, err := b.st.EnrolDevice(ctx, name, key, specs, labels, pr, "")
 	return d.Wire(), err
 }
 
-func (b localBackend) list(ctx context.Context) ([]wire.Device, error) {
-	devs, err := b.st.Devices(ctx)
+func (b localBackend) label(ctx context.Context, name string, set map[string]string, remove []string) (wire.Device, error) {
+	d, err := b.st.SetDeviceLabels(ctx, name, set, remove)
+	return d.Wire(), err
+}
+
+func (b localBackend) list(ctx context.Context, sels []registry.Selector) ([]wire.Device, error) {
+	devs, err := b.st.DevicesMatching(ctx, sels)
 	out := make([]wire.Device, len(devs))
 	for i, d := range devs {
 		out[i] = d.Wire()
@@ -133,15 +140,25 @@ type masterBackend struct{ c *client.Client }
 
 // add sends the specs as parsed here, rendered: the master reads them back
 // the same (registry's FuzzParseForwardSpec holds it to that).
-func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, _ registry.PortRange) (wire.Device, error) {
+func (b masterBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, labels map[string]string, _ registry.PortRange) (wire.Device, error) {
 	var forwards []string
 	for _, s := range specs {
 		forwards = append(forwards, s.String())
 	}
-	return b.c.AddDevice(ctx, wire.AddDeviceRequest{Name: name, PublicKey: registry.AuthorizedKey(key), Forwards: forwards})
+	return b.c.AddDevice(ctx, wire.AddDeviceRequest{Name: name, PublicKey: registry.AuthorizedKey(key), Forwards: forwards, Labels: labels})
 }
 
-func (b masterBackend) list(ctx context.Context) ([]wire.Device, error) { return b.c.Devices(ctx) }
+func (b masterBackend) label(ctx context.Context, name string, set map[string]string, remove []string) (wire.Device, error) {
+	return b.c.SetLabels(ctx, name, wire.Labels{Set: set, Remove: remove})
+}
+
+func (b masterBackend) list(ctx context.Context, sels []registry.Selector) ([]wire.Device, error) {
+	raw := make([]string, len(sels))
+	for i, s := range sels {
+		raw[i] = s.String()
+	}
+	return b.c.DevicesMatching(ctx, raw...)
+}
 
 func (b masterBackend) show(ctx context.Context, name string) (wire.Device, error) {
 	return b.c.Device(ctx, name)
@@ -157,13 +174,14 @@ func (b masterBackend) remove(ctx context.Context, name string) error {
 
 func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 	var keyFile, portRange string
-	var forwards []string
+	var forwards, labels []string
 	cmd := &cobra.Command{
-		Use:   "add NAME --key FILE|- [--forward NAME=HOST:PORT[,probe=SPEC]]...",
+		Use:   "add NAME --key FILE|- [--forward NAME=HOST:PORT[,probe=SPEC]]... [--label K=V]...",
 		Short: "Enrol a device with its public key and lease its ports",
 		Example: `  mas4h device add pi-kitchen --key pi-kitchen.pub --master http://127.0.0.1:8080 --token-file admin.token
   mas4h device add pi-kitchen --key pi-kitchen.pub --db /var/lib/mas4h/registry.db
-  mas4h device add nas --key - --forward ssh=localhost:22 --forward web=192.168.1.10:80 --db reg.db < nas.pub`,
+  mas4h device add nas --key - --forward ssh=localhost:22 --forward web=192.168.1.10:80 --db reg.db < nas.pub
+  mas4h device add pi-lyon-1 --key pi.pub --label site=lyon --label role=router`,
 		Args: exactArgs(1, "one device NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -195,6 +213,10 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 				}
 				specs = append(specs, spec)
 			}
+			set, err := parseLabelArgs(labels)
+			if err != nil {
+				return err
+			}
 			data, err := readKeyInput(keyFile, cmd.InOrStdin())
 			if err != nil {
 				return err
@@ -204,7 +226,7 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 				return fmt.Errorf("key %s: %w", keyFile, err)
 			}
 			return o.withBackend(cmd.Context(), true, func(b deviceBackend, f outputFormat) error {
-				dev, err := b.add(cmd.Context(), name, key, specs, pr)
+				dev, err := b.add(cmd.Context(), name, key, specs, set, pr)
 				if err != nil {
 					return err
 				}
@@ -215,7 +237,74 @@ func newDeviceAddCmd(g *globals, o *deviceOpts) *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "key", "", "the device's public key file, or - to read it from stdin")
 	cmd.Flags().StringArrayVar(&forwards, "forward", nil, "a forward NAME=HOST:PORT[,probe=SPEC] (repeatable; default ssh=localhost:22)")
 	cmd.Flags().StringVar(&portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from (--db only)")
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "a label K=V, e.g. site=lyon (repeatable)")
 	return cmd
+}
+
+// parseLabelArgs reads --label K=V flags, refusing a key given twice.
+func parseLabelArgs(args []string) (map[string]string, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	set := map[string]string{}
+	for _, a := range args {
+		k, v, err := registry.ParseLabel(a)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		if _, dup := set[k]; dup {
+			return nil, usagef("label %s given twice", k)
+		}
+		set[k] = v
+	}
+	return set, nil
+}
+
+func newDeviceLabelCmd(g *globals, o *deviceOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "label NAME K=V|K-...",
+		Short: "Set (K=V) or remove (K-) labels of a device",
+		Long: `Set or remove labels of a device, all in one change: K=V sets (or replaces)
+label K, K- removes it. Operators whose allow list reached the device by a
+label it loses have their live sessions ended; their next login opens what
+they may still reach.`,
+		Example: `  mas4h device label pi-kitchen site=lyon role=router
+  mas4h device label pi-kitchen site-`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return usagef("give a device NAME and at least one K=V or K-")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := registry.ValidateDeviceName(name); err != nil {
+				return usageError{err}
+			}
+			var sets, remove []string
+			for _, a := range args[1:] {
+				if k, ok := strings.CutSuffix(a, "-"); ok && !strings.Contains(a, "=") {
+					if err := registry.ValidateLabel(k, ""); err != nil {
+						return usageError{err}
+					}
+					remove = append(remove, k)
+					continue
+				}
+				sets = append(sets, a)
+			}
+			set, err := parseLabelArgs(sets)
+			if err != nil {
+				return err
+			}
+			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
+				dev, err := b.label(cmd.Context(), name, set, remove)
+				if err != nil {
+					return err
+				}
+				return printDevice(g.stdout, dev, f)
+			})
+		},
+	}
 }
 
 // readKeyInput reads a public key file or stdin, refusing anything too big
@@ -244,13 +333,20 @@ func readKeyInput(path string, stdin io.Reader) ([]byte, error) {
 }
 
 func newDeviceListCmd(g *globals, o *deviceOpts) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
-		Short: "List enrolled devices",
-		Args:  exactArgs(0, "no arguments"),
+	var selectors []string
+	cmd := &cobra.Command{
+		Use:   "list [--selector SEL]...",
+		Short: "List enrolled devices, or those selectors pick",
+		Long: `List enrolled devices. With --selector, only those it picks: a device name
+glob (pi-*) or a label (site=lyon); several --selector are OR'ed.`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			sels, err := registry.ParseSelectors(selectors)
+			if err != nil {
+				return usageError{err}
+			}
 			return o.withBackend(cmd.Context(), false, func(b deviceBackend, f outputFormat) error {
-				devs, err := b.list(cmd.Context())
+				devs, err := b.list(cmd.Context(), sels)
 				if err != nil {
 					return err
 				}
@@ -260,14 +356,23 @@ func newDeviceListCmd(g *globals, o *deviceOpts) *cobra.Command {
 					}
 					return writeJSON(g.stdout, devs)
 				}
-				rows := [][]string{{"NAME", "STATUS", "FORWARDS", "FINGERPRINT"}}
+				rows := [][]string{{"NAME", "STATUS", "FORWARDS", "LABELS", "FINGERPRINT"}}
 				for _, d := range devs {
-					rows = append(rows, []string{d.Name, d.Status, forwardsSummary(d.Forwards), d.Fingerprint})
+					rows = append(rows, []string{d.Name, d.Status, forwardsSummary(d.Forwards), labelsSummary(d.Labels), d.Fingerprint})
 				}
 				return writeTable(g.stdout, rows)
 			})
 		},
 	}
+	cmd.Flags().StringArrayVar(&selectors, "selector", nil, "only devices this selects: a name glob (pi-*) or a label (site=lyon); repeatable, OR'ed")
+	return cmd
+}
+
+func labelsSummary(l map[string]string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	return registry.FormatLabels(l)
 }
 
 func newDeviceShowCmd(g *globals, o *deviceOpts) *cobra.Command {
@@ -337,6 +442,9 @@ func printDevice(w io.Writer, d wire.Device, f outputFormat) error {
 		{"status:", d.Status},
 		{"key:", d.KeyType + " " + d.Fingerprint},
 		{"created:", d.CreatedAt.Format("2006-01-02 15:04:05Z07:00")},
+	}
+	if len(d.Labels) > 0 {
+		rows = append(rows, []string{"labels:", registry.FormatLabels(d.Labels)})
 	}
 	for _, fw := range d.Forwards {
 		probe := ""

@@ -81,7 +81,7 @@ its leased ports on the slave's loopback and nothing else.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newVersionCmd(g),
-		newDeviceCmd(g),
+		newDeviceCmd(g), newOperatorCmd(g), newEventsCmd(g),
 		newSlaveCmd(g),
 		newAuthkeysCmd(g),
 		newMasterCmd(g), newStatusCmd(g),

@@ -340,12 +340,14 @@ func (c *Client) Tunnels(ctx context.Context) ([]wire.Tunnel, error) {
 
 // EventQuery filters Events; zero fields do not filter.
 type EventQuery struct {
-	Device  string
-	Slave   string
-	Since   time.Time
-	AfterID int64
-	Kinds   []string
-	Limit   int // 0: the master's default (1000)
+	Device string
+	Slave  string
+	// Operator: only that operator's events (operator-* kinds).
+	Operator string
+	Since    time.Time
+	AfterID  int64
+	Kinds    []string
+	Limit    int // 0: the master's default (1000)
 }
 
 // Events lists events oldest first (admin token).
@@ -356,6 +358,9 @@ func (c *Client) Events(ctx context.Context, q EventQuery) ([]wire.Event, error)
 	}
 	if q.Slave != "" {
 		v.Set("slave", q.Slave)
+	}
+	if q.Operator != "" {
+		v.Set("operator", q.Operator)
 	}
 	if !q.Since.IsZero() {
 		v.Set("since", q.Since.UTC().Format(time.RFC3339))

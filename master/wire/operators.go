@@ -1,6 +1,12 @@
 package wire
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+)
 
 // Operators: people who reach devices through a slave's sshd as the
 // operator user (DESIGN.md, Roles and Security model). These are the
@@ -55,6 +61,32 @@ type AccessRequest struct {
 	Timestamp int64  `json:"timestamp"`
 	Nonce     string `json:"nonce"`
 	Signature string `json:"signature"`
+}
+
+// AccessBody is an access request's payload without its proof: the JSON
+// object {"device","forward","public_key"} as encoding/json writes it,
+// with Forward as sent (empty when the default is meant).
+func AccessBody(r AccessRequest) []byte {
+	b, _ := json.Marshal(AccessRequest{Device: r.Device, Forward: r.Forward, PublicKey: r.PublicKey})
+	return b
+}
+
+// AccessStatement is what an operator signs to ask for access, version 1,
+// in namespace AccessNamespace:
+//
+//	mas4h-access v1
+//	master=<Master>
+//	ts=<Timestamp, decimal Unix seconds>
+//	nonce=<Nonce>
+//	body=<lowercase hex SHA-256 of AccessBody>
+//
+// each line ending in "\n": the shape of SlotStatement, under another
+// first line, so that neither can pass for the other. The body binds the
+// signature to the device and forward asked for.
+func AccessStatement(r AccessRequest) []byte {
+	sum := sha256.Sum256(AccessBody(r))
+	return []byte("mas4h-access v1\nmaster=" + r.Master + "\nts=" + strconv.FormatInt(r.Timestamp, 10) +
+		"\nnonce=" + r.Nonce + "\nbody=" + hex.EncodeToString(sum[:]) + "\n")
 }
 
 // Access answers POST /access: reach Forward of Device by opening

@@ -36,9 +36,12 @@ type Device struct {
 	PublicKey   string    `json:"public_key,omitempty"`
 	Status      string    `json:"status"`
 	Forwards    []Forward `json:"forwards"`
-	Slave       string    `json:"slave,omitempty"` // current or last slave it was dispatched to
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	// Labels are the device's K=V tags, which operators' allow lists
+	// select by.
+	Labels    map[string]string `json:"labels,omitempty"`
+	Slave     string            `json:"slave,omitempty"` // current or last slave it was dispatched to
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 // SlotRequest is POST /slots. A device proves it holds the key's private
@@ -116,6 +119,8 @@ type AddDeviceRequest struct {
 	Name      string   `json:"name"`
 	PublicKey string   `json:"public_key"`
 	Forwards  []string `json:"forwards,omitempty"`
+	// Labels are K=V tags (site=lyon), set at enrolment.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // SlaveStatus is one slave in GET /status.
@@ -198,6 +203,9 @@ type Heartbeat struct {
 	CPU      float64  `json:"cpu_percent"`
 	MemUsed  float64  `json:"mem_percent"`
 	Tunnels  []Tunnel `json:"tunnels"`
+	// OperatorUser is the user operators log in as on this slave's sshd
+	// (mas4h-operator by default); empty: the slave takes no operators.
+	OperatorUser string `json:"operator_user,omitempty"`
 	// Operators are the live operator sessions and what each has open.
 	Operators []OperatorSession `json:"operators,omitempty"`
 	Events    []SlaveEvent      `json:"events,omitempty"`
