@@ -39,6 +39,9 @@ type SlaveConfig struct {
 	StateDir   string // absolute
 	SSHListen  string // host:port
 	TunnelUser string
+	// OperatorUser is the account operators log in as: a second name for
+	// the tunnel user's uid (EnsureOperatorUser).
+	OperatorUser string
 	SSHDPath   string // absolute path of the OpenSSH sshd binary
 	ProcRoot   string // "/proc" outside tests
 	Executable string // the mas4h binary installed as the hook; "" = this process's
@@ -169,6 +172,9 @@ func (p *parts) prepare(ctx context.Context) error {
 	}
 	if p.user.Created {
 		s.log.Info("created tunnel user", "user", p.user.Name, "uid", p.user.UID)
+	}
+	if err := EnsureOperatorUser(ctx, s.run, "/", s.cfg.OperatorUser, p.user); err != nil {
+		return err
 	}
 	if err := s.prepareSharedDirs(p.user); err != nil {
 		return err

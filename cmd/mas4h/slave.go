@@ -40,6 +40,7 @@ type slaveOpts struct {
 	stateDir   string
 	sshListen  string
 	tunnelUser string
+	opUser     string
 	sshdPath   string
 	metrics    string
 	debugPprof bool
@@ -130,6 +131,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
+	f.StringVar(&o.opUser, "operator-user", "mas4h-operator", "user operators log in as to reach devices (a second name for the tunnel user's uid; created if missing)")
 	f.StringVar(&o.sshdPath, "sshd", "/usr/sbin/sshd", "path of OpenSSH's sshd")
 	f.StringVar(&o.metrics, "metrics-listen", "", "address serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9642 (default: none)")
 	f.BoolVar(&o.debugPprof, "debug-pprof", false, "also serve Go profiles (net/http/pprof) at /debug/pprof/ on --metrics-listen; for profiling only")
@@ -193,15 +195,16 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		return sshd.SlaveConfig{}, err
 	}
 	return sshd.SlaveConfig{
-		VIP:        vip,
-		Name:       o.name,
-		StateDir:   abs,
-		SSHListen:  o.sshListen,
-		TunnelUser: o.tunnelUser,
-		SSHDPath:   o.sshdPath,
-		ProcRoot:   "/proc",
-		PublicHost: o.publicHost,
-		Capacity:   o.capacity,
+		VIP:          vip,
+		Name:         o.name,
+		StateDir:     abs,
+		SSHListen:    o.sshListen,
+		TunnelUser:   o.tunnelUser,
+		OperatorUser: o.opUser,
+		SSHDPath:     o.sshdPath,
+		ProcRoot:     "/proc",
+		PublicHost:   o.publicHost,
+		Capacity:     o.capacity,
 
 		ProbeInterval: o.probe.interval,
 		ProbeFailures: o.probe.failures,
