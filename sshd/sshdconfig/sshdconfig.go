@@ -74,7 +74,7 @@ type Params struct {
 
 	SlaveName           string
 	TunnelUser          string
-	OperatorUser        string // operators log in as this user (same uid as TunnelUser)
+	OperatorUser        string   // operators log in as this user (same uid as TunnelUser)
 	ListenAddresses     []string // host:port, IPv6 in brackets
 	HostKeys            []string
 	PidFile             string
