@@ -22,6 +22,7 @@ func (p *parts) heartbeat(ctx context.Context) wire.Heartbeat {
 		Capacity: s.cfg.Capacity,
 		Tunnels:  p.tunnels(ctx),
 	}
+	hb.Operators = p.ops.Live()
 	if s.cfg.VIP != nil {
 		hb.VIP, hb.Node = s.cfg.VIP.VIP.String(), s.cfg.VIP.Node
 	}

@@ -166,6 +166,7 @@ func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookC
 		SSHD:                sshdFeatures,
 		SlaveName:           s.cfg.Name,
 		TunnelUser:          u.Name,
+		OperatorUser:        s.cfg.OperatorUser,
 		ListenAddresses:     []string{s.cfg.SSHListen},
 		HostKeys:            []string{hk.Path},
 		PidFile:             s.dir.PidFile(),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/metrics"
@@ -24,6 +25,7 @@ import (
 	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/hookserver"
 	"github.com/mas4h/mas4h/sshd/keysfile"
+	"github.com/mas4h/mas4h/sshd/operators"
 	"github.com/mas4h/mas4h/sshd/reaper"
 	"github.com/mas4h/mas4h/sshd/sessions"
 	"github.com/mas4h/mas4h/sshd/source"
@@ -39,11 +41,14 @@ type SlaveConfig struct {
 	StateDir   string // absolute
 	SSHListen  string // host:port
 	TunnelUser string
-	SSHDPath   string // absolute path of the OpenSSH sshd binary
-	ProcRoot   string // "/proc" outside tests
-	Executable string // the mas4h binary installed as the hook; "" = this process's
-	PublicHost string // what the master tells devices to dial ("" = derive)
-	Capacity   int    // tunnels this slave is sized for (dispatch weight)
+	// OperatorUser is the account operators log in as: a second name for
+	// the tunnel user's uid (EnsureOperatorUser).
+	OperatorUser string
+	SSHDPath     string // absolute path of the OpenSSH sshd binary
+	ProcRoot     string // "/proc" outside tests
+	Executable   string // the mas4h binary installed as the hook; "" = this process's
+	PublicHost   string // what the master tells devices to dial ("" = derive)
+	Capacity     int    // tunnels this slave is sized for (dispatch weight)
 
 	ProbeInterval time.Duration // how often a forward is probed end to end while its session's TCP state looks healthy
 	ProbeFailures int           // consecutive failures before a session is reaped
@@ -122,6 +127,7 @@ type parts struct {
 	auths    *authlog.Index // which key each live connection authenticated with
 	follow   *authlog.Follower
 	vip      *vipkeeper.Keeper
+	ops      *operators.Tracker
 	hook     *hookserver.Server
 	denials  *hookserver.Denials
 
@@ -169,6 +175,9 @@ func (p *parts) prepare(ctx context.Context) error {
 	}
 	if p.user.Created {
 		s.log.Info("created tunnel user", "user", p.user.Name, "uid", p.user.UID)
+	}
+	if err := EnsureOperatorUser(ctx, s.run, "/", s.cfg.OperatorUser, p.user); err != nil {
+		return err
 	}
 	if err := s.prepareSharedDirs(p.user); err != nil {
 		return err
@@ -258,18 +267,48 @@ func (p *parts) build() {
 	p.reaper = reaper.New(reaper.Config{
 		Slave: s.cfg.Name, Interval: s.cfg.ProbeInterval, Failures: s.cfg.ProbeFailures,
 		Timeout: s.cfg.ProbeTimeout, NewestWins: s.cfg.NewestWins,
-		Keepalive:   s.cfg.Keepalive, // what writeConfig renders
-		MaxSessions: s.cfg.MaxSessionsPerDevice,
+		Keepalive:    s.cfg.Keepalive, // what writeConfig renders
+		MaxSessions:  s.cfg.MaxSessionsPerDevice,
+		OperatorUser: s.cfg.OperatorUser,
 	}, reaper.Deps{
 		Sessions: p.table, TCP: p.table, Leases: &reaper.CacheLeases{Cache: p.cache, Ask: ask}, Keys: p.auths,
 		Killer: reaper.Terminator{ProcRoot: s.cfg.ProcRoot}, Events: s.src, Prober: reaper.LoopbackProber{},
 		PortHeld: reaper.PortHeld, Clock: reaper.SystemClock{}, Metrics: m, Ended: ended, Log: s.log,
 	})
+	killer := reaper.Terminator{ProcRoot: s.cfg.ProcRoot}
+	p.ops = operators.New(s.cfg.OperatorUser, operators.Deps{
+		Sessions: p.table.Sessions, Opens: p.table.Opens, Keys: p.auths.Lookup,
+		Grant:  func(ctx context.Context, fp string) (source.Grant, bool, error) { return s.src.Operator(ctx, fp, nil) },
+		Report: s.src.ReportOperator,
+		End:    func(ctx context.Context, sess sessions.Session) { killer.Kill(ctx, sess) },
+		Log:    s.log,
+	})
+}
+
+// operatorWalk is how often operator sessions are walked: an access shows
+// in the events within it, a revoked operator's session ends within it.
+const operatorWalk = time.Second
+
+// followOperators walks the operator sessions until ctx ends.
+func (p *parts) followOperators(ctx context.Context) {
+	t := time.NewTicker(operatorWalk)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.ops.Cycle(ctx); err != nil && ctx.Err() == nil {
+			p.s.log.Error("walking operator sessions", "err", err)
+		}
+	}
 }
 
 func (p *parts) authorizer() *hookserver.Authorizer {
 	return &hookserver.Authorizer{
 		TunnelUser: p.user.Name, Lookup: p.s.src.Lookup, Sessions: p.sessionsOf, MaxSessions: p.s.cfg.MaxSessionsPerDevice,
+		OperatorUser: p.s.cfg.OperatorUser, Operator: p.operatorPorts,
 		Denials: p.denials, Metrics: p.metrics, Log: p.s.log,
 	}
 }
@@ -332,6 +371,7 @@ func (p *parts) serve(ctx context.Context) {
 	}
 	run(func(ctx context.Context) { p.sup.Watch(ctx, 500*time.Millisecond) })
 	run(p.reaper.Run)
+	run(p.followOperators)
 	run(func(ctx context.Context) {
 		p.follow.Run(ctx, func(line []byte, live bool) { p.logLine(ctx, line, live) })
 	})
@@ -359,6 +399,25 @@ func (f follower) Gone(ctx context.Context, dev registry.Device, reason string) 
 	f.p.reaper.EndDevice(ctx, dev, reason)
 }
 
+// OperatorGone ends the live sessions of a revoked or removed operator.
+func (f follower) OperatorGone(ctx context.Context, operator, fingerprint, reason string) {
+	f.p.ops.EndOperator(ctx, operator, fingerprint, reason)
+}
+
+// operatorPorts is the hook's operator lookup: the ports the key's
+// operator may open.
+func (p *parts) operatorPorts(ctx context.Context, fp string, key ssh.PublicKey) (string, []int, bool, error) {
+	g, found, err := p.s.src.Operator(ctx, fp, key)
+	if err != nil || !found {
+		return "", nil, found, err
+	}
+	ports := make([]int, 0, len(g.Open))
+	for _, o := range g.Open {
+		ports = append(ports, o.Port)
+	}
+	return g.Operator, ports, true, nil
+}
+
 // Status is the heartbeat's content.
 func (f follower) Status(ctx context.Context) wire.Heartbeat { return f.p.heartbeat(ctx) }
 
@@ -374,7 +433,7 @@ func (f follower) Peers(ctx context.Context, peers []wire.Peer) {
 // connection's end forgotten.
 func (p *parts) logLine(ctx context.Context, line []byte, live bool) {
 	if a, ok := authlog.ParseAccepted(string(line)); ok {
-		if a.User != p.user.Name {
+		if a.User != p.user.Name && a.User != p.s.cfg.OperatorUser {
 			return
 		}
 		p.auths.Accept(a)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/mas4h/mas4h/install"
@@ -128,4 +129,74 @@ func EnsureTunnelUser(ctx context.Context, run process.Runner, root, name string
 		return TunnelUser{}, err
 	}
 	return TunnelUser{Name: name, UID: a.UID, GID: a.GID, Created: created}, nil
+}
+
+// OperatorUserError says why an account cannot be the operator user.
+type OperatorUserError struct {
+	Name, Why string
+}
+
+func (e *OperatorUserError) Error() string {
+	return fmt.Sprintf("operator user %s %s. Operators log in to the slave's sshd as the operator user, and an sshd that "+
+		"is not root runs sessions of its own uid only, so the operator user is a second name for the tunnel user's uid, "+
+		"with a group of its own and no login shell; mas4h changed nothing. Omit --operator-user (mas4h then creates and "+
+		"uses mas4h-operator), or create it: useradd --system --non-unique --uid TUNNEL_UID --user-group --no-create-home "+
+		"--home-dir /nonexistent --shell /usr/sbin/nologin NAME && usermod -p '*' NAME", e.Name, e.Why)
+}
+
+// EnsureOperatorUser creates the operator user when missing and checks an
+// existing one. Operators log in to the slave's sshd, which runs as the
+// tunnel user: an sshd that is not root cannot change uid after
+// authentication (it ends a session whose account has another uid), so
+// the operator user is an account of the tunnel user's uid under another
+// name, which sshd's Match User, AllowUsers and the hook's %u tell apart.
+// It has a group of its own (the tunnel group reads the host key), no
+// home, no login shell and the password field "*", as the tunnel user.
+// Nothing runs as it: neither user gets a shell, a command or a pty.
+func EnsureOperatorUser(ctx context.Context, run process.Runner, root, name string, tunnel TunnelUser) error {
+	if err := names.User(name); err != nil {
+		return fmt.Errorf("operator user: %w", err)
+	}
+	if name == tunnel.Name {
+		return &OperatorUserError{Name: name, Why: "is the tunnel user"}
+	}
+	_, ok, err := install.LookupUser(root, name)
+	if err != nil {
+		return fmt.Errorf("checking operator user %s: %w", name, err)
+	}
+	if !ok {
+		if _, err := user.Lookup(name); err == nil {
+			return &OperatorUserError{Name: name, Why: fmt.Sprintf("is not a local account (no line in %s)", filepath.Join(root, "etc/passwd"))}
+		}
+		useradd := process.Command("useradd", "--system", "--non-unique", "--uid", strconv.Itoa(tunnel.UID), "--user-group",
+			"--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", "mas4h operators", name)
+		if _, err := run.Run(ctx, useradd); err != nil {
+			return fmt.Errorf("creating operator user %s: %w", name, err)
+		}
+		if _, err := run.Run(ctx, process.Command("usermod", "-p", "*", name)); err != nil {
+			return fmt.Errorf("unlocking operator user %s: %w", name, err)
+		}
+	}
+	return CheckOperatorAccount(root, name, tunnel)
+}
+
+// CheckOperatorAccount applies the operator user policy to the account
+// name of root/etc/passwd: the tunnel user's uid, another primary group,
+// no login shell.
+func CheckOperatorAccount(root, name string, tunnel TunnelUser) error {
+	a, ok, err := install.LookupUser(root, name)
+	if err != nil {
+		return fmt.Errorf("checking operator user %s: %w", name, err)
+	}
+	switch {
+	case !ok:
+		return &OperatorUserError{Name: name, Why: fmt.Sprintf("is not a local account (no line in %s)", filepath.Join(root, "etc/passwd"))}
+	case a.UID != tunnel.UID:
+		return &OperatorUserError{Name: name, Why: fmt.Sprintf("has uid %d, not the tunnel user %s's uid %d", a.UID, tunnel.Name, tunnel.UID)}
+	case a.GID == tunnel.GID:
+		return &OperatorUserError{Name: name, Why: fmt.Sprintf("has the tunnel user's group (gid %d), which can read the slave's host key", a.GID)}
+	case !noLoginShells[filepath.Base(a.Shell)]:
+		return &OperatorUserError{Name: name, Why: fmt.Sprintf("has a login shell, %q", a.Shell)}
+	}
+	return nil
 }

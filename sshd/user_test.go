@@ -70,3 +70,33 @@ member:x:105:107::/nonexistent:/usr/sbin/nologin
 		}
 	}
 }
+
+func TestCheckOperatorAccount(t *testing.T) {
+	const passwd = `mas4h-tunnel:x:994:993::/nonexistent:/usr/sbin/nologin
+mas4h-operator:x:994:992::/nonexistent:/usr/sbin/nologin
+other-uid:x:995:991::/nonexistent:/usr/sbin/nologin
+same-group:x:994:993::/nonexistent:/usr/sbin/nologin
+shell:x:994:990::/nonexistent:/bin/bash
+`
+	root := accountsRoot(t, passwd, "mas4h-tunnel:x:993:\nmas4h-operator:x:992:\n")
+	tunnel := TunnelUser{Name: "mas4h-tunnel", UID: 994, GID: 993}
+	for name, why := range map[string]string{
+		"mas4h-operator": "",
+		"other-uid":      "has uid 995, not the tunnel user mas4h-tunnel's uid 994",
+		"same-group":     "has the tunnel user's group",
+		"shell":          "has a login shell",
+		"missing":        "is not a local account",
+	} {
+		err := CheckOperatorAccount(root, name, tunnel)
+		if why == "" {
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			continue
+		}
+		var oe *OperatorUserError
+		if !errors.As(err, &oe) || !strings.Contains(err.Error(), why) {
+			t.Errorf("%s: %v, want an OperatorUserError saying %q", name, err, why)
+		}
+	}
+}

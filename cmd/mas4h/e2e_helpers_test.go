@@ -37,7 +37,10 @@ import (
 
 const (
 	e2eTunnelUser = "mas4h-e2e"
-	e2eRoot       = "/var/lib/mas4h-e2e" // sshd demands root-owned parents: not /tmp
+	// e2eOperatorUser is the operator user the slaves of e2eTunnelUser
+	// make (the default for a tunnel user of another name).
+	e2eOperatorUser = e2eTunnelUser + "-operator"
+	e2eRoot         = "/var/lib/mas4h-e2e" // sshd demands root-owned parents: not /tmp
 )
 
 var testBin string // the mas4h binary under test
@@ -63,7 +66,13 @@ func TestMain(m *testing.M) {
 			}
 		}
 		_, lookupErr := user.Lookup(e2eTunnelUser)
+		_, opLookupErr := user.Lookup(e2eOperatorUser)
 		code := m.Run()
+		if _, err := user.Lookup(e2eOperatorUser); opLookupErr != nil && err == nil {
+			// The tests' slaves created it with the tunnel user's uid: it
+			// goes first, with its group.
+			exec.Command("userdel", "--force", e2eOperatorUser).Run()
+		}
 		if _, err := user.Lookup(e2eTunnelUser); lookupErr != nil && err == nil {
 			// The tests' slaves created it; leave the host as it was.
 			exec.Command("userdel", e2eTunnelUser).Run()

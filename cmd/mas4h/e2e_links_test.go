@@ -441,6 +441,8 @@ func TestTunnelUserMustBeASystemAccount(t *testing.T) {
 	t.Cleanup(func() { deleteAccount(t, "mas4h-e2e-made") })
 	es := startEcho(t)
 	for _, name := range []string{"mas4h-e2e-pkg", "mas4h-e2e-made"} {
+		// Its operator user, which the slave makes with the same uid.
+		t.Cleanup(func() { deleteAccount(t, name+"-operator") })
 		dev, k := e.enrol("pi-"+name, "--forward", fwd(es))
 		sp := e.startSlaveWith("s-"+strings.TrimPrefix(name, "mas4h-e2e-"), "--db", e.db, "--tunnel-user", name)
 		c := e.startClient("ssh", sshArgs(k, sp.port, "-N", "-R", fmt.Sprintf("%d:localhost:%d", port(dev), es.port), name+"@127.0.0.1")...)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mas4h/mas4h/install"
 	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/netfilter"
 	"github.com/mas4h/mas4h/registry"
@@ -40,6 +41,7 @@ type slaveOpts struct {
 	stateDir   string
 	sshListen  string
 	tunnelUser string
+	opUser     string
 	sshdPath   string
 	metrics    string
 	debugPprof bool
@@ -138,6 +140,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
+	f.StringVar(&o.opUser, "operator-user", "", "user operators log in as to reach devices, a second name for the tunnel user's uid, created if missing (default mas4h-operator with the default tunnel user, else TUNNEL_USER-operator)")
 	f.StringVar(&o.sshdPath, "sshd", "/usr/sbin/sshd", "path of OpenSSH's sshd")
 	f.StringVar(&o.metrics, "metrics-listen", "", "address serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9642 (default: none)")
 	f.BoolVar(&o.debugPprof, "debug-pprof", false, "also serve Go profiles (net/http/pprof) at /debug/pprof/ on --metrics-listen; for profiling only")
@@ -147,6 +150,9 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if o.name == "" {
 		return sshd.SlaveConfig{}, usagef("--name is required")
+	}
+	if o.opUser == "" {
+		o.opUser = defaultOperatorUser(o.tunnelUser)
 	}
 	if err := names.Slave(o.name); err != nil {
 		return sshd.SlaveConfig{}, usagef("--name: %v", err)
@@ -201,15 +207,16 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		return sshd.SlaveConfig{}, err
 	}
 	return sshd.SlaveConfig{
-		VIP:        vip,
-		Name:       o.name,
-		StateDir:   abs,
-		SSHListen:  o.sshListen,
-		TunnelUser: o.tunnelUser,
-		SSHDPath:   o.sshdPath,
-		ProcRoot:   "/proc",
-		PublicHost: o.publicHost,
-		Capacity:   o.capacity,
+		VIP:          vip,
+		Name:         o.name,
+		StateDir:     abs,
+		SSHListen:    o.sshListen,
+		TunnelUser:   o.tunnelUser,
+		OperatorUser: o.opUser,
+		SSHDPath:     o.sshdPath,
+		ProcRoot:     "/proc",
+		PublicHost:   o.publicHost,
+		Capacity:     o.capacity,
 
 		ProbeInterval: o.probe.interval,
 		ProbeFailures: o.probe.failures,
@@ -255,4 +262,13 @@ func (o *slaveOpts) vipConfig() (*netfilter.Config, error) {
 		return nil, usageError{err}
 	}
 	return cfg, nil
+}
+
+// defaultOperatorUser is the operator user of a tunnel user: the operator
+// user shares the tunnel user's uid, so each tunnel user has its own.
+func defaultOperatorUser(tunnelUser string) string {
+	if tunnelUser == install.DefaultTunnelUser {
+		return "mas4h-operator"
+	}
+	return tunnelUser + "-operator"
 }

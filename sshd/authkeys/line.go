@@ -3,6 +3,7 @@ package authkeys
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"text/template"
@@ -45,6 +46,36 @@ func AuthorizedLine(dev registry.Device) (string, error) {
 	}{ports, registry.AuthorizedKey(key)})
 	if err != nil {
 		return "", fmt.Errorf("rendering authorized_keys line for %s: %w", dev.Name, err)
+	}
+	return string(bytes.TrimRight(buf.Bytes(), "\n")), nil
+}
+
+var operatorKeysTemplate = sync.OnceValue(func() *template.Template { return templates.MustParse("operator_keys.tmpl") })
+
+// OperatorLine is the authorized_keys line sshd gets for an operator's key
+// logging in as the operator user: local forwarding to exactly ports, on
+// loopback under the two names the operator's tools send. With no port
+// there is no line (an error): sshd would read a line without permitopen
+// as "any port PermitOpen allows", every device of the slave.
+func OperatorLine(operator string, key ssh.PublicKey, ports []int) (string, error) {
+	if len(ports) == 0 {
+		return "", fmt.Errorf("operator %s may reach no device port", operator)
+	}
+	ps := append([]int(nil), ports...)
+	sort.Ints(ps)
+	ps = slices.Compact(ps)
+	for _, p := range ps {
+		if p < 1 || p > 65535 {
+			return "", fmt.Errorf("operator %s: port %d is no port", operator, p)
+		}
+	}
+	var buf bytes.Buffer
+	err := operatorKeysTemplate().Execute(&buf, struct {
+		Ports []int
+		Key   string
+	}{ps, registry.AuthorizedKey(key)})
+	if err != nil {
+		return "", fmt.Errorf("rendering authorized_keys line for operator %s: %w", operator, err)
 	}
 	return string(bytes.TrimRight(buf.Bytes(), "\n")), nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/mas4h/mas4h/metrics"
 	"github.com/mas4h/mas4h/registry"
+	"github.com/mas4h/mas4h/sshd/authlog"
 	"github.com/mas4h/mas4h/sshd/sessions"
 )
 
@@ -58,7 +59,7 @@ func (r *Reaper) owners(ctx context.Context, list []sessions.Session) []owned {
 		}
 		live[remote] = true
 		a, ok := r.d.Keys.Lookup(remote)
-		if !ok {
+		if !ok || r.operator(a) {
 			continue
 		}
 		dev, found, err := r.d.Leases.Owner(ctx, a.Fingerprint)
@@ -73,6 +74,11 @@ func (r *Reaper) owners(ctx context.Context, list []sessions.Session) []owned {
 		r.d.Keys.Keep(live, keysGrace)
 	}
 	return out
+}
+
+// operator says whether a session logged in as the operator user.
+func (r *Reaper) operator(a authlog.Accepted) bool {
+	return r.cfg.OperatorUser != "" && a.User == r.cfg.OperatorUser
 }
 
 // trespass says why a session must end although nothing is wrong with its

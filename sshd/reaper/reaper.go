@@ -76,6 +76,10 @@ type Config struct {
 	// MaxSessions is how many sessions one device's key may hold at once
 	// (0: no cap); a walk ends the ones beyond it.
 	MaxSessions int
+	// OperatorUser is the user operators log in as: its sessions hold no
+	// port and have no device's key, and are not the reaper's to judge
+	// (sshd/operators follows them).
+	OperatorUser string
 }
 
 // Lister lists the sessions of the slave's sshd.

@@ -153,5 +153,11 @@ func (l *Local) Report(ctx context.Context, kind, device, detail string) {
 	}
 }
 
+// ReportOperator implements Source. The operator is named in the detail
+// too: a registry file of this version has no operator column.
+func (l *Local) ReportOperator(ctx context.Context, kind, operator, device, detail string) {
+	l.Report(ctx, kind, device, "operator "+operator+": "+detail)
+}
+
 // LastContact implements Source: there is no master.
 func (l *Local) LastContact() (time.Time, bool) { return time.Time{}, false }

@@ -63,6 +63,7 @@ type Master struct {
 	now   func() time.Time
 
 	cache *authkeys.Cache
+	ops   *operatorCache
 
 	applyMu sync.Mutex // one batch of revocations applied at a time
 
@@ -82,7 +83,7 @@ func NewMaster(api MasterAPI, slave string, now func() time.Time, log *slog.Logg
 		now = time.Now
 	}
 	return &Master{api: api, slave: slave, now: now, log: log.With("component", "master"),
-		ttl: DefaultCacheTTL, interval: DefaultHeartbeatInterval, negative: map[string]time.Time{}}
+		ttl: DefaultCacheTTL, interval: DefaultHeartbeatInterval, negative: map[string]time.Time{}, ops: newOperatorCache()}
 }
 
 // LastContact implements Source: when the master last answered a
@@ -289,6 +290,12 @@ func (m *Master) apply(ctx context.Context, h Handler, via string, sent, next in
 		if cur > 0 && r.Seq <= cur {
 			continue // applied already
 		}
+		if r.Operator != "" {
+			m.ops.drop(r.Operator, r.Fingerprint)
+			m.log.Info("operator revocation from the master", "operator", r.Operator, "reason", r.Reason, "via", via)
+			h.OperatorGone(ctx, r.Operator, r.Fingerprint, "operator "+r.Reason)
+			continue
+		}
 		dev := registry.Device{Name: r.Device, Fingerprint: r.Fingerprint}
 		for _, p := range r.Ports {
 			dev.Forwards = append(dev.Forwards, registry.Forward{RemotePort: p})
@@ -384,9 +391,14 @@ func (m *Master) refresh(ctx context.Context, h Handler) {
 
 // Report implements Source: events travel with the next heartbeat.
 func (m *Master) Report(ctx context.Context, kind, device, detail string) {
+	m.ReportOperator(ctx, kind, "", device, detail)
+}
+
+// ReportOperator implements Source.
+func (m *Master) ReportOperator(ctx context.Context, kind, operator, device, detail string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.events = append(m.events, wire.SlaveEvent{At: m.now().UTC(), Kind: kind, Device: device, Detail: detail})
+	m.events = append(m.events, wire.SlaveEvent{At: m.now().UTC(), Kind: kind, Device: device, Operator: operator, Detail: detail})
 	if len(m.events) > maxQueuedEvents {
 		m.events = m.events[1:]
 	}

@@ -88,6 +88,9 @@ type recorder struct {
 func (r *recorder) Gone(_ context.Context, dev registry.Device, reason string) {
 	r.gone = append(r.gone, dev.Name+": "+reason)
 }
+func (r *recorder) OperatorGone(_ context.Context, operator, fp, reason string) {
+	r.gone = append(r.gone, "operator "+operator+": "+reason)
+}
 func (r *recorder) Status(context.Context) wire.Heartbeat {
 	return wire.Heartbeat{Host: "s1.example.net"}
 }

@@ -24,11 +24,19 @@ type Source interface {
 	// Lookup finds the device for a key (by its fingerprint); found=false
 	// means the key is not accepted. An error means no answer could be had.
 	Lookup(ctx context.Context, fingerprint string, key ssh.PublicKey) (dev registry.Device, found bool, err error)
+	// Operator finds the operator of a key that logs in as the operator
+	// user, and what it may open; found=false means the key is not an
+	// operator's (or the operator is revoked). key is nil when the slave
+	// asks about a live session's key.
+	Operator(ctx context.Context, fingerprint string, key ssh.PublicKey) (g Grant, found bool, err error)
 	// Follow runs until ctx ends, keeping the cache in step and telling h
 	// what happens.
 	Follow(ctx context.Context, h Handler)
 	// Report records an event (an auth denial, a killed session).
 	Report(ctx context.Context, kind, device, detail string)
+	// ReportOperator records an operator's event (operator-connect,
+	// operator-disconnect).
+	ReportOperator(ctx context.Context, kind, operator, device, detail string)
 	// LastContact is when the master last answered; ok is false for a
 	// source without a master.
 	LastContact() (at time.Time, ok bool)
@@ -39,6 +47,9 @@ type Handler interface {
 	// Gone is called for each device revoked or removed, with the device as
 	// the slave knew it (ports included) and why.
 	Gone(ctx context.Context, dev registry.Device, reason string)
+	// OperatorGone is called for each operator revoked or removed (by name,
+	// and by key when known): its sessions end.
+	OperatorGone(ctx context.Context, operator, fingerprint, reason string)
 	// Status is what the slave reports to the master each heartbeat: where
 	// devices reach it, its load and its live tunnels.
 	Status(ctx context.Context) wire.Heartbeat

@@ -74,6 +74,7 @@ type Params struct {
 
 	SlaveName           string
 	TunnelUser          string
+	OperatorUser        string   // operators log in as this user (same uid as TunnelUser)
 	ListenAddresses     []string // host:port, IPv6 in brackets
 	HostKeys            []string
 	PidFile             string
@@ -141,13 +142,16 @@ func Render(p Params) ([]byte, error) {
 		return nil
 	}
 	fields := map[string]string{
-		"slave name": p.SlaveName, "tunnel user": p.TunnelUser, "pid file": p.PidFile,
+		"slave name": p.SlaveName, "tunnel user": p.TunnelUser, "operator user": p.OperatorUser, "pid file": p.PidFile,
 		"max startups": p.MaxStartups,
 	}
 	for what, v := range fields {
 		if err := check(what, v); err != nil {
 			return nil, err
 		}
+	}
+	if p.OperatorUser == p.TunnelUser {
+		return nil, fmt.Errorf("rendering sshd_config: the operator user and the tunnel user are both %s", p.TunnelUser)
 	}
 	for _, v := range append(append([]string{}, p.ListenAddresses...), p.HostKeys...) {
 		if err := check("listen address or host key", v); err != nil {

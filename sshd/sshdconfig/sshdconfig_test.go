@@ -26,6 +26,7 @@ func goldenParams() Params {
 		SSHD:                debian12,
 		SlaveName:           "s1",
 		TunnelUser:          "mas4h-tunnel",
+		OperatorUser:        "mas4h-operator",
 		ListenAddresses:     []string{"0.0.0.0:2222"},
 		HostKeys:            []string{"/var/lib/mas4h/slave-s1/sshd/ssh_host_ed25519_key"},
 		PidFile:             "/var/lib/mas4h/slave-s1/sshd/sshd.pid",
@@ -144,7 +145,7 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 		"AllowStreamLocalForwarding no", "PermitTTY no", "X11Forwarding no",
 		"AllowAgentForwarding no", "PermitTunnel no", "PermitUserRC no", "GatewayPorts no",
 		"PasswordAuthentication no", "KbdInteractiveAuthentication no", "ForceCommand /bin/false",
-		"MaxSessions 0", "AllowUsers mas4h-tunnel", "AuthorizedKeysCommandUser mas4h-tunnel",
+		"MaxSessions 0", "AllowUsers mas4h-tunnel mas4h-operator", "AuthorizedKeysCommandUser mas4h-tunnel",
 		"UsePAM no", "PidFile /var/lib/mas4h/slave-s1/sshd/sshd.pid",
 		"AuthorizedKeysCommand " + ConfigPath("/var/lib/mas4h/slave-s1/bin/mas4h authkeys --state-dir /var/lib/mas4h/slave-s1 --") + " %u %f %t %k",
 	} {
@@ -155,10 +156,16 @@ func TestRenderConfigSecurityDirectives(t *testing.T) {
 	if !strings.HasPrefix(string(got), "# managed by mas4h") {
 		t.Error("sshd_config does not start with the managed-by line")
 	}
-	// The tunnel user's own PermitListen, the last block (a Match block
-	// takes every line up to the next Match), allows loopback only.
-	if !strings.HasSuffix(string(got), "\nMatch User mas4h-tunnel\n\tPermitListen localhost:* 127.0.0.1:* [::1]:*\n") {
-		t.Error("sshd_config does not end with the tunnel user's loopback-only PermitListen")
+	// The two Match blocks end the file (a Match block takes every line up
+	// to the next Match): the tunnel user binds loopback only and opens
+	// nothing; the operator opens loopback only, binds nothing and reads
+	// no keys file (its device lines have no permitopen).
+	if !strings.Contains(string(got), "\nMatch User mas4h-tunnel\n\tPermitListen localhost:* 127.0.0.1:* [::1]:*\n\tAllowTcpForwarding remote\n\n") {
+		t.Error("sshd_config lacks the tunnel user's loopback-only PermitListen")
+	}
+	if !strings.HasSuffix(string(got), "\nMatch User mas4h-operator\n\tAuthorizedKeysFile none\n\tAllowTcpForwarding local\n"+
+		"\tPermitOpen localhost:* 127.0.0.1:*\n\tPermitListen none\n") {
+		t.Error("sshd_config does not end with the operator user's block")
 	}
 	for _, weak := range []string{"ssh-rsa,", "diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1", "hmac-sha1", "cbc", "3des",
 		"ecdh-sha2-nistp", "hmac-sha2-256,", "hmac-sha2-512\n", "umac-64"} {
@@ -194,6 +201,9 @@ func TestRenderConfigRefusesInjection(t *testing.T) {
 		"newline in keys file":  func(p *Params) { p.KeysFile = "/k\nPermitRootLogin yes" },
 		"zero client alive":     func(p *Params) { p.ClientAliveInterval = 0 },
 		"comment in slave name": func(p *Params) { p.SlaveName = "a#b" },
+		"newline in operator":   func(p *Params) { p.OperatorUser = "x\nPermitRootLogin yes" },
+		"no operator user":      func(p *Params) { p.OperatorUser = "" },
+		"operator is tunnel":    func(p *Params) { p.OperatorUser = p.TunnelUser },
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := goldenParams()

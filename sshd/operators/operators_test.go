@@ -1,0 +1,99 @@
+package operators
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/sshd/authlog"
+	"github.com/mas4h/mas4h/sshd/sessions"
+	"github.com/mas4h/mas4h/sshd/source"
+)
+
+// An operator session that opens a device port is an operator-connect
+// event and a live session in the heartbeat; when it ends, an
+// operator-disconnect with its duration; a session of a key that is no
+// longer accepted, or that has a port open it may no longer open, is
+// ended; a device's session (the tunnel user) is not the tracker's.
+func TestTracker(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	op := sessions.Session{MonitorPID: 10, PIDs: []int{10, 11}, Remote: "192.0.2.7:50000", Started: now}
+	dev := sessions.Session{MonitorPID: 20, PIDs: []int{20}, Remote: "192.0.2.8:40000", Started: now}
+	list := []sessions.Session{op, dev}
+	opens := map[int][]int{11: {20001}}
+	grant := source.Grant{Operator: "alice", Fingerprint: "SHA256:alice", Open: []wire.OpenPort{{Device: "pi-lyon", Forward: "ssh", Port: 20001}}}
+	accepted := true
+	var events []string
+	var ended []int
+	tr := New("mas4h-operator", Deps{
+		Sessions: func() ([]sessions.Session, error) { return list, nil },
+		Opens: func(pids []int) (map[int][]int, error) {
+			for _, p := range pids {
+				if p == 20 {
+					t.Error("asked about a device session's connections")
+				}
+			}
+			return opens, nil
+		},
+		Keys: func(r netip.AddrPort) (authlog.Accepted, bool) {
+			switch r.String() {
+			case "192.0.2.7:50000":
+				return authlog.Accepted{User: "mas4h-operator", Fingerprint: "SHA256:alice"}, true
+			case "192.0.2.8:40000":
+				return authlog.Accepted{User: "mas4h-tunnel", Fingerprint: "SHA256:pi"}, true
+			}
+			return authlog.Accepted{}, false
+		},
+		Grant: func(context.Context, string) (source.Grant, bool, error) { return grant, accepted, nil },
+		Report: func(_ context.Context, kind, operator, device, detail string) {
+			events = append(events, kind+" "+operator+" "+device+": "+detail)
+		},
+		End: func(_ context.Context, s sessions.Session) { ended = append(ended, s.MonitorPID) },
+		Now: func() time.Time { return now },
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	ctx := context.Background()
+	if err := tr.Cycle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 1 || !strings.HasPrefix(events[0], "operator-connect alice pi-lyon: ssh (port 20001) from 192.0.2.7:50000") {
+		t.Fatalf("events %q", events)
+	}
+	live := tr.Live()
+	if len(live) != 1 || live[0].Operator != "alice" || len(live[0].Open) != 1 || live[0].Open[0].Device != "pi-lyon" {
+		t.Fatalf("live %+v", live)
+	}
+	tr.Cycle(ctx)
+	if len(events) != 1 {
+		t.Errorf("a second walk reported again: %q", events)
+	}
+	now = now.Add(90 * time.Second)
+	list = []sessions.Session{dev}
+	tr.Cycle(ctx)
+	if len(events) != 2 || !strings.HasPrefix(events[1], "operator-disconnect alice pi-lyon: ssh (port 20001)") || !strings.HasSuffix(events[1], "for 1m30s") {
+		t.Fatalf("events %q", events)
+	}
+	if len(tr.Live()) != 0 {
+		t.Errorf("live after the end: %+v", tr.Live())
+	}
+
+	// A port it may no longer open; then a key no longer accepted.
+	list = []sessions.Session{op, dev}
+	grant.Open = nil
+	tr.Cycle(ctx)
+	if len(ended) != 1 || ended[0] != 10 {
+		t.Fatalf("ended %v, want the operator session", ended)
+	}
+	list, ended = []sessions.Session{dev}, nil
+	tr.Cycle(ctx)
+	list, accepted, opens = []sessions.Session{op, dev}, false, map[int][]int{}
+	tr.Cycle(ctx)
+	if len(ended) != 1 || ended[0] != 10 {
+		t.Fatalf("ended %v, want the revoked operator's session", ended)
+	}
+}
