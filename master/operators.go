@@ -317,27 +317,12 @@ func (s *Server) handleAccess(c *gin.Context) {
 // every refused key.
 func (s *Server) validateOperator(c *gin.Context, req wire.ValidateRequest) {
 	ctx := c.Request.Context()
-	var fp string
-	switch {
-	case req.PublicKey != "" && req.Fingerprint != "":
-		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
+	key, fp, ok := validateKeyField(c, req)
+	if !ok {
 		return
-	case req.PublicKey != "":
-		k, err := registry.ParsePublicKey([]byte(req.PublicKey))
-		if err != nil {
-			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
-			return
-		}
-		fp = registry.Fingerprint(k)
-	case req.Fingerprint != "":
-		if !strings.HasPrefix(req.Fingerprint, "SHA256:") || len(req.Fingerprint) > 100 {
-			fail(c, http.StatusBadRequest, "fingerprint must be SHA256:...")
-			return
-		}
-		fp = req.Fingerprint
-	default:
-		fail(c, http.StatusBadRequest, "public_key or fingerprint is required")
-		return
+	}
+	if key != nil {
+		fp = registry.Fingerprint(key)
 	}
 	op, open, err := s.store.OperatorAccess(ctx, fp)
 	switch {

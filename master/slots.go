@@ -314,23 +314,11 @@ func (s *Server) handleValidate(c *gin.Context) {
 		return
 	}
 	ctx := c.Request.Context()
-	var key ssh.PublicKey
-	switch {
-	case req.PublicKey != "" && req.Fingerprint != "":
-		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
+	key, _, ok := validateKeyField(c, req)
+	if !ok {
 		return
-	case req.PublicKey != "":
-		k, err := registry.ParsePublicKey([]byte(req.PublicKey))
-		if err != nil {
-			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
-			return
-		}
-		key = k
-	case req.Fingerprint != "":
-		if !strings.HasPrefix(req.Fingerprint, "SHA256:") || len(req.Fingerprint) > 100 {
-			fail(c, http.StatusBadRequest, "fingerprint must be SHA256:...")
-			return
-		}
+	}
+	if key == nil {
 		// Only an enrolled key can be named by fingerprint; a validator
 		// then judges the stored key.
 		dev, err := s.store.DeviceByFingerprint(ctx, req.Fingerprint)
@@ -349,9 +337,6 @@ func (s *Server) handleValidate(c *gin.Context) {
 			return
 		}
 		key = k
-	default:
-		fail(c, http.StatusBadRequest, "public_key or fingerprint is required")
-		return
 	}
 	dev, err := s.admit(ctx, key)
 	if err != nil {
@@ -372,4 +357,30 @@ func (s *Server) handleValidate(c *gin.Context) {
 		Device: dev.Name, Fingerprint: dev.Fingerprint, PublicKey: dev.PublicKey, Status: dev.Status,
 		Forwards: fs, TTLSeconds: int(s.cfg.CacheTTL / time.Second),
 	})
+}
+
+// validateKeyField reads the key of a POST /validate: exactly one of
+// public_key (parsed: key) or fingerprint (checked: fp). ok is false when
+// the request was answered with a 400.
+func validateKeyField(c *gin.Context, req wire.ValidateRequest) (key ssh.PublicKey, fp string, ok bool) {
+	switch {
+	case req.PublicKey != "" && req.Fingerprint != "":
+		fail(c, http.StatusBadRequest, "give public_key or fingerprint, not both")
+	case req.PublicKey != "":
+		k, err := registry.ParsePublicKey([]byte(req.PublicKey))
+		if err != nil {
+			fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+			return nil, "", false
+		}
+		return k, "", true
+	case req.Fingerprint != "":
+		if !strings.HasPrefix(req.Fingerprint, "SHA256:") || len(req.Fingerprint) > 100 {
+			fail(c, http.StatusBadRequest, "fingerprint must be SHA256:...")
+			return nil, "", false
+		}
+		return nil, req.Fingerprint, true
+	default:
+		fail(c, http.StatusBadRequest, "public_key or fingerprint is required")
+	}
+	return nil, "", false
 }
