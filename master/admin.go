@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
@@ -77,13 +78,8 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "name: "+err.Error())
 		return
 	}
-	if strings.TrimSpace(req.PublicKey) == "" {
-		fail(c, http.StatusBadRequest, "public_key is required")
-		return
-	}
-	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
-	if err != nil {
-		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+	key, ok := requiredKey(c, req.PublicKey)
+	if !ok {
 		return
 	}
 	specs := make([]registry.ForwardSpec, 0, len(req.Forwards))
@@ -193,4 +189,19 @@ func (s *Server) handleEvents(c *gin.Context) {
 		out[i] = e.Wire()
 	}
 	c.JSON(http.StatusOK, out)
+}
+
+// requiredKey parses the public_key of an enrolment (a device's or an
+// operator's); ok is false when the request was answered with a 400.
+func requiredKey(c *gin.Context, publicKey string) (ssh.PublicKey, bool) {
+	if strings.TrimSpace(publicKey) == "" {
+		fail(c, http.StatusBadRequest, "public_key is required")
+		return nil, false
+	}
+	key, err := registry.ParsePublicKey([]byte(publicKey))
+	if err != nil {
+		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+		return nil, false
+	}
+	return key, true
 }

@@ -59,13 +59,8 @@ func (s *Server) handleAddOperator(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "name: "+err.Error())
 		return
 	}
-	if strings.TrimSpace(req.PublicKey) == "" {
-		fail(c, http.StatusBadRequest, "public_key is required")
-		return
-	}
-	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
-	if err != nil {
-		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+	key, ok := requiredKey(c, req.PublicKey)
+	if !ok {
 		return
 	}
 	ctx := c.Request.Context()
@@ -213,13 +208,8 @@ func (s *Server) handleAccess(c *gin.Context) {
 		fail(c, http.StatusBadRequest, fmt.Sprintf("forward must be a forward's name (a-z 0-9 _ -), got %q", trunc(forward)))
 		return
 	}
-	if strings.TrimSpace(req.PublicKey) == "" {
-		fail(c, http.StatusBadRequest, "public_key is required")
-		return
-	}
-	key, err := registry.ParsePublicKey([]byte(req.PublicKey))
-	if err != nil {
-		fail(c, http.StatusBadRequest, "public_key: "+err.Error())
+	key, ok := requiredKey(c, req.PublicKey)
+	if !ok {
 		return
 	}
 	sg := signedFields{master: req.Master, timestamp: req.Timestamp, nonce: req.Nonce, signature: req.Signature}
