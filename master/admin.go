@@ -91,9 +91,13 @@ func (s *Server) handleAddDevice(c *gin.Context) {
 		}
 		specs = append(specs, spec)
 	}
-	dev, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, req.Labels, s.cfg.PortRange, "")
+	dev, created, err := s.store.EnrolDevice(c.Request.Context(), req.Name, key, specs, req.Labels, s.cfg.PortRange, "")
 	if err != nil {
 		s.storeFail(c, err)
+		return
+	}
+	if !created { // a retry whose first answer was lost: the same device
+		c.JSON(http.StatusOK, dev.Wire())
 		return
 	}
 	s.log.Info("device enrolled", "device", dev.Name, "fingerprint", dev.Fingerprint)

@@ -38,7 +38,7 @@ const (
 // Store is the registry as the API needs it. *registry.Store implements it;
 // another engine needs only these methods.
 type Store interface {
-	EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []registry.ForwardSpec, labels map[string]string, pr registry.PortRange, note string) (registry.Device, error)
+	EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []registry.ForwardSpec, labels map[string]string, pr registry.PortRange, note string) (dev registry.Device, created bool, err error)
 	Device(ctx context.Context, name string) (registry.Device, error)
 	DeviceByFingerprint(ctx context.Context, fp string) (registry.Device, error)
 	Devices(ctx context.Context) ([]registry.Device, error)

@@ -628,6 +628,14 @@ func TestDevicesEndpoints(t *testing.T) {
 		}
 	}
 
+	// A retry of the same enrolment (its first answer lost) is answered
+	// with the same device, 200; the same name otherwise is a conflict.
+	var again wire.Device
+	e.want("POST", "/devices", adminTok, wire.AddDeviceRequest{Name: "pi-1", PublicKey: ak, Forwards: []string{"ssh=localhost:22", "web=192.168.1.10:80,probe=http"}}, http.StatusOK, &again)
+	if again.Fingerprint != d.Fingerprint || again.Forwards[1].RemotePort != d.Forwards[1].RemotePort {
+		t.Errorf("the retried enrolment = %+v, want %+v", again, d)
+	}
+	e.want("POST", "/devices", adminTok, wire.AddDeviceRequest{Name: "pi-1", PublicKey: ak}, http.StatusConflict, nil)
 	_, ak2 := newKey(t)
 	e.want("POST", "/devices", adminTok, wire.AddDeviceRequest{Name: "pi-1", PublicKey: ak2}, http.StatusConflict, nil)
 	e.want("POST", "/devices", adminTok, wire.AddDeviceRequest{Name: "pi-2", PublicKey: ak}, http.StatusConflict, nil)

@@ -80,7 +80,7 @@ func (s *Server) admit(ctx context.Context, key ssh.PublicKey) (registry.Device,
 	if err != nil {
 		return registry.Device{}, &denial{"", fmt.Sprintf("key %s accepted by the %s, but %v", fp, v, err)}
 	}
-	dev, err = s.store.EnrolDevice(ctx, name, key, nil, nil, s.cfg.PortRange, "auto-enrolled by "+v.String())
+	dev, _, err = s.store.EnrolDevice(ctx, name, key, nil, nil, s.cfg.PortRange, "auto-enrolled by "+v.String())
 	switch {
 	case err == nil:
 		s.log.Info("device auto-enrolled", "device", name, "fingerprint", fp, "validator", v.String())

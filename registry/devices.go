@@ -17,7 +17,8 @@ import (
 // DefaultForward. Everything (device, leases, enrol event) is written in one
 // transaction, so on any error nothing is.
 func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, pr PortRange) (Device, error) {
-	return s.EnrolDevice(ctx, name, key, forwards, nil, pr, "")
+	d, _, err := s.EnrolDevice(ctx, name, key, forwards, nil, pr, "")
+	return d, err
 }
 
 // EnrolDevice is AddDevice with labels, and a note put in front of the
@@ -25,23 +26,27 @@ func (s *Store) AddDevice(ctx context.Context, name string, key ssh.PublicKey, f
 // "auto-enrolled by exec validator"). Every error it returns starts
 // "enrolling device NAME: " and
 // wraps one of the package's sentinels when the input is the cause.
-func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, labels map[string]string, pr PortRange, note string) (Device, error) {
+//
+// Enrolment is idempotent, so that a client whose first answer was lost
+// (a crash, a timeout) can retry: the same name with the same key,
+// forwards and labels as an active device answers that device
+// (created=false) and writes nothing; any difference is ErrExists.
+func (s *Store) EnrolDevice(ctx context.Context, name string, key ssh.PublicKey, forwards []ForwardSpec, labels map[string]string, pr PortRange, note string) (d Device, created bool, err error) {
 	e, err := newEnrolment(name, key, forwards, pr)
 	if err == nil {
 		err = checkLabels(labels)
 		e.labels = labels
 	}
-	var d Device
 	if err == nil {
-		d, err = s.insertDevice(ctx, e, note)
+		d, created, err = s.insertDevice(ctx, e, note)
 	}
 	if err != nil {
 		if names.Device(name) != nil {
 			name = quoteTrunc(name)
 		}
-		return Device{}, fmt.Errorf("enrolling device %s: %w", name, err)
+		return Device{}, false, fmt.Errorf("enrolling device %s: %w", name, err)
 	}
-	return d, nil
+	return d, created, nil
 }
 
 // enrolment is a device ready to be written: every field checked, forwards
@@ -95,8 +100,40 @@ func newEnrolment(name string, key ssh.PublicKey, forwards []ForwardSpec, pr Por
 }
 
 // insertDevice writes e (device, port leases, enrol event) in one
-// transaction, so on any error nothing is.
-func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Device, error) {
+// transaction, so on any error nothing is. An active device that is e
+// already is answered as it is (created=false).
+func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Device, bool, error) {
+	d, err := s.insertNewDevice(ctx, e, note)
+	if !errors.Is(err, ErrExists) {
+		return d, err == nil, err
+	}
+	old, rerr := s.Device(ctx, e.name)
+	if rerr == nil && e.is(old) {
+		return old, false, nil
+	}
+	return Device{}, false, err
+}
+
+// is reports whether d is what e would enrol: the same key, forwards (in
+// order, with their probes) and labels, and active.
+func (e enrolment) is(d Device) bool {
+	if d.Status != StatusActive || d.Fingerprint != e.fingerprint || len(d.Forwards) != len(e.forwards) || len(d.Labels) != len(e.labels) {
+		return false
+	}
+	for i, f := range e.forwards {
+		if g := d.Forwards[i]; g.Name != f.Name || g.Target != f.Target || g.Probe != f.Probe {
+			return false
+		}
+	}
+	for k, v := range e.labels {
+		if w, ok := d.Labels[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) insertNewDevice(ctx context.Context, e enrolment, note string) (Device, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Device{}, err
@@ -107,7 +144,7 @@ func (s *Store) insertDevice(ctx context.Context, e enrolment, note string) (Dev
 	err = tx.QueryRowContext(ctx, `SELECT name FROM devices WHERE name = ?`, e.name).Scan(&holder)
 	switch {
 	case err == nil:
-		return Device{}, fmt.Errorf("name is taken: %w", ErrExists)
+		return Device{}, fmt.Errorf("name is taken (by another key, other forwards or labels, or a revoked device): %w", ErrExists)
 	case !errors.Is(err, sql.ErrNoRows):
 		return Device{}, err
 	}

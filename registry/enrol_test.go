@@ -96,3 +96,45 @@ func TestNewEnrolmentRefusals(t *testing.T) {
 		}
 	}
 }
+
+// A retried enrolment whose first answer was lost gets the same device
+// back and writes nothing; the same name with anything else different is
+// still refused.
+func TestEnrolmentIsIdempotent(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := t.Context()
+	pr := PortRange{Lo: 20000, Hi: 20009}
+	key := newEd25519(t)
+	fw := []ForwardSpec{{Name: "ssh", Target: "localhost:22"}, {Name: "web", Target: "192.168.1.10:80", Probe: "http"}}
+	labels := map[string]string{"site": "lyon"}
+	first, created, err := s.EnrolDevice(ctx, "pi1", key, fw, labels, pr, "")
+	if err != nil || !created {
+		t.Fatalf("first enrolment: created=%v, %v", created, err)
+	}
+	events, _ := s.LastEventID(ctx)
+	again, created, err := s.EnrolDevice(ctx, "pi1", key, fw, labels, pr, "")
+	if err != nil || created || again.Fingerprint != first.Fingerprint || again.Forwards[1].RemotePort != first.Forwards[1].RemotePort {
+		t.Fatalf("the same enrolment again = %+v, created=%v, %v; want the first device, not created", again, created, err)
+	}
+	if after, _ := s.LastEventID(ctx); after != events {
+		t.Errorf("a repeated enrolment wrote %d events", after-events)
+	}
+	for what, try := range map[string]func() error{
+		"another key": func() error { _, _, err := s.EnrolDevice(ctx, "pi1", newEd25519(t), fw, labels, pr, ""); return err },
+		"other forwards": func() error {
+			_, _, err := s.EnrolDevice(ctx, "pi1", key, fw[:1], labels, pr, "")
+			return err
+		},
+		"other labels": func() error { _, _, err := s.EnrolDevice(ctx, "pi1", key, fw, nil, pr, ""); return err },
+	} {
+		if err := try(); !errors.Is(err, ErrExists) {
+			t.Errorf("%s under the same name: %v, want ErrExists", what, err)
+		}
+	}
+	if _, err := s.Revoke(ctx, "pi1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.EnrolDevice(ctx, "pi1", key, fw, labels, pr, ""); !errors.Is(err, ErrExists) {
+		t.Errorf("re-enrolling a revoked device: %v, want ErrExists (revoked stays revoked)", err)
+	}
+}

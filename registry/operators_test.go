@@ -26,7 +26,7 @@ func fleet(t *testing.T, s *Store) map[string]Device {
 		{"pi-paris", map[string]string{"site": "paris"}, nil},
 		{"nas-lyon", map[string]string{"site": "lyon", "role": "nas"}, []ForwardSpec{{Name: "ssh", Target: "localhost:22"}, {Name: "web", Target: "localhost:80"}}},
 	} {
-		dev, err := s.EnrolDevice(ctx, d.name, newEd25519(t), d.fw, d.labels, pr, "")
+		dev, _, err := s.EnrolDevice(ctx, d.name, newEd25519(t), d.fw, d.labels, pr, "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -106,7 +106,7 @@ func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(devic
 type localBackend struct{ st *registry.Store }
 
 func (b localBackend) add(ctx context.Context, name string, key ssh.PublicKey, specs []registry.ForwardSpec, labels map[string]string, pr registry.PortRange) (wire.Device, error) {
-	d, err := b.st.EnrolDevice(ctx, name, key, specs, labels, pr, "")
+	d, _, err := b.st.EnrolDevice(ctx, name, key, specs, labels, pr, "")
 	return d.Wire(), err
 }
 
