@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -184,7 +185,11 @@ func (s *Slave) writeConfig(ctx context.Context, u TunnelUser, hk HostKey, hookC
 	check := func(tmp string) error {
 		c := process.Command(s.cfg.SSHDPath, "-t", "-f", tmp)
 		c.Cred, c.Combined = &process.Cred{UID: u.UID, GID: u.GID}, true // as it will run
-		if _, err := s.run.Run(ctx, c); err != nil {
+		if out, err := s.run.Run(ctx, c); err != nil {
+			if len(bytes.TrimSpace(out)) == 0 {
+				// sshd says why it rejects a config; silence is not sshd.
+				return fmt.Errorf("%s -t rejected the generated config without a word (%w): is --sshd OpenSSH's sshd?", s.cfg.SSHDPath, err)
+			}
 			return fmt.Errorf("sshd rejected the generated config: %w", err)
 		}
 		return nil

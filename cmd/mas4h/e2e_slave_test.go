@@ -486,3 +486,22 @@ func TestRestartWithNewConfigReloadsSSHD(t *testing.T) {
 		t.Fatalf("new device on the new port: %s", c2.stderr)
 	}
 }
+
+// A --sshd that is not OpenSSH's sshd (here /bin/false: it says nothing and
+// fails) is refused at start with what to give; the slave starts nothing.
+// It once said "sshd -t rejected the generated config (exit status 1): "
+// and no more.
+func TestSlaveRefusesAnSSHDThatIsNone(t *testing.T) {
+	e := newEnv(t)
+	e.enrol("pi-kitchen")
+	stateDir := filepath.Join(e.dir, "slave-s1")
+	_, stderr, code := e.mas4h("", "slave", "--name", "s1", "--db", e.db, "--state-dir", stateDir,
+		"--ssh-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), "--tunnel-user", e2eTunnelUser, "--sshd", "/bin/false")
+	if code == 0 || !strings.Contains(stderr, "asking /bin/false its version") ||
+		!strings.Contains(stderr, "--sshd must be OpenSSH's sshd") {
+		t.Fatalf("slave with --sshd /bin/false: exit %d:\n%s", code, stderr)
+	}
+	if b, _ := os.ReadFile(statedir.Dir(stateDir).PidFile()); len(strings.TrimSpace(string(b))) > 0 {
+		t.Errorf("sshd's pid file names a process: %q", b)
+	}
+}

@@ -142,6 +142,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 
 // doWithin is do bounded by timeout instead of the client's.
 func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, path string, query url.Values, in, out any) error {
+	start := time.Now()
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -178,8 +179,10 @@ func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, pa
 			return fmt.Errorf("%s %s: %w", method, path, parent)
 		}
 		err = stripURL(err)
-		if errors.Is(err, context.DeadlineExceeded) && timeout > 0 {
-			err = fmt.Errorf("no answer within %s", timeout)
+		if errors.Is(err, context.DeadlineExceeded) {
+			// What was waited, not the client's timeout: the caller's
+			// deadline may have come first.
+			err = fmt.Errorf("no answer within %s", time.Since(start).Round(10*time.Millisecond))
 		}
 		return &UnreachableError{URL: c.base, Err: err}
 	}

@@ -9,10 +9,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +197,19 @@ func TestClientDeadMaster(t *testing.T) {
 	c, _ = client.New(hang.URL, "", client.WithTimeout(100*time.Millisecond))
 	if err := c.Healthz(context.Background()); !client.IsUnreachable(err) || !strings.Contains(err.Error(), "no answer within") {
 		t.Errorf("hanging master: %v", err)
+	}
+	// The caller's deadline came first: the error says what was waited, not
+	// the client's timeout (it said "no answer within 10s" after 1 s).
+	c, _ = client.New(hang.URL, "", client.WithTimeout(10*time.Second))
+	dctx, dcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer dcancel()
+	err := c.Healthz(dctx)
+	m := regexp.MustCompile(`no answer within ([0-9.]+m?s)`).FindStringSubmatch(fmt.Sprint(err))
+	if m == nil {
+		t.Fatalf("caller's deadline of 300ms: %v", err)
+	}
+	if d, _ := time.ParseDuration(m[1]); d < 300*time.Millisecond || d >= 10*time.Second {
+		t.Errorf("caller's deadline of 300ms: %v, want the ~300ms waited", err)
 	}
 	// The caller's cancellation is not the master's fault.
 	ctx, cancel := context.WithCancel(context.Background())

@@ -96,10 +96,10 @@ func Detect(ctx context.Context, run Runner, path string) (Features, error) {
 	out, err := run.Run(ctx, c)
 	v, perr := Parse(out)
 	if perr != nil {
-		if err != nil {
-			return Features{}, fmt.Errorf("asking %s its version: %w", path, err)
+		if err == nil {
+			err = perr
 		}
-		return Features{}, fmt.Errorf("asking %s its version: %w", path, perr)
+		return Features{}, fmt.Errorf("asking %s its version: %w (--sshd must be OpenSSH's sshd, e.g. /usr/sbin/sshd)", path, err)
 	}
 	f := For(v)
 	if f.DebianBanner, err = Knows(ctx, run, path, "DebianBanner", "no"); err != nil {
