@@ -203,7 +203,7 @@ func TestClientDeadMaster(t *testing.T) {
 	c, _ = client.New(hang.URL, "", client.WithTimeout(10*time.Second))
 	dctx, dcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer dcancel()
-	err := c.Healthz(dctx)
+	err = c.Healthz(dctx)
 	m := regexp.MustCompile(`no answer within ([0-9.]+m?s)`).FindStringSubmatch(fmt.Sprint(err))
 	if m == nil {
 		t.Fatalf("caller's deadline of 300ms: %v", err)
