@@ -52,7 +52,11 @@ type slaveState struct {
 	operatorUser string
 	operators    []wire.OperatorSession
 	lastSeen     time.Time
-	alive        bool // false once marked dead, until it beats again
+	// heardFrom counts as a heartbeat for liveness (not shown as one): a
+	// restarted master's start, for the slaves alive in the store, so that
+	// it dispatches at once rather than find them all silent.
+	heardFrom time.Time
+	alive     bool // false once marked dead, until it beats again
 	// pending holds slots granted to this slave and not yet seen as a
 	// tunnel in its heartbeats, by device. They count as load until seen
 	// or until they expire, so devices asking one after another between
@@ -65,19 +69,31 @@ type grant struct {
 	forwards int
 }
 
+// startGrace bounds the slaves a restarted master counts alive before they
+// beat: those alive in the store and heard from within it. A master down
+// longer starts from heartbeats alone.
+const startGrace = 10 * time.Minute
+
 // newLiveSlaves starts from the slaves the store knows, so that a restarted
 // master dispatches to the slaves that were live before it at once,
-// without waiting for their next heartbeat. now is the clock, interval the
-// heartbeat interval slaves are told, ttl how long a grant counts as load
-// without its tunnel showing up.
+// without waiting for their next heartbeat: a slave alive in the store and
+// heard from within startGrace counts as heard now, and is found silent
+// only if it does not beat within registry.DeadAfter intervals. now is the
+// clock, interval the heartbeat interval slaves are told, ttl how long a
+// grant counts as load without its tunnel showing up.
 func newLiveSlaves(now func() time.Time, interval, ttl time.Duration, known []registry.Slave) *liveSlaves {
 	l := &liveSlaves{now: now, interval: interval, pendingTTL: ttl, slaves: make(map[string]*slaveState, len(known))}
+	start := now()
 	for _, sl := range known {
-		l.slaves[sl.Name] = &slaveState{
+		st := &slaveState{
 			name: sl.Name, host: sl.Host, port: sl.Port, user: sl.User, hostKeys: sl.HostKeys,
-			capacity: sl.Capacity, tunnels: sl.Tunnels, lastSeen: sl.LastSeen, alive: sl.Alive,
+			capacity: sl.Capacity, tunnels: sl.Tunnels, lastSeen: sl.LastSeen, heardFrom: sl.LastSeen, alive: sl.Alive,
 			devices: map[string]bool{}, pending: map[string]grant{},
 		}
+		if sl.Alive && start.Sub(sl.LastSeen) <= startGrace {
+			st.heardFrom = start
+		}
+		l.slaves[sl.Name] = st
 	}
 	return l
 }
@@ -113,7 +129,7 @@ func (l *liveSlaves) Heard(r registry.SlaveReport) {
 	st.host, st.port, st.user, st.hostKeys = r.Host, r.Port, r.User, r.HostKeys
 	st.capacity, st.tunnels, st.devices = r.Capacity, len(r.Tunnels), devices
 	st.operatorUser, st.operators = r.OperatorUser, r.Operators
-	st.lastSeen, st.alive = r.At, true
+	st.lastSeen, st.heardFrom, st.alive = r.At, r.At, true
 	for dev := range st.pending {
 		if devices[dev] {
 			delete(st.pending, dev)
@@ -136,7 +152,7 @@ func (l *liveSlaves) Silent() []silence {
 	defer l.mu.Unlock()
 	var out []silence
 	for _, st := range l.slaves {
-		if st.alive && st.lastSeen.Before(deadline) {
+		if st.alive && st.heardFrom.Before(deadline) {
 			out = append(out, silence{st.name, st.lastSeen})
 		}
 	}
@@ -166,7 +182,7 @@ func (l *liveSlaves) Alive() map[string]bool {
 	defer l.mu.Unlock()
 	out := make(map[string]bool, len(l.slaves))
 	for name, st := range l.slaves {
-		if st.alive && (registry.SlaveLoad{LastSeen: st.lastSeen}).Live(now, l.interval) {
+		if st.alive && (registry.SlaveLoad{LastSeen: st.heardFrom}).Live(now, l.interval) {
 			out[name] = true
 		}
 	}
@@ -189,7 +205,7 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 		}
 		loads = append(loads, registry.SlaveLoad{
 			Name: st.name, Tunnels: st.tunnels, Pending: st.pendingCount(now, l.pendingTTL),
-			Capacity: st.capacity, LastSeen: st.lastSeen,
+			Capacity: st.capacity, LastSeen: st.heardFrom,
 		})
 	}
 	name, ok := registry.Dispatch(loads, dev.LastSlave, now, l.interval)

@@ -178,20 +178,32 @@ func TestLiveHeartbeatWinsOverMarkingDead(t *testing.T) {
 	wantPick(t, l, devWith("d1", 1, ""), "a")
 }
 
+// A restarted master dispatches at once to the slaves alive in its store
+// and heard from within startGrace: they count as heard at its start, and
+// are found silent only if they do not beat within DeadAfter intervals
+// (after a 45 s outage, every slot request was a 503 for 20 s and more).
 func TestLiveStartsFromTheStore(t *testing.T) {
 	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	l, _ := newLive(t,
+	l, clock := newLive(t,
 		registry.Slave{Name: "a", Host: "h-a", Port: 2222, User: "mas4h-tunnel", HostKeys: []string{hostKey}, Capacity: 1, Tunnels: 1, LastSeen: now, Alive: true},
 		registry.Slave{Name: "b", Host: "h-b", Port: 2222, User: "mas4h-tunnel", HostKeys: []string{hostKey}, Capacity: 5, LastSeen: now, Alive: false},
-		registry.Slave{Name: "c", Host: "h-c", Port: 2222, User: "mas4h-tunnel", HostKeys: []string{hostKey}, Capacity: 5, LastSeen: now.Add(-time.Minute), Alive: true},
+		registry.Slave{Name: "c", Host: "h-c", Port: 2222, User: "mas4h-tunnel", HostKeys: []string{hostKey}, Capacity: 5, LastSeen: now.Add(-45 * time.Second), Alive: true},
+		registry.Slave{Name: "d", Host: "h-d", Port: 2222, User: "mas4h-tunnel", HostKeys: []string{hostKey}, Capacity: 5, LastSeen: now.Add(-startGrace - time.Second), Alive: true},
 	)
-	if alive := l.Alive(); len(alive) != 1 || !alive["a"] {
-		t.Errorf("alive = %v, want a only", alive)
+	if alive := l.Alive(); len(alive) != 2 || !alive["a"] || !alive["c"] {
+		t.Errorf("alive = %v, want a and c (b dead, d silent too long)", alive)
 	}
-	if s := l.Silent(); len(s) != 1 || s[0].Name != "c" {
-		t.Errorf("silent = %+v, want c", s)
+	if s := l.Silent(); len(s) != 1 || s[0].Name != "d" || !s[0].LastSeen.Equal(now.Add(-startGrace-time.Second)) {
+		t.Errorf("silent = %+v, want d with its last heartbeat", s)
 	}
-	wantPick(t, l, devWith("d1", 1, ""), "") // a is full with its tunnel, b dead, c silent
+	wantPick(t, l, devWith("d1", 1, ""), "c") // a is full with its tunnel, b dead
+	// c never beats: after DeadAfter intervals it is silent, with its real
+	// last heartbeat; a beats and stays.
+	clock.Advance(registry.DeadAfter*liveInterval + time.Second)
+	heard(l, clock, "a", 1)
+	if s := l.Silent(); len(s) != 2 || s[0].Name == "a" || s[1].Name == "a" {
+		t.Errorf("silent after %d intervals = %+v, want c and d", registry.DeadAfter, s)
+	}
 }
 
 // Concurrent picks see each other's grants: no slave gets more than its

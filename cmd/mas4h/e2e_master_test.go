@@ -286,3 +286,34 @@ func TestExecValidatorThatHangs(t *testing.T) {
 		t.Fatalf("no heartbeat from the slave after the hanging validator: %+v", st)
 	}
 }
+
+// A master back from an outage longer than DeadAfter heartbeats grants the
+// next slot at once, from its slaves' last state in the store, and hears
+// from them within about one interval. It once answered 503 "no live slave
+// with room" for 20 s and more: it found every slave silent, and the slaves
+// had backed off their heartbeats to 30 s.
+func TestMasterBackFromOutageDispatchesAtOnce(t *testing.T) {
+	e := newEnv(t)
+	m := e.startMaster()
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	_, k := m.enrol("pi-1")
+	if _, code, body := m.slot(k); code != 200 {
+		t.Fatalf("slot before the outage: %d %s", code, body)
+	}
+	m.stop()
+	time.Sleep(10 * e2eHeartbeat) // the outage: 10 intervals, beyond DeadAfter and the old backoff's 1+2+4 s
+	m.start()
+	back := time.Now()
+	if s, code, body := m.slot(k); code != 200 || s.Slave != "s1" {
+		t.Fatalf("first slot after the outage: %d %s, want s1 at once", code, body)
+	}
+	var st wire.Status
+	if !testkit.Wait(5*e2eHeartbeat, func() bool {
+		st = m.status()
+		return len(st.Slaves) == 1 && st.Slaves[0].LastSeen.After(back)
+	}) {
+		t.Fatalf("no heartbeat within 5 intervals of the master's return: %+v", st)
+	}
+	t.Logf("first heartbeat %s after the master came back (interval %s)", st.Slaves[0].LastSeen.Sub(back).Round(time.Millisecond), e2eHeartbeat)
+}

@@ -191,20 +191,21 @@ func deviceFromValidation(v wire.Validation) registry.Device {
 	return d
 }
 
-// maxRetry caps the wait between heartbeats to a master that does not
-// answer.
+// maxRetry caps the wait between asks of the revocation feed to a master
+// that does not answer.
 const maxRetry = 30 * time.Second
 
 // Follow implements Source: the heartbeat loop. Heartbeats go every
 // interval (spread by ±10%, so that slaves restarted together do not beat
-// in step); while the master does not answer, with the backoff from the
-// interval up to 30 s.
+// in step), whether the master answers or not: a heartbeat is one small
+// request, and a master that comes back must hear from its slaves within
+// one interval — with a backoff growing to 30 s, a master back from an
+// outage saw its slaves dead for 20 s and more and dispatched nothing.
 func (m *Master) Follow(ctx context.Context, h Handler) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); m.watchRevocations(ctx, h) }()
 	defer wg.Wait()
-	var retry backoff.Backoff
 	failing, connected := false, false
 	for {
 		err := m.beat(ctx, h)
@@ -217,19 +218,17 @@ func (m *Master) Follow(ctx context.Context, h Handler) {
 		if err != nil {
 			if !failing {
 				connected = false
-				m.log.Warn("master unreachable; serving cached devices and retrying with backoff", "err", err)
-				retry = backoff.Backoff{Min: wait, Max: max(wait, maxRetry)}
+				m.log.Warn("master unreachable; serving cached devices and retrying every heartbeat interval", "err", err, "interval", wait)
 			}
 			failing = true
-			wait = retry.Next()
 		} else {
 			if !connected {
 				m.log.Info("heartbeats reach the master", "interval", wait)
 			}
 			failing, connected = false, true
 			m.refresh(ctx, h)
-			wait += time.Duration((rand.Float64()*0.2 - 0.1) * float64(wait))
 		}
+		wait += time.Duration((rand.Float64()*0.2 - 0.1) * float64(wait))
 		select {
 		case <-ctx.Done():
 			return
