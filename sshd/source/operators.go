@@ -159,9 +159,3 @@ func (m *Master) Operator(ctx context.Context, fp string, key ssh.PublicKey) (Gr
 	m.ops.put(g, now.Add(ttl))
 	return g, true, nil
 }
-
-// Operator implements Source: a local registry of this version has no
-// operators, so it refuses every operator key.
-func (l *Local) Operator(ctx context.Context, fp string, _ ssh.PublicKey) (Grant, bool, error) {
-	return Grant{}, false, nil
-}
