@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -109,6 +110,23 @@ func (c *operatorCache) drop(operator, fp string) {
 	for k, e := range c.grants {
 		if k == fp || (operator != "" && e.g.Operator == operator) {
 			delete(c.grants, k)
+		}
+	}
+}
+
+// dropDevice forgets every grant naming device or one of ports: a device
+// revoked or removed. A port freed by rm may be leased to another device
+// next, which a stale grant (and the permitopen line made from it) must
+// not reach.
+func (c *operatorCache) dropDevice(device string, ports []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.grants {
+		for _, o := range e.g.Open {
+			if (device != "" && o.Device == device) || slices.Contains(ports, o.Port) {
+				delete(c.grants, k)
+				break
+			}
 		}
 	}
 }
