@@ -104,7 +104,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				}
 				defer st.Close()
 				go st.KeepEvents(cmd.Context(), registry.DefaultRetention, 0, log) // nobody else prunes it
-				src = source.NewLocal(st, 0, log)
+				src = source.NewLocal(st, o.name, 0, log)
 			}
 			log.Info("slave starting", "version", version, "slave", o.name, "ssh_listen", cfg.SSHListen, "state_dir", cfg.StateDir,
 				"master", o.master, "db", o.db, "metrics_listen", o.metrics)
