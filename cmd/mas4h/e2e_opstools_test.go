@@ -93,7 +93,7 @@ func (f *opsFleet) env(extra ...string) []string {
 // op runs a mas4h command as the operator, against the master.
 func (f *opsFleet) op(env []string, args ...string) (string, string, int) {
 	f.e.t.Helper()
-	cmd := exec.Command(testBin, append(args, "--master", f.m.url)...)
+	cmd := exec.Command(testBin, append([]string{args[0], "--master", f.m.url}, args[1:]...)...)
 	cmd.Env = env
 	return exitOf(f.e.t, cmd, "")
 }

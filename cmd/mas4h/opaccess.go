@@ -79,8 +79,7 @@ func configDir() (string, error) {
 // identities lists the keys to try, in order: --key's alone when given,
 // else the agent's, then the unencrypted default key files.
 func identities(keyFlag, dir string) ([]identity, error) {
-	ag, closeAgent := dialAgent()
-	defer closeAgent()
+	ag := dialAgent()
 	if keyFlag != "" {
 		id, err := keyIdentity(keyFlag, ag, dir)
 		if err != nil {
@@ -165,17 +164,20 @@ func keyIdentity(path string, ag agent.ExtendedAgent, dir string) (identity, err
 	return identity{}, usagef("--key %s (%s) is not in your ssh-agent: ssh-add it (mas4h asks no passphrase)", path, fp)
 }
 
-// dialAgent connects to the ssh-agent of SSH_AUTH_SOCK; nil if none.
-func dialAgent() (agent.ExtendedAgent, func()) {
+// dialAgent connects to the ssh-agent of SSH_AUTH_SOCK; nil if none. The
+// connection lasts as long as the command: its signers sign the access
+// request, then the command ends or becomes ssh (the socket is
+// close-on-exec).
+func dialAgent() agent.ExtendedAgent {
 	sock := os.Getenv("SSH_AUTH_SOCK")
 	if sock == "" {
-		return nil, func() {}
+		return nil
 	}
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
-		return nil, func() {}
+		return nil
 	}
-	return agent.NewClient(conn), func() { conn.Close() }
+	return agent.NewClient(conn)
 }
 
 // writeAgentPublic keeps the public half of an agent's key in mas4h's
