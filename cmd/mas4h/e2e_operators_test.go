@@ -87,7 +87,9 @@ func localFleet(t *testing.T) *opsFleet {
 // ssh runs one OpenSSH client as user with key to the slave, to the end.
 func (f *opsFleet) ssh(k deviceKey, user string, args ...string) (string, string, int) {
 	f.e.t.Helper()
-	all := sshArgs(k, f.sp.port, append([]string{"-l", user, "127.0.0.1"}, args...)...)
+	// LogLevel INFO (ssh takes an option's first value): sshd's reasons
+	// show on stderr.
+	all := append([]string{"-o", "LogLevel=INFO"}, sshArgs(k, f.sp.port, append([]string{"-l", user, "127.0.0.1"}, args...)...)...)
 	return exitOf(f.e.t, exec.Command("ssh", all...), "")
 }
 
@@ -215,10 +217,9 @@ func (f *opsFleet) revoke(t *testing.T) time.Duration {
 func TestOperatorsThroughSlave(t *testing.T) {
 	f := masterFleet(t)
 	a := f.waitAccess("lyon-1")
-	if a.Port != f.lyonPort || a.User != e2eOperatorUser || a.Slave != "s1" {
-		t.Fatalf("access to lyon-1: %+v, want port %d, user %s on s1", a, f.lyonPort, e2eOperatorUser)
+	if a.RemotePort != f.lyonPort || a.User != e2eOperatorUser || a.Slave != "s1" || a.Port != f.sp.port {
+		t.Fatalf("access to lyon-1: %+v, want port %d through user %s on s1's sshd (%d)", a, f.lyonPort, e2eOperatorUser, f.sp.port)
 	}
-	f.lyonPort = a.Port
 	t.Run("reach", f.reach)
 
 	// Narrowing her allow list (deny) ends her live session: its
