@@ -16,11 +16,11 @@ import (
 	"github.com/mas4h/mas4h/internal/testkit"
 )
 
-// opsFleet is a master, one slave under it, devices whose ssh forward
+// toolsFleet is a master, one slave under it, devices whose ssh forward
 // reaches a real sshd playing the device's own (root, a login key) and an
 // operator, alice, allowed on pi-*: the operator's tools run with a home of
 // their own and no account on the slave host but the slave's users.
-type opsFleet struct {
+type toolsFleet struct {
 	e       *env
 	m       *masterProc
 	device  adminSSHD // the devices' own sshd
@@ -32,9 +32,9 @@ type opsFleet struct {
 	devArgs []string // ssh options for the login on the device
 }
 
-func newOpsFleet(t *testing.T, tools []string, devices ...string) *opsFleet {
+func newToolsFleet(t *testing.T, tools []string, devices ...string) *toolsFleet {
 	e := newEnv(t, append([]string{"ssh-keygen"}, tools...)...)
-	f := &opsFleet{e: e, device: startAdminSSHD(t, e), tunnels: map[string]*tunnelClient{}, home: filepath.Join(e.dir, "home")}
+	f := &toolsFleet{e: e, device: startAdminSSHD(t, e), tunnels: map[string]*tunnelClient{}, home: filepath.Join(e.dir, "home")}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -86,12 +86,12 @@ func newOpsFleet(t *testing.T, tools []string, devices ...string) *opsFleet {
 
 // env is the operator's environment: their own home and config, no agent
 // unless given.
-func (f *opsFleet) env(extra ...string) []string {
+func (f *toolsFleet) env(extra ...string) []string {
 	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + f.home, "XDG_CONFIG_HOME=" + filepath.Join(f.home, ".config"), "SSH_AUTH_SOCK="}, extra...)
 }
 
 // op runs a mas4h command as the operator, against the master.
-func (f *opsFleet) op(env []string, args ...string) (string, string, int) {
+func (f *toolsFleet) op(env []string, args ...string) (string, string, int) {
 	f.e.t.Helper()
 	cmd := exec.Command(testBin, append([]string{args[0], "--master", f.m.url}, args[1:]...)...)
 	cmd.Env = env
@@ -100,7 +100,7 @@ func (f *opsFleet) op(env []string, args ...string) (string, string, int) {
 
 // sshConfig writes `mas4h ssh-config` for selectors, then the operator's
 // own settings for the devices' login, to a file for ssh -F.
-func (f *opsFleet) sshConfig(selectors ...string) string {
+func (f *toolsFleet) sshConfig(selectors ...string) string {
 	t := f.e.t
 	t.Helper()
 	args := []string{"ssh-config", "--key", f.alice.private}
@@ -126,7 +126,7 @@ func (f *opsFleet) sshConfig(selectors ...string) string {
 // operator user: no account on the slave host of their own. Refusals say
 // why: unknown or not allowed, offline since when and where, revoked.
 func TestOperatorTools(t *testing.T) {
-	f := newOpsFleet(t, []string{"scp", "rsync"}, "pi-a", "pi-b")
+	f := newToolsFleet(t, []string{"scp", "rsync"}, "pi-a", "pi-b")
 	f.m.enrol("paris-1") // not on alice's allow list
 	e, m := f.e, f.m
 	key := []string{"--key", f.alice.private}
@@ -291,7 +291,7 @@ func TestOperatorTools(t *testing.T) {
 // Ansible's ping reaches two devices at once through mas4h ssh-config:
 // two `mas4h proxy` at the same time, each pinning its slave's key.
 func TestOperatorToolsAnsible(t *testing.T) {
-	f := newOpsFleet(t, []string{"ansible"}, "pi-a", "pi-b")
+	f := newToolsFleet(t, []string{"ansible"}, "pi-a", "pi-b")
 	cfg := f.sshConfig("pi-*")
 	cmd := exec.Command("ansible", "all", "-i", "pi-a,pi-b,", "-u", "root", "-m", "ping", "--forks", "2")
 	cmd.Env = f.env("ANSIBLE_SSH_ARGS=-F "+cfg, "ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3", "ANSIBLE_NOCOLOR=1",
