@@ -65,7 +65,11 @@ type Config struct {
 	// Bin is the mas4h binary the units run, as a path on the target system.
 	Bin        string
 	TunnelUser string // slave
-	MasterUser string // master
+	// OperatorUser is the name operators log in as to a slave, created
+	// with the tunnel user's uid (OperatorUserArgs); default
+	// DefaultOperatorUser(TunnelUser).
+	OperatorUser string // slave
+	MasterUser   string // master
 	// Args is the flag line written into the role's config file
 	// (MAS4H_MASTER_ARGS, MAS4H_SLAVE_ARGS or MAS4H_AGENT_ARGS). Empty:
 	// the skeleton's example line, and an existing file is kept. Given, it
@@ -118,7 +122,13 @@ func (c *Config) Check() error {
 	if c.MasterUser == "" {
 		c.MasterUser = DefaultMasterUser
 	}
-	for _, u := range []string{c.TunnelUser, c.MasterUser} {
+	if c.OperatorUser == "" {
+		c.OperatorUser = DefaultOperatorUser(c.TunnelUser)
+	}
+	if c.OperatorUser == c.TunnelUser {
+		return fmt.Errorf("the operator user must not be the tunnel user (%s)", c.TunnelUser)
+	}
+	for _, u := range []string{c.TunnelUser, c.OperatorUser, c.MasterUser} {
 		if err := names.User(u); err != nil {
 			return err
 		}
@@ -274,6 +284,7 @@ func Install(ctx context.Context, c Config) (*Manifest, error) {
 		in.enable(ctx, "mas4h-master.service")
 	case RoleSlave:
 		in.user(ctx, c.TunnelUser, "/nonexistent", true)
+		in.operatorUser(ctx)
 		in.dir(statedir.Default(c.Name), 0o755, "root")
 		in.dir(ConfDir, 0o755, "root")
 		if c.Credential != nil {
@@ -349,6 +360,52 @@ func (in *installer) user(ctx context.Context, name, home string, tunnel bool) {
 	in.record(Step{Kind: KindUser, Path: name}, "created user %s", name)
 	if tunnel && in.err == nil {
 		// '*': no password, but not '!'-locked, which sshd refuses.
+		if err := c.run(ctx, "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
+			in.err = fmt.Errorf("setting the password field of %s to '*': %w", name, err)
+		}
+	}
+}
+
+// operatorUser creates the operator user of the slave's tunnel user, as
+// the slave would (OperatorUserArgs), so that uninstall removes it: the
+// tunnel user's uid, a group of its own, no shell, password '*'. An
+// existing account is left as it is (the slave checks it at start).
+func (in *installer) operatorUser(ctx context.Context) {
+	if in.err != nil {
+		return
+	}
+	c := in.c
+	name := c.OperatorUser
+	if _, ok, err := LookupUser(c.Root, name); err != nil || ok {
+		if ok {
+			fmt.Fprintf(c.Out, "user %s exists\n", name)
+		}
+		in.err = err
+		return
+	}
+	tunnel, ok, err := LookupUser(c.Root, c.TunnelUser)
+	if err != nil || !ok {
+		in.err = fmt.Errorf("operator user %s: tunnel user %s: %v", name, c.TunnelUser, errOr(err, "no such user"))
+		return
+	}
+	hadGroup, err := HasGroup(c.Root, name)
+	if err != nil {
+		in.err = err
+		return
+	}
+	group := ""
+	if hadGroup {
+		group = name
+	}
+	if err := c.run(ctx, "useradd", OperatorUserArgs(c.Root, name, tunnel.UID, group)...); err != nil {
+		in.err = fmt.Errorf("creating operator user %s: %w", name, err)
+		return
+	}
+	if !hadGroup {
+		in.record(Step{Kind: KindGroup, Path: name}, "created group %s", name)
+	}
+	in.record(Step{Kind: KindUser, Path: name}, "created user %s (uid %d, the tunnel user's)", name, tunnel.UID)
+	if in.err == nil {
 		if err := c.run(ctx, "usermod", append(prefixArgs(c.Root), "-p", "*", name)...); err != nil {
 			in.err = fmt.Errorf("setting the password field of %s to '*': %w", name, err)
 		}

@@ -63,6 +63,9 @@ func TestInstallSlaveRunsTheUserTools(t *testing.T) {
 	want := []string{
 		"useradd --prefix " + root + " --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --comment \"mas4h reverse tunnels\" mas4h-tunnel",
 		"usermod --prefix " + root + " -p * mas4h-tunnel",
+		// The operator user: the tunnel user's uid, its own group, as the slave makes it.
+		"useradd --prefix " + root + " --system --non-unique --uid 990 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --comment \"mas4h operators\" mas4h-operator",
+		"usermod --prefix " + root + " -p * mas4h-operator",
 	}
 	if got := run.Commands(); !slices.Equal(got, want) {
 		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -76,13 +79,28 @@ func TestInstallSlaveRunsTheUserTools(t *testing.T) {
 	for _, s := range m.Created {
 		kinds = append(kinds, s.Kind+" "+s.Path)
 	}
-	for _, w := range []string{KindGroup + " mas4h-tunnel", KindUser + " mas4h-tunnel", KindFile + " /etc/mas4h/slave-s1.conf"} {
+	for _, w := range []string{KindGroup + " mas4h-tunnel", KindUser + " mas4h-tunnel", KindGroup + " mas4h-operator", KindUser + " mas4h-operator", KindFile + " /etc/mas4h/slave-s1.conf"} {
 		if !slices.Contains(kinds, w) {
 			t.Errorf("manifest lacks %q: %v", w, kinds)
 		}
 	}
 	if fi, err := os.Stat(filepath.Join(root, ManifestPath(RoleSlave, "s1"))); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("manifest file: %v", err)
+	}
+	// Uninstall removes the operator user (and its group) before the
+	// tunnel user whose uid it shares.
+	n := len(run.Commands())
+	if err := Uninstall(context.Background(), Config{Role: RoleSlave, Name: "s1", Root: root, Runner: run, Out: &out}); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	var dels []string
+	for _, c := range run.Commands()[n:] {
+		if strings.HasPrefix(c, "userdel") || strings.HasPrefix(c, "groupdel") {
+			dels = append(dels, strings.Replace(c, " --prefix "+root, "", 1))
+		}
+	}
+	if want := []string{"userdel mas4h-operator", "groupdel mas4h-operator", "userdel mas4h-tunnel", "groupdel mas4h-tunnel"}; !slices.Equal(dels, want) {
+		t.Errorf("uninstall ran %q, want %q", dels, want)
 	}
 }
 

@@ -21,6 +21,9 @@ func (p *parts) heartbeat(ctx context.Context) wire.Heartbeat {
 		User:     p.user.Name,
 		Capacity: s.cfg.Capacity,
 		Tunnels:  p.tunnels(ctx),
+		// The master answers POST /access for this slave's devices only
+		// when it knows the user operators log in as.
+		OperatorUser: s.cfg.OperatorUser,
 	}
 	hb.Operators = p.ops.Live()
 	if s.cfg.VIP != nil {

@@ -391,12 +391,18 @@ func (p *parts) tunnels(ctx context.Context) []wire.Tunnel {
 type follower struct{ p *parts }
 
 // Gone takes a revoked or removed device out of the keys file, then ends
-// its sessions (in that order, or it could log straight back in).
+// its sessions (in that order, or it could log straight back in), and
+// the operator sessions whose permitopen lines name its ports.
 func (f follower) Gone(ctx context.Context, dev registry.Device, reason string) {
 	if f.p.keys != nil {
 		f.p.keys.Revoke(ctx, dev.Name)
 	}
 	f.p.reaper.EndDevice(ctx, dev, reason)
+	ports := make([]int, 0, len(dev.Forwards))
+	for _, fw := range dev.Forwards {
+		ports = append(ports, fw.RemotePort)
+	}
+	f.p.ops.EndPorts(ctx, ports, "operator may open the port of "+dev.Name+", "+reason)
 }
 
 // OperatorGone ends the live sessions of a revoked or removed operator.

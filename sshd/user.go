@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/mas4h/mas4h/install"
@@ -168,8 +167,7 @@ func EnsureOperatorUser(ctx context.Context, run process.Runner, root, name stri
 		if _, err := user.Lookup(name); err == nil {
 			return &OperatorUserError{Name: name, Why: fmt.Sprintf("is not a local account (no line in %s)", filepath.Join(root, "etc/passwd"))}
 		}
-		useradd := process.Command("useradd", "--system", "--non-unique", "--uid", strconv.Itoa(tunnel.UID), "--user-group",
-			"--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", "mas4h operators", name)
+		useradd := process.Command("useradd", install.OperatorUserArgs(root, name, tunnel.UID, "")...)
 		if _, err := run.Run(ctx, useradd); err != nil {
 			return fmt.Errorf("creating operator user %s: %w", name, err)
 		}

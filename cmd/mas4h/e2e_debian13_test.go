@@ -42,7 +42,7 @@ const (
 // clients, ssh-audit, iproute2 and procps, sqlite3, and gcc with the C
 // library for cgo (go-sqlite3).
 var debian13Packages = []string{"openssh-server", "openssh-client", "dropbear-bin", "ssh-audit",
-	"iproute2", "procps", "sqlite3", "ca-certificates", "gcc", "libc6-dev"}
+	"iproute2", "procps", "sqlite3", "ca-certificates", "gcc", "libc6-dev", "rsync"}
 
 // debian13Tests are the tests run again on Debian 13: every slave-side test
 // that starts an sshd — its config and algorithms (and the clients that
@@ -74,10 +74,10 @@ var debian13Tests = []string{
 	// e2e_links
 	"TestHostKeyLinkIsNotFollowed", "TestPidFileIsNotTrusted", "TestPidFileAndLogLinksAreNotFollowed",
 	"TestStateDirOfAnotherAccountIsLeftAlone", "TestTunnelUserMustBeASystemAccount", "TestOlderLayoutIsMigratedWithTunnelsUp",
-	// e2e_master, e2e_slavecreds, e2e_metrics, e2e_ssh: the slave under a master
+	// e2e_master, e2e_slavecreds, e2e_metrics, e2e_opstools: the slave under a master
 	"TestMasterSpreadsDevicesAndFailsOver", "TestMasterKill9DropsNoTunnel", "TestMasterDownCachedDeviceStillConnects",
 	"TestMasterRevokeKillsSession", "TestExecValidator", "TestExecValidatorThatHangs",
-	"TestForgedHeartbeatCannotRedirectDevices", "TestSharedSlaveTokenUpgradePath", "TestMetricsFollowEvents", "TestSSHThroughSlave",
+	"TestForgedHeartbeatCannotRedirectDevices", "TestSharedSlaveTokenUpgradePath", "TestMetricsFollowEvents", "TestOperatorTools",
 	// e2e_agent: the agent with OpenSSH and with dropbear
 	"TestAgentOpenSSH", "TestAgentDropbear",
 	// e2e_ops: the slave under exactly its unit's capabilities

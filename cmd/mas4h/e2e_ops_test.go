@@ -439,6 +439,14 @@ func TestDebInstallPurge(t *testing.T) {
 	if pw := strings.Split(opsRun(t, nil, "getent", "shadow", "mas4h-tunnel"), ":")[1]; pw != "*" {
 		t.Errorf("mas4h-tunnel's password field is %q, want *", pw)
 	}
+	if tun, op, err := lookupUserPair("mas4h-tunnel", "mas4h-operator"); err != nil {
+		t.Error(err)
+	} else if op.UID != tun.UID || op.GID == tun.GID || op.Shell != "/usr/sbin/nologin" {
+		t.Errorf("mas4h-operator is %+v, want the uid of mas4h-tunnel (%+v), another group, no shell", op, tun)
+	}
+	if pw := strings.Split(opsRun(t, nil, "getent", "shadow", "mas4h-operator"), ":")[1]; pw != "*" {
+		t.Errorf("mas4h-operator's password field is %q, want *", pw)
+	}
 	master, ok, _ := install.LookupUser("/", "mas4h")
 	if !ok {
 		t.Fatal("no mas4h user after install")
@@ -456,6 +464,20 @@ func TestDebInstallPurge(t *testing.T) {
 	if after := snapshot(); after != before {
 		t.Errorf("install + purge changed the host:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
+}
+
+// lookupUserPair reads the tunnel user and the operator user of a
+// package or an install from /etc/passwd.
+func lookupUserPair(tunnel, operator string) (install.Account, install.Account, error) {
+	tun, ok, err := install.LookupUser("/", tunnel)
+	if err != nil || !ok {
+		return tun, install.Account{}, fmt.Errorf("no user %s: %v", tunnel, err)
+	}
+	op, ok, err := install.LookupUser("/", operator)
+	if err != nil || !ok {
+		return tun, op, fmt.Errorf("no operator user %s beside %s: %v", operator, tunnel, err)
+	}
+	return tun, op, nil
 }
 
 func goBin(t *testing.T) string {

@@ -301,7 +301,8 @@ type adminSSHD struct {
 }
 
 // startAdminSSHD runs an sshd as root on loopback, standing in for the
-// host's own admin sshd, with a root login key.
+// host's own admin sshd (or a device's own sshd), with a root login key
+// and sftp for scp.
 func startAdminSSHD(t *testing.T, e *env) adminSSHD {
 	t.Helper()
 	dir := e.dir + "/admin-sshd"
@@ -317,7 +318,8 @@ func startAdminSSHD(t *testing.T, e *env) adminSSHD {
 	}
 	port := freePort(t)
 	cfg := fmt.Sprintf("ListenAddress 127.0.0.1:%d\nHostKey %s/host_key\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s/authorized_keys\n"+
-		"PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n", port, dir, dir, dir)
+		"PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n"+
+		"Subsystem sftp internal-sftp\n", port, dir, dir, dir)
 	if err := os.WriteFile(dir+"/sshd_config", []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -14,11 +14,12 @@ import (
 )
 
 type installOpts struct {
-	root       string
-	bin        string
-	args       string
-	tunnelUser string
-	purge      bool
+	root         string
+	bin          string
+	args         string
+	tunnelUser   string
+	operatorUser string
+	purge        bool
 	// The flags that make up the role's config line.
 	master, tokenFile, db, sshListen, publicHost, listen, key string
 	// credential is a slave's own credential file to install as tokenFile.
@@ -81,6 +82,7 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	f.StringVar(&o.bin, "bin", "", "the mas4h binary the units run (default: this one, "+install.DefaultBin+" under a package)")
 	f.StringVar(&o.args, "args", "", "the whole flag line for the config file (instead of the flags below)")
 	f.StringVar(&o.tunnelUser, "tunnel-user", install.DefaultTunnelUser, "slave: the tunnel user to create")
+	f.StringVar(&o.operatorUser, "operator-user", "", "slave: the operator user to create, with the tunnel user's uid (default mas4h-operator with the default tunnel user, else TUNNEL_USER-operator)")
 	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL")
 	f.StringVar(&o.tokenFile, "token-file", "", "slave: where its credential is (default /etc/mas4h/slave-NAME.token with --master)")
 	f.StringVar(&o.credential, "credential", "", "slave: its own credential file, from 'mas4h slave add NAME --token-file-out FILE' on the master, to install as --token-file")
@@ -151,7 +153,7 @@ func roleArgs(cmd *cobra.Command, args []string) error {
 }
 
 func (o *installOpts) config(cmd *cobra.Command, args []string, installing bool) (install.Config, error) {
-	c := install.Config{Role: args[0], Root: o.root, Bin: o.bin, TunnelUser: o.tunnelUser, Units: systemd.Units, Out: cmd.OutOrStdout()}
+	c := install.Config{Role: args[0], Root: o.root, Bin: o.bin, TunnelUser: o.tunnelUser, OperatorUser: o.operatorUser, Units: systemd.Units, Out: cmd.OutOrStdout()}
 	if len(args) == 2 {
 		c.Name = args[1]
 	}
@@ -252,6 +254,9 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 		add("--public-host", o.publicHost)
 		if o.tunnelUser != install.DefaultTunnelUser {
 			add("--tunnel-user", o.tunnelUser)
+		}
+		if o.operatorUser != "" && o.operatorUser != install.DefaultOperatorUser(o.tunnelUser) {
+			add("--operator-user", o.operatorUser)
 		}
 	case install.RoleAgent:
 		if err := wrong("--token-file", o.tokenFile, "--credential", o.credential, "--db", o.db, "--ssh-listen", o.sshListen, "--public-host", o.publicHost, "--listen", o.listen); err != nil {

@@ -89,6 +89,8 @@ its leased ports on the slave's loopback and nothing else.`,
 		newNetfilterCmd(g),
 		newAgentCmd(g), newClientScriptCmd(g),
 		newSSHCmd(g),
+		newProxyCmd(g),
+		newSSHConfigCmd(g),
 		newInstallCmd(g), newUninstallCmd(), newDoctorCmd(g), newManCmd(g),
 	)
 	return root

@@ -104,10 +104,11 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				}
 				defer st.Close()
 				go st.KeepEvents(cmd.Context(), registry.DefaultRetention, 0, log) // nobody else prunes it
-				src = source.NewLocal(st, 0, log)
+				src = source.NewLocal(st, o.name, 0, log)
 			}
 			log.Info("slave starting", "version", version, "slave", o.name, "ssh_listen", cfg.SSHListen, "state_dir", cfg.StateDir,
-				"master", o.master, "db", o.db, "metrics_listen", o.metrics)
+				"master", o.master, "db", o.db, "metrics_listen", o.metrics,
+				"tunnel_user", cfg.TunnelUser, "operator_user", cfg.OperatorUser)
 			slave, err := sshd.NewSlave(cfg, src, log)
 			if err != nil {
 				return usageError{err}
@@ -152,7 +153,7 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 		return sshd.SlaveConfig{}, usagef("--name is required")
 	}
 	if o.opUser == "" {
-		o.opUser = defaultOperatorUser(o.tunnelUser)
+		o.opUser = install.DefaultOperatorUser(o.tunnelUser)
 	}
 	if err := names.Slave(o.name); err != nil {
 		return sshd.SlaveConfig{}, usagef("--name: %v", err)
@@ -262,13 +263,4 @@ func (o *slaveOpts) vipConfig() (*netfilter.Config, error) {
 		return nil, usageError{err}
 	}
 	return cfg, nil
-}
-
-// defaultOperatorUser is the operator user of a tunnel user: the operator
-// user shares the tunnel user's uid, so each tunnel user has its own.
-func defaultOperatorUser(tunnelUser string) string {
-	if tunnelUser == install.DefaultTunnelUser {
-		return "mas4h-operator"
-	}
-	return tunnelUser + "-operator"
 }

@@ -72,23 +72,17 @@ func (a slaveMasterAPI) Validate(ctx context.Context, req wire.ValidateRequest) 
 	return v, err
 }
 
-// operatorValidator is the master client's POST /validate for an
-// operator's key (Role "operator"), answering a wire.OperatorValidation.
-type operatorValidator interface {
-	ValidateOperator(ctx context.Context, req wire.ValidateRequest) (wire.OperatorValidation, error)
-}
-
 // ValidateOperator implements source.OperatorAPI, telling a refusal (403)
-// apart. A client without the call refuses every operator key (an error:
-// the hook then prints nothing).
+// apart.
 func (a slaveMasterAPI) ValidateOperator(ctx context.Context, req wire.ValidateRequest) (wire.OperatorValidation, error) {
-	ov, ok := any(a.c).(operatorValidator)
-	if !ok {
-		return wire.OperatorValidation{}, fmt.Errorf("this mas4h's master client has no operator validation")
-	}
-	v, err := ov.ValidateOperator(ctx, req)
+	v, err := a.c.ValidateOperator(ctx, req)
 	if err != nil && client.StatusOf(err) == http.StatusForbidden {
 		return v, fmt.Errorf("%w: %v", source.ErrNotAccepted, err)
 	}
 	return v, err
 }
+
+var (
+	_ source.MasterAPI   = slaveMasterAPI{}
+	_ source.OperatorAPI = slaveMasterAPI{}
+)

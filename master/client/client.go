@@ -405,3 +405,14 @@ func (c *Client) Validate(ctx context.Context, req wire.ValidateRequest) (wire.V
 	err := c.do(ctx, http.MethodPost, "/validate", nil, req, &v)
 	return v, err
 }
+
+// ValidateOperator asks the master what an operator's key (by
+// fingerprint, or by public key at login) may open through the slave
+// req.Slave: POST /validate with Role "operator" (slave credential). A
+// key that is no active operator's is refused with 403.
+func (c *Client) ValidateOperator(ctx context.Context, req wire.ValidateRequest) (wire.OperatorValidation, error) {
+	req.Role = "operator"
+	var v wire.OperatorValidation
+	err := c.do(ctx, http.MethodPost, "/validate", nil, req, &v)
+	return v, err
+}

@@ -56,7 +56,11 @@ type session struct {
 	operator    string
 	fingerprint string
 	access      map[int]*access // by port
-	ending      bool
+	// granted holds every port the operator's grant has had while the
+	// session was followed: what its permitopen line, fixed at login,
+	// may still let it open.
+	granted map[int]bool
+	ending  bool
 }
 
 type access struct {
@@ -118,12 +122,15 @@ func (t *Tracker) Cycle(ctx context.Context) error {
 		t.mu.Lock()
 		s := t.live[f.sess.MonitorPID]
 		if s == nil {
-			s = &session{sess: f.sess, fingerprint: f.a.Fingerprint, access: map[int]*access{}}
+			s = &session{sess: f.sess, fingerprint: f.a.Fingerprint, access: map[int]*access{}, granted: map[int]bool{}}
 			t.live[f.sess.MonitorPID] = s
 		}
 		s.sess = f.sess
 		if ok {
 			s.operator = g.Operator
+			for _, o := range g.Open {
+				s.granted[o.Port] = true
+			}
 		}
 		var ports []int
 		for _, pid := range f.sess.PIDs {
@@ -212,6 +219,32 @@ func (t *Tracker) Live() []wire.OperatorSession {
 	}
 	slices.SortFunc(out, func(a, b wire.OperatorSession) int { return a.Since.Compare(b.Since) })
 	return out
+}
+
+// EndPorts ends every live operator session that may open one of ports
+// (its grant had it): a device was revoked or removed, and its port,
+// freed, may be leased to another device that the session's permitopen
+// line, fixed at login, would still reach.
+func (t *Tracker) EndPorts(ctx context.Context, ports []int, reason string) {
+	var doomed []*session
+	t.mu.Lock()
+	for _, s := range t.live {
+		if s.ending {
+			continue
+		}
+		for _, p := range ports {
+			if s.granted[p] {
+				s.ending = true
+				doomed = append(doomed, s)
+				break
+			}
+		}
+	}
+	t.mu.Unlock()
+	for _, s := range doomed {
+		t.d.Log.Info("ending operator session", "operator", s.operator, "monitor_pid", s.sess.MonitorPID, "reason", reason)
+		t.d.End(ctx, s.sess)
+	}
 }
 
 // EndOperator ends every live session of operator (by name) or of key

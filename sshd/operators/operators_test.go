@@ -97,3 +97,43 @@ func TestTracker(t *testing.T) {
 		t.Fatalf("ended %v, want the revoked operator's session", ended)
 	}
 }
+
+// A device revoked or removed ends the operator sessions whose grant had
+// its port (their permitopen line, fixed at login, names it, and a freed
+// port may be leased to another device), whether or not they use it, and
+// leaves the others.
+func TestTrackerEndPorts(t *testing.T) {
+	alice := sessions.Session{MonitorPID: 10, PIDs: []int{10}, Remote: "192.0.2.7:50000"}
+	bob := sessions.Session{MonitorPID: 30, PIDs: []int{30}, Remote: "192.0.2.9:50000"}
+	grants := map[string]source.Grant{
+		"SHA256:alice": {Operator: "alice", Open: []wire.OpenPort{{Device: "pi-lyon", Forward: "ssh", Port: 20001}, {Device: "pi-paris", Forward: "ssh", Port: 20002}}},
+		"SHA256:bob":   {Operator: "bob", Open: []wire.OpenPort{{Device: "pi-paris", Forward: "ssh", Port: 20002}}},
+	}
+	var ended []int
+	tr := New("mas4h-operator", Deps{
+		Sessions: func() ([]sessions.Session, error) { return []sessions.Session{alice, bob}, nil },
+		Opens:    func([]int) (map[int][]int, error) { return map[int][]int{30: {20002}}, nil },
+		Keys: func(r netip.AddrPort) (authlog.Accepted, bool) {
+			if r.String() == alice.Remote {
+				return authlog.Accepted{User: "mas4h-operator", Fingerprint: "SHA256:alice"}, true
+			}
+			return authlog.Accepted{User: "mas4h-operator", Fingerprint: "SHA256:bob"}, true
+		},
+		Grant:  func(_ context.Context, fp string) (source.Grant, bool, error) { return grants[fp], true, nil },
+		Report: func(context.Context, string, string, string, string) {},
+		End:    func(_ context.Context, s sessions.Session) { ended = append(ended, s.MonitorPID) },
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	ctx := context.Background()
+	if err := tr.Cycle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.EndPorts(ctx, []int{20001}, "pi-lyon removed")
+	if len(ended) != 1 || ended[0] != 10 {
+		t.Fatalf("ended %v, want alice's session (10) only", ended)
+	}
+	tr.EndPorts(ctx, []int{20001, 20002}, "again")
+	if len(ended) != 2 || ended[1] != 30 {
+		t.Fatalf("ended %v, want bob's (30) next, alice's once", ended)
+	}
+}

@@ -17,14 +17,15 @@ import (
 // Opens tells, for each of pids (an operator session's processes), the
 // loopback ports its TCP connections lead to: the device ports an
 // operator's session has open (sshd connects to 127.0.0.1:P or ::1:P for
-// each direct-tcpip channel). It reads those processes' fds afresh (their
-// channels come and go; operators are few) and one dump of the host's
-// connections.
+// each direct-tcpip channel). The session's own connection, from sshd's
+// listen port, is not one, even when the operator's client runs on the
+// slave's loopback. It reads those processes' fds afresh (their channels
+// come and go; operators are few) and one dump of the host's connections.
 func (t *Table) Opens(pids []int) (map[int][]int, error) {
 	if len(pids) == 0 {
 		return map[int][]int{}, nil
 	}
-	conns, err := loopbackConns(t.d.ProcRoot)
+	conns, err := loopbackConns(t.d.ProcRoot, t.d.SSHPort)
 	if err != nil {
 		return nil, err
 	}
@@ -42,11 +43,13 @@ func (t *Table) Opens(pids []int) (map[int][]int, error) {
 }
 
 // loopbackConns maps the inode of each connected TCP socket whose remote
-// end is on loopback to its remote port: through sock_diag on the live
-// system, from the text tables otherwise (fixtures, or netlink refused).
-func loopbackConns(procRoot string) (map[uint64]int, error) {
+// end is on loopback, and whose local port is not skip (sshd's listen
+// port: a client's connection), to its remote port: through sock_diag on
+// the live system, from the text tables otherwise (fixtures, or netlink
+// refused).
+func loopbackConns(procRoot string, skip int) (map[uint64]int, error) {
 	if procRoot == "/proc" {
-		if m, err := diagLoopbackConns(); err == nil {
+		if m, err := diagLoopbackConns(skip); err == nil {
 			return m, nil
 		} else if !errors.Is(err, os.ErrPermission) && !errors.Is(err, unix.EPROTONOSUPPORT) && !errors.Is(err, unix.EAFNOSUPPORT) {
 			return nil, err
@@ -68,8 +71,9 @@ func loopbackConns(procRoot string) (map[uint64]int, error) {
 				continue
 			}
 			ip, port, ok := parseHexAddr(string(f[2]))
+			_, local, lok := parseHexAddr(string(f[1]))
 			ino, err := strconv.ParseUint(string(f[9]), 10, 64)
-			if ok && err == nil && ino != 0 && ip.IsLoopback() {
+			if ok && lok && err == nil && ino != 0 && ip.IsLoopback() && local != skip {
 				out[ino] = port
 			}
 		}
@@ -79,8 +83,8 @@ func loopbackConns(procRoot string) (map[uint64]int, error) {
 
 // diagLoopbackConns is loopbackConns through sock_diag: one dump of the
 // established connections per family, kept when the remote end is on
-// loopback.
-func diagLoopbackConns() (map[uint64]int, error) {
+// loopback and the local port is not skip.
+func diagLoopbackConns(skip int) (map[uint64]int, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
@@ -104,7 +108,8 @@ func diagLoopbackConns() (map[uint64]int, error) {
 			} else {
 				ip = net.IP(m[24:40])
 			}
-			if ino := uint64(binary.NativeEndian.Uint32(m[68:72])); ino != 0 && ip.IsLoopback() {
+			local := int(binary.BigEndian.Uint16(m[4:6]))
+			if ino := uint64(binary.NativeEndian.Uint32(m[68:72])); ino != 0 && ip.IsLoopback() && local != skip {
 				out[ino] = int(binary.BigEndian.Uint16(m[6:8]))
 			}
 		}); err != nil {

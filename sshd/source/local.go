@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 	"github.com/mas4h/mas4h/sshd/authkeys"
 )
@@ -20,6 +21,12 @@ type Store interface {
 	Events(ctx context.Context, f registry.EventFilter) ([]registry.Event, error)
 	LastEventID(ctx context.Context) (int64, error)
 	AddEvent(ctx context.Context, kind, device, detail string) error
+	// Operators: what a key may open as the operator user, the revocation
+	// log (operator entries end sessions) and operator events.
+	OperatorAccess(ctx context.Context, fp string) (registry.Operator, []wire.OpenPort, error)
+	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
+	RevocationSeq(ctx context.Context) (int64, error)
+	AddOperatorEvent(ctx context.Context, kind, operator, slave, device, detail string) error
 }
 
 // DefaultPollEvery is how often a local source looks for registry changes.
@@ -30,19 +37,22 @@ const DefaultPollEvery = 500 * time.Millisecond
 // the registry's event log says when to refresh it.
 type Local struct {
 	store Store
+	slave string
 	log   *slog.Logger
 	every time.Duration
 
 	cache     *authkeys.Cache
 	lastEvent int64
+	lastRev   int64 // the revocation log's sequence number followed
 }
 
-// NewLocal follows store, looking for changes every `every` (0: the default).
-func NewLocal(store Store, every time.Duration, log *slog.Logger) *Local {
+// NewLocal follows store as slave, looking for changes every `every` (0:
+// the default).
+func NewLocal(store Store, slave string, every time.Duration, log *slog.Logger) *Local {
 	if every <= 0 {
 		every = DefaultPollEvery
 	}
-	return &Local{store: store, every: every, log: log.With("component", "registry")}
+	return &Local{store: store, slave: slave, every: every, log: log.With("component", "registry")}
 }
 
 // Start implements Source.
@@ -53,6 +63,9 @@ func (l *Local) Start(ctx context.Context, cache *authkeys.Cache) error {
 		return fmt.Errorf("reading registry: %w", err)
 	}
 	l.lastEvent = last
+	if l.lastRev, err = l.store.RevocationSeq(ctx); err != nil {
+		return fmt.Errorf("reading registry: %w", err)
+	}
 	return l.sync(ctx)
 }
 
@@ -94,6 +107,9 @@ func (l *Local) Follow(ctx context.Context, h Handler) {
 		}
 		if err := l.poll(ctx, h); err != nil && ctx.Err() == nil {
 			l.log.Error("following the registry", "err", err)
+		}
+		if err := l.pollOperators(ctx, h); err != nil && ctx.Err() == nil {
+			l.log.Error("following the registry's operator revocations", "err", err)
 		}
 	}
 }
@@ -153,10 +169,47 @@ func (l *Local) Report(ctx context.Context, kind, device, detail string) {
 	}
 }
 
-// ReportOperator implements Source. The operator is named in the detail
-// too: a registry file of this version has no operator column.
+// ReportOperator implements Source: the event names the operator, this
+// slave and the device.
 func (l *Local) ReportOperator(ctx context.Context, kind, operator, device, detail string) {
-	l.Report(ctx, kind, device, "operator "+operator+": "+detail)
+	if err := l.store.AddOperatorEvent(ctx, kind, operator, l.slave, device, detail); err != nil {
+		l.log.Error("writing event", "kind", kind, "operator", operator, "device", device, "err", err)
+	}
+}
+
+// Operator implements Source: the registry answers each time (it is on
+// this host, and nothing is cached, so a revocation or a narrowed allow
+// list holds from the next login on). An unknown key or a revoked
+// operator's is not found.
+func (l *Local) Operator(ctx context.Context, fp string, _ ssh.PublicKey) (Grant, bool, error) {
+	o, open, err := l.store.OperatorAccess(ctx, fp)
+	switch {
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrRevoked):
+		return Grant{}, false, nil
+	case err != nil:
+		return Grant{}, false, fmt.Errorf("reading the registry for operator key %s: %w", fp, err)
+	}
+	return Grant{Operator: o.Name, Fingerprint: o.Fingerprint, PublicKey: o.PublicKey, Open: open}, true, nil
+}
+
+// pollOperators reads the registry's revocation log past the last entry
+// seen and tells h of each operator revoked, removed or narrowed (device
+// entries are poll's, through the event log).
+func (l *Local) pollOperators(ctx context.Context, h Handler) error {
+	for {
+		revs, err := l.store.Revocations(ctx, l.lastRev, 0)
+		if err != nil || len(revs) == 0 {
+			return err
+		}
+		for _, r := range revs {
+			l.lastRev = r.Seq
+			if r.Operator == "" {
+				continue
+			}
+			l.log.Info("operator revocation in the registry", "operator", r.Operator, "reason", r.Reason)
+			h.OperatorGone(ctx, r.Operator, r.Fingerprint, "operator "+r.Reason)
+		}
+	}
 }
 
 // LastContact implements Source: there is no master.

@@ -290,6 +290,11 @@ func (m *Master) apply(ctx context.Context, h Handler, via string, sent, next in
 			continue // applied already
 		}
 		if r.Operator != "" {
+			// Revoked, removed, or changed (its reach narrowed): its grants
+			// are forgotten and every session of it ends, changed included.
+			// sshd fixed a session's permitopen at login, so a session kept
+			// could go on opening a port taken off the allow list; the
+			// operator logs in again and gets the new lines.
 			m.ops.drop(r.Operator, r.Fingerprint)
 			m.log.Info("operator revocation from the master", "operator", r.Operator, "reason", r.Reason, "via", via)
 			h.OperatorGone(ctx, r.Operator, r.Fingerprint, "operator "+r.Reason)
@@ -302,6 +307,7 @@ func (m *Master) apply(ctx context.Context, h Handler, via string, sent, next in
 		if err := m.cache.Delete(ctx, r.Fingerprint, r.Device); err != nil {
 			m.log.Error("dropping revoked device from cache", "device", r.Device, "err", err)
 		}
+		m.ops.dropDevice(r.Device, r.Ports)
 		reason := "device revoked"
 		if r.Reason == "removed" {
 			reason = "device removed"
@@ -383,6 +389,11 @@ func (m *Master) refresh(ctx context.Context, h Handler) {
 		_, err = m.validate(ctx, cd.Device.Fingerprint, key)
 		if errors.Is(err, ErrNotAccepted) {
 			m.log.Info("master no longer accepts a cached device", "device", cd.Device.Name)
+			ports := make([]int, 0, len(cd.Device.Forwards))
+			for _, f := range cd.Device.Forwards {
+				ports = append(ports, f.RemotePort)
+			}
+			m.ops.dropDevice(cd.Device.Name, ports)
 			h.Gone(ctx, cd.Device, "device no longer accepted by the master")
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -113,6 +114,23 @@ func (c *operatorCache) drop(operator, fp string) {
 	}
 }
 
+// dropDevice forgets every grant naming device or one of ports: a device
+// revoked or removed. A port freed by rm may be leased to another device
+// next, which a stale grant (and the permitopen line made from it) must
+// not reach.
+func (c *operatorCache) dropDevice(device string, ports []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.grants {
+		for _, o := range e.g.Open {
+			if (device != "" && o.Device == device) || slices.Contains(ports, o.Port) {
+				delete(c.grants, k)
+				break
+			}
+		}
+	}
+}
+
 // Operator implements Source: the master's answer for an operator's key,
 // cached for the TTL the master gives (the device TTL otherwise). Past
 // it, the master is asked again; a master out of reach then refuses the
@@ -158,10 +176,4 @@ func (m *Master) Operator(ctx context.Context, fp string, key ssh.PublicKey) (Gr
 	}
 	m.ops.put(g, now.Add(ttl))
 	return g, true, nil
-}
-
-// Operator implements Source: a local registry of this version has no
-// operators, so it refuses every operator key.
-func (l *Local) Operator(ctx context.Context, fp string, _ ssh.PublicKey) (Grant, bool, error) {
-	return Grant{}, false, nil
 }

@@ -111,3 +111,73 @@ func TestMasterOperatorsWithoutAPI(t *testing.T) {
 		t.Errorf("found %v, err %v", found, err)
 	}
 }
+
+// A device revoked or removed drops every cached grant naming it or its
+// ports (a freed port may be leased to another device next), and only
+// those; an operator whose reach changed (narrowed) is forgotten and its
+// sessions end, as for a revocation.
+func TestMasterOperatorGrantsFollowDevices(t *testing.T) {
+	g := newMasterRig(t, t.TempDir())
+	api := &operatorMaster{fakeMaster: g.api, ops: map[string]wire.OperatorValidation{}}
+	g.m = NewMaster(api, "s1", g.clock.Now, discard())
+	ctx := context.Background()
+	if err := g.m.Start(ctx, g.cache); err != nil {
+		t.Fatal(err)
+	}
+	grant := func(name string, open ...wire.OpenPort) string {
+		k := testkit.NewKey(t, name).Public
+		fp := registry.Fingerprint(k)
+		v := wire.OperatorValidation{Operator: name, Fingerprint: fp, PublicKey: registry.AuthorizedKey(k), TTLSeconds: 600, Open: open}
+		api.ops[fp] = v
+		if _, found, err := g.m.Operator(ctx, fp, nil); !found || err != nil {
+			t.Fatalf("%s: %v %v", name, found, err)
+		}
+		return fp
+	}
+	lyon := wire.OpenPort{Device: "pi-lyon", Forward: "ssh", Port: 20001}
+	paris := wire.OpenPort{Device: "pi-paris", Forward: "ssh", Port: 20002}
+	alice := grant("alice", lyon, paris)
+	bob := grant("bob", paris)
+	carol := grant("carol", wire.OpenPort{Device: "nas", Forward: "web", Port: 20003})
+	asked := api.calls()
+	again := func(fp string) int {
+		g.m.Operator(ctx, fp, nil)
+		n := api.calls() - asked
+		asked = api.calls()
+		return n
+	}
+
+	// pi-lyon removed (its port in the revocation): alice's grant goes.
+	g.api.reply = wire.HeartbeatReply{Seq: 3, Revocations: []wire.Revocation{{Seq: 3, Device: "pi-lyon", Fingerprint: "SHA256:x", Ports: []int{20001}, Reason: "removed"}}}
+	h := &recorder{}
+	if err := g.m.beat(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if n := again(alice); n != 1 {
+		t.Errorf("alice's grant naming a removed device: %d validations, want 1 (asked again)", n)
+	}
+	if n := again(bob) + again(carol); n != 0 {
+		t.Errorf("grants not naming it: %d validations, want 0 (cached)", n)
+	}
+	// A revocation naming a port only (a device the slave knew under
+	// that port): the grant holding the port goes.
+	g.api.reply = wire.HeartbeatReply{Seq: 4, Revocations: []wire.Revocation{{Seq: 4, Device: "old-nas", Ports: []int{20003}, Reason: "revoked"}}}
+	if err := g.m.beat(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if n := again(carol); n != 1 {
+		t.Errorf("carol's grant naming a revoked port: %d validations, want 1", n)
+	}
+
+	// bob's reach narrowed: forgotten, and the slave ends his sessions.
+	g.api.reply = wire.HeartbeatReply{Seq: 5, Revocations: []wire.Revocation{{Seq: 5, Operator: "bob", Fingerprint: bob, Reason: "changed"}}}
+	if err := g.m.beat(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.gone) != 3 || h.gone[2] != "operator bob: operator changed" {
+		t.Fatalf("gone %q", h.gone)
+	}
+	if n := again(bob); n != 1 {
+		t.Errorf("bob's grant after changed: %d validations, want 1", n)
+	}
+}
