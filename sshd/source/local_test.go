@@ -25,11 +25,11 @@ func TestLocalOperators(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	pr := registry.PortRange{Lo: 20000, Hi: 20099}
 	lyonKey := testkit.NewKey(t, "pi-lyon").Public
-	lyon, err := st.EnrolDevice(ctx, "pi-lyon", lyonKey, nil, map[string]string{"site": "lyon"}, pr, "")
+	lyon, _, err := st.EnrolDevice(ctx, "pi-lyon", lyonKey, nil, map[string]string{"site": "lyon"}, pr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.EnrolDevice(ctx, "pi-paris", testkit.NewKey(t, "pi-paris").Public, nil, map[string]string{"site": "paris"}, pr, ""); err != nil {
+	if _, _, err := st.EnrolDevice(ctx, "pi-paris", testkit.NewKey(t, "pi-paris").Public, nil, map[string]string{"site": "paris"}, pr, ""); err != nil {
 		t.Fatal(err)
 	}
 	aliceKey := testkit.NewKey(t, "alice").Public
