@@ -42,7 +42,7 @@ test: deps lint build
 # /var/cache/mas4h-ci), and runs install, every lifecycle event, a reboot
 # and a purge in there, under both cgroup layouts (MAS4H_SYSTEMD_LAYOUTS=
 # unified or default picks one). Root; .ci/run runs it after make test.
-test-systemd: build
+test-systemd: deps build
 	MAS4H_SYSTEMD_TEST=1 $(GO) test -count=1 -timeout 30m -v -run '^TestPackagedSystemd$$' ./cmd/mas4h
 
 # Every fuzz target (the parsers of what devices, sshd, the kernel and

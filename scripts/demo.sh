@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # mas4h demo on this host: a master and a slave on 127.0.0.1 (embedded SQLite
-# registry), and a "device" (this host too) that asks the master for a slot
-# and opens its real `ssh -R` tunnel on the slave it was given, carrying the
-# device's web page and its sshd port.
+# registry), and a "device" (this host too) whose client script (the one
+# `mas4h client-script` renders for busybox/OpenWrt devices) asks the master
+# for a signed slot and keeps its real `ssh -R` tunnel up on the slave it was
+# given, carrying the device's web page and its sshd port.
 #   scripts/demo.sh start   (what `make demo` runs)
 #   scripts/demo.sh stop    (what `make demo-stop` runs)
 # Everything lives in $MAS4H_DEMO_DIR (default /var/lib/mas4h/demo); only
 # processes recorded in its pid files are ever stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B="$PWD/bin/mas4h"
+B="${MAS4H_DEMO_BIN:-$PWD/bin/mas4h}"
 D="${MAS4H_DEMO_DIR:-/var/lib/mas4h/demo}"
 SSH_PORT="${MAS4H_DEMO_SSH_PORT:-2222}"
 MASTER_PORT="${MAS4H_DEMO_MASTER_PORT:-8080}"
 MASTER="http://127.0.0.1:$MASTER_PORT"
 WEB_PORT="${MAS4H_DEMO_WEB_PORT:-18080}"
-USER_T=mas4h-tunnel
+USER_T="${MAS4H_DEMO_TUNNEL_USER:-mas4h-tunnel}"
 
 stop_pidfile() { # stop the process whose pid is in $1, if it is still there
   local f=$1 pid
@@ -26,7 +27,8 @@ stop_pidfile() { # stop the process whose pid is in $1, if it is still there
 }
 
 stop() {
-  stop_pidfile "$D/device-ssh.pid"
+  stop_pidfile "$D/device-client.pid"   # the client script ends its ssh on TERM
+  stop_pidfile "$D/device-ssh.pid"      # left by older demos
   stop_pidfile "$D/device-web.pid"
   stop_pidfile "$D/slave.pid"
   stop_pidfile "$D/master.pid"
@@ -80,31 +82,20 @@ start() {
     "$B" device add demo-pi --key "$D/device/id_ed25519.pub" --forward "$ssh_fwd" --forward "web=127.0.0.1:$WEB_PORT,probe=http"
   fi
 
-  echo "== 5. the device asks the master for a slot (POST /api/v1/slots?format=env, no token: its key is its identity)"
-  slot=""
-  for _ in $(seq 50); do   # the slave's first heartbeat makes it live
-    slot=$(busybox wget -q -O - --header 'Content-Type: application/json' \
-      --post-data "{\"public_key\": \"$(cut -d' ' -f1,2 "$D/device/id_ed25519.pub")\"}" \
-      "$MASTER/api/v1/slots?format=env" 2>/dev/null) && break
-    sleep 0.2
-  done
-  [ -n "$slot" ] || { echo "no slot from the master"; cat "$D/master.log"; exit 1; }
-  echo "$slot" | sed 's/^/   /'
-  val() { echo "$slot" | sed -n "s/^$1='\\(.*\\)'\$/\\1/p"; }
-  host=$(val MAS4H_HOST); port=$(val MAS4H_PORT); user=$(val MAS4H_USER)
-  echo "[$host]:$port $(val MAS4H_HOST_KEY_1)" > "$D/device/known_hosts"
-  rargs=()
-  for f in $(val MAS4H_FORWARDS); do rargs+=(-R "$f"); done
+  echo "== 5. the device's client: a POSIX sh script rendered by the master's CLI (ssh, ssh-keygen, curl)"
+  # It signs each slot request with the device key (ssh-keygen -Y sign),
+  # pins the slave's host key, and keeps the stock OpenSSH client's -R
+  # tunnel up. The demo master is plain http on loopback: --insecure-http.
+  "$B" client-script --master "$MASTER" --insecure-http --device demo-pi > "$D/device/mas4h-client.sh"
 
-  echo "== 6. the device opens its tunnel there with the stock OpenSSH client, pinning the slave's host key"
-  setsid nohup ssh -F /dev/null -N -i "$D/device/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes \
-    -o ExitOnForwardFailure=yes -o ServerAliveInterval=10 -o ServerAliveCountMax=3 \
-    -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$D/device/known_hosts" \
-    "${rargs[@]}" -p "$port" "$user@$host" </dev/null > "$D/device-ssh.log" 2>&1 &
-  echo $! > "$D/device-ssh.pid"
+  echo "== 6. the device asks the master for a slot and opens its tunnel there (log $D/device-client.log)"
+  MAS4H_KEY="$D/device/id_ed25519" MAS4H_STATE="$D/device/state" MAS4H_SSH_CLIENT=openssh \
+    setsid nohup sh "$D/device/mas4h-client.sh" run </dev/null > "$D/device-client.log" 2>&1 &
+  echo $! > "$D/device-client.pid"
   web_port=$("$B" device show demo-pi -o json | sed -n '/"name": "web"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
   ssh_port=$("$B" device show demo-pi -o json | sed -n '/"name": "ssh"/,/remote_port/s/.*"remote_port": \([0-9]*\).*/\1/p')
-  if ! wait_port "$web_port" 10; then echo "tunnel did not come up:"; cat "$D/device-ssh.log"; exit 1; fi
+  if ! wait_port "$web_port" 20; then echo "tunnel did not come up:"; cat "$D/device-client.log"; exit 1; fi
+  sed 's/^/   /' "$D/device-client.log"
   sleep 11  # a probe cycle and a heartbeat, so that the master lists the tunnel and its probe
 
   echo "== 7. status"

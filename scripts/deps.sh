@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system parts mas4h drives (OpenSSH, dropbear, iptables, nftables, kmod,
-# iproute2, sqlite3, busybox; chromium for the dashboard test; systemd-analyze,
-# dpkg-dev, lintian and man-db for the unit and .deb tests; ssh-audit for the
+# iproute2, sqlite3, busybox, curl (the shell client); chromium for the dashboard test; systemd-analyze,
+# dpkg-dev, lintian and man-db for the unit and .deb tests; systemd-container
+# (systemd-nspawn) for make test-systemd; ssh-audit for the
 # sshd's audit, mmdebstrap for the Debian 13 root of the OpenSSH 10 tests;
 # file and python3 (plistlib) for the macOS agent's and launchd tests;
 # rsync and ansible-core for the operator tools' tests)
@@ -9,7 +10,7 @@
 # for what is missing, so repeated `make test` needs no network (but for the
 # Debian 13 root, built from Debian's mirror on first use and then weekly).
 set -euo pipefail
-pkgs=(openssh-server openssh-client dropbear-bin iptables nftables kmod iproute2 file python3 sqlite3 busybox shellcheck gcc libc6-dev make ca-certificates chromium fonts-dejavu-core systemd dpkg-dev lintian man-db ssh-audit mmdebstrap rsync ansible-core)
+pkgs=(openssh-server openssh-client dropbear-bin iptables nftables kmod iproute2 file python3 sqlite3 busybox curl shellcheck gcc libc6-dev make ca-certificates chromium fonts-dejavu-core systemd systemd-container dpkg-dev lintian man-db ssh-audit mmdebstrap rsync ansible-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
