@@ -158,6 +158,7 @@ type Server struct {
 	sharedSlave bool
 	sharedUsers sharedUsers // slaves seen using it
 	slaveAuth   *metrics.SlaveAuth
+	health      storeHealth // whether the registry takes writes (storehealth.go)
 
 	// Slot grants are written by one goroutine in groups (see recordSlot).
 	writes   chan *slotWrite
@@ -321,6 +322,9 @@ func (s *Server) slotWriter() {
 			grants[i] = w.grant
 		}
 		err := s.store.RecordSlots(context.Background(), grants)
+		if err == nil {
+			s.storeWrote()
+		}
 		for _, w := range batch {
 			w.done <- err
 		}

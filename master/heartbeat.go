@@ -55,9 +55,19 @@ func (s *Server) handleHeartbeat(c *gin.Context) {
 		s.refuseHostKeys(c, report, mismatch)
 		return
 	}
-	if err != nil {
+	switch {
+	case registry.Unwritable(err) && s.live.Known(report.Name, report.HostKeys):
+		// A registry that takes no writes (disk full) must not make
+		// its slaves look dead: a slave the master knows, with the host
+		// keys it knows, is heard, and dispatch goes on; only the record
+		// of the heartbeat is lost.
+		s.storeFailed(err)
+		change = registry.SlaveSteady
+	case err != nil:
 		s.internal(c, err)
 		return
+	default:
+		s.storeWrote()
 	}
 	switch change {
 	case registry.SlaveNew:

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -142,6 +143,15 @@ func (l *liveSlaves) Heard(r registry.SlaveReport) {
 type silence struct {
 	Name     string
 	LastSeen time.Time
+}
+
+// Known reports whether slave name is known here with exactly hostKeys
+// (in the same order), as its last heartbeat or the store gave them.
+func (l *liveSlaves) Known(name string, hostKeys []string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.slaves[name]
+	return st != nil && len(hostKeys) > 0 && slices.Equal(st.hostKeys, hostKeys)
 }
 
 // Silent lists the slaves still counted alive that have not beaten for

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -56,7 +57,7 @@ func (s *Server) routes() *gin.Engine {
 	})
 
 	v1 := e.Group(wire.APIPrefix)
-	v1.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, wire.Health{Status: "ok"}) })
+	v1.GET("/healthz", s.handleHealthz)
 	v1.POST("/slots", s.countSlots, s.handleSlot)
 	v1.POST("/access", s.handleAccess) // the operator's signature is the credential
 
@@ -312,6 +313,12 @@ func (s *Server) storeFail(c *gin.Context, err error) {
 
 func (s *Server) internal(c *gin.Context, err error) {
 	s.log.Error("request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
+	if registry.Unwritable(err) {
+		s.storeFailed(err)
+		c.Header("Retry-After", strconv.Itoa(unwritableRetry))
+		fail(c, http.StatusServiceUnavailable, unwritableMessage(err))
+		return
+	}
 	fail(c, http.StatusInternalServerError, "internal error (see the master's log)")
 }
 

@@ -180,7 +180,14 @@ func (s *Server) handleSlot(c *gin.Context) {
 	// again for the same slave is counted into the interval's summary row.
 	moved := slot.Slave != dev.LastSlave
 	if s.slotEvents.granted(dev.Name, slot.Slave, moved, now) {
-		if err := s.recordSlot(ctx, dev.Name, slot.Slave); err != nil {
+		err := s.recordSlot(ctx, dev.Name, slot.Slave)
+		if registry.Unwritable(err) {
+			// The grant needs no write to be good: the device gets its
+			// slot; only its record (last slave, slot event) is lost.
+			s.storeFailed(err)
+			err = nil
+		}
+		if err != nil {
 			s.live.Unpick(dev.Name, slot.Slave)
 			s.log.Error("recording slot", "device", dev.Name, "slave", slot.Slave, "err", err)
 			slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)

@@ -71,6 +71,7 @@ type Master struct {
 	validations        *prometheus.CounterVec
 	validationDuration prometheus.Histogram
 	accessDenials      *prometheus.CounterVec
+	storeUnwritable    prometheus.Counter
 }
 
 // NewMaster registers the master's metrics on reg.
@@ -93,6 +94,10 @@ func NewMaster(reg prometheus.Registerer, snapshot SnapshotFunc) (*Master, error
 			Namespace: namespace, Name: "operator_access_denials_total",
 			Help: "Operators refused, at POST /api/v1/access or when a slave validates an operator's key, by reason.",
 		}, []string{"reason"}),
+		storeUnwritable: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "registry_write_failures_total",
+			Help: "Writes the registry refused for want of room or of a writable file (disk full, I/O error, read-only); /api/v1/healthz says 503 while they last.",
+		}),
 	}
 	// Every known result is exported from the start at 0, so that a rate()
 	// over a result that has not happened yet is 0, not absent.
@@ -105,7 +110,7 @@ func NewMaster(reg prometheus.Registerer, snapshot SnapshotFunc) (*Master, error
 	for _, r := range []string{AccessUnknownKey, AccessRevoked, AccessNotAllowed, AccessOffline, AccessBadSignature, AccessRateLimited} {
 		m.accessDenials.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.slots, m.validations, m.validationDuration, m.accessDenials, newRegistryCollector(snapshot)} {
+	for _, c := range []prometheus.Collector{m.slots, m.validations, m.validationDuration, m.accessDenials, m.storeUnwritable, newRegistryCollector(snapshot)} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -127,6 +132,13 @@ func (m *Master) Validation(result string, took time.Duration) {
 	}
 	m.validations.WithLabelValues(result).Inc()
 	m.validationDuration.Observe(took.Seconds())
+}
+
+// StoreUnwritable counts one write the registry refused (disk full…).
+func (m *Master) StoreUnwritable() {
+	if m != nil {
+		m.storeUnwritable.Inc()
+	}
 }
 
 // AccessDenied counts one refused operator.

@@ -3,6 +3,8 @@ package registry
 import (
 	"errors"
 	"fmt"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 // Sentinel errors. Every error the package returns for one of these causes
@@ -32,4 +34,20 @@ func quoteTrunc(s string) string {
 		return fmt.Sprintf("%q", s)
 	}
 	return fmt.Sprintf("%q…", s[:max])
+}
+
+// Unwritable reports whether err is the database refusing a write for want
+// of room or of a writable file (SQLite: disk full, I/O error, read-only,
+// cannot open): not the request's fault, and not mended by retrying at
+// once. The operator has to free space or fix the file.
+func Unwritable(err error) bool {
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case sqlite3.ErrFull, sqlite3.ErrIoErr, sqlite3.ErrReadonly, sqlite3.ErrCantOpen:
+		return true
+	}
+	return false
 }

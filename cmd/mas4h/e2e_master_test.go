@@ -1,9 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -316,4 +321,96 @@ func TestMasterBackFromOutageDispatchesAtOnce(t *testing.T) {
 		t.Fatalf("no heartbeat within 5 intervals of the master's return: %+v", st)
 	}
 	t.Logf("first heartbeat %s after the master came back (interval %s)", st.Slaves[0].LastSeen.Sub(back).Round(time.Millisecond), e2eHeartbeat)
+}
+
+// A master whose registry's disk fills up says so: writes answer 503 with
+// what is wrong and a Retry-After (they were a plain 500), /healthz says
+// 503 degraded (it said ok), a metric counts the failures; dispatch goes
+// on (a known slave is still heard, devices still get slots); once space
+// is freed the master resumes by itself. The registry lives on a 4 MiB
+// tmpfs that a filler file fills.
+func TestMasterOnAFullDisk(t *testing.T) {
+	e := newEnv(t)
+	fs := filepath.Join(e.dir, "small")
+	if err := os.MkdirAll(fs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", fs).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", fs).Run() }) // after the master's own cleanup (LIFO)
+	m := &masterProc{e: e, url: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), db: filepath.Join(fs, "master.db"),
+		adminToken: filepath.Join(e.dir, "admin.token"), slaveToken: filepath.Join(e.dir, "slave.token")}
+	m.start()
+	t.Cleanup(m.stop)
+	m.startSlave("s1")
+	waitSlavesAlive(t, m, 1)
+	_, k := m.enrol("pi-1")
+
+	filler := filepath.Join(fs, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break // ENOSPC: the disk is full
+		}
+	}
+	f.Close()
+
+	// Writes are refused with the reason; health says so.
+	var code int
+	var stderr string
+	pi2 := e.newKey("pi-2")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		_, stderr, code = m.admin("device", "add", "pi-2", "--key", pi2.public)
+		return code != 0 && strings.Contains(stderr, "the registry cannot be written")
+	}, "device add on a full disk: exit %d: %s", code, stderr)
+	if !strings.Contains(stderr, "free space on its filesystem") {
+		t.Errorf("the refusal does not say what to do: %s", stderr)
+	}
+	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
+		resp, err := http.Get(m.url + "/api/v1/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h wire.Health
+		json.NewDecoder(resp.Body).Decode(&h)
+		return resp.StatusCode == http.StatusServiceUnavailable && h.Status == "degraded" && strings.Contains(h.Detail, "cannot be written")
+	}, "healthz does not say the registry is unwritable")
+	// Dispatch goes on: the slave is still heard, the device still gets
+	// its slot, well past DeadAfter heartbeats.
+	time.Sleep(4 * e2eHeartbeat) // longer than DeadAfter intervals without a recorded heartbeat
+	if s, code, body := m.slot(k); code != 200 || s.Slave != "s1" {
+		t.Fatalf("slot on a full disk: %d %s", code, body)
+	}
+	if !m.log.Contains("the registry cannot be written; answering 503 until a write succeeds") {
+		t.Errorf("the master did not log the full disk:\n%s", m.log)
+	}
+	resp, err := http.Get(m.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`(?m)^mas4h_registry_write_failures_total [1-9]`).Match(metrics) {
+		t.Errorf("no write failures counted")
+	}
+
+	// Space freed: the next heartbeat's write succeeds and all is well.
+	os.Remove(filler)
+	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
+		resp, err := http.Get(m.url + "/api/v1/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "healthz still degraded after space was freed")
+	if _, stderr, code := m.admin("device", "add", "pi-2", "--key", pi2.public); code != 0 {
+		t.Errorf("device add after space was freed: exit %d: %s", code, stderr)
+	}
 }

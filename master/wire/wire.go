@@ -282,5 +282,6 @@ type Removed struct {
 
 // Health is GET /healthz.
 type Health struct {
-	Status string `json:"status"`
+	Status string `json:"status"`           // "ok", or "degraded" (with a 503)
+	Detail string `json:"detail,omitempty"` // what is wrong when degraded
 }
