@@ -80,13 +80,13 @@ func TestDevice(t *testing.T) {
 			want: []Segment{seg(0, 60, Unenrolled)}, pct: -1,
 		},
 		{
-			name: "state at the window's start from an event before it; changes on both edges",
-			events: []registry.Event{conn(1, -100, "s1"), disc(2, 0, "s1"), conn(3, 60, "s1")},
+			name:     "state at the window's start from an event before it; changes on both edges",
+			events:   []registry.Event{conn(1, -100, "s1"), disc(2, 0, "s1"), conn(3, 60, "s1")},
 			enrolled: long, from: 0, to: 60,
 			want: []Segment{seg(0, 60, Down)}, disc: 1, pct: 0,
 		},
 		{
-			name: "first known event a disconnect: up before it (its connect was pruned)",
+			name:   "first known event a disconnect: up before it (its connect was pruned)",
 			events: []registry.Event{disc(5, 30, "s1")}, enrolled: long, from: 0, to: 60,
 			want: []Segment{seg(0, 30, Up), seg(30, 60, Down)}, up: 30 * time.Minute, disc: 1, pct: 50,
 		},

@@ -53,7 +53,7 @@ const dashCSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' d
 var dashTemplates = sync.OnceValues(func() (map[string]*template.Template, error) {
 	out := map[string]*template.Template{}
 	for _, page := range []string{"dashboard.tmpl", "dashboard_device.tmpl", "dashboard_login.tmpl"} {
-		t, err := templates.ParseHTML(nil, page, "dashboard_base.tmpl")
+		t, err := templates.ParseHTML(nil, page, "dashboard_base.tmpl", "dashboard_charts.tmpl")
 		if err != nil {
 			return nil, err
 		}
@@ -227,6 +227,10 @@ func (s *Server) handleOverview(c *gin.Context) {
 		return
 	}
 	v := buildOverview(d, c.Query("q"), c.Query("show"), s.now())
+	if v.History, err = s.overviewHistory(c.Request.Context(), c.Query("window")); err != nil {
+		s.internal(c, err)
+		return
+	}
 	v.pageView = s.page("mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard.tmpl", v)
 }
@@ -287,6 +291,10 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 	}
 	v := buildDeviceDetail(dev, tunnels, events, s.now())
 	v.Access = viewAccess(dev.Name, access, s.live.Operators(), s.now())
+	if v.Availability, err = s.deviceAvailability(ctx, dev, v.Device.Online); err != nil {
+		s.internal(c, err)
+		return
+	}
 	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard_device.tmpl", v)
 }

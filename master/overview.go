@@ -85,6 +85,7 @@ type overviewView struct {
 	TunnelsLive  int
 	CapacityLive int
 	Connected    []connectedView // operators connected now
+	History      historyView     // charts; set by the handler (charts.go)
 }
 
 // connectedView is one live operator session on the overview.
@@ -114,6 +115,8 @@ type deviceDetailView struct {
 	Created     string
 	Events      []eventView
 	Access      []accessView // who reached it, newest first
+	// Availability over the last 24 h and 7 days; set by the handler.
+	Availability []timeView
 }
 
 // overviewData is what the overview page shows.

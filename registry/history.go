@@ -186,12 +186,6 @@ func (s *Store) eventsOfKinds(ctx context.Context, kinds []string, since time.Ti
 	return out, nil
 }
 
-// SlaveChanges returns the slave-down and slave-up events at or after
-// since, oldest first.
-func (s *Store) SlaveChanges(ctx context.Context, since time.Time) ([]Event, error) {
-	return s.eventsOfKinds(ctx, []string{EventSlaveDown, EventSlaveUp}, since)
-}
-
 // DeviceCount is a device and a number of its events.
 type DeviceCount struct {
 	Device string `json:"device"`
