@@ -80,6 +80,7 @@ type Store interface {
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
+	DeviceTunnels(ctx context.Context, device string) ([]registry.Tunnel, error)
 	RecordSlots(ctx context.Context, grants []registry.SlotGrant) error
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)

@@ -273,7 +273,7 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 		s.internal(c, err)
 		return
 	}
-	tunnels, err := s.store.LiveTunnels(ctx)
+	tunnels, err := s.store.DeviceTunnels(ctx, dev.Name)
 	if err != nil {
 		s.internal(c, err)
 		return

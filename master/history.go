@@ -190,16 +190,8 @@ func (s *Server) handleAvailability(c *gin.Context) {
 
 // deviceOnline says whether device has a tunnel on a live slave.
 func (s *Server) deviceOnline(ctx context.Context, device string) (bool, error) {
-	tunnels, err := s.store.LiveTunnels(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, t := range tunnels {
-		if t.Device == device {
-			return true, nil
-		}
-	}
-	return false, nil
+	tunnels, err := s.store.DeviceTunnels(ctx, device)
+	return len(tunnels) > 0, err
 }
 
 // handleFleetHistory is GET /history/fleet?window=: devices online.
