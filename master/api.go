@@ -81,6 +81,9 @@ type Store interface {
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
 	DeviceTunnels(ctx context.Context, device string) ([]registry.Tunnel, error)
+	CountDevices(ctx context.Context) (registry.DeviceCounts, error)
+	FindDevices(ctx context.Context, q registry.DeviceQuery) ([]registry.Device, int, error)
+	TunnelsOf(ctx context.Context, devices []string) ([]registry.Tunnel, error)
 	RecordSlots(ctx context.Context, grants []registry.SlotGrant) error
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)

@@ -221,7 +221,7 @@ func (s *Server) handleOverview(c *gin.Context) {
 	if !ok {
 		return
 	}
-	d, err := s.overviewData(c.Request.Context())
+	d, err := s.overviewData(c.Request.Context(), c.Query("q"), c.Query("show"))
 	if err != nil {
 		s.internal(c, err)
 		return
@@ -236,18 +236,27 @@ func (s *Server) handleOverview(c *gin.Context) {
 }
 
 // overviewData reads what the overview shows from the store and the live
-// view.
-func (s *Server) overviewData(ctx context.Context) (overviewData, error) {
+// view: the fleet's counts (in SQL), the page of devices that query and
+// show select, and only their tunnels.
+func (s *Server) overviewData(ctx context.Context, query, show string) (overviewData, error) {
 	var d overviewData
 	var err error
 	if d.Slaves, err = s.store.Slaves(ctx); err != nil {
 		return d, err
 	}
 	d.Alive = s.live.Alive()
-	if d.Devices, err = s.store.Devices(ctx); err != nil {
+	if d.Counts, err = s.store.CountDevices(ctx); err != nil {
 		return d, err
 	}
-	if d.Tunnels, err = s.store.LiveTunnels(ctx); err != nil {
+	q := registry.DeviceQuery{NameContains: query, Show: showFilter(show), Limit: dashMaxDevices}
+	if d.Devices, d.Matching, err = s.store.FindDevices(ctx, q); err != nil {
+		return d, err
+	}
+	names := make([]string, len(d.Devices))
+	for i, dev := range d.Devices {
+		names[i] = dev.Name
+	}
+	if d.Tunnels, err = s.store.TunnelsOf(ctx, names); err != nil {
 		return d, err
 	}
 	if d.Events, err = s.latestEvents(ctx, "", dashEvents); err != nil {

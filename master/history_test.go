@@ -113,7 +113,7 @@ func TestHistoryThroughTheAPIAndPages(t *testing.T) {
 	b := e.browser()
 	login(t, b, e.ts.URL, adminTok, "/")
 	code, page := get(t, b, e.ts.URL+"/")
-	for _, want := range []string{`data-chart="fleet"`, `data-flapping="pi-flap"`, "<b>5</b> disconnects", `class="dead"`, "slave dead"} {
+	for _, want := range []string{`data-chart="fleet"`, `data-flapping="pi-flap"`, "<b>5</b> tunnel disconnects", `class="dead"`, "slave dead"} {
 		if code != http.StatusOK || !strings.Contains(page, want) {
 			t.Errorf("overview (%d) lacks %q", code, want)
 		}
