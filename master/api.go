@@ -80,9 +80,21 @@ type Store interface {
 	MarkSlaveDead(ctx context.Context, name string, lastSeen, at time.Time, detail string) (bool, error)
 	Slaves(ctx context.Context) ([]registry.Slave, error)
 	LiveTunnels(ctx context.Context) ([]registry.Tunnel, error)
+	DeviceTunnels(ctx context.Context, device string) ([]registry.Tunnel, error)
+	CountDevices(ctx context.Context) (registry.DeviceCounts, error)
+	FindDevices(ctx context.Context, q registry.DeviceQuery) ([]registry.Device, int, error)
+	TunnelsOf(ctx context.Context, devices []string) ([]registry.Tunnel, error)
 	RecordSlots(ctx context.Context, grants []registry.SlotGrant) error
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)
+
+	// History (history.go).
+	RecordLoad(ctx context.Context, samples []registry.LoadSample) error
+	PruneLoad(ctx context.Context, before time.Time) (int64, error)
+	LoadHistory(ctx context.Context, since, until time.Time) ([]registry.LoadSample, error)
+	SeriesHistory(ctx context.Context, series string, since, until time.Time) ([]registry.LoadSample, error)
+	DeviceHistory(ctx context.Context, device string, since time.Time) ([]registry.Event, error)
+	TopDisconnects(ctx context.Context, since time.Time, n int) ([]registry.DeviceCount, error)
 }
 
 // Config configures a Server. Store and AdminToken are required; zero
@@ -378,7 +390,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return fmt.Errorf("serving the API: %w", err)
 }
 
-// livenessLoop marks slaves dead once per heartbeat interval.
+// livenessLoop marks slaves dead once per heartbeat interval, and then
+// samples the fleet's load for the dashboard's history.
 func (s *Server) livenessLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -388,6 +401,7 @@ func (s *Server) livenessLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s.checkSlaves(ctx)
+			s.sampleLoad(ctx)
 		}
 	}
 }

@@ -53,7 +53,7 @@ const dashCSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' d
 var dashTemplates = sync.OnceValues(func() (map[string]*template.Template, error) {
 	out := map[string]*template.Template{}
 	for _, page := range []string{"dashboard.tmpl", "dashboard_device.tmpl", "dashboard_login.tmpl"} {
-		t, err := templates.ParseHTML(nil, page, "dashboard_base.tmpl")
+		t, err := templates.ParseHTML(nil, page, "dashboard_base.tmpl", "dashboard_charts.tmpl")
 		if err != nil {
 			return nil, err
 		}
@@ -221,29 +221,42 @@ func (s *Server) handleOverview(c *gin.Context) {
 	if !ok {
 		return
 	}
-	d, err := s.overviewData(c.Request.Context())
+	d, err := s.overviewData(c.Request.Context(), c.Query("q"), c.Query("show"))
 	if err != nil {
 		s.internal(c, err)
 		return
 	}
 	v := buildOverview(d, c.Query("q"), c.Query("show"), s.now())
+	if v.History, err = s.overviewHistory(c.Request.Context(), c.Query("window")); err != nil {
+		s.internal(c, err)
+		return
+	}
 	v.pageView = s.page("mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard.tmpl", v)
 }
 
 // overviewData reads what the overview shows from the store and the live
-// view.
-func (s *Server) overviewData(ctx context.Context) (overviewData, error) {
+// view: the fleet's counts (in SQL), the page of devices that query and
+// show select, and only their tunnels.
+func (s *Server) overviewData(ctx context.Context, query, show string) (overviewData, error) {
 	var d overviewData
 	var err error
 	if d.Slaves, err = s.store.Slaves(ctx); err != nil {
 		return d, err
 	}
 	d.Alive = s.live.Alive()
-	if d.Devices, err = s.store.Devices(ctx); err != nil {
+	if d.Counts, err = s.store.CountDevices(ctx); err != nil {
 		return d, err
 	}
-	if d.Tunnels, err = s.store.LiveTunnels(ctx); err != nil {
+	q := registry.DeviceQuery{NameContains: query, Show: showFilter(show), Limit: dashMaxDevices}
+	if d.Devices, d.Matching, err = s.store.FindDevices(ctx, q); err != nil {
+		return d, err
+	}
+	names := make([]string, len(d.Devices))
+	for i, dev := range d.Devices {
+		names[i] = dev.Name
+	}
+	if d.Tunnels, err = s.store.TunnelsOf(ctx, names); err != nil {
 		return d, err
 	}
 	if d.Events, err = s.latestEvents(ctx, "", dashEvents); err != nil {
@@ -269,7 +282,7 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 		s.internal(c, err)
 		return
 	}
-	tunnels, err := s.store.LiveTunnels(ctx)
+	tunnels, err := s.store.DeviceTunnels(ctx, dev.Name)
 	if err != nil {
 		s.internal(c, err)
 		return
@@ -287,6 +300,10 @@ func (s *Server) handleDevicePage(c *gin.Context) {
 	}
 	v := buildDeviceDetail(dev, tunnels, events, s.now())
 	v.Access = viewAccess(dev.Name, access, s.live.Operators(), s.now())
+	if v.Availability, err = s.deviceAvailability(ctx, dev, v.Device.Online); err != nil {
+		s.internal(c, err)
+		return
+	}
 	v.pageView = s.page(dev.Name+" — mas4h", dashRefresh, sess)
 	s.renderHTML(c, http.StatusOK, "dashboard_device.tmpl", v)
 }

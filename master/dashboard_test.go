@@ -139,7 +139,7 @@ func get(t *testing.T, c *http.Client, u string) (int, string) {
 
 // post sends a form as a browser would from the dashboard's own page: with
 // its Origin.
-func post(t *testing.T, c *http.Client, base, path string, form url.Values, header ...string) *http.Response {
+func post(t testing.TB, c *http.Client, base, path string, form url.Values, header ...string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest("POST", base+path, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -161,7 +161,7 @@ func post(t *testing.T, c *http.Client, base, path string, form url.Values, head
 	return resp
 }
 
-func login(t *testing.T, c *http.Client, base, token, next string) *http.Response {
+func login(t testing.TB, c *http.Client, base, token, next string) *http.Response {
 	t.Helper()
 	resp := post(t, c, base, "/login", url.Values{"token": {token}, "next": {next}})
 	io.Copy(io.Discard, resp.Body)

@@ -85,6 +85,7 @@ type overviewView struct {
 	TunnelsLive  int
 	CapacityLive int
 	Connected    []connectedView // operators connected now
+	History      historyView     // charts; set by the handler (charts.go)
 }
 
 // connectedView is one live operator session on the overview.
@@ -114,31 +115,35 @@ type deviceDetailView struct {
 	Created     string
 	Events      []eventView
 	Access      []accessView // who reached it, newest first
+	// Availability over the last 24 h and 7 days; set by the handler.
+	Availability []timeView
 }
 
-// overviewData is what the overview page shows.
+// overviewData is what the overview page shows: the counts of the whole
+// fleet, and only the devices of the page (the store selects them: a
+// fleet of 100,000 is never read whole).
 type overviewData struct {
-	Slaves  []registry.Slave
-	Alive   map[string]bool // the slaves live now
-	Devices []registry.Device
-	Tunnels []registry.Tunnel // on live slaves
-	Events  []registry.Event  // the latest, oldest first
+	Slaves []registry.Slave
+	Alive  map[string]bool // the slaves live now
+	Counts registry.DeviceCounts
+	// Devices are the first dashMaxDevices of the Matching devices the
+	// filter selects, by name; Tunnels are theirs, on live slaves.
+	Devices  []registry.Device
+	Matching int
+	Tunnels  []registry.Tunnel
+	Events   []registry.Event // the latest, oldest first
 	// Operators are the operator sessions live slaves report.
 	Operators []liveOperator
 }
 
-// buildOverview is the overview page at now: every slave, the devices
-// whose name contains query (any case) and whose state is show (all,
-// online, offline, revoked; anything else is all), at most dashMaxDevices
-// of them, and the events newest first. The page header is the caller's.
+// buildOverview is the overview page at now: every slave, the fleet's
+// counts, the devices the store selected for query and show (which it
+// echoes back: show is one of all, online, offline, revoked; anything else
+// is all), at most dashMaxDevices of them, and the events newest first.
+// The page header is the caller's.
 func buildOverview(d overviewData, query, show string, now time.Time) overviewView {
-	v := overviewView{MaxDevices: dashMaxDevices, Query: strings.TrimSpace(query), Show: show}
+	v := overviewView{MaxDevices: dashMaxDevices, Query: strings.TrimSpace(query), Show: showFilter(show)}
 	v.Connected = viewConnected(d.Operators, now)
-	switch v.Show {
-	case "online", "offline", "revoked":
-	default:
-		v.Show = "all"
-	}
 	for _, sl := range d.Slaves {
 		sv := viewSlave(sl, d.Alive[sl.Name], now)
 		if sv.Alive {
@@ -148,39 +153,30 @@ func buildOverview(d overviewData, query, show string, now time.Time) overviewVi
 		}
 		v.Slaves = append(v.Slaves, sv)
 	}
+	v.Total, v.Online, v.Offline, v.Revoked = d.Counts.Total, d.Counts.Online, d.Counts.Offline, d.Counts.Revoked
 
 	byDevice := map[string][]registry.Tunnel{}
 	for _, t := range d.Tunnels {
 		byDevice[t.Device] = append(byDevice[t.Device], t)
 	}
-	q := strings.ToLower(v.Query)
-	for _, dev := range d.Devices {
-		dv := viewDevice(dev, byDevice[dev.Name], now)
-		v.Total++
-		switch {
-		case dv.Revoked:
-			v.Revoked++
-		case dv.Online:
-			v.Online++
-		default:
-			v.Offline++
-		}
-		if q != "" && !strings.Contains(strings.ToLower(dev.Name), q) {
-			continue
-		}
-		match := v.Show == "all" || v.Show == "revoked" && dv.Revoked ||
-			v.Show == "online" && dv.Online && !dv.Revoked || v.Show == "offline" && !dv.Online && !dv.Revoked
-		if !match {
-			continue
-		}
-		v.Matching++
-		if len(v.Devices) < dashMaxDevices {
-			v.Devices = append(v.Devices, dv)
-		}
+	for _, dev := range d.Devices[:min(len(d.Devices), dashMaxDevices)] {
+		v.Devices = append(v.Devices, viewDevice(dev, byDevice[dev.Name], now))
 	}
+	v.Matching = max(d.Matching, len(v.Devices))
 	v.Truncated = v.Matching > len(v.Devices)
 	v.Events = viewEvents(d.Events, now)
 	return v
+}
+
+// showFilter is the overview's state filter: all, online, offline or
+// revoked (anything else is all).
+func showFilter(show string) string {
+	switch show {
+	case "online", "offline", "revoked":
+		return show
+	default:
+		return "all"
+	}
 }
 
 // viewSlave is one slave's row; a dead slave's tunnels are not counted.

@@ -1,11 +1,15 @@
 package master
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
 
@@ -33,7 +37,9 @@ func smallFleet() overviewData {
 			{Name: "s2", Host: "10.0.0.2", Port: 2222, Capacity: 10, Tunnels: 1, LastSeen: overviewNow.Add(-3 * time.Second)},
 			{Name: "s3", Host: "10.0.0.3", Port: 2222, Capacity: 10, Tunnels: 9, LastSeen: overviewNow.Add(-2 * time.Hour)},
 		},
-		Alive: map[string]bool{"s1": true, "s2": true},
+		Alive:    map[string]bool{"s1": true, "s2": true},
+		Counts:   registry.DeviceCounts{Total: 4, Online: 2, Offline: 1, Revoked: 1},
+		Matching: 4,
 		Devices: []registry.Device{
 			device("pi-a", registry.StatusActive, 20000), device("pi-b", registry.StatusActive, 20001),
 			device("pi-c", registry.StatusRevoked, 20002), device("web-1", registry.StatusActive, 20003, 20004),
@@ -51,7 +57,22 @@ func smallFleet() overviewData {
 	}
 }
 
-func TestBuildOverviewFilters(t *testing.T) {
+// The filters and counts run in the store (only the page's devices are
+// read): the same small fleet, enrolled and connected for real, pi-c
+// revoked with its tunnel still reported.
+func TestOverviewFilters(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, name := range []string{"pi-a", "pi-b", "pi-c", "web-1"} {
+		e.enrol(name)
+	}
+	e.want("POST", "/devices/pi-c/revoke", adminTok, nil, http.StatusOK, nil)
+	tun := func(dev string, port int) wire.Tunnel { return wire.Tunnel{Device: dev, Forward: "ssh", Port: port} }
+	e.beat("s1", heartbeatOf(10, tun("pi-a", 20000), tun("pi-c", 20002), tun("web-1", 20003)))
+	e.beat("s2", heartbeatOf(10, tun("web-1", 20004)))
+	e.beat("s3", heartbeatOf(10, tun("pi-b", 20001)))
+	if _, err := e.store.MarkSlaveDead(context.Background(), "s3", e.clock.Now(), e.clock.Now(), "test"); err != nil {
+		t.Fatal(err) // pi-b's tunnel is on a dead slave: offline
+	}
 	for _, tc := range []struct {
 		name, query, show string
 		wantShow          string
@@ -65,10 +86,15 @@ func TestBuildOverviewFilters(t *testing.T) {
 		{"query", "pi-", "", "all", []string{"pi-a", "pi-b", "pi-c"}},
 		{"query any case, trimmed", "  WEB ", "", "all", []string{"web-1"}},
 		{"query and show", "pi", "online", "online", []string{"pi-a"}},
+		{"query with LIKE's wildcards", "%", "", "all", nil},
 		{"nothing matches", "zzz", "", "all", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := buildOverview(smallFleet(), tc.query, tc.show, overviewNow)
+			d, err := e.srv.overviewData(context.Background(), tc.query, tc.show)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := buildOverview(d, tc.query, tc.show, e.clock.Now())
 			var got []string
 			for _, d := range v.Devices {
 				got = append(got, d.Name)
@@ -80,23 +106,13 @@ func TestBuildOverviewFilters(t *testing.T) {
 			if v.Total != 4 || v.Online != 2 || v.Offline != 1 || v.Revoked != 1 {
 				t.Errorf("counts: total %d online %d offline %d revoked %d", v.Total, v.Online, v.Offline, v.Revoked)
 			}
+			// Only the shown devices' tunnels are read.
+			for _, tn := range d.Tunnels {
+				if !slices.Contains(got, tn.Device) {
+					t.Errorf("read the tunnel of %s, not shown", tn.Device)
+				}
+			}
 		})
-	}
-}
-
-func TestBuildOverviewSlaves(t *testing.T) {
-	v := buildOverview(smallFleet(), "", "", overviewNow)
-	want := []slaveView{
-		{Name: "s1", Host: "10.0.0.1", Port: 2222, Alive: true, Tunnels: 3, Capacity: 4, LoadPct: 75, Load: "75.0%", LoadClass: "warn", CPU: "12%", Mem: "41%", LastSeen: "3s ago"},
-		{Name: "s2", Host: "10.0.0.2", Port: 2222, Alive: true, Tunnels: 1, Capacity: 10, LoadPct: 10, Load: "10.0%", LoadClass: "ok", CPU: "0%", Mem: "0%", LastSeen: "3s ago"},
-		// Dead: its last tunnels do not count.
-		{Name: "s3", Host: "10.0.0.3", Port: 2222, Tunnels: 0, Capacity: 10, LoadPct: 0, Load: "0.0%", LoadClass: "ok", CPU: "0%", Mem: "0%", LastSeen: "2h00m ago"},
-	}
-	if !reflect.DeepEqual(v.Slaves, want) {
-		t.Errorf("slaves:\n got %+v\nwant %+v", v.Slaves, want)
-	}
-	if v.SlavesAlive != 2 || v.TunnelsLive != 4 || v.CapacityLive != 14 {
-		t.Errorf("alive %d, tunnels %d / capacity %d; want 2, 4 / 14", v.SlavesAlive, v.TunnelsLive, v.CapacityLive)
 	}
 }
 
@@ -131,17 +147,21 @@ func TestBuildOverviewTruncates(t *testing.T) {
 	for i := range dashMaxDevices + 1 {
 		d.Devices = append(d.Devices, device(fmt.Sprintf("d%04d", i), registry.StatusActive, 20000+i))
 	}
+	d.Matching = dashMaxDevices + 1
 	v := buildOverview(d, "", "", overviewNow)
 	if len(v.Devices) != dashMaxDevices || v.Matching != dashMaxDevices+1 || !v.Truncated || v.MaxDevices != dashMaxDevices {
 		t.Errorf("%d shown of %d matching, truncated %v", len(v.Devices), v.Matching, v.Truncated)
 	}
+	d.Devices, d.Matching = d.Devices[1:2], 1
 	if v := buildOverview(d, "d0001", "", overviewNow); len(v.Devices) != 1 || v.Truncated {
 		t.Errorf("narrowed: %d shown, truncated %v", len(v.Devices), v.Truncated)
 	}
 }
 
 func TestBuildOverviewDevicesAndEvents(t *testing.T) {
-	v := buildOverview(smallFleet(), "web", "", overviewNow)
+	d := smallFleet()
+	d.Devices, d.Matching = d.Devices[3:], 1 // the store selected web-1 for "web"
+	v := buildOverview(d, "web", "", overviewNow)
 	want := deviceView{Name: "web-1", Online: true, Slaves: "s1, s2", Uptime: "1h30m", Ports: []portView{
 		{Forward: "f0", Target: "localhost:22", Port: 20003, Live: true, Slave: "s2", Remote: "192.0.2.1:5000", Uptime: "1h30m"},
 		{Forward: "f1", Target: "localhost:22", Port: 20004, Live: true, Slave: "s1", Remote: "192.0.2.1:5000", Uptime: "1h00m"},

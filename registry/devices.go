@@ -305,35 +305,8 @@ func (s *Store) Devices(ctx context.Context) ([]Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing devices: %w", err)
 	}
-	defer rows.Close()
-	devices := []Device{}
-	lastID := int64(-1)
-	for rows.Next() {
-		var d Device
-		var id, created, updated int64
-		var labels string
-		var fName, fTarget, fProbe sql.NullString
-		var fPort sql.NullInt64
-		if err := rows.Scan(&id, &d.Name, &d.Fingerprint, &d.KeyType, &d.PublicKey, &d.Status, &created, &updated, &d.LastSlave, &labels,
-			&fName, &fTarget, &fProbe, &fPort); err != nil {
-			return nil, fmt.Errorf("listing devices: %w", err)
-		}
-		if id != lastID {
-			var err error
-			if d.Labels, err = unmarshalLabels(labels); err != nil {
-				return nil, fmt.Errorf("listing devices: labels of %s: %w", d.Name, err)
-			}
-			d.CreatedAt, d.UpdatedAt = fromNanos(created), fromNanos(updated)
-			d.Forwards = []Forward{}
-			devices = append(devices, d)
-			lastID = id
-		}
-		if fName.Valid {
-			cur := &devices[len(devices)-1]
-			cur.Forwards = append(cur.Forwards, Forward{Name: fName.String, Target: fTarget.String, Probe: fProbe.String, RemotePort: int(fPort.Int64)})
-		}
-	}
-	if err := rows.Err(); err != nil {
+	devices, err := scanDevices(rows)
+	if err != nil {
 		return nil, fmt.Errorf("listing devices: %w", err)
 	}
 	return devices, nil

@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -155,5 +155,26 @@ INSERT INTO revocations_new (seq, at, device, fingerprint, ports, reason)
 	SELECT seq, at, device, fingerprint, ports, reason FROM revocations;
 DROP TABLE revocations;
 ALTER TABLE revocations_new RENAME TO revocations;
+`,
+	// 7: history for the dashboard's charts. load_samples holds, per
+	// minute, the fleet's online devices (series '') and each slave's
+	// tunnels, capacity and liveness (series = the slave's name), as the
+	// master samples them: the event log is bounded by rows, so at a large
+	// fleet it holds days, not weeks, and a fleet-wide count over a week
+	// from raw events would read millions of rows per page. events_kind_at
+	// bounds the reads of one kind in a time window (disconnects of the
+	// last day, slaves down and up).
+	`
+CREATE TABLE load_samples (
+	series      TEXT    NOT NULL, -- '': the fleet; else a slave's name
+	at          INTEGER NOT NULL, -- unix seconds, start of the minute
+	min         INTEGER NOT NULL, -- online devices (fleet) or tunnels (slave), least seen in the minute
+	max         INTEGER NOT NULL, -- most seen
+	capacity    INTEGER NOT NULL DEFAULT 0,
+	alive       INTEGER NOT NULL DEFAULT 1, -- 0: the slave was dead at some sample of the minute
+	PRIMARY KEY (series, at)
+) WITHOUT ROWID;
+CREATE INDEX load_samples_at ON load_samples (at);
+CREATE INDEX events_kind_at ON events (kind, at);
 `,
 }

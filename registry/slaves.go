@@ -256,10 +256,23 @@ func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
 // LiveTunnels returns the tunnels reported by slaves not marked dead,
 // sorted by device, forward and slave.
 func (s *Store) LiveTunnels(ctx context.Context) ([]Tunnel, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT t.slave, t.device, t.forward, t.port, t.remote, t.since,
+	return s.liveTunnels(ctx, `SELECT t.slave, t.device, t.forward, t.port, t.remote, t.since,
 		t.last_probe_ok, t.last_probe_at, t.last_probe_detail
 		FROM tunnels t JOIN slaves s ON s.name = t.slave WHERE s.alive = 1
 		ORDER BY t.device, t.forward, t.slave, t.port`)
+}
+
+// DeviceTunnels is LiveTunnels of one device, through the index on
+// tunnels' device: a device's page need not read the whole fleet's.
+func (s *Store) DeviceTunnels(ctx context.Context, device string) ([]Tunnel, error) {
+	return s.liveTunnels(ctx, `SELECT t.slave, t.device, t.forward, t.port, t.remote, t.since,
+		t.last_probe_ok, t.last_probe_at, t.last_probe_detail
+		FROM tunnels t JOIN slaves s ON s.name = t.slave WHERE s.alive = 1 AND t.device = ?
+		ORDER BY t.device, t.forward, t.slave, t.port`, device)
+}
+
+func (s *Store) liveTunnels(ctx context.Context, q string, args ...any) ([]Tunnel, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing tunnels: %w", err)
 	}
