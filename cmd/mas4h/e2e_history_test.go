@@ -178,7 +178,7 @@ func writeFleetDay(t *testing.T, path string, now time.Time, hostKey string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.EnrolDevice(ctx, name, key, []registry.ForwardSpec{{Name: "ssh", Target: "localhost:22"}}, nil, registry.DefaultPortRange, ""); err != nil {
+		if _, _, err := st.EnrolDevice(ctx, name, key, []registry.ForwardSpec{{Name: "ssh", Target: "localhost:22"}}, nil, registry.DefaultPortRange, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
