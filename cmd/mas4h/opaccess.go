@@ -436,3 +436,23 @@ func operatorSetup(of *operatorFlags, stderr io.Writer) (*client.Client, string,
 	}
 	return c, dir, ids, nil
 }
+
+// reach is what `mas4h ssh` and `mas4h proxy` do before ssh: ask the master
+// where forward of device is (signed with the first of the operator's keys
+// it accepts), and pin the slave's host keys; it returns the answer, the
+// key that was accepted, and the known_hosts file to give ssh.
+func reach(ctx context.Context, of *operatorFlags, stderr io.Writer, device, forward string) (wire.Access, identity, string, error) {
+	c, dir, ids, err := operatorSetup(of, stderr)
+	if err != nil {
+		return wire.Access{}, identity{}, "", err
+	}
+	a, id, err := access(ctx, c, ids, device, forward)
+	if err != nil {
+		return wire.Access{}, identity{}, "", err
+	}
+	kh, err := pinSlave(dir, a)
+	if err != nil {
+		return wire.Access{}, identity{}, "", err
+	}
+	return a, id, kh, nil
+}

@@ -55,15 +55,7 @@ func (o *proxyOpts) run(ctx context.Context, g *globals, device string) error {
 	if err := registry.ValidateDeviceName(device); err != nil {
 		return usagef("device: %v", err)
 	}
-	c, dir, ids, err := operatorSetup(&o.of, g.stderr)
-	if err != nil {
-		return err
-	}
-	a, id, err := access(ctx, c, ids, device, o.forward)
-	if err != nil {
-		return err
-	}
-	kh, err := pinSlave(dir, a)
+	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
 	if err != nil {
 		return err
 	}

@@ -99,15 +99,7 @@ func (o *sshOpts) run(ctx context.Context, g *globals, arg string, extra []strin
 	if o.localPort < 0 || o.localPort > 65535 {
 		return usagef("--local-port must be 0-65535")
 	}
-	c, dir, ids, err := operatorSetup(&o.of, g.stderr)
-	if err != nil {
-		return err
-	}
-	a, id, err := access(ctx, c, ids, device, o.forward)
-	if err != nil {
-		return err
-	}
-	kh, err := pinSlave(dir, a)
+	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
 	if err != nil {
 		return err
 	}
