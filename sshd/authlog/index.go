@@ -18,6 +18,7 @@ type Index struct {
 	mu       sync.Mutex
 	byRemote map[netip.AddrPort]entry
 	byKey    map[string]int // connections per fingerprint
+	byUser   map[string]int // connections per user
 }
 
 type entry struct {
@@ -30,7 +31,7 @@ func NewIndex(now func() time.Time) *Index {
 	if now == nil {
 		now = time.Now
 	}
-	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}, byKey: map[string]int{}}
+	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}, byKey: map[string]int{}, byUser: map[string]int{}}
 }
 
 // Accept records an authentication.
@@ -39,6 +40,7 @@ func (x *Index) Accept(a Accepted) {
 	x.drop(a.Remote)
 	x.byRemote[a.Remote] = entry{a, x.now()}
 	x.byKey[a.Fingerprint]++
+	x.byUser[a.User]++
 	x.mu.Unlock()
 }
 
@@ -78,6 +80,13 @@ func (x *Index) Count(fp string) int {
 	return x.byKey[fp]
 }
 
+// Users is how many connections authenticated as user.
+func (x *Index) Users(user string) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.byUser[user]
+}
+
 // Fingerprints counts the connections of every key that has one.
 func (x *Index) Fingerprints() map[string]int {
 	x.mu.Lock()
@@ -101,5 +110,8 @@ func (x *Index) drop(remote netip.AddrPort) {
 	delete(x.byRemote, remote)
 	if x.byKey[e.Fingerprint]--; x.byKey[e.Fingerprint] <= 0 {
 		delete(x.byKey, e.Fingerprint)
+	}
+	if x.byUser[e.User]--; x.byUser[e.User] <= 0 {
+		delete(x.byUser, e.User)
 	}
 }

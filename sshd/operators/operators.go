@@ -31,6 +31,11 @@ type Deps struct {
 	// Keys knows the key and user of each session by its remote end
 	// (authlog.Index).
 	Keys func(remote netip.AddrPort) (authlog.Accepted, bool)
+	// Logins counts the live connections that authenticated as user
+	// (authlog.Index.Users); nil: unknown. With none and no session
+	// followed, a walk is skipped: a session the log does not name is
+	// not one the tracker could tell is an operator's.
+	Logins func(user string) int
 	// Grant is what an operator key may open now (source.Source.Operator,
 	// with no key: a live session's).
 	Grant func(ctx context.Context, fp string) (source.Grant, bool, error)
@@ -83,6 +88,14 @@ func New(user string, d Deps) *Tracker {
 // duration), and a session whose operator is revoked, removed, or has a
 // port open that it may no longer open is ended.
 func (t *Tracker) Cycle(ctx context.Context) error {
+	if t.d.Logins != nil && t.d.Logins(t.user) == 0 {
+		t.mu.Lock()
+		idle := len(t.live) == 0
+		t.mu.Unlock()
+		if idle {
+			return nil
+		}
+	}
 	list, err := t.d.Sessions()
 	if err != nil {
 		return fmt.Errorf("listing sessions: %w", err)

@@ -137,3 +137,53 @@ func TestTrackerEndPorts(t *testing.T) {
 		t.Fatalf("ended %v, want bob's (30) next, alice's once", ended)
 	}
 }
+
+// With no connection logged in as the operator user and no session
+// followed, a walk reads nothing; a session followed is walked until its
+// end is seen, though the log already forgot it.
+func TestTrackerIdleSkipsTheWalk(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	op := sessions.Session{MonitorPID: 10, PIDs: []int{10, 11}, Remote: "192.0.2.7:50000", Started: now}
+	var list []sessions.Session
+	logins, walks := 0, 0
+	var events []string
+	tr := New("mas4h-operator", Deps{
+		Sessions: func() ([]sessions.Session, error) { walks++; return list, nil },
+		Opens:    func([]int) (map[int][]int, error) { return map[int][]int{11: {20001}}, nil },
+		Keys: func(netip.AddrPort) (authlog.Accepted, bool) {
+			return authlog.Accepted{User: "mas4h-operator", Fingerprint: "SHA256:alice"}, true
+		},
+		Logins: func(user string) int {
+			if user != "mas4h-operator" {
+				t.Errorf("asked about user %q", user)
+			}
+			return logins
+		},
+		Grant: func(context.Context, string) (source.Grant, bool, error) {
+			return source.Grant{Operator: "alice", Open: []wire.OpenPort{{Device: "pi-lyon", Forward: "ssh", Port: 20001}}}, true, nil
+		},
+		Report: func(_ context.Context, kind, _, _, _ string) { events = append(events, kind) },
+		End:    func(context.Context, sessions.Session) { t.Error("ended a session") },
+		Now:    func() time.Time { return now },
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	ctx := context.Background()
+	tr.Cycle(ctx)
+	if walks != 0 {
+		t.Fatalf("%d walks with no operator logged in", walks)
+	}
+	logins, list = 1, []sessions.Session{op}
+	tr.Cycle(ctx)
+	if walks != 1 || len(events) != 1 {
+		t.Fatalf("%d walks, events %v, want the access", walks, events)
+	}
+	logins, list = 0, nil // the log saw the end first
+	tr.Cycle(ctx)
+	if walks != 2 || len(events) != 2 || events[1] != wire.EventOperatorDisconnect {
+		t.Fatalf("%d walks, events %v, want the access's end", walks, events)
+	}
+	tr.Cycle(ctx)
+	if walks != 2 {
+		t.Errorf("%d walks once idle again, want 2", walks)
+	}
+}
