@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 // opsFleet is a slave with two devices' tunnels up (lyon-1 labelled
@@ -305,4 +309,64 @@ func TestOperatorsLocalRegistry(t *testing.T) {
 	f := localFleet(t)
 	t.Run("reach", f.reach)
 	t.Run("revoke", func(t *testing.T) { f.revoke(t) })
+}
+
+// Login latency on one slave, operator against device: the time from
+// starting ssh to its "Authenticated to" line, N logins each (alternating,
+// so that load on the box falls on both alike). An operator's key is
+// answered by the hook (the daemon's registry lookup, the grant's
+// permitopen lines); a device that is not connected is in the keys file.
+// Run: MAS4H_E2E=1 MAS4H_LOGIN_LATENCY=30 go test ./cmd/mas4h -run '^TestOperatorLoginLatency$' -v
+func TestOperatorLoginLatency(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("MAS4H_LOGIN_LATENCY"))
+	if n <= 0 {
+		t.Skip("set MAS4H_LOGIN_LATENCY=N (logins of each kind) to measure")
+	}
+	f := localFleet(t)
+	_, idle := f.e.enrol("idle-1", "--forward", fwd(f.esLyon))
+	keysFile := filepath.Join(f.sp.stateDir, "authorized_keys")
+	testkit.Eventually(t, 15*time.Second, func() bool {
+		b, _ := os.ReadFile(keysFile)
+		return strings.Contains(string(b), strings.Fields(registry.AuthorizedKey(idle.pub))[1])
+	}, "idle-1 never reached the keys file %s", keysFile)
+	login := func(k deviceKey, user string) time.Duration {
+		t.Helper()
+		args := append([]string{"-o", "LogLevel=VERBOSE"}, sshArgs(k, f.sp.port, "-N", "-l", user, "127.0.0.1")...)
+		cmd := exec.Command("ssh", args...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		r := bufio.NewReader(stderr)
+		for {
+			line, err := r.ReadString('\n')
+			if strings.HasPrefix(line, "Authenticated to") {
+				return time.Since(start)
+			}
+			if err != nil {
+				t.Fatalf("%s did not authenticate as %s: %v (last: %q)", k.name, user, err, line)
+			}
+		}
+	}
+	stats := func(d []time.Duration) string {
+		slices.Sort(d)
+		at := func(p float64) time.Duration {
+			return d[min(len(d)-1, int(p*float64(len(d))))].Round(100 * time.Microsecond)
+		}
+		return fmt.Sprintf("p50 %v p95 %v min %v max %v", at(0.50), at(0.95), d[0].Round(100*time.Microsecond), d[len(d)-1].Round(100*time.Microsecond))
+	}
+	login(f.alice, e2eOperatorUser) // warm both paths
+	login(idle, e2eTunnelUser)
+	var op, dev []time.Duration
+	for range n {
+		op = append(op, login(f.alice, e2eOperatorUser))
+		dev = append(dev, login(idle, e2eTunnelUser))
+	}
+	t.Logf("operator login (hook), %d: %s", n, stats(op))
+	t.Logf("device login (keys file), %d: %s", n, stats(dev))
 }
