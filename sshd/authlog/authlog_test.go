@@ -92,14 +92,14 @@ func TestIndex(t *testing.T) {
 	if x.Count(fp) != 2 || x.Fingerprints()[fp] != 2 {
 		t.Fatalf("count %d", x.Count(fp))
 	}
-	if x.Users("mas4h-operator") != 1 || x.Users("mas4h") != 1 || x.Users("root") != 0 {
-		t.Errorf("users: %d operator, %d tunnel", x.Users("mas4h-operator"), x.Users("mas4h"))
+	if op := x.Users("mas4h-operator"); len(op) != 1 || op[0] != a || len(x.Users("mas4h")) != 1 || len(x.Users("root")) != 0 {
+		t.Errorf("users: operator %v, tunnel %v", op, x.Users("mas4h"))
 	}
 	if got, ok := x.Lookup(a); !ok || got.Fingerprint != fp {
 		t.Errorf("lookup: %+v %v", got, ok)
 	}
 	x.Close(a)
-	if _, ok := x.Lookup(a); ok || x.Count(fp) != 1 || x.Users("mas4h-operator") != 0 {
+	if _, ok := x.Lookup(a); ok || x.Count(fp) != 1 || len(x.Users("mas4h-operator")) != 0 {
 		t.Error("closed connection still known")
 	}
 	// A walk that does not see b forgets it, unless b is newer than the grace.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/sshd/authlog"
@@ -69,8 +70,9 @@ func benchProc(b *testing.B, devices, ops int) string {
 // table through its cache, the operator sessions' fds and one read of
 // the socket table, the grants, with 1,000 device tunnels and 0, 10 or
 // 100 operator sessions each holding a channel, in the steady state
-// (every access already reported). With no operator logged in, the walk
-// is skipped. Run:
+// (every access already reported), a walk of the whole table one cycle in
+// ten (fullWalk), the followed sessions alone otherwise. With no operator
+// logged in, nothing is read. Run:
 //
 //	go test ./sshd/operators -run '^$' -bench Cycle -benchmem
 func BenchmarkCycle(b *testing.B) {
@@ -84,9 +86,12 @@ func BenchmarkCycle(b *testing.B) {
 				keys[netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), uint16(40000+i))] = authlog.Accepted{User: "mas4h", Fingerprint: fmt.Sprintf("SHA256:dev%d", i)}
 			}
 			grants := map[string]source.Grant{}
+			var logins []netip.AddrPort
 			for j := range ops {
 				fp := fmt.Sprintf("SHA256:op%d", j)
-				keys[netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(60000+j))] = authlog.Accepted{User: "mas4h-operator", Fingerprint: fp}
+				r := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(60000+j))
+				logins = append(logins, r)
+				keys[r] = authlog.Accepted{User: "mas4h-operator", Fingerprint: fp}
 				g := source.Grant{Operator: fmt.Sprintf("op%d", j), Fingerprint: fp}
 				for k := range 10 { // ten devices each
 					p := 20000 + (j+k)%devices
@@ -98,7 +103,11 @@ func BenchmarkCycle(b *testing.B) {
 			tr := New("mas4h-operator", Deps{
 				Sessions: table.Sessions, Opens: table.Opens,
 				Keys:   func(r netip.AddrPort) (authlog.Accepted, bool) { a, ok := keys[r]; return a, ok },
-				Logins: func(string) int { return ops },
+				Logins: func(string) []netip.AddrPort { return logins },
+				Alive: func(pid int, tick uint64) bool {
+					t, ok := sessions.StartTick(root, pid)
+					return ok && t == tick
+				},
 				Grant: func(_ context.Context, fp string) (source.Grant, bool, error) {
 					g, ok := grants[fp]
 					return g, ok, nil
@@ -107,19 +116,29 @@ func BenchmarkCycle(b *testing.B) {
 				End:    func(context.Context, sessions.Session) { b.Error("ended a session") },
 				Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 			})
+			now := time.Now()
+			tr.d.Now = func() time.Time { return now }
 			ctx := context.Background()
 			if err := tr.Cycle(ctx); err != nil {
 				b.Fatal(err)
 			}
+			now = now.Add(newSession) // the sessions are no longer new
 			if reported != ops || len(tr.Live()) != ops {
 				b.Fatalf("%d accesses reported, %d live sessions, want %d", reported, len(tr.Live()), ops)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cycles := 0
 			for b.Loop() {
+				// A walk of the whole table every fullWalk, as on a slave.
+				cycles++
+				now = now.Add(fullWalk / 10)
 				if err := tr.Cycle(ctx); err != nil {
 					b.Fatal(err)
 				}
+			}
+			if ops > 0 {
+				b.ReportMetric(float64(tr.walks-1)/float64(cycles), "walks/op")
 			}
 			if reported != ops {
 				b.Fatalf("%d accesses reported in the steady state, want %d", reported, ops)
