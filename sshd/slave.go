@@ -277,7 +277,11 @@ func (p *parts) build() {
 	})
 	killer := reaper.Terminator{ProcRoot: s.cfg.ProcRoot}
 	p.ops = operators.New(s.cfg.OperatorUser, operators.Deps{
-		Sessions: p.table.Sessions, Opens: p.table.Opens, Keys: p.auths.Lookup,
+		Sessions: p.table.Sessions, Opens: p.table.Opens, Keys: p.auths.Lookup, Logins: p.auths.Users,
+		Alive: func(pid int, tick uint64) bool {
+			t, ok := sessions.StartTick(s.cfg.ProcRoot, pid)
+			return ok && t == tick
+		},
 		Grant:  func(ctx context.Context, fp string) (source.Grant, bool, error) { return s.src.Operator(ctx, fp, nil) },
 		Report: s.src.ReportOperator,
 		End:    func(ctx context.Context, sess sessions.Session) { killer.Kill(ctx, sess) },

@@ -1,10 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +19,7 @@ import (
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 // opsFleet is a slave with two devices' tunnels up (lyon-1 labelled
@@ -93,8 +101,11 @@ func (f *opsFleet) ssh(k deviceKey, user string, args ...string) (string, string
 	return exitOf(f.e.t, exec.Command("ssh", all...), "")
 }
 
-// forward starts `ssh -N -L` as alice to port, and checks bytes cross it.
-func (f *opsFleet) forward(p int) *tunnelClient {
+// forward starts `ssh -N -L` as alice to port, checks bytes cross it,
+// and holds a connection open through it: the access the slave sees
+// (sshd's connection to the device's port lives as long as the channel;
+// a walk a second cannot see a channel opened and closed between two).
+func (f *opsFleet) forward(p int) (*tunnelClient, net.Conn) {
 	t := f.e.t
 	t.Helper()
 	lp := freePort(t)
@@ -113,7 +124,25 @@ func (f *opsFleet) forward(p int) *tunnelClient {
 	if err := roundTrip(lp); err != nil {
 		t.Fatalf("alice's -L to the lyon device: %v (%s)", err, c.stderr)
 	}
-	return c
+	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(lp), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if b, err := bufio.NewReader(conn).ReadString('\n'); err != nil || b != echoBanner {
+		t.Fatalf("held connection through alice's -L: %q, %v", b, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	return c, conn
+}
+
+// closed tells whether conn's far end has closed it (within d).
+func closed(conn net.Conn, d time.Duration) bool {
+	conn.SetReadDeadline(time.Now().Add(d))
+	_, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 // events lists alice's operator events.
@@ -126,14 +155,24 @@ func (f *opsFleet) events() []wire.Event {
 	return evs
 }
 
-// waitEvent waits for alice's event of kind about device, and returns it.
-func (f *opsFleet) waitEvent(kind, device string, after time.Time) wire.Event {
+// lastEvent is the id of alice's latest event (0: none).
+func (f *opsFleet) lastEvent() int64 {
+	var id int64
+	for _, ev := range f.events() {
+		id = max(id, ev.ID)
+	}
+	return id
+}
+
+// waitEvent waits for alice's event of kind about device, newer than
+// the event after, and returns it.
+func (f *opsFleet) waitEvent(kind, device string, after int64) wire.Event {
 	t := f.e.t
 	t.Helper()
 	var got wire.Event
 	testkit.Eventually(t, 15*time.Second, func() bool {
 		for _, ev := range f.events() {
-			if ev.Kind == kind && ev.Device == device && !ev.At.Before(after.Truncate(time.Second)) {
+			if ev.Kind == kind && ev.Device == device && ev.ID > after {
 				got = ev
 				return true
 			}
@@ -143,6 +182,7 @@ func (f *opsFleet) waitEvent(kind, device string, after time.Time) wire.Event {
 	if got.Operator != "alice" || got.Slave != "s1" {
 		t.Errorf("%s event: %+v, want operator alice on slave s1", kind, got)
 	}
+	t.Logf("%s: %s %s at %s: %s", got.Kind, got.Operator, got.Device, got.At.Format(time.RFC3339), got.Detail)
 	return got
 }
 
@@ -156,7 +196,9 @@ func (f *opsFleet) reach(t *testing.T) {
 	c := f.e.startClient("ssh", sshArgs(f.alice, f.sp.port, "-W", fmt.Sprintf("localhost:%d", f.lyonPort), "-l", e2eOperatorUser, "127.0.0.1")...)
 	testkit.Eventually(t, 10*time.Second, func() bool { return f.esLyon.accepts.Load() > before },
 		"alice's -W to lyon-1 (%d) never reached its target: %s", f.lyonPort, c.stderr)
-	f.forward(f.lyonPort).cmd.Process.Kill()
+	c2, conn := f.forward(f.lyonPort)
+	conn.Close()
+	c2.cmd.Process.Kill()
 
 	parisBefore := f.esParis.accepts.Load()
 	_, stderr, code := f.ssh(f.alice, e2eOperatorUser, "-W", fmt.Sprintf("localhost:%d", f.parisPort))
@@ -198,20 +240,23 @@ func (f *opsFleet) reach(t *testing.T) {
 // from the command to the session's end is logged. Her events show the
 // access's start and end.
 func (f *opsFleet) revoke(t *testing.T) time.Duration {
-	start := time.Now()
-	c := f.forward(f.lyonPort)
-	connect := f.waitEvent(wire.EventOperatorConnect, "lyon-1", start)
+	after := f.lastEvent()
+	c, conn := f.forward(f.lyonPort)
+	connect := f.waitEvent(wire.EventOperatorConnect, "lyon-1", after)
 	t0 := time.Now()
 	f.must("operator", "revoke", "alice")
 	if code := c.wait(10 * time.Second); code == -1 {
 		t.Fatalf("alice's session outlived her revocation by 10 s")
 	}
 	took := time.Since(t0)
+	if !closed(conn, 2*time.Second) {
+		t.Errorf("the connection through alice's -L outlived her session")
+	}
 	t.Logf("operator revoke -> session ended in %v (heartbeat %v)", took.Round(time.Millisecond), e2eHeartbeat)
 	if took > e2eHeartbeat+2*time.Second {
 		t.Errorf("the session ended %v after the revocation, want within a heartbeat (%v) and a walk", took, e2eHeartbeat)
 	}
-	disc := f.waitEvent(wire.EventOperatorDisconnect, "lyon-1", start)
+	disc := f.waitEvent(wire.EventOperatorDisconnect, "lyon-1", connect.ID)
 	if disc.At.Before(connect.At) || !strings.Contains(disc.Detail, "since") || !strings.Contains(disc.Detail, " for ") {
 		t.Errorf("disconnect %+v after connect %+v: want the start and the duration", disc, connect)
 	}
@@ -233,14 +278,21 @@ func TestOperatorsThroughSlave(t *testing.T) {
 	// Narrowing her allow list (deny) ends her live session: its
 	// permitopen was fixed at login.
 	t.Run("deny", func(t *testing.T) {
-		c := f.forward(f.lyonPort)
-		f.waitEvent(wire.EventOperatorConnect, "lyon-1", time.Now().Add(-time.Second))
+		after := f.lastEvent()
+		c, conn := f.forward(f.lyonPort)
+		connect := f.waitEvent(wire.EventOperatorConnect, "lyon-1", after)
 		t0 := time.Now()
 		f.must("operator", "deny", "alice", "site=lyon")
 		if code := c.wait(10 * time.Second); code == -1 {
 			t.Fatal("alice's session outlived the deny by 10 s")
 		}
 		t.Logf("operator deny -> session ended in %v", time.Since(t0).Round(time.Millisecond))
+		if !closed(conn, 2*time.Second) {
+			t.Errorf("the connection through alice's -L outlived the deny")
+		}
+		if disc := f.waitEvent(wire.EventOperatorDisconnect, "lyon-1", connect.ID); disc.At.Before(connect.At) {
+			t.Errorf("disconnect %+v before connect %+v", disc, connect)
+		}
 		// Refused at login (she may reach nothing) or at the channel.
 		if _, stderr, code := f.ssh(f.alice, e2eOperatorUser, "-W", fmt.Sprintf("localhost:%d", f.lyonPort)); code != 255 ||
 			!strings.Contains(stderr, "open failed") && !strings.Contains(stderr, "Permission denied (publickey)") {
@@ -257,4 +309,64 @@ func TestOperatorsLocalRegistry(t *testing.T) {
 	f := localFleet(t)
 	t.Run("reach", f.reach)
 	t.Run("revoke", func(t *testing.T) { f.revoke(t) })
+}
+
+// Login latency on one slave, operator against device: the time from
+// starting ssh to its "Authenticated to" line, N logins each (alternating,
+// so that load on the box falls on both alike). An operator's key is
+// answered by the hook (the daemon's registry lookup, the grant's
+// permitopen lines); a device that is not connected is in the keys file.
+// Run: MAS4H_E2E=1 MAS4H_LOGIN_LATENCY=30 go test ./cmd/mas4h -run '^TestOperatorLoginLatency$' -v
+func TestOperatorLoginLatency(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("MAS4H_LOGIN_LATENCY"))
+	if n <= 0 {
+		t.Skip("set MAS4H_LOGIN_LATENCY=N (logins of each kind) to measure")
+	}
+	f := localFleet(t)
+	_, idle := f.e.enrol("idle-1", "--forward", fwd(f.esLyon))
+	keysFile := filepath.Join(f.sp.stateDir, "authorized_keys")
+	testkit.Eventually(t, 15*time.Second, func() bool {
+		b, _ := os.ReadFile(keysFile)
+		return strings.Contains(string(b), strings.Fields(registry.AuthorizedKey(idle.pub))[1])
+	}, "idle-1 never reached the keys file %s", keysFile)
+	login := func(k deviceKey, user string) time.Duration {
+		t.Helper()
+		args := append([]string{"-o", "LogLevel=VERBOSE"}, sshArgs(k, f.sp.port, "-N", "-l", user, "127.0.0.1")...)
+		cmd := exec.Command("ssh", args...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		r := bufio.NewReader(stderr)
+		for {
+			line, err := r.ReadString('\n')
+			if strings.HasPrefix(line, "Authenticated to") {
+				return time.Since(start)
+			}
+			if err != nil {
+				t.Fatalf("%s did not authenticate as %s: %v (last: %q)", k.name, user, err, line)
+			}
+		}
+	}
+	stats := func(d []time.Duration) string {
+		slices.Sort(d)
+		at := func(p float64) time.Duration {
+			return d[min(len(d)-1, int(p*float64(len(d))))].Round(100 * time.Microsecond)
+		}
+		return fmt.Sprintf("p50 %v p95 %v min %v max %v", at(0.50), at(0.95), d[0].Round(100*time.Microsecond), d[len(d)-1].Round(100*time.Microsecond))
+	}
+	login(f.alice, e2eOperatorUser) // warm both paths
+	login(idle, e2eTunnelUser)
+	var op, dev []time.Duration
+	for range n {
+		op = append(op, login(f.alice, e2eOperatorUser))
+		dev = append(dev, login(idle, e2eTunnelUser))
+	}
+	t.Logf("operator login (hook), %d: %s", n, stats(op))
+	t.Logf("device login (keys file), %d: %s", n, stats(dev))
 }

@@ -87,16 +87,19 @@ func TestIndex(t *testing.T) {
 	x := NewIndex(func() time.Time { return now })
 	a := netip.MustParseAddrPort("198.18.0.2:40000")
 	b := netip.MustParseAddrPort("198.18.0.3:40000")
-	x.Accept(Accepted{Remote: a, Fingerprint: fp})
-	x.Accept(Accepted{Remote: b, Fingerprint: fp})
+	x.Accept(Accepted{Remote: a, Fingerprint: fp, User: "mas4h-operator"})
+	x.Accept(Accepted{Remote: b, Fingerprint: fp, User: "mas4h"})
 	if x.Count(fp) != 2 || x.Fingerprints()[fp] != 2 {
 		t.Fatalf("count %d", x.Count(fp))
+	}
+	if op := x.Users("mas4h-operator"); len(op) != 1 || op[0] != a || len(x.Users("mas4h")) != 1 || len(x.Users("root")) != 0 {
+		t.Errorf("users: operator %v, tunnel %v", op, x.Users("mas4h"))
 	}
 	if got, ok := x.Lookup(a); !ok || got.Fingerprint != fp {
 		t.Errorf("lookup: %+v %v", got, ok)
 	}
 	x.Close(a)
-	if _, ok := x.Lookup(a); ok || x.Count(fp) != 1 {
+	if _, ok := x.Lookup(a); ok || x.Count(fp) != 1 || len(x.Users("mas4h-operator")) != 0 {
 		t.Error("closed connection still known")
 	}
 	// A walk that does not see b forgets it, unless b is newer than the grace.

@@ -17,7 +17,8 @@ type Index struct {
 
 	mu       sync.Mutex
 	byRemote map[netip.AddrPort]entry
-	byKey    map[string]int // connections per fingerprint
+	byKey    map[string]int                     // connections per fingerprint
+	byUser   map[string]map[netip.AddrPort]bool // connections per user
 }
 
 type entry struct {
@@ -30,7 +31,7 @@ func NewIndex(now func() time.Time) *Index {
 	if now == nil {
 		now = time.Now
 	}
-	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}, byKey: map[string]int{}}
+	return &Index{now: now, byRemote: map[netip.AddrPort]entry{}, byKey: map[string]int{}, byUser: map[string]map[netip.AddrPort]bool{}}
 }
 
 // Accept records an authentication.
@@ -39,6 +40,10 @@ func (x *Index) Accept(a Accepted) {
 	x.drop(a.Remote)
 	x.byRemote[a.Remote] = entry{a, x.now()}
 	x.byKey[a.Fingerprint]++
+	if x.byUser[a.User] == nil {
+		x.byUser[a.User] = map[netip.AddrPort]bool{}
+	}
+	x.byUser[a.User][a.Remote] = true
 	x.mu.Unlock()
 }
 
@@ -78,6 +83,18 @@ func (x *Index) Count(fp string) int {
 	return x.byKey[fp]
 }
 
+// Users lists the remote ends of the connections that authenticated as
+// user.
+func (x *Index) Users(user string) []netip.AddrPort {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]netip.AddrPort, 0, len(x.byUser[user]))
+	for r := range x.byUser[user] {
+		out = append(out, r)
+	}
+	return out
+}
+
 // Fingerprints counts the connections of every key that has one.
 func (x *Index) Fingerprints() map[string]int {
 	x.mu.Lock()
@@ -101,5 +118,8 @@ func (x *Index) drop(remote netip.AddrPort) {
 	delete(x.byRemote, remote)
 	if x.byKey[e.Fingerprint]--; x.byKey[e.Fingerprint] <= 0 {
 		delete(x.byKey, e.Fingerprint)
+	}
+	if delete(x.byUser[e.User], remote); len(x.byUser[e.User]) == 0 {
+		delete(x.byUser, e.User)
 	}
 }

@@ -31,6 +31,16 @@ type Deps struct {
 	// Keys knows the key and user of each session by its remote end
 	// (authlog.Index).
 	Keys func(remote netip.AddrPort) (authlog.Accepted, bool)
+	// Logins lists the remote ends of the live connections that
+	// authenticated as user (authlog.Index.Users), and Alive tells
+	// whether a session's monitor (pid and start) still runs
+	// (sessions.StartTick); with both, the table is walked only when a
+	// login is not a session followed yet, or a followed one is new, or
+	// every fullWalk, and otherwise the followed sessions alone are read.
+	// A session the log does not name is not one the tracker could tell
+	// is an operator's. Either nil: the table is walked every time.
+	Logins func(user string) []netip.AddrPort
+	Alive  func(pid int, startTick uint64) bool
 	// Grant is what an operator key may open now (source.Source.Operator,
 	// with no key: a live session's).
 	Grant func(ctx context.Context, fp string) (source.Grant, bool, error)
@@ -47,9 +57,22 @@ type Tracker struct {
 	user string
 	d    Deps
 
-	mu   sync.Mutex
-	live map[int]*session // by monitor pid
+	mu       sync.Mutex
+	live     map[int]*session // by monitor pid
+	walked   time.Time        // the last walk of the whole table
+	walks    int              // how many, for tests
+	lightRun int              // cycles that read the followed sessions only
 }
+
+// fullWalk bounds how long the tracker goes on reading only the sessions
+// it follows (the reaper's walk is as frequent); newSession is how long a
+// session just found is walked for anyway (its processes may still be
+// forking: the child that holds the channels starts right after the
+// login line).
+const (
+	fullWalk   = 10 * time.Second
+	newSession = 3 * time.Second
+)
 
 type session struct {
 	sess        sessions.Session
@@ -61,6 +84,7 @@ type session struct {
 	// may still let it open.
 	granted map[int]bool
 	ending  bool
+	found   time.Time // when a walk first found it
 }
 
 type access struct {
@@ -83,7 +107,7 @@ func New(user string, d Deps) *Tracker {
 // duration), and a session whose operator is revoked, removed, or has a
 // port open that it may no longer open is ended.
 func (t *Tracker) Cycle(ctx context.Context) error {
-	list, err := t.d.Sessions()
+	list, err := t.sessions()
 	if err != nil {
 		return fmt.Errorf("listing sessions: %w", err)
 	}
@@ -122,7 +146,7 @@ func (t *Tracker) Cycle(ctx context.Context) error {
 		t.mu.Lock()
 		s := t.live[f.sess.MonitorPID]
 		if s == nil {
-			s = &session{sess: f.sess, fingerprint: f.a.Fingerprint, access: map[int]*access{}, granted: map[int]bool{}}
+			s = &session{sess: f.sess, fingerprint: f.a.Fingerprint, access: map[int]*access{}, granted: map[int]bool{}, found: now}
 			t.live[f.sess.MonitorPID] = s
 		}
 		s.sess = f.sess
@@ -182,6 +206,54 @@ func (t *Tracker) Cycle(ctx context.Context) error {
 		t.d.End(ctx, s.sess)
 	}
 	return nil
+}
+
+// sessions lists the sessions a cycle looks at: every session of the
+// sshd (a walk of the table), or, when every operator login is a session
+// already followed and none of those is new, the followed sessions whose
+// monitor still runs (the end of the others is seen at once).
+func (t *Tracker) sessions() ([]sessions.Session, error) {
+	now := t.d.Now()
+	var logins []netip.AddrPort
+	if t.d.Logins != nil {
+		logins = t.d.Logins(t.user)
+	}
+	t.mu.Lock()
+	light := t.d.Logins != nil && t.d.Alive != nil && now.Sub(t.walked) < fullWalk
+	known := make(map[netip.AddrPort]bool, len(t.live))
+	followed := make([]sessions.Session, 0, len(t.live))
+	for _, s := range t.live {
+		if now.Sub(s.found) < newSession {
+			light = false
+		}
+		if ap, err := netip.ParseAddrPort(s.sess.Remote); err == nil {
+			known[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = true
+		}
+		followed = append(followed, s.sess)
+	}
+	for _, r := range logins {
+		light = light && known[r]
+	}
+	if t.d.Logins != nil && len(logins) == 0 && len(t.live) == 0 {
+		t.mu.Unlock()
+		return nil, nil // no operator logged in: nothing to walk
+	}
+	if light {
+		t.lightRun++
+	} else {
+		t.walked, t.walks = now, t.walks+1
+	}
+	t.mu.Unlock()
+	if !light {
+		return t.d.Sessions()
+	}
+	out := followed[:0]
+	for _, s := range followed {
+		if t.d.Alive(s.MonitorPID, s.StartTick) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 // closeLocked reports the end of each access of s.

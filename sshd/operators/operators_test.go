@@ -137,3 +137,74 @@ func TestTrackerEndPorts(t *testing.T) {
 		t.Fatalf("ended %v, want bob's (30) next, alice's once", ended)
 	}
 }
+
+// With no connection logged in as the operator user and no session
+// followed, nothing is read. A login not followed yet is a walk of the
+// whole table, and so is every cycle while a session is new; then the
+// followed sessions alone are read (their monitor still running), until
+// fullWalk passes or a login appears that they do not explain; a session
+// whose monitor is gone ends its accesses without a walk.
+func TestTrackerWalksOnlyWhenItMust(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	alice := sessions.Session{MonitorPID: 10, StartTick: 7, PIDs: []int{10, 11}, Remote: "192.0.2.7:50000", Started: now}
+	bob := sessions.Session{MonitorPID: 30, StartTick: 9, PIDs: []int{30, 31}, Remote: "192.0.2.9:50000", Started: now}
+	var list []sessions.Session
+	var logins []netip.AddrPort
+	alive := map[int]bool{}
+	walks := 0
+	var events []string
+	tr := New("mas4h-operator", Deps{
+		Sessions: func() ([]sessions.Session, error) { walks++; return list, nil },
+		Opens:    func([]int) (map[int][]int, error) { return map[int][]int{11: {20001}, 31: {20001}}, nil },
+		Keys: func(r netip.AddrPort) (authlog.Accepted, bool) {
+			return authlog.Accepted{User: "mas4h-operator", Fingerprint: "SHA256:" + r.Addr().String()}, true
+		},
+		Logins: func(user string) []netip.AddrPort {
+			if user != "mas4h-operator" {
+				t.Errorf("asked about user %q", user)
+			}
+			return logins
+		},
+		Alive: func(pid int, tick uint64) bool { return alive[pid] && tick == map[int]uint64{10: 7, 30: 9}[pid] },
+		Grant: func(_ context.Context, fp string) (source.Grant, bool, error) {
+			return source.Grant{Operator: fp, Open: []wire.OpenPort{{Device: "pi-lyon", Forward: "ssh", Port: 20001}}}, true, nil
+		},
+		Report: func(_ context.Context, kind, _, _, _ string) { events = append(events, kind) },
+		End:    func(context.Context, sessions.Session) { t.Error("ended a session") },
+		Now:    func() time.Time { return now },
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	ctx := context.Background()
+	step := func(d time.Duration, wantWalks, wantEvents int, what string) {
+		t.Helper()
+		now = now.Add(d)
+		if err := tr.Cycle(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if walks != wantWalks || len(events) != wantEvents {
+			t.Fatalf("%s: %d walks, events %v; want %d walks, %d events", what, walks, events, wantWalks, wantEvents)
+		}
+	}
+	step(0, 0, 0, "no operator logged in")
+	logins, list, alive[10] = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:50000")}, []sessions.Session{alice}, true
+	step(time.Second, 1, 1, "alice logs in")
+	step(time.Second, 2, 1, "alice's session is new")
+	step(time.Second, 3, 1, "alice's session is new")
+	step(time.Second, 3, 1, "alice followed alone")
+	step(time.Second, 3, 1, "alice followed alone")
+	logins = append(logins, netip.MustParseAddrPort("192.0.2.9:50000"))
+	list, alive[30] = []sessions.Session{alice, bob}, true
+	step(time.Second, 4, 2, "bob logs in")
+	step(newSession-time.Second, 5, 2, "bob's session is new")
+	step(time.Second, 5, 2, "both followed alone")
+	step(fullWalk, 6, 2, "fullWalk passed")
+	step(time.Second, 6, 2, "both followed alone")
+	alive[30], logins, list = false, logins[:1], []sessions.Session{alice}
+	step(time.Second, 6, 3, "bob's monitor gone")
+	if events[2] != wire.EventOperatorDisconnect {
+		t.Errorf("events %v, want bob's access ended", events)
+	}
+	alive[10], logins, list = false, nil, nil
+	step(time.Second, 6, 4, "alice's monitor gone")
+	step(time.Second, 6, 4, "no operator logged in")
+}

@@ -174,6 +174,13 @@ func (m *Master) Operator(ctx context.Context, fp string, key ssh.PublicKey) (Gr
 		ttl = m.ttl
 		m.mu.Unlock()
 	}
+	if len(g.Open) == 0 {
+		// Reaching nothing is answered like a refusal, and remembered no
+		// longer: a wider allow list sends no revocation (no session has
+		// to end), so a grant cached for the TTL would keep the operator
+		// out that long.
+		ttl = min(ttl, negativeCacheFor)
+	}
 	m.ops.put(g, now.Add(ttl))
 	return g, true, nil
 }

@@ -181,3 +181,35 @@ func TestMasterOperatorGrantsFollowDevices(t *testing.T) {
 		t.Errorf("bob's grant after changed: %d validations, want 1", n)
 	}
 }
+
+// A grant that reaches nothing (every selector denied) is remembered as
+// briefly as a refusal: an allow list widened again sends no revocation,
+// and the operator is let in once it passes, not after the TTL.
+func TestMasterOperatorEmptyGrantIsShortLived(t *testing.T) {
+	g := newMasterRig(t, t.TempDir())
+	api := &operatorMaster{fakeMaster: g.api, ops: map[string]wire.OperatorValidation{}}
+	g.m = NewMaster(api, "s1", g.clock.Now, discard())
+	if err := g.m.Start(context.Background(), g.cache); err != nil {
+		t.Fatal(err)
+	}
+	k := testkit.NewKey(t, "alice").Public
+	fp := registry.Fingerprint(k)
+	api.ops[fp] = wire.OperatorValidation{Operator: "alice", Fingerprint: fp, PublicKey: registry.AuthorizedKey(k), TTLSeconds: 300}
+	ctx := context.Background()
+	if gr, found, err := g.m.Operator(ctx, fp, nil); err != nil || !found || len(gr.Open) != 0 {
+		t.Fatalf("operator reaching nothing: %+v %v %v", gr, found, err)
+	}
+	g.m.Operator(ctx, fp, nil)
+	if n := api.calls(); n != 1 {
+		t.Errorf("%d validations at once, want 1 (the empty grant is cached)", n)
+	}
+	api.omu.Lock()
+	api.ops[fp] = wire.OperatorValidation{Operator: "alice", Fingerprint: fp, PublicKey: registry.AuthorizedKey(k), TTLSeconds: 300,
+		Open: []wire.OpenPort{{Device: "pi-lyon", Forward: "ssh", Port: 20001}}}
+	api.omu.Unlock()
+	g.clock.now = g.clock.now.Add(negativeCacheFor + time.Second)
+	gr, found, err := g.m.Operator(ctx, fp, nil)
+	if err != nil || !found || len(gr.Open) != 1 || api.calls() != 2 {
+		t.Errorf("after %v: %+v %v %v (%d validations), want the widened grant", negativeCacheFor, gr, found, err, api.calls())
+	}
+}
