@@ -181,7 +181,9 @@ func (c *container) waitFor(timeout time.Duration, what, script string) time.Dur
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	c.t.Fatalf("after %s: %s (%s: %v)\n%s", timeout, what, script, err, out)
+	// What the units said, so that a failure here tells why.
+	units, _ := c.run(30*time.Second, "systemctl --no-pager --all list-units 'mas4h*'; journalctl --no-pager -n 60 -u 'mas4h*'")
+	c.t.Fatalf("after %s: %s (%s: %v)\n%s\nthe units and their journal:\n%s", timeout, what, script, err, out, units)
 	return 0
 }
 
