@@ -47,7 +47,7 @@ test-systemd: deps build
 
 # Every fuzz target (the parsers of what devices, sshd, the kernel and
 # operators hand mas4h) for FUZZTIME each, one after the other (go test
-# -fuzz takes one target a run): 20 targets, about 45 minutes at the default.
+# -fuzz takes one target a run): 22 targets, about 50 minutes at the default.
 # FUZZ=REGEXP picks targets by package or name. `make test` runs their seed
 # corpora.
 FUZZTIME ?= 2m

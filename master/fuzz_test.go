@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/names"
 	"github.com/mas4h/mas4h/registry"
@@ -338,4 +340,98 @@ func parseShAssignments(s string) ([][2]string, error) {
 		out = append(out, [2]string{name, val.String()})
 	}
 	return out, nil
+}
+
+// FuzzAddOperator: any POST /operators body is a 201 with an operator
+// whose name and selectors follow the rules, or a 4xx that stores nothing.
+func FuzzAddOperator(f *testing.F) {
+	e, deviceKey := fuzzEnv(f)
+	_, ak := newKey(f)
+	f.Add(jsonSeed(wire.OperatorSpec{Name: "alice", PublicKey: ak, Allow: []string{"site=lyon", "pi-*"}}))
+	f.Add(jsonSeed(wire.OperatorSpec{Name: "bob", PublicKey: deviceKey})) // a device's key: refused
+	f.Add(jsonSeed(wire.OperatorSpec{Name: "carol", PublicKey: ak, Allow: []string{"site=", "=x", "[", "a=b=c", "-rf"}}))
+	f.Add(jsonSeed(wire.OperatorSpec{Name: "../etc", PublicKey: ak}))
+	for _, b := range badBodies {
+		f.Add([]byte(b))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		before, err := e.store.Operators(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := e.serve("POST", "/operators", adminTok, body)
+		checkAnswer(t, w, body, http.StatusCreated, http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge)
+		if w.Code != http.StatusCreated {
+			if after, _ := e.store.Operators(t.Context()); len(after) != len(before) {
+				t.Fatalf("a refused body %q stored an operator", trunc(string(body)))
+			}
+			return
+		}
+		var op wire.Operator
+		if err := json.Unmarshal(w.Body.Bytes(), &op); err != nil {
+			t.Fatal(err)
+		}
+		if registry.ValidateOperatorName(op.Name) != nil {
+			t.Fatalf("stored operator %+v from %q", op, trunc(string(body)))
+		}
+		for _, sel := range op.Allow {
+			if _, err := registry.ParseSelector(sel); err != nil {
+				t.Fatalf("stored selector %q does not parse again: %v", sel, err)
+			}
+		}
+		if err := e.store.RemoveOperator(t.Context(), op.Name); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// FuzzAccess: any POST /access body is answered with one of the statuses
+// the API names; a 200 is only ever for alice's signed request for a device
+// her allow list (site=lyon) reaches.
+func FuzzAccess(f *testing.F) {
+	e, _ := fuzzEnv(f)
+	_, lyon := newKey(f)
+	e.want("POST", "/devices", adminTok, wire.AddDeviceRequest{Name: "lyon-1", PublicKey: lyon, Labels: map[string]string{"site": "lyon"}}, http.StatusCreated, nil)
+	hb := heartbeatOf(100, wire.Tunnel{Device: "lyon-1", Forward: "ssh", Port: 20001}, wire.Tunnel{Device: "pi1", Forward: "ssh", Port: 20000})
+	hb.OperatorUser = "mas4h-operator"
+	e.beat("s1", hb)
+	_, alice := newKey(f)
+	e.want("POST", "/operators", adminTok, wire.OperatorSpec{Name: "alice", PublicKey: alice, Allow: []string{"site=lyon"}}, http.StatusCreated, nil)
+	lyonDev, err := e.store.Device(f.Context(), "lyon-1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	lyonPort := lyonDev.Forwards[0].RemotePort
+	s, _ := signers.Load(alice)
+	sign := func(device, forward string) wire.AccessRequest {
+		req, err := client.SignAccessRequest(s.(ssh.Signer), e.ts.URL, e.clock.Now(), device, forward)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return req
+	}
+	f.Add(jsonSeed(sign("lyon-1", "")))
+	f.Add(jsonSeed(sign("pi1", "ssh"))) // not on her allow list
+	f.Add(jsonSeed(sign("lyon-1", "web")))
+	bad := sign("lyon-1", "")
+	bad.Device = "pi1" // re-targeted after signing
+	f.Add(jsonSeed(bad))
+	for _, b := range badBodies {
+		f.Add([]byte(b))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w := e.serve("POST", "/access", "", body)
+		checkAnswer(t, w, body, http.StatusOK, http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound,
+			http.StatusConflict, http.StatusTooManyRequests, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable)
+		if w.Code != http.StatusOK {
+			return
+		}
+		var a wire.Access
+		if err := json.Unmarshal(w.Body.Bytes(), &a); err != nil {
+			t.Fatal(err)
+		}
+		if a.Operator != "alice" || a.Device != "lyon-1" || a.RemotePort != lyonPort {
+			t.Fatalf("access %+v for %q", a, trunc(string(body)))
+		}
+	})
 }
