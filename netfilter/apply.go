@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,17 +30,23 @@ func Apply(ctx context.Context, sys *System, p Plan) error {
 }
 
 func applyStep(ctx context.Context, sys *System, s Step) error {
+	ipt := sys.IPT
+	if s.V6 {
+		if ipt = sys.IPT6; ipt == nil {
+			return errors.New("ip6tables was not found: install the iptables package")
+		}
+	}
 	switch s.Op {
 	case OpNewChain:
-		return sys.IPT.NewChain(s.Table, s.Chain)
+		return ipt.NewChain(s.Table, s.Chain)
 	case OpInsert:
-		return sys.IPT.Insert(s.Table, s.Chain, s.Pos, s.Rule...)
+		return ipt.Insert(s.Table, s.Chain, s.Pos, s.Rule...)
 	case OpDelete:
-		return sys.IPT.Delete(s.Table, s.Chain, s.Rule...)
+		return ipt.Delete(s.Table, s.Chain, s.Rule...)
 	case OpClearChain:
-		return sys.IPT.ClearChain(s.Table, s.Chain)
+		return ipt.ClearChain(s.Table, s.Chain)
 	case OpDeleteChain:
-		return sys.IPT.DeleteChain(s.Table, s.Chain)
+		return ipt.DeleteChain(s.Table, s.Chain)
 	case OpExec:
 		c := process.Cmd{Argv: s.Argv}
 		if s.Stdin != "" {

@@ -46,21 +46,26 @@ type Step struct {
 	Stdin string   // OpExec
 	Path  string   // OpWrite
 	Data  string   // OpWrite
+	V6    bool     // an ip6tables step (OpNewChain … OpDeleteChain)
 }
 
 // String is the step as a shell command.
 func (s Step) String() string {
+	ipt := "iptables"
+	if s.V6 {
+		ipt = "ip6tables"
+	}
 	switch s.Op {
 	case OpNewChain:
-		return fmt.Sprintf("iptables -t %s -N %s", s.Table, s.Chain)
+		return fmt.Sprintf("%s -t %s -N %s", ipt, s.Table, s.Chain)
 	case OpInsert:
-		return fmt.Sprintf("iptables -t %s -I %s %d %s", s.Table, s.Chain, s.Pos, shellJoin(s.Rule))
+		return fmt.Sprintf("%s -t %s -I %s %d %s", ipt, s.Table, s.Chain, s.Pos, shellJoin(s.Rule))
 	case OpDelete:
-		return fmt.Sprintf("iptables -t %s -D %s %s", s.Table, s.Chain, shellJoin(s.Rule))
+		return fmt.Sprintf("%s -t %s -D %s %s", ipt, s.Table, s.Chain, shellJoin(s.Rule))
 	case OpClearChain:
-		return fmt.Sprintf("iptables -t %s -F %s", s.Table, s.Chain)
+		return fmt.Sprintf("%s -t %s -F %s", ipt, s.Table, s.Chain)
 	case OpDeleteChain:
-		return fmt.Sprintf("iptables -t %s -X %s", s.Table, s.Chain)
+		return fmt.Sprintf("%s -t %s -X %s", ipt, s.Table, s.Chain)
 	case OpExec:
 		if s.Stdin != "" {
 			return fmt.Sprintf("%s <<'EOF'\n%sEOF", shellJoin(s.Argv), s.Stdin)

@@ -43,6 +43,7 @@ type Runner interface {
 // kernel modules are (relocatable for tests).
 type System struct {
 	IPT         IPTables
+	IPT6        IPTables // ip6tables (the loopback guard); nil when not found
 	Run         Runner
 	ProcRoot    string // default /proc
 	ModulesRoot string // default /lib/modules
@@ -58,7 +59,11 @@ func NewSystem(log *slog.Logger) (*System, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &System{IPT: ipt, Run: process.Exec{}, ProcRoot: "/proc", ModulesRoot: "/lib/modules", Log: log}, nil
+	sys := &System{IPT: ipt, Run: process.Exec{}, ProcRoot: "/proc", ModulesRoot: "/lib/modules", Log: log}
+	if ipt6, err := iptables.NewWithProtocol(iptables.ProtocolIPv6); err == nil {
+		sys.IPT6 = ipt6
+	}
+	return sys, nil
 }
 
 // State is what NewPlan needs to know about the host. ReadState fills it;
