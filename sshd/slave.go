@@ -65,6 +65,14 @@ type SlaveConfig struct {
 	// VIP, when set, is this slave's share of a shared virtual IP: the
 	// slave keeps its rules applied and takes over dead peers' buckets.
 	VIP *netfilter.Config
+	// GuardPorts, when set, is the port range the loopback guard keeps
+	// to the tunnel user's uid and root (netfilter.Guard); nil: no guard.
+	GuardPorts *registry.PortRange
+	// GuardRequired: a guard that cannot be applied stops the start (the
+	// range was asked for); otherwise it is logged as an error and the
+	// slave serves unguarded (the default range, on a host or under a unit
+	// without CAP_NET_ADMIN).
+	GuardRequired bool
 }
 
 // Slave is a slave daemon: the composition of its parts.
@@ -127,6 +135,7 @@ type parts struct {
 	auths    *authlog.Index // which key each live connection authenticated with
 	follow   *authlog.Follower
 	vip      *vipkeeper.Keeper
+	guard    *netfilter.System // nil without the loopback guard
 	ops      *operators.Tracker
 	hook     *hookserver.Server
 	denials  *hookserver.Denials
@@ -212,6 +221,10 @@ func (p *parts) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The guard is up before sshd (re)starts binding forwards.
+	if err := p.startGuard(ctx); err != nil {
+		return err
+	}
 	if err := p.startSSHD(ctx, changed); err != nil {
 		return err
 	}
@@ -287,6 +300,75 @@ func (p *parts) build() {
 		End:    func(ctx context.Context, sess sessions.Session) { killer.Kill(ctx, sess) },
 		Log:    s.log,
 	})
+}
+
+// guardCheck is how often the loopback guard is read back and repaired
+// (a firewall reload that flushed OUTPUT drops its jump).
+const guardCheck = 30 * time.Second
+
+// startGuard applies the loopback guard: only the tunnel user's uid
+// (sshd's listeners and operators' channels) and root (the probes) may
+// open connections to the guarded ports on lo.
+func (p *parts) startGuard(ctx context.Context) error {
+	r := p.s.cfg.GuardPorts
+	if r == nil {
+		return nil
+	}
+	sys, err := netfilter.NewSystem(p.s.log.With("component", "loopback-guard"))
+	if err == nil {
+		_, err = netfilter.ApplyGuard(ctx, sys, p.guardSpec())
+	}
+	if err != nil {
+		if p.s.cfg.GuardRequired {
+			return fmt.Errorf("loopback guard of ports %s (--guard-ports; none turns it off): %w", r, err)
+		}
+		p.s.log.Error("loopback guard not applied: every local user can connect to the leased ports on loopback "+
+			"(the slave needs CAP_NET_ADMIN and CAP_NET_RAW, and iptables; --guard-ports none says the host's firewall sees to it)",
+			"ports", r.String(), "err", err)
+		return nil
+	}
+	p.guard = sys
+	p.s.log.Info("loopback guard applied", "chain", netfilter.GuardChain(p.s.cfg.Name), "ports", r.String(), "uid", p.user.UID)
+	return nil
+}
+
+func (p *parts) guardSpec() netfilter.Guard {
+	r := p.s.cfg.GuardPorts
+	return netfilter.Guard{Slave: p.s.cfg.Name, UID: p.user.UID, Lo: r.Lo, Hi: r.Hi}
+}
+
+// keepGuard reapplies the guard until ctx ends.
+func (p *parts) keepGuard(ctx context.Context) {
+	t := time.NewTicker(guardCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		plan, err := netfilter.ApplyGuard(ctx, p.guard, p.guardSpec())
+		switch {
+		case err != nil && ctx.Err() == nil:
+			p.s.log.Error("reapplying the loopback guard", "err", err)
+		case err == nil && len(plan.Steps) > 0:
+			p.s.log.Warn("loopback guard was changed from outside; repaired", "steps", len(plan.Steps))
+		}
+	}
+}
+
+// stopGuard removes the guard at a clean stop; ctx has ended by then.
+func (p *parts) stopGuard() {
+	if p.guard == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := netfilter.RemoveGuard(ctx, p.guard, p.s.cfg.Name); err != nil {
+		p.s.log.Error("removing the loopback guard", "err", err)
+		return
+	}
+	p.s.log.Info("loopback guard removed", "chain", netfilter.GuardChain(p.s.cfg.Name))
 }
 
 // operatorWalk is how often operator sessions are walked: an access shows
@@ -370,6 +452,9 @@ func (p *parts) serve(ctx context.Context) {
 	if p.vip != nil {
 		run(p.vip.Run)
 	}
+	if p.guard != nil {
+		run(p.keepGuard)
+	}
 	if p.keys != nil {
 		run(p.keys.Run)
 	}
@@ -383,6 +468,7 @@ func (p *parts) serve(ctx context.Context) {
 	run(p.hook.Serve)
 	wg.Wait()
 	p.reaper.Wait()
+	p.stopGuard()
 	p.s.log.Info("slave daemon stopping; sshd keeps running so tunnels stay up", "sshd_pid", p.sup.PID())
 }
 

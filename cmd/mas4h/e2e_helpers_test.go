@@ -241,6 +241,9 @@ type slaveProc struct {
 	host     string   // listen address (default 127.0.0.1)
 	wrap     []string // run the daemon under this command (ip netns exec NS, setpriv …)
 	mode     []string // --db PATH, or --master URL --token-file F
+	// guard is --guard-ports: "none" unless a test in a network namespace
+	// of its own asks, so that no test touches the host's firewall.
+	guard string
 	name     string
 	stateDir string
 	port     int
@@ -275,8 +278,7 @@ func (sp *slaveProc) start() {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	args := append([]string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
-		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
+	args := append(sp.baseArgs(host), sp.mode...)
 	if len(sp.wrap) > 0 {
 		sp.cmd = exec.Command(sp.wrap[0], append(append(sp.wrap[1:], testBin), args...)...)
 	} else {
@@ -300,6 +302,17 @@ func (sp *slaveProc) start() {
 		}
 		return sp.log.Contains("sshd") && sp.log.Contains("pid=") && up
 	}, "slave %s did not come up:\n%s", sp.name, sp.log)
+}
+
+// baseArgs are the slave's flags but its mode.
+func (sp *slaveProc) baseArgs(host string) []string {
+	guard := sp.guard
+	if guard == "" {
+		guard = "none"
+	}
+	return []string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
+		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug",
+		"--guard-ports", guard}
 }
 
 // kill9 kills the daemon only; sshd and the tunnels must survive it.

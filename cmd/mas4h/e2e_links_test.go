@@ -152,8 +152,7 @@ func (sp *slaveProc) refusedStart(t *testing.T) string {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	args := append([]string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
-		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}, sp.mode...)
+	args := append(sp.baseArgs(host), sp.mode...)
 	sp.log = &syncBuffer{}
 	sp.cmd = exec.Command(testBin, args...)
 	sp.cmd.Stdout, sp.cmd.Stderr = sp.log, sp.log

@@ -496,7 +496,7 @@ func TestSlaveRefusesAnSSHDThatIsNone(t *testing.T) {
 	e.enrol("pi-kitchen")
 	stateDir := filepath.Join(e.dir, "slave-s1")
 	_, stderr, code := e.mas4h("", "slave", "--name", "s1", "--db", e.db, "--state-dir", stateDir,
-		"--ssh-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), "--tunnel-user", e2eTunnelUser, "--sshd", "/bin/false")
+		"--ssh-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), "--tunnel-user", e2eTunnelUser, "--sshd", "/bin/false", "--guard-ports", "none")
 	if code == 0 || !strings.Contains(stderr, "asking /bin/false its version") ||
 		!strings.Contains(stderr, "--sshd must be OpenSSH's sshd") {
 		t.Fatalf("slave with --sshd /bin/false: exit %d:\n%s", code, stderr)

@@ -46,6 +46,8 @@ type slaveOpts struct {
 	metrics    string
 	debugPprof bool
 	keysFile   bool
+	guardPorts string
+	guardSet   bool // --guard-ports was given
 }
 
 func newSlaveCmd(g *globals) *cobra.Command {
@@ -72,6 +74,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
   mas4h slave --name s1 --db /var/lib/mas4h/registry.db --ssh-listen 0.0.0.0:2222`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.guardSet = cmd.Flags().Changed("guard-ports")
 			cfg, err := o.config()
 			if err != nil {
 				return err
@@ -138,6 +141,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 	f.StringVar(&o.vip.rateLimit, "rate-limit", "", "limit new SSH connections per source address, e.g. 10/60s (with --vip)")
 	f.StringVar(&o.probe.newestWins, "newest-wins", reaper.NewestWinsStale, "when a device reconnects while an older session holds its port: stale (kill it if it fails a probe), always, off")
 	f.BoolVar(&o.keysFile, "keys-file", true, "let sshd read active devices whose ports are free from a file the daemon keeps (STATE/authorized_keys) before it runs the hook: a login then costs a file scan instead of two hook runs (--keys-file=false: every login through the hook)")
+	f.StringVar(&o.guardPorts, "guard-ports", registry.DefaultPortRange.String(), "TCP ports LO-HI on this host's loopback (127.0.0.0/8, ::1) that only the tunnel user (sshd: devices' forwards, operators' channels) and root (the slave's probes) may connect to: every other local user's connection is reset, by iptables and ip6tables owner rules in the slave's own chain MAS4H-LO-NAME, applied at start and removed at a clean stop: give the master's --port-range; 'none' for hosts that manage their own firewall. The default range is best effort (an error is logged when it cannot be applied, e.g. without CAP_NET_ADMIN); a range given here must apply or the slave does not start")
 	f.StringVar(&o.stateDir, "state-dir", "", "state dir (default /var/lib/mas4h/slave-NAME)")
 	f.StringVar(&o.sshListen, "ssh-listen", "0.0.0.0:2222", "address sshd listens on for devices")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "mas4h-tunnel", "unprivileged user sshd runs as and devices log in as")
@@ -207,17 +211,28 @@ func (o *slaveOpts) config() (sshd.SlaveConfig, error) {
 	if err != nil {
 		return sshd.SlaveConfig{}, err
 	}
+	var guard *registry.PortRange
+	if o.guardPorts != "none" {
+		r, err := registry.ParsePortRange(o.guardPorts)
+		if err != nil {
+			return sshd.SlaveConfig{}, usagef("--guard-ports: %v (or none)", err)
+		}
+		guard = &r
+	}
 	return sshd.SlaveConfig{
-		VIP:          vip,
-		Name:         o.name,
-		StateDir:     abs,
-		SSHListen:    o.sshListen,
-		TunnelUser:   o.tunnelUser,
-		OperatorUser: o.opUser,
-		SSHDPath:     o.sshdPath,
-		ProcRoot:     "/proc",
-		PublicHost:   o.publicHost,
-		Capacity:     o.capacity,
+		VIP:        vip,
+		GuardPorts: guard,
+		// An asked-for range is a promise; the default one is best effort.
+		GuardRequired: guard != nil && o.guardSet,
+		Name:          o.name,
+		StateDir:      abs,
+		SSHListen:     o.sshListen,
+		TunnelUser:    o.tunnelUser,
+		OperatorUser:  o.opUser,
+		SSHDPath:      o.sshdPath,
+		ProcRoot:      "/proc",
+		PublicHost:    o.publicHost,
+		Capacity:      o.capacity,
 
 		ProbeInterval: o.probe.interval,
 		ProbeFailures: o.probe.failures,
