@@ -237,13 +237,13 @@ func (e *env) enrol(name string, extra ...string) (registry.Device, deviceKey) {
 
 // slaveProc is a running `mas4h slave` daemon.
 type slaveProc struct {
-	e        *env
-	host     string   // listen address (default 127.0.0.1)
-	wrap     []string // run the daemon under this command (ip netns exec NS, setpriv …)
-	mode     []string // --db PATH, or --master URL --token-file F
+	e    *env
+	host string   // listen address (default 127.0.0.1)
+	wrap []string // run the daemon under this command (ip netns exec NS, setpriv …)
+	mode []string // --db PATH, or --master URL --token-file F
 	// guard is --guard-ports: "none" unless a test in a network namespace
 	// of its own asks, so that no test touches the host's firewall.
-	guard string
+	guard    string
 	name     string
 	stateDir string
 	port     int
