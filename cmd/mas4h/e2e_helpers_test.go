@@ -242,7 +242,8 @@ type slaveProc struct {
 	wrap []string // run the daemon under this command (ip netns exec NS, setpriv …)
 	mode []string // --db PATH, or --master URL --token-file F
 	// guard is --guard-ports: "none" unless a test in a network namespace
-	// of its own asks, so that no test touches the host's firewall.
+	// of its own asks, so that no test touches the host's firewall;
+	// "default" gives no flag.
 	guard    string
 	name     string
 	stateDir string
@@ -306,13 +307,15 @@ func (sp *slaveProc) start() {
 
 // baseArgs are the slave's flags but its mode.
 func (sp *slaveProc) baseArgs(host string) []string {
-	guard := sp.guard
-	if guard == "" {
-		guard = "none"
+	args := []string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
+		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug"}
+	switch sp.guard {
+	case "":
+		return append(args, "--guard-ports", "none")
+	case "default": // no flag
+		return args
 	}
-	return []string{"slave", "--name", sp.name, "--state-dir", sp.stateDir,
-		"--ssh-listen", net.JoinHostPort(host, strconv.Itoa(sp.port)), "--tunnel-user", e2eTunnelUser, "--log-level", "debug",
-		"--guard-ports", guard}
+	return append(args, "--guard-ports", sp.guard)
 }
 
 // kill9 kills the daemon only; sshd and the tunnels must survive it.

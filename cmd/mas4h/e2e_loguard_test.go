@@ -20,7 +20,8 @@ import (
 // port (127.0.0.1 and ::1) but not on a port outside the range; root and an
 // operator (through sshd, the tunnel uid) carry bytes; the slave's probes
 // (root) keep passing; a restart after kill -9 does not duplicate the
-// rules; a clean stop removes them.
+// rules; a clean stop removes them. The default range is best effort: under
+// the unit's capabilities (no CAP_NET_ADMIN) the slave logs and serves.
 func TestSlaveGuardsLoopbackPorts(t *testing.T) {
 	e := newEnv(t, "ip", "iptables", "ip6tables", "setpriv", "bash")
 	ns := fmt.Sprintf("m4lg%d", os.Getpid()%100000)
@@ -168,5 +169,19 @@ func TestSlaveGuardsLoopbackPorts(t *testing.T) {
 	}
 	if !sp.log.Contains("loopback guard removed") {
 		t.Errorf("no removal logged:\n%s", sp.log)
+	}
+
+	// The default range is best effort: a slave under its unit's
+	// capabilities (no CAP_NET_ADMIN) says so and serves.
+	caps := &slaveProc{e: e, name: "s2", stateDir: e.dir + "/slave-s2", port: freePort(t), guard: "default",
+		wrap: []string{"ip", "netns", "exec", ns, "setpriv", "--bounding-set", unitCaps(t, "mas4h-slave@.service"), "--no-new-privs", "--"},
+		mode: []string{"--db", e.db}}
+	caps.start()
+	t.Cleanup(caps.cleanup)
+	if !caps.log.Contains("loopback guard not applied") {
+		t.Errorf("no error for the guard it could not apply:\n%s", caps.log)
+	}
+	if r := rules("iptables"); strings.Contains(r, "MAS4H-LO") {
+		t.Errorf("iptables under the unit's capabilities:\n%s", r)
 	}
 }

@@ -185,6 +185,8 @@ func TestDeviceAndStatusUsageErrors(t *testing.T) {
 		{[]string{"slave", "--name", "s1", "--db", "x.db", "--keepalive", "0s"}, "--keepalive must be whole seconds"},
 		{[]string{"slave", "--name", "-s1", "--db", "x.db"}, "slave name must be"},
 		{[]string{"slave", "--name", "s1", "--db", "x.db", "--newest-wins", "sometimes"}, "--newest-wins must be"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--guard-ports", "30000"}, "--guard-ports: port range must be LO-HI"},
+		{[]string{"slave", "--name", "s1", "--db", "x.db", "--guard-ports", "3-1"}, "--guard-ports"},
 		{[]string{"slave", "--name", "s1", "--db", "x.db", "--probe-interval", "2s", "--probe-timeout", "3s"}, "must be shorter"},
 	} {
 		_, stderr, code := cliRun(t, tc.args...)
