@@ -17,6 +17,9 @@ MASTER_PORT="${MAS4H_DEMO_MASTER_PORT:-8080}"
 MASTER="http://127.0.0.1:$MASTER_PORT"
 WEB_PORT="${MAS4H_DEMO_WEB_PORT:-18080}"
 USER_T="${MAS4H_DEMO_TUNNEL_USER:-mas4h-tunnel}"
+# The slave guards its leased ports on this host's loopback (iptables, by
+# uid; removed at demo-stop); "none" leaves the host's firewall alone.
+GUARD_PORTS="${MAS4H_DEMO_GUARD_PORTS:-20000-29999}"
 
 stop_pidfile() { # stop the process whose pid is in $1, if it is still there
   local f=$1 pid
@@ -68,7 +71,7 @@ start() {
   "$B" slave add demo-s1 --token-file-out "$D/slave-demo-s1.token"
   setsid nohup "$B" slave --name demo-s1 --master "$MASTER" --token-file "$D/slave-demo-s1.token" \
     --state-dir "$D/slave" --ssh-listen "127.0.0.1:$SSH_PORT" --public-host 127.0.0.1 \
-    --tunnel-user "$USER_T" </dev/null > "$D/slave.log" 2>&1 &
+    --tunnel-user "$USER_T" --guard-ports "$GUARD_PORTS" </dev/null > "$D/slave.log" 2>&1 &
   echo $! > "$D/slave.pid"
   if ! wait_port "$SSH_PORT" 10; then echo "slave did not come up:"; cat "$D/slave.log"; exit 1; fi
   grep -E 'host key|started sshd|adopted' "$D/slave.log" | sed 's/^/   /'
