@@ -111,8 +111,8 @@ func TestImpostorOnReleasedPortIsEnded(t *testing.T) {
 		t.Fatal(stderr)
 	}
 	devB, kB := e.enrol("pi-b", "--forward", fwd(es))
-	if port(devB) != port(devA) {
-		t.Skipf("the registry leased pi-b port %d, not pi-a's freed %d: nothing to steal", port(devB), port(devA))
+	if port(devB) != port(devA) { // leases take the lowest free port: pi-a's, freed by the rm
+		t.Fatalf("the registry leased pi-b port %d, not pi-a's freed %d: nothing to steal", port(devB), port(devA))
 	}
 	if err := forwardThrough(t, ctl, fmt.Sprintf("%d:localhost:%d", port(devB), es.port)); err != nil {
 		t.Fatalf("setting up the impostor: %v", err)
