@@ -1,0 +1,237 @@
+// Package pgcluster starts a throwaway PostgreSQL cluster on loopback for
+// mas4h's tests and benchmarks: initdb into a fresh directory, pg_ctl to
+// start it on a free port of 127.0.0.1 with trust authentication, and a
+// database per caller. As root, the cluster runs as the "postgres" system
+// user (PostgreSQL refuses to run as root). Nothing here is for production.
+package pgcluster
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+)
+
+// ErrNotInstalled says initdb and pg_ctl were not found.
+var ErrNotInstalled = errors.New("PostgreSQL's initdb and pg_ctl are not installed (Debian: apt-get install postgresql)")
+
+// Cluster is one running PostgreSQL server.
+type Cluster struct {
+	Dir  string // the cluster's files: data/, the socket and the log
+	Port int
+	bin  string // directory of initdb, pg_ctl, postgres
+	uid  int    // run as this user when root; -1 otherwise
+	gid  int
+
+	mu  sync.Mutex
+	dbs int
+}
+
+// Bin finds the directory that holds initdb and pg_ctl: $PATH first, then
+// Debian's /usr/lib/postgresql/VERSION/bin, newest version first.
+func Bin() (string, error) {
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		dir := filepath.Dir(p)
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "pg_ctl")); err == nil {
+			return d, nil
+		}
+	}
+	return "", ErrNotInstalled
+}
+
+func version(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+// Start creates a cluster in a new directory under parent ("" for the
+// system's temporary directory) and starts it. The caller must Stop it.
+// fsync is off: a test cluster trades durability for speed unless durable
+// is set (benchmarks that measure the database want it on).
+func Start(ctx context.Context, parent string, durable bool) (*Cluster, error) {
+	bin, err := Bin()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(parent, "mas4h-pg-")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir, bin: bin, uid: -1, gid: -1}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running PostgreSQL as root needs the postgres system user (Debian's postgresql package creates it): %w", err)
+		}
+		c.uid, _ = strconv.Atoi(u.Uid)
+		c.gid, _ = strconv.Atoi(u.Gid)
+		// The temporary parent may be 0700 root's: let the server through.
+		if err := os.Chmod(dir, 0o711); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		if err := os.Chown(dir, c.uid, c.gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	if out, err := c.run(ctx, "initdb", "-D", c.data(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %v: %s", err, out)
+	}
+	conf := "listen_addresses = '127.0.0.1'\nunix_socket_directories = '" + dir + "'\nmax_connections = 300\nshared_buffers = 128MB\n"
+	if !durable {
+		conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+	}
+	f, err := os.OpenFile(filepath.Join(c.data(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteString(conf)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		c.Port, err = freePort()
+		if err == nil {
+			err = c.Start(ctx)
+		}
+		if err == nil {
+			return c, nil
+		}
+		if attempt == 4 {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+}
+
+func (c *Cluster) data() string { return filepath.Join(c.Dir, "data") }
+
+// Start starts the stopped server again on its port.
+func (c *Cluster) Start(ctx context.Context) error {
+	out, err := c.run(ctx, "pg_ctl", "-D", c.data(), "-l", filepath.Join(c.Dir, "server.log"), "-w", "-t", "60",
+		"-o", "-p "+strconv.Itoa(c.Port), "start")
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.Dir, "server.log"))
+		return fmt.Errorf("pg_ctl start: %v: %s\n%s", err, out, tail(log, 2000))
+	}
+	return nil
+}
+
+// Stop stops the server (fast mode: sessions are ended, the data is kept).
+func (c *Cluster) Stop(ctx context.Context) error {
+	out, err := c.run(ctx, "pg_ctl", "-D", c.data(), "-m", "fast", "-w", "-t", "60", "stop")
+	if err != nil {
+		return fmt.Errorf("pg_ctl stop: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Destroy stops the server if it runs and removes its files.
+func (c *Cluster) Destroy() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := os.Stat(filepath.Join(c.data(), "postmaster.pid")); err == nil {
+		c.run(ctx, "pg_ctl", "-D", c.data(), "-m", "immediate", "-w", "-t", "60", "stop")
+	}
+	os.RemoveAll(c.Dir)
+}
+
+// URL is the connection URL of database name on this cluster.
+func (c *Cluster) URL(name string) string {
+	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)), Path: "/" + name,
+		RawQuery: "sslmode=disable"}
+	return u.String()
+}
+
+// NewDatabase creates a fresh, empty database named after prefix and
+// returns its URL.
+func (c *Cluster) NewDatabase(ctx context.Context, prefix string) (string, error) {
+	c.mu.Lock()
+	c.dbs++
+	name := fmt.Sprintf("%s_%d_%d", sanitize(prefix), os.Getpid(), c.dbs)
+	c.mu.Unlock()
+	db, err := sql.Open("pgx", c.URL("postgres"))
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
+		return "", fmt.Errorf("creating database %s: %w", name, err)
+	}
+	return c.URL(name), nil
+}
+
+func sanitize(s string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(s) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '_' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+		if b.Len() >= 40 {
+			break
+		}
+	}
+	if b.Len() == 0 {
+		return "db"
+	}
+	return b.String()
+}
+
+func (c *Cluster) run(ctx context.Context, prog string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, prog), args...)
+	cmd.Dir = c.Dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if c.uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(c.uid), Gid: uint32(c.gid)}}
+		cmd.Env = append(cmd.Env, "HOME="+c.Dir)
+	}
+	return cmd.CombinedOutput()
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
