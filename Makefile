@@ -34,8 +34,12 @@ lint:
 
 # The test command of the README and of .ci/run. MAS4H_E2E=1 turns a missing
 # system part or root into a failure instead of a skip.
+# The registry's and the master's tests run twice: on SQLite, then on a
+# PostgreSQL cluster of their own (MAS4H_TEST_DB=postgres; initdb and
+# pg_ctl from Debian's postgresql, on loopback, removed after).
 test: deps lint build
 	$(GO) test -count=1 -timeout 60m ./...
+	MAS4H_TEST_DB=postgres $(GO) test -count=1 -timeout 20m ./registry ./master
 
 # The Debian package under a real systemd (TestPackagedSystemd): builds the
 # .deb, boots a Debian 12 root in systemd-nspawn (cached in

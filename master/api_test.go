@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mas4h/mas4h/internal/testkit"
+
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
@@ -711,7 +713,7 @@ func TestEventsFilters(t *testing.T) {
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {
-	st, err := registry.Open(context.Background(), filepath.Join(t.TempDir(), "r.db"))
+	st, err := registry.Open(context.Background(), testkit.RegistryLocation(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -18,13 +18,15 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/mas4h/mas4h/internal/pgcluster"
 	"github.com/mas4h/mas4h/internal/testkit"
 	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
 )
 
-// The store the handlers run against is the real SQLite one.
+// The store the handlers run against is the real one: SQLite, or
+// PostgreSQL when MAS4H_TEST_DB=postgres.
 var _ Store = (*registry.Store)(nil)
 
 const (
@@ -60,9 +62,17 @@ type testEnv struct {
 
 // newEnv starts the API over a fresh SQLite registry in t.TempDir(), on a
 // fake clock. mutate adjusts the config before New.
+// TestMain stops the PostgreSQL cluster a MAS4H_TEST_DB=postgres run
+// started.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgcluster.StopShared()
+	os.Exit(code)
+}
+
 func newEnv(t testing.TB, mutate func(*Config)) *testEnv {
 	t.Helper()
-	st, err := registry.Open(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
+	st, err := registry.Open(context.Background(), testkit.RegistryLocation(t))
 	if err != nil {
 		t.Fatal(err)
 	}

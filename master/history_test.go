@@ -3,10 +3,11 @@ package master
 import (
 	"context"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mas4h/mas4h/internal/testkit"
 
 	"github.com/mas4h/mas4h/master/wire"
 	"github.com/mas4h/mas4h/registry"
@@ -17,7 +18,7 @@ import (
 // on the pages.
 func TestHistoryThroughTheAPIAndPages(t *testing.T) {
 	ctx := context.Background()
-	st, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
+	st, err := registry.Open(ctx, testkit.RegistryLocation(t))
 	if err != nil {
 		t.Fatal(err)
 	}

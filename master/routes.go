@@ -318,7 +318,11 @@ func (s *Server) internal(c *gin.Context, err error) {
 	s.log.Error("request failed", "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
 	if registry.Unwritable(err) {
 		s.storeFailed(err)
-		c.Header("Retry-After", strconv.Itoa(unwritableRetry))
+		retry := unwritableRetry
+		if registry.Unavailable(err) {
+			retry = unavailableRetry
+		}
+		c.Header("Retry-After", strconv.Itoa(retry))
 		fail(c, http.StatusServiceUnavailable, unwritableMessage(err))
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/mas4h/mas4h/master/wire"
+	"github.com/mas4h/mas4h/registry"
 )
 
 // A registry that cannot be written (its disk full, an I/O error, a file
@@ -20,7 +21,14 @@ import (
 // in seconds: freeing space takes a person.
 const unwritableRetry = 30
 
+// unavailableRetry is the Retry-After of a 503 for a registry database out
+// of reach (PostgreSQL restarting, failing over), in seconds.
+const unavailableRetry = 5
+
 func unwritableMessage(err error) string {
+	if registry.Unavailable(err) {
+		return "the registry's database does not answer (" + err.Error() + "): the master reconnects by itself once PostgreSQL takes connections again; check that it runs"
+	}
 	return "the registry cannot be written (" + err.Error() + "): free space on its filesystem (SQLite needs about 4 MiB beyond the database for its write-ahead log) or make it writable; the master resumes by itself"
 }
 

@@ -26,7 +26,7 @@ const liveDevice = `EXISTS (SELECT 1 FROM tunnels t JOIN slaves s ON s.name = t.
 // CountDevices counts the devices by state.
 func (s *Store) CountDevices(ctx context.Context) (DeviceCounts, error) {
 	var c DeviceCounts
-	err := s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(status != 'active'), 0) FROM devices`).Scan(&c.Total, &c.Revoked)
+	err := s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(CASE WHEN status <> 'active' THEN 1 ELSE 0 END), 0) FROM devices`).Scan(&c.Total, &c.Revoked)
 	if err != nil {
 		return c, fmt.Errorf("counting devices: %w", err)
 	}
@@ -51,11 +51,15 @@ type DeviceQuery struct {
 	Limit        int
 }
 
-func (q DeviceQuery) where() (string, []any) {
+func (q DeviceQuery) where(pg bool) (string, []any) {
 	var where []string
 	var args []any
 	if n := strings.ToLower(strings.TrimSpace(q.NameContains)); n != "" {
-		where = append(where, "instr(d.name, ?) > 0")
+		if pg { // the same test: PostgreSQL has no instr
+			where = append(where, "strpos(d.name, ?) > 0")
+		} else {
+			where = append(where, "instr(d.name, ?) > 0")
+		}
 		args = append(args, n)
 	}
 	switch q.Show {
@@ -75,7 +79,7 @@ func (q DeviceQuery) where() (string, []any) {
 // FindDevices returns the first q.Limit devices q selects, by name, with
 // their forwards, and how many q selects in all.
 func (s *Store) FindDevices(ctx context.Context, q DeviceQuery) ([]Device, int, error) {
-	where, args := q.where()
+	where, args := q.where(s.db.pg)
 	var matching int
 	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM devices d`+where, args...).Scan(&matching); err != nil {
 		return nil, 0, fmt.Errorf("finding devices: %w", err)

@@ -168,14 +168,11 @@ func (s *Store) insertNewDevice(ctx context.Context, e enrolment, note string) (
 		return Device{}, err
 	}
 	now := s.now().UTC()
-	res, err := tx.ExecContext(ctx,
+	var id int64
+	err = tx.QueryRowContext(ctx,
 		`INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at, labels)
-		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.name, e.fingerprint, e.keyType, e.publicKey, StatusActive, now.UnixNano(), now.UnixNano(), labels)
-	if err != nil {
-		return Device{}, err
-	}
-	id, err := res.LastInsertId()
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		e.name, e.fingerprint, e.keyType, e.publicKey, StatusActive, now.UnixNano(), now.UnixNano(), labels).Scan(&id)
 	if err != nil {
 		return Device{}, err
 	}
@@ -211,7 +208,7 @@ func (s *Store) insertNewDevice(ctx context.Context, e enrolment, note string) (
 // leasePorts finds the n lowest free ports of pr with one query over the
 // ports already leased in it. The caller's IMMEDIATE transaction holds the
 // write lock, so no one else can take them before the insert.
-func leasePorts(ctx context.Context, tx *sql.Tx, pr PortRange, n int) ([]int, error) {
+func leasePorts(ctx context.Context, tx *txx, pr PortRange, n int) ([]int, error) {
 	rows, err := tx.QueryContext(ctx,
 		`SELECT remote_port FROM forwards WHERE remote_port BETWEEN ? AND ? ORDER BY remote_port`, pr.Lo, pr.Hi)
 	if err != nil {
@@ -384,7 +381,7 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 // DeviceCounts returns how many devices there are, by status.
 func (s *Store) DeviceCounts(ctx context.Context) (total, active, revoked int, err error) {
 	err = s.db.QueryRowContext(ctx, `SELECT count(*),
-		coalesce(sum(status = 'active'), 0), coalesce(sum(status = 'revoked'), 0) FROM devices`).
+		coalesce(sum(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0), coalesce(sum(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END), 0) FROM devices`).
 		Scan(&total, &active, &revoked)
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("counting devices: %w", err)

@@ -38,9 +38,13 @@ func quoteTrunc(s string) string {
 
 // Unwritable reports whether err is the database refusing a write for want
 // of room or of a writable file (SQLite: disk full, I/O error, read-only,
-// cannot open): not the request's fault, and not mended by retrying at
-// once. The operator has to free space or fix the file.
+// cannot open), or out of reach (PostgreSQL: Unavailable): not the
+// request's fault. The operator has to free space or fix the file; a
+// PostgreSQL connection comes back by itself once the server answers.
 func Unwritable(err error) bool {
+	if Unavailable(err) {
+		return true
+	}
 	var se sqlite3.Error
 	if !errors.As(err, &se) {
 		return false

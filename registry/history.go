@@ -43,8 +43,11 @@ func (s *Store) RecordLoad(ctx context.Context, samples []LoadSample) error {
 	}
 	defer tx.Rollback()
 	ins, err := tx.PrepareContext(ctx, `INSERT INTO load_samples (series, at, min, max, capacity, alive) VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT (series, at) DO UPDATE SET min = min(min, excluded.min), max = max(max, excluded.max),
-		capacity = excluded.capacity, alive = min(alive, excluded.alive)`)
+		ON CONFLICT (series, at) DO UPDATE SET
+		min = CASE WHEN excluded.min < load_samples.min THEN excluded.min ELSE load_samples.min END,
+		max = CASE WHEN excluded.max > load_samples.max THEN excluded.max ELSE load_samples.max END,
+		capacity = excluded.capacity,
+		alive = CASE WHEN excluded.alive < load_samples.alive THEN excluded.alive ELSE load_samples.alive END`)
 	if err != nil {
 		return fmt.Errorf("recording load samples: %w", err)
 	}
@@ -53,7 +56,7 @@ func (s *Store) RecordLoad(ctx context.Context, samples []LoadSample) error {
 		if l.Min < 0 || l.Max < l.Min || l.Capacity < 0 {
 			return fmt.Errorf("recording load samples: bad sample %+v: %w", l, ErrInvalid)
 		}
-		if _, err := ins.ExecContext(ctx, truncEvent(l.Series), l.At.Truncate(time.Minute).Unix(), l.Min, l.Max, l.Capacity, l.Alive); err != nil {
+		if _, err := ins.ExecContext(ctx, truncEvent(l.Series), l.At.Truncate(time.Minute).Unix(), l.Min, l.Max, l.Capacity, boolInt(l.Alive)); err != nil {
 			return fmt.Errorf("recording load samples: %w", err)
 		}
 	}

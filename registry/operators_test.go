@@ -308,7 +308,7 @@ func TestMigrateLaggingVersionAndRevocationSeq(t *testing.T) {
 		`ALTER TABLE events DROP COLUMN operator`, `ALTER TABLE devices DROP COLUMN labels`,
 		`UPDATE schema_version SET version = 4`,
 	} {
-		if _, err := s.DB().ExecContext(ctx, q); err != nil {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}

@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"github.com/mas4h/mas4h/internal/testkit"
+
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +15,7 @@ import (
 func fillEvents(t *testing.T, s *Store, start time.Time, n int) {
 	t.Helper()
 	ctx := context.Background()
-	tx, err := s.DB().BeginTx(ctx, nil)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +32,7 @@ func fillEvents(t *testing.T, s *Store, start time.Time, n int) {
 
 func countEvents(t *testing.T, s *Store) (n int, oldest string) {
 	t.Helper()
-	if err := s.DB().QueryRow(`SELECT count(*), coalesce((SELECT detail FROM events ORDER BY id LIMIT 1), '') FROM events`).Scan(&n, &oldest); err != nil {
+	if err := s.db.QueryRow(`SELECT count(*), coalesce((SELECT detail FROM events ORDER BY id LIMIT 1), '') FROM events`).Scan(&n, &oldest); err != nil {
 		t.Fatal(err)
 	}
 	return n, oldest
@@ -82,10 +84,11 @@ func TestPruneEventsByAge(t *testing.T) {
 // within a quarter of a GB (measured here on a sample of rows as the
 // master writes them).
 func TestDefaultRetentionFitsASmallDisk(t *testing.T) {
+	testkit.SQLiteOnly(t) // measures the SQLite file's pages
 	s, path := openTemp(t)
 	const sample = 20_000
 	ctx := context.Background()
-	tx, err := s.DB().BeginTx(ctx, nil)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +101,12 @@ func TestDefaultRetentionFitsASmallDisk(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DB().Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+	if _, err := s.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 		t.Fatal(err)
 	}
 	var pages, pageSize int64
-	s.DB().QueryRow(`PRAGMA page_count`).Scan(&pages)
-	s.DB().QueryRow(`PRAGMA page_size`).Scan(&pageSize)
+	s.db.QueryRow(`PRAGMA page_count`).Scan(&pages)
+	s.db.QueryRow(`PRAGMA page_size`).Scan(&pageSize)
 	perRow := float64(pages*pageSize) / sample
 	full := perRow * DefaultEventMaxRows
 	t.Logf("%s: %.0f bytes a row with its indexes; %d rows ≈ %.0f MB", path, perRow, DefaultEventMaxRows, full/1e6)

@@ -97,7 +97,7 @@ func (s *Store) Revocations(ctx context.Context, after int64, limit int) ([]Revo
 // revocation's 2.
 func (s *Store) RevocationSeq(ctx context.Context) (int64, error) {
 	var seq int64
-	if err := s.db.QueryRowContext(ctx, `SELECT max(coalesce(max(seq), 1), 1) FROM revocations`).Scan(&seq); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT coalesce(max(seq), 1) FROM revocations`).Scan(&seq); err != nil {
 		return 0, fmt.Errorf("reading revocation sequence: %w", err)
 	}
 	return seq, nil

@@ -259,7 +259,7 @@ func (s *Store) SlaveEntries(ctx context.Context) ([]SlaveEntry, error) {
 // *HostKeyMismatchError, after the keys are noted as pending (and, when
 // they are new, a slave-key-mismatch event written), which the caller must
 // commit.
-func bindHostKeys(ctx context.Context, tx *sql.Tx, r SlaveReport, exists bool, bound, pending string, pendingSince int64, at time.Time) error {
+func bindHostKeys(ctx context.Context, tx *txx, r SlaveReport, exists bool, bound, pending string, pendingSince int64, at time.Time) error {
 	var rebind sql.NullBool
 	err := tx.QueryRowContext(ctx, `SELECT rebind FROM slave_credentials WHERE name = ?`, r.Name).Scan(&rebind)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {

@@ -129,14 +129,14 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 	switch {
 	case !exists:
 		change = SlaveNew
-		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, user, host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node)
+		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, "user", host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
 			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano(), r.VIP, r.Node)
 	default:
 		if !alive || lastSeen < liveSince.UnixNano() {
 			change = SlaveReturned
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE slaves SET host = ?, port = ?, user = ?, host_keys = ?, capacity = ?, cpu = ?, mem = ?,
+		_, err = tx.ExecContext(ctx, `UPDATE slaves SET host = ?, port = ?, "user" = ?, host_keys = ?, capacity = ?, cpu = ?, mem = ?,
 			last_seen = ?, alive = 1, vip = ?, node = ? WHERE name = ?`,
 			r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), r.VIP, r.Node, r.Name)
 	}
@@ -157,7 +157,7 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 		for _, t := range r.Tunnels {
 			var ok, probeAt, detail any // NULL when never probed
 			if t.Probe != nil {
-				ok, probeAt, detail = t.Probe.OK, t.Probe.At.UnixNano(), t.Probe.Detail
+				ok, probeAt, detail = boolInt(t.Probe.OK), t.Probe.At.UnixNano(), t.Probe.Detail
 			}
 			var since int64
 			if !t.Since.IsZero() {
@@ -225,7 +225,7 @@ func (s *Store) MarkSlaveDead(ctx context.Context, name string, lastSeen, at tim
 // Slaves returns every slave ever registered, sorted by name, with the
 // number of tunnels of its last heartbeat.
 func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT s.name, s.host, s.port, s.user, s.host_keys, s.capacity, s.cpu, s.mem,
+	rows, err := s.db.QueryContext(ctx, `SELECT s.name, s.host, s.port, s."user", s.host_keys, s.capacity, s.cpu, s.mem,
 		s.first_seen, s.last_seen, s.alive, (SELECT count(*) FROM tunnels t WHERE t.slave = s.name), s.vip, s.node
 		FROM slaves s ORDER BY s.name`)
 	if err != nil {

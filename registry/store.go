@@ -16,38 +16,48 @@ import (
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
 )
 
-// Store is the registry's SQLite database. It is safe for concurrent use,
-// also by several processes on one file: writes run in IMMEDIATE
-// transactions and wait up to busy_timeout for each other.
+// Store is the registry's database: a SQLite file, or a PostgreSQL
+// database that several masters share. It is safe for concurrent use, also
+// by several processes: writes are serialized (dialect.go) and wait for
+// each other.
 type Store struct {
-	db  *sql.DB
+	db  *dbx
 	now func() time.Time // a seam for tests that need fixed times
 }
 
 // sqliteMagic starts every SQLite 3 database file.
 var sqliteMagic = []byte("SQLite format 3\x00")
 
-// CheckPath refuses a registry location this build cannot open: a URL
-// (postgres://…, sqlite://…) where a SQLite file's path belongs. Without
-// it, "postgres://db/fleet" would quietly become a file under a new
-// directory named "postgres:".
-func CheckPath(path string) error {
-	scheme, _, ok := strings.Cut(path, "://")
-	if !ok || strings.ContainsAny(scheme, "/.") {
-		return nil
-	}
-	if strings.EqualFold(scheme, "postgres") || strings.EqualFold(scheme, "postgresql") {
-		return fmt.Errorf("registry %q: this build keeps its registry in SQLite only (PostgreSQL is not built in yet); give the path of a SQLite file, e.g. /var/lib/mas4h/registry.db", path)
-	}
-	return fmt.Errorf("registry %q: %s:// is not a registry this build knows; give the path of a SQLite file, e.g. /var/lib/mas4h/registry.db", path, scheme)
+// IsPostgres reports whether location names a PostgreSQL database
+// (postgres://… or postgresql://…) rather than a SQLite file.
+func IsPostgres(location string) bool {
+	scheme, _, ok := strings.Cut(location, "://")
+	return ok && (strings.EqualFold(scheme, "postgres") || strings.EqualFold(scheme, "postgresql"))
 }
 
-// Open opens the registry at path, creating it (mode 0600) if absent, and
-// brings its schema up to SchemaVersion. The parent directory must exist.
-func Open(ctx context.Context, path string) (*Store, error) {
-	if err := CheckPath(path); err != nil {
+// CheckPath refuses a registry location this build cannot open: a URL of
+// another scheme (sqlite://, mysql://…) where a SQLite file's path or a
+// postgres:// URL belongs. Without it, "mysql://db/fleet" would quietly
+// become a file under a new directory named "mysql:".
+func CheckPath(path string) error {
+	scheme, _, ok := strings.Cut(path, "://")
+	if !ok || strings.ContainsAny(scheme, "/.") || IsPostgres(path) {
+		return nil
+	}
+	return fmt.Errorf("registry %q: %s:// is not a registry this build knows; give the path of a SQLite file (e.g. /var/lib/mas4h/registry.db) or a PostgreSQL URL (postgres://USER@HOST/DB)", redactURL(path), scheme)
+}
+
+// Open opens the registry at location, a SQLite file's path or a
+// postgres:// URL, and brings its schema up to SchemaVersion. A SQLite
+// file is created (mode 0600) if absent; its directory must exist.
+func Open(ctx context.Context, location string) (*Store, error) {
+	if err := CheckPath(location); err != nil {
 		return nil, err
 	}
+	if IsPostgres(location) {
+		return openPostgres(ctx, location)
+	}
+	path := location
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
@@ -86,7 +96,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
 	}
-	s := &Store{db: db, now: time.Now}
+	s := &Store{db: &dbx{DB: db}, now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
@@ -98,7 +108,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 func (s *Store) Close() error { return s.db.Close() }
 
 // DB exposes the handle for packages that add their own tables and for tests.
-func (s *Store) DB() *sql.DB { return s.db }
+func (s *Store) DB() *sql.DB { return s.db.DB }
+
+// Postgres reports whether the registry is a PostgreSQL database.
+func (s *Store) Postgres() bool { return s.db.pg }
 
 // dsn builds a file: URI so that any character in the path is escaped
 // rather than read as the start of the query string.
@@ -141,7 +154,7 @@ func checkVersion(ctx context.Context, abs string) error {
 		return err
 	}
 	defer db.Close()
-	v, err := readVersion(ctx, db)
+	v, err := readVersion(ctx, db, false)
 	if err != nil {
 		return err
 	}
@@ -155,9 +168,13 @@ type querier interface {
 
 // readVersion returns the schema version, 0 for a database mas4h never
 // touched.
-func readVersion(ctx context.Context, q querier) (int, error) {
+func readVersion(ctx context.Context, q querier, pg bool) (int, error) {
 	var n int
-	err := q.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`).Scan(&n)
+	find := `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`
+	if pg {
+		find = `SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'schema_version'`
+	}
+	err := q.QueryRowContext(ctx, find).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("reading schema version: %w", err)
 	}
@@ -184,7 +201,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	// The common case, an up-to-date file, needs no write lock: Open runs
 	// in every short-lived command, and IMMEDIATE would queue it behind
 	// the master's writes.
-	v, err := readVersion(ctx, s.db)
+	v, err := readVersion(ctx, s.db, s.db.pg)
 	if err != nil {
 		return err
 	}
@@ -200,7 +217,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	defer tx.Rollback()
 	// Read again under the lock: another process may have migrated since.
-	v, err = readVersion(ctx, tx)
+	v, err = readVersion(ctx, tx, s.db.pg)
 	if err != nil {
 		return err
 	}
@@ -213,7 +230,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
-	if v == 4 {
+	steps := migrations
+	if s.db.pg {
+		steps = pgMigrations
+	}
+	if v == 4 && !s.db.pg {
 		// Binaries built between the sessions table's migration (5) and
 		// the operators' (6) ran all five migrations but wrote version 4
 		// (SchemaVersion lagged behind len(migrations)): a version-4 file
@@ -226,8 +247,8 @@ func (s *Store) migrate(ctx context.Context) error {
 			v = 5
 		}
 	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+	for i := v; i < len(steps); i++ {
+		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
 			return fmt.Errorf("migrating to schema version %d: %w", i+1, err)
 		}
 	}

@@ -11,13 +11,25 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mas4h/mas4h/internal/pgcluster"
 	"github.com/mas4h/mas4h/internal/testkit"
 	"golang.org/x/crypto/ssh"
 )
 
+// TestMain stops the PostgreSQL cluster a MAS4H_TEST_DB=postgres run
+// started.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgcluster.StopShared()
+	os.Exit(code)
+}
+
+// openTemp opens a fresh registry: a SQLite file, or a PostgreSQL database
+// when MAS4H_TEST_DB=postgres (testkit.RegistryLocation). The location is
+// returned to reopen it.
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "registry.db")
+	path := testkit.RegistryLocation(t)
 	s, err := Open(context.Background(), path)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -40,21 +52,21 @@ func TestOpenCreatesPrivateFileAndIsIdempotent(t *testing.T) {
 			t.Fatalf("Open #%d: %v", i+1, err)
 		}
 		var v, n int
-		if err := s.DB().QueryRowContext(ctx, `SELECT max(version), count(*) FROM schema_version`).Scan(&v, &n); err != nil {
+		if err := s.db.QueryRowContext(ctx, `SELECT max(version), count(*) FROM schema_version`).Scan(&v, &n); err != nil {
 			t.Fatal(err)
 		}
 		if v != SchemaVersion || n != 1 {
 			t.Errorf("Open #%d: schema_version = %d (%d rows), want %d in 1 row", i+1, v, n, SchemaVersion)
 		}
 		var mode string
-		if err := s.DB().QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
+		if err := s.db.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
 			t.Fatal(err)
 		}
 		if mode != "wal" {
 			t.Errorf("journal_mode = %q, want wal", mode)
 		}
 		var fk int
-		if err := s.DB().QueryRowContext(ctx, `PRAGMA foreign_keys`).Scan(&fk); err != nil {
+		if err := s.db.QueryRowContext(ctx, `PRAGMA foreign_keys`).Scan(&fk); err != nil {
 			t.Fatal(err)
 		}
 		if fk != 1 {
@@ -159,17 +171,34 @@ func TestOpenEmptyFileIsNewDatabase(t *testing.T) {
 	s.Close()
 }
 
-// A database URL is refused with what to give instead, and nothing is
-// created: "postgres://db/fleet" once became a SQLite file under a new
-// directory named "postgres:".
+// A URL of a database this build does not know is refused with what to
+// give instead, and nothing is created: "postgres://db/fleet" once became
+// a SQLite file under a new directory named "postgres:". A PostgreSQL URL
+// whose server does not answer says so, with the password hidden.
 func TestOpenRefusesURLs(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
-	for _, u := range []string{"postgres://mas4h@db.example.net/fleet", "postgresql://localhost/x", "sqlite:///var/lib/x.db", "mysql://h/db"} {
+	for _, u := range []string{"sqlite:///var/lib/x.db", "mysql://h/db", "mysql://u:hunter2@h/db"} {
 		_, err := Open(t.Context(), u)
-		if err == nil || !strings.Contains(err.Error(), "give the path of a SQLite file") {
+		if err == nil || !strings.Contains(err.Error(), "give the path of a SQLite file") || !strings.Contains(err.Error(), "postgres://") {
 			t.Errorf("Open(%q) = %v, want a refusal that says what to give", u, err)
 		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Open(%q) = %v: the password shows", u, err)
+		}
+	}
+	// Port 1 of the loopback: nothing listens there.
+	for _, u := range []string{"postgres://mas4h:hunter2@127.0.0.1:1/fleet?connect_timeout=5", "postgresql://127.0.0.1:1/x?sslmode=disable"} {
+		_, err := Open(t.Context(), u)
+		if err == nil || !strings.Contains(err.Error(), "does not answer") || !strings.Contains(err.Error(), "127.0.0.1:1") {
+			t.Errorf("Open(%q) = %v, want it to say the server does not answer", u, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Open(%q) = %v: the password shows", u, err)
+		}
+	}
+	if _, err := Open(t.Context(), "postgres://127.0.0.1:99999999/x"); err == nil || !errors.Is(err, ErrInvalid) {
+		t.Errorf("Open of a malformed PostgreSQL URL = %v, want ErrInvalid", err)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("refused URLs left %v behind", ents)

@@ -5,12 +5,13 @@
 # (systemd-nspawn) for make test-systemd; ssh-audit for the
 # sshd's audit, mmdebstrap for the Debian 13 root of the OpenSSH 10 tests;
 # file and python3 (plistlib) for the macOS agent's and launchd tests;
-# rsync and ansible-core for the operator tools' tests)
+# rsync and ansible-core for the operator tools' tests; postgresql, whose
+# initdb and pg_ctl the tests use to start their own clusters on loopback)
 # and checks the Go toolchain. Runs apt-get only
 # for what is missing, so repeated `make test` needs no network (but for the
 # Debian 13 root, built from Debian's mirror on first use and then weekly).
 set -euo pipefail
-pkgs=(openssh-server openssh-client dropbear-bin iptables nftables kmod iproute2 file python3 sqlite3 busybox curl shellcheck gcc libc6-dev make ca-certificates chromium fonts-dejavu-core systemd systemd-container dpkg-dev lintian man-db ssh-audit mmdebstrap rsync ansible-core)
+pkgs=(openssh-server openssh-client dropbear-bin iptables nftables kmod iproute2 file python3 sqlite3 busybox curl shellcheck gcc libc6-dev make ca-certificates chromium fonts-dejavu-core systemd systemd-container dpkg-dev lintian man-db ssh-audit mmdebstrap rsync ansible-core postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

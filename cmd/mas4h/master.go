@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mas4h/mas4h/backoff"
 	"github.com/mas4h/mas4h/master"
 	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/master/validator"
@@ -37,8 +40,11 @@ type masterOpts struct {
 
 // masterConfig is what the flags amount to, checked.
 type masterConfig struct {
-	listen         string
-	db             string
+	listen string
+	db     string // a SQLite file's absolute path, or a postgres:// URL
+	// stateDir holds the token files by default: the SQLite file's
+	// directory, or /var/lib/mas4h with PostgreSQL.
+	stateDir       string
 	adminTokenFile string
 	// slaveTokenFile is the shared slave token's file: read (or created)
 	// only when allowShared.
@@ -51,15 +57,25 @@ type masterConfig struct {
 func newMasterCmd(g *globals) *cobra.Command {
 	o := &masterOpts{}
 	cmd := &cobra.Command{
-		Use:   "master [--listen 127.0.0.1:8080] [--db /var/lib/mas4h/registry.db] [flags]",
+		Use:   "master [--listen 127.0.0.1:8080] [--db /var/lib/mas4h/registry.db | --db postgres://…] [flags]",
 		Short: "Run the master: device registry, slot dispatch and the REST API",
 		Long: `Run the master. It holds the registry (devices, keys, port leases, slaves,
 tunnels, events) in SQLite, answers devices' slot requests with the least busy
 live slave, validates keys for slaves, and serves the REST API under /api/v1.
 
+With --db postgres://USER@HOST/DB the registry is a PostgreSQL database, and
+several masters on it serve one fleet: any of them answers any call, a
+heartbeat to one is seen by all within a second, and a master that dies loses
+nothing (see the README, "High availability"). Keep the password out of the
+URL (it shows in ps): put it in ~postgres-style ~/.pgpass or the file
+PGPASSFILE names, or PGPASSWORD in the unit's environment. If PostgreSQL does
+not answer at start, the master waits for it; while it is down, the API
+answers 503 with a Retry-After and slaves serve their cached devices.
+
 The admin token is read from a file (mode 0600), created with a fresh random
-token when absent, by default admin.token next to the registry. Give it to
-'mas4h device', 'mas4h slave add' and 'mas4h status' (--token-file).
+token when absent, by default admin.token next to the registry (with
+PostgreSQL, in /var/lib/mas4h; every master of a fleet needs the same file).
+Give it to 'mas4h device', 'mas4h slave add' and 'mas4h status' (--token-file).
 
 Each slave has its own credential, issued here with 'mas4h slave add NAME
 --token-file-out FILE' and given to that slave alone (--token-file); it can
@@ -75,6 +91,7 @@ slaves to their own credentials").
 Restarting the master drops no tunnel: slaves keep serving their cached devices
 and report again when it is back.`,
 		Example: `  mas4h master --listen 0.0.0.0:8080 --db /var/lib/mas4h/registry.db
+  PGPASSFILE=/etc/mas4h/pgpass mas4h master --listen 0.0.0.0:8080 --db postgres://mas4h@db.example.net/mas4h?sslmode=verify-full
   mas4h master --validator exec:/usr/local/bin/validate-device --tls-cert cert.pem --tls-key key.pem`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -87,8 +104,8 @@ and report again when it is back.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address the API listens on")
-	f.StringVar(&o.db, "db", "/var/lib/mas4h/registry.db", "registry file (SQLite); its directory is created if missing")
-	f.StringVar(&o.adminTokenFile, "admin-token-file", "", "admin token file (default admin.token next to --db; created if absent)")
+	f.StringVar(&o.db, "db", "/var/lib/mas4h/registry.db", "registry: a SQLite file (its directory is created if missing) or a PostgreSQL URL, postgres://USER@HOST[:PORT]/DB")
+	f.StringVar(&o.adminTokenFile, "admin-token-file", "", "admin token file (default admin.token next to --db, or in /var/lib/mas4h with PostgreSQL; created if absent)")
 	f.BoolVar(&o.allowShared, "allow-shared-slave-token", false, "also accept the shared slave token of older installs, for slaves without a credential of their own (for moving over; warns at start)")
 	f.StringVar(&o.slaveTokenFile, "slave-token-file", "", "with --allow-shared-slave-token: the shared slave token's file (default slave.token next to --db; created if absent)")
 	f.StringVar(&o.portRange, "port-range", registry.DefaultPortRange.String(), "range remote ports are leased from")
@@ -115,26 +132,31 @@ func (o *masterOpts) config() (masterConfig, error) {
 		return c, usagef("--listen must be HOST:PORT, got %q: %v", o.listen, err)
 	}
 	if o.db == "" {
-		return c, usagef("--db must name the registry file")
+		return c, usagef("--db must name the registry file or a postgres:// URL")
 	}
 	if err := registry.CheckPath(o.db); err != nil {
 		return c, usagef("--db: %v", err)
 	}
-	db, err := filepath.Abs(o.db)
-	if err != nil {
-		return c, usagef("--db: %v", err)
+	c.listen = o.listen
+	if registry.IsPostgres(o.db) {
+		c.db, c.stateDir = o.db, defaultStateDir
+	} else {
+		db, err := filepath.Abs(o.db)
+		if err != nil {
+			return c, usagef("--db: %v", err)
+		}
+		c.db, c.stateDir = db, filepath.Dir(db)
 	}
-	c.listen, c.db = o.listen, db
 	c.adminTokenFile, c.slaveTokenFile, c.allowShared = o.adminTokenFile, o.slaveTokenFile, o.allowShared
 	if c.adminTokenFile == "" {
-		c.adminTokenFile = filepath.Join(filepath.Dir(db), "admin.token")
+		c.adminTokenFile = filepath.Join(c.stateDir, "admin.token")
 	}
 	if c.slaveTokenFile != "" && !c.allowShared {
 		return c, usagef("--slave-token-file names the shared slave token, which is accepted only with --allow-shared-slave-token; " +
 			"give each slave its own credential (mas4h slave add NAME) instead, or add the flag while moving them over")
 	}
 	if c.slaveTokenFile == "" {
-		c.slaveTokenFile = filepath.Join(filepath.Dir(db), "slave.token")
+		c.slaveTokenFile = filepath.Join(c.stateDir, "slave.token")
 	}
 	if c.allowShared && c.adminTokenFile == c.slaveTokenFile {
 		return c, usagef("--admin-token-file and --slave-token-file must be different files")
@@ -190,8 +212,11 @@ func (o *masterOpts) config() (masterConfig, error) {
 func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 	ctx := cmd.Context()
 	log := g.logger().With("component", "master")
-	if err := os.MkdirAll(filepath.Dir(cfg.db), 0o700); err != nil {
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 		return fmt.Errorf("creating the registry's directory: %w", err)
+	}
+	if registry.PasswordInURL(cfg.db) {
+		log.Warn("the PostgreSQL password is in --db, where ps shows it to every user of this host: put it in a pgpass file (PGPASSFILE) or PGPASSWORD instead")
 	}
 	adminTok, err := loadToken(g, "admin", cfg.adminTokenFile)
 	if err != nil {
@@ -210,7 +235,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 			"Give each its own credential (mas4h slave add NAME --token-file-out FILE, then --token-file FILE on the slave), "+
 			"or restart with --allow-shared-slave-token while you move them over", "file", cfg.slaveTokenFile)
 	}
-	st, err := registry.Open(ctx, cfg.db)
+	st, err := openRegistry(ctx, log, cfg.db)
 	if err != nil {
 		return err
 	}
@@ -237,7 +262,7 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 		vname = ac.Validator.String()
 	}
 	log.Info("master listening", "version", version, "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String(),
-		"db", cfg.db, "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval,
+		"db", registry.Redact(cfg.db), "validator", vname, "port_range", ac.PortRange.String(), "heartbeat_interval", ac.HeartbeatInterval,
 		"events", cfg.events.String())
 	err = srv.Serve(ctx, ln)
 	log.Info("master stopped")
@@ -256,4 +281,28 @@ func loadToken(g *globals, role, path string) (string, error) {
 	}
 	fmt.Fprintf(g.stdout, "%s token file: %s%s\n", role, path, note)
 	return strings.TrimSpace(tok), nil
+}
+
+// defaultStateDir holds the master's token files when the registry is not
+// a file whose directory could.
+const defaultStateDir = "/var/lib/mas4h"
+
+// openRegistry opens the registry, waiting for a PostgreSQL server that
+// does not answer yet (started after the master, restarting, failing over)
+// rather than exiting into a restart loop; any other error ends the start.
+func openRegistry(ctx context.Context, log *slog.Logger, location string) (*registry.Store, error) {
+	b := backoff.Backoff{Min: time.Second, Max: 10 * time.Second}
+	for {
+		st, err := registry.Open(ctx, location)
+		if err == nil || !registry.Unavailable(err) {
+			return st, err
+		}
+		wait := b.Next()
+		log.Warn("the registry's database does not answer; trying again", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 }

@@ -95,6 +95,9 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 				}
 				src = source.NewMaster(api, o.name, nil, log.With("master", o.master))
 			} else {
+				if registry.IsPostgres(o.db) {
+					return usagef("--db: a slave serves a PostgreSQL registry through a master: give --master URL (and --token-file)")
+				}
 				if err := registry.CheckPath(o.db); err != nil {
 					return usagef("--db: %v", err)
 				}
