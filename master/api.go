@@ -88,6 +88,12 @@ type Store interface {
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)
 
+	// Several masters on one database (peers.go).
+	Postgres() bool
+	SlaveDevices(ctx context.Context, slaves []string) (map[string][]string, error)
+	SharePending(ctx context.Context, master string, counts map[string]int, at time.Time) error
+	PeerPending(ctx context.Context, self string, since time.Time) (map[string]int, error)
+
 	// History (history.go).
 	RecordLoad(ctx context.Context, samples []registry.LoadSample) error
 	PruneLoad(ctx context.Context, before time.Time) (int64, error)
@@ -138,6 +144,10 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile make Serve speak HTTPS.
 	TLSCertFile string
 	TLSKeyFile  string
+	// PeerSync is how often the live view is reread from the store, for
+	// several masters on one database (peers.go). 0: DefaultPeerSync on
+	// PostgreSQL, never on SQLite (one master per file); negative: never.
+	PeerSync time.Duration
 	// Now is the clock; nil: time.Now. A seam for tests.
 	Now func() time.Time
 	// Metrics is where the master's metrics are registered and GET /metrics
@@ -148,6 +158,7 @@ type Config struct {
 // Server is the master's HTTP face.
 type Server struct {
 	cfg     Config
+	id      string // this master process among its peers (peers.go); "" without peer sync
 	store   Store
 	log     *slog.Logger
 	now     func() time.Time
@@ -270,6 +281,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.writerWG.Add(2)
 	go s.slotWriter()
 	go s.slotEventLoop()
+	if s.cfg.PeerSync == 0 && s.store.Postgres() {
+		s.cfg.PeerSync = DefaultPeerSync
+	}
+	if s.cfg.PeerSync > 0 {
+		s.id = newMasterID()
+		s.writerWG.Add(1)
+		go s.peerLoop()
+	}
 	return s, nil
 }
 

@@ -35,6 +35,9 @@ type liveSlaves struct {
 
 	mu     sync.Mutex
 	slaves map[string]*slaveState
+	// peerPending is the other masters' pending forwards by slave, as
+	// they last shared them (peers.go); counted as load like our own.
+	peerPending map[string]int
 }
 
 // slaveState is one slave as its last heartbeat described it.
@@ -53,6 +56,10 @@ type slaveState struct {
 	operatorUser string
 	operators    []wire.OperatorSession
 	lastSeen     time.Time
+	// devicesAt is the heartbeat (its time) whose tunnels devices holds:
+	// one received here, or one another master received, read from the
+	// store. Zero: none yet.
+	devicesAt time.Time
 	// heardFrom counts as a heartbeat for liveness (not shown as one): a
 	// restarted master's start, for the slaves alive in the store, so that
 	// it dispatches at once rather than find them all silent.
@@ -89,6 +96,7 @@ func newLiveSlaves(now func() time.Time, interval, ttl time.Duration, known []re
 		st := &slaveState{
 			name: sl.Name, host: sl.Host, port: sl.Port, user: sl.User, hostKeys: sl.HostKeys,
 			capacity: sl.Capacity, tunnels: sl.Tunnels, lastSeen: sl.LastSeen, heardFrom: sl.LastSeen, alive: sl.Alive,
+			operatorUser: sl.OperatorUser, operators: sl.Operators,
 			devices: map[string]bool{}, pending: map[string]grant{},
 		}
 		if sl.Alive && start.Sub(sl.LastSeen) <= startGrace {
@@ -130,7 +138,7 @@ func (l *liveSlaves) Heard(r registry.SlaveReport) {
 	st.host, st.port, st.user, st.hostKeys = r.Host, r.Port, r.User, r.HostKeys
 	st.capacity, st.tunnels, st.devices = r.Capacity, len(r.Tunnels), devices
 	st.operatorUser, st.operators = r.OperatorUser, r.Operators
-	st.lastSeen, st.heardFrom, st.alive = r.At, r.At, true
+	st.lastSeen, st.heardFrom, st.devicesAt, st.alive = r.At, r.At, r.At, true
 	for dev := range st.pending {
 		if devices[dev] {
 			delete(st.pending, dev)
@@ -214,7 +222,7 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 			continue
 		}
 		loads = append(loads, registry.SlaveLoad{
-			Name: st.name, Tunnels: st.tunnels, Pending: st.pendingCount(now, l.pendingTTL),
+			Name: st.name, Tunnels: st.tunnels, Pending: st.pendingCount(now, l.pendingTTL) + l.peerPending[st.name],
 			Capacity: st.capacity, LastSeen: st.heardFrom,
 		})
 	}
@@ -319,4 +327,86 @@ func (l *liveSlaves) Forget(name string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.slaves, name)
+}
+
+// StaleDevices names the slaves of the store whose last heartbeat is not
+// the one whose devices the view holds: another master received it.
+func (l *liveSlaves) StaleDevices(slaves []registry.Slave) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, sl := range slaves {
+		st := l.slaves[sl.Name]
+		if st == nil || !st.devicesAt.Equal(sl.LastSeen) {
+			out = append(out, sl.Name)
+		}
+	}
+	return out
+}
+
+// Merge brings the view up to the store's slaves: one whose last
+// heartbeat is newer than the view's is taken as heard then (with devices,
+// the devices of its tunnels, when given), one marked dead in the store
+// after its last heartbeat here is dead. A slave removed from the store
+// is forgotten.
+func (l *liveSlaves) Merge(slaves []registry.Slave, devices map[string][]string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seen := make(map[string]bool, len(slaves))
+	for _, sl := range slaves {
+		seen[sl.Name] = true
+		st := l.slaves[sl.Name]
+		if st == nil {
+			st = &slaveState{name: sl.Name, devices: map[string]bool{}, pending: map[string]grant{}}
+			l.slaves[sl.Name] = st
+		}
+		switch {
+		case sl.LastSeen.After(st.lastSeen):
+			st.host, st.port, st.user, st.hostKeys = sl.Host, sl.Port, sl.User, sl.HostKeys
+			st.capacity, st.tunnels = sl.Capacity, sl.Tunnels
+			st.operatorUser, st.operators = sl.OperatorUser, sl.Operators
+			st.lastSeen, st.alive = sl.LastSeen, sl.Alive
+			if sl.LastSeen.After(st.heardFrom) {
+				st.heardFrom = sl.LastSeen
+			}
+		case sl.LastSeen.Equal(st.lastSeen) && !sl.Alive && st.alive:
+			// Another master found it silent first.
+			st.alive = false
+			st.pending = map[string]grant{}
+		}
+		if devs, ok := devices[sl.Name]; ok && sl.LastSeen.Equal(st.lastSeen) {
+			st.devices = make(map[string]bool, len(devs))
+			for _, d := range devs {
+				st.devices[d] = true
+				delete(st.pending, d)
+			}
+			st.devicesAt = sl.LastSeen
+		}
+	}
+	for name := range l.slaves {
+		if !seen[name] {
+			delete(l.slaves, name)
+		}
+	}
+}
+
+// OwnPending counts this master's pending forwards by slave, to share.
+func (l *liveSlaves) OwnPending() map[string]int {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]int, len(l.slaves))
+	for name, st := range l.slaves {
+		if n := st.pendingCount(now, l.pendingTTL); n > 0 {
+			out[name] = n
+		}
+	}
+	return out
+}
+
+// SetPeerPending records the other masters' pending forwards by slave.
+func (l *liveSlaves) SetPeerPending(p map[string]int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.peerPending = p
 }

@@ -303,6 +303,7 @@ func TestMigrateLaggingVersionAndRevocationSeq(t *testing.T) {
 	seq, _ := s.RevocationSeq(ctx)
 	// Back to what that binary left: schema 5's tables, version 4.
 	for _, q := range []string{
+		`DROP TABLE master_pending`, `ALTER TABLE slaves DROP COLUMN operator_user`, `ALTER TABLE slaves DROP COLUMN operators`, // 8's
 		`DROP TABLE load_samples`, `DROP INDEX events_kind_at`, // 7's
 		`DROP TABLE operators`, `DROP INDEX events_operator_id`,
 		`ALTER TABLE events DROP COLUMN operator`, `ALTER TABLE devices DROP COLUMN labels`,

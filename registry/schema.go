@@ -1,7 +1,7 @@
 package registry
 
 // SchemaVersion is the schema this binary writes: len(migrations).
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // migrations[i] brings the schema from version i to i+1. Append only: a
 // released step is never edited, since databases in the field already ran it.
@@ -176,5 +176,21 @@ CREATE TABLE load_samples (
 ) WITHOUT ROWID;
 CREATE INDEX load_samples_at ON load_samples (at);
 CREATE INDEX events_kind_at ON events (kind, at);
+`,
+	// 8: several masters on one database. Each slave's operator user
+	// and live operator sessions (JSON), so that any master sends an
+	// operator to it; and master_pending, each master's count of slot
+	// grants per slave whose tunnels have not shown up yet, shared every
+	// second so that dispatch on one master counts the grants of the others.
+	`
+ALTER TABLE slaves ADD COLUMN operator_user TEXT NOT NULL DEFAULT '';
+ALTER TABLE slaves ADD COLUMN operators     TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE master_pending (
+	master     TEXT    NOT NULL, -- a master process's id, new at each start
+	slave      TEXT    NOT NULL,
+	forwards   INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL, -- unix nanoseconds, UTC
+	PRIMARY KEY (master, slave)
+);
 `,
 }

@@ -140,4 +140,16 @@ CREATE TABLE load_samples (
 CREATE INDEX load_samples_at ON load_samples (at);
 CREATE INDEX events_kind_at ON events (kind, at);
 `,
+	// 8: several masters on one database.
+	`
+ALTER TABLE slaves ADD COLUMN operator_user TEXT COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE slaves ADD COLUMN operators     TEXT COLLATE "C" NOT NULL DEFAULT '[]';
+CREATE TABLE master_pending (
+	master     TEXT COLLATE "C" NOT NULL,
+	slave      TEXT COLLATE "C" NOT NULL,
+	forwards   BIGINT NOT NULL,
+	updated_at BIGINT NOT NULL,
+	PRIMARY KEY (master, slave)
+);
+`,
 }

@@ -27,6 +27,10 @@ type Slave struct {
 	Tunnels   int    // tunnels in its last heartbeat
 	VIP       string // shared virtual IP it serves a share of ("" for none)
 	Node      int    // its node number for that VIP (1..nodes)
+	// OperatorUser is the user operators log in as there ("": none), and
+	// Operators its live operator sessions, as its last heartbeat said.
+	OperatorUser string
+	Operators    []wire.OperatorSession
 }
 
 // Tunnel is one live forward a slave reported.
@@ -63,9 +67,9 @@ type SlaveReport struct {
 	Events   []Event // Slave is set from Name; a zero At means At above
 	VIP      string
 	Node     int
-	// OperatorUser and Operators are for the master's live view only (the
-	// store keeps neither): the user operators log in as on this slave,
-	// and its live operator sessions.
+	// OperatorUser is the user operators log in as on this slave, and
+	// Operators its live operator sessions (kept, so that every master
+	// can send operators there and show them).
 	OperatorUser string
 	Operators    []wire.OperatorSession
 }
@@ -94,6 +98,14 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 		hostKeys = []string{}
 	}
 	keys, err := json.Marshal(hostKeys)
+	if err != nil {
+		return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
+	}
+	ops := r.Operators
+	if ops == nil {
+		ops = []wire.OperatorSession{}
+	}
+	opsJSON, err := json.Marshal(ops)
 	if err != nil {
 		return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
 	}
@@ -129,16 +141,16 @@ func (s *Store) RecordHeartbeat(ctx context.Context, r SlaveReport, liveSince ti
 	switch {
 	case !exists:
 		change = SlaveNew
-		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, "user", host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
-			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano(), r.VIP, r.Node)
+		_, err = tx.ExecContext(ctx, `INSERT INTO slaves (name, host, port, "user", host_keys, capacity, cpu, mem, first_seen, last_seen, alive, vip, node, operator_user, operators)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)`,
+			r.Name, r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), at.UnixNano(), r.VIP, r.Node, r.OperatorUser, string(opsJSON))
 	default:
 		if !alive || lastSeen < liveSince.UnixNano() {
 			change = SlaveReturned
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE slaves SET host = ?, port = ?, "user" = ?, host_keys = ?, capacity = ?, cpu = ?, mem = ?,
-			last_seen = ?, alive = 1, vip = ?, node = ? WHERE name = ?`,
-			r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), r.VIP, r.Node, r.Name)
+			last_seen = ?, alive = 1, vip = ?, node = ?, operator_user = ?, operators = ? WHERE name = ?`,
+			r.Host, r.Port, r.User, string(keys), r.Capacity, r.CPU, r.Mem, at.UnixNano(), r.VIP, r.Node, r.OperatorUser, string(opsJSON), r.Name)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("recording heartbeat of slave %s: %w", r.Name, err)
@@ -226,7 +238,8 @@ func (s *Store) MarkSlaveDead(ctx context.Context, name string, lastSeen, at tim
 // number of tunnels of its last heartbeat.
 func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT s.name, s.host, s.port, s."user", s.host_keys, s.capacity, s.cpu, s.mem,
-		s.first_seen, s.last_seen, s.alive, (SELECT count(*) FROM tunnels t WHERE t.slave = s.name), s.vip, s.node
+		s.first_seen, s.last_seen, s.alive, (SELECT count(*) FROM tunnels t WHERE t.slave = s.name), s.vip, s.node,
+		s.operator_user, s.operators
 		FROM slaves s ORDER BY s.name`)
 	if err != nil {
 		return nil, fmt.Errorf("listing slaves: %w", err)
@@ -235,11 +248,14 @@ func (s *Store) Slaves(ctx context.Context) ([]Slave, error) {
 	slaves := []Slave{}
 	for rows.Next() {
 		var sl Slave
-		var keys string
+		var keys, ops string
 		var first, last int64
 		if err := rows.Scan(&sl.Name, &sl.Host, &sl.Port, &sl.User, &keys, &sl.Capacity, &sl.CPU, &sl.Mem,
-			&first, &last, &sl.Alive, &sl.Tunnels, &sl.VIP, &sl.Node); err != nil {
+			&first, &last, &sl.Alive, &sl.Tunnels, &sl.VIP, &sl.Node, &sl.OperatorUser, &ops); err != nil {
 			return nil, fmt.Errorf("listing slaves: %w", err)
+		}
+		if err := json.Unmarshal([]byte(ops), &sl.Operators); err != nil {
+			return nil, fmt.Errorf("listing slaves: operator sessions of %s: %w", sl.Name, err)
 		}
 		if err := json.Unmarshal([]byte(keys), &sl.HostKeys); err != nil {
 			return nil, fmt.Errorf("listing slaves: host keys of %s: %w", sl.Name, err)
