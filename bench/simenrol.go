@@ -7,7 +7,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -102,4 +105,61 @@ func simSlaveCredentials(ctx context.Context, st *registry.Store, names []string
 		creds[i] = cred
 	}
 	return creds, nil
+}
+
+// simEnrolBeyond writes devices that the registry cannot lease a port to
+// (past what the port range holds) with plain SQL, as
+// BenchmarkDashboard100k does: the device row, its one forward ssh →
+// localhost:22 on port firstPort+i (above 65535: no port is left), and
+// its enrol event, in one transaction. Dispatch never reads the port; the
+// heartbeats fold it back below 65536 (heartbeatPort). postgres selects
+// $N placeholders.
+func simEnrolBeyond(ctx context.Context, st *registry.Store, devs []simDevice, firstPort int, postgres bool) error {
+	ph := func(n int) string {
+		var b []string
+		for i := 1; i <= n; i++ {
+			if postgres {
+				b = append(b, "$"+strconv.Itoa(i))
+			} else {
+				b = append(b, "?")
+			}
+		}
+		return strings.Join(b, ", ")
+	}
+	tx, err := st.DB().BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	dev, err := tx.PrepareContext(ctx, `INSERT INTO devices (name, fingerprint, key_type, public_key, status, created_at, updated_at) VALUES (`+ph(7)+`) RETURNING id`)
+	if err != nil {
+		return fmt.Errorf("writing devices beyond the port range: %w", err)
+	}
+	fwd, err := tx.PrepareContext(ctx, `INSERT INTO forwards (device_id, position, name, target, probe, remote_port) VALUES (`+ph(6)+`)`)
+	if err != nil {
+		return fmt.Errorf("writing devices beyond the port range: %w", err)
+	}
+	evt, err := tx.PrepareContext(ctx, `INSERT INTO events (at, kind, device, detail) VALUES (`+ph(4)+`)`)
+	if err != nil {
+		return fmt.Errorf("writing devices beyond the port range: %w", err)
+	}
+	now := time.Now().UTC().UnixNano()
+	for i := range devs {
+		d := &devs[i]
+		d.Port = firstPort + i
+		pub := d.Signer.PublicKey()
+		fp := registry.Fingerprint(pub)
+		var id int64
+		if err := dev.QueryRowContext(ctx, d.Name, fp, pub.Type(), d.PubKey, registry.StatusActive, now, now).Scan(&id); err != nil {
+			return fmt.Errorf("writing device %s: %w", d.Name, err)
+		}
+		if _, err := fwd.ExecContext(ctx, id, 0, "ssh", "localhost:22", "", d.Port); err != nil {
+			return fmt.Errorf("writing device %s's forward: %w", d.Name, err)
+		}
+		if _, err := evt.ExecContext(ctx, now, registry.EventEnrol, d.Name,
+			fmt.Sprintf("mas4h-sim; key %s; forwards: ssh localhost:22 on port %d", fp, d.Port)); err != nil {
+			return fmt.Errorf("writing device %s's enrol event: %w", d.Name, err)
+		}
+	}
+	return tx.Commit()
 }
