@@ -20,7 +20,9 @@ func (r *SimResult) WriteTable(w io.Writer) {
 		r.Machine.NProc, r.Machine.Kernel, r.Machine.Go, p.HeartbeatInterval, s.HeartbeatBodyKB, s.TunnelsPerSlave)
 	fmt.Fprintln(w, "| figure | value |")
 	fmt.Fprintln(w, "|---|---:|")
-	row := func(name, format string, args ...any) { fmt.Fprintf(w, "| %s | "+format+" |\n", append([]any{name}, args...)...) }
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(w, "| %s | "+format+" |\n", append([]any{name}, args...)...)
+	}
 	var total float64
 	for i, m := range r.Masters {
 		row(fmt.Sprintf("master %d CPU, cores (RSS MB)", i+1), "%.3f (%.0f)", m.CPUCores, m.RSSMB)
