@@ -342,8 +342,8 @@ func (r *simRun) enrol(ctx context.Context, devs []simDevice, slaves []string, r
 		}
 		res.Setup.BeyondPortRange = len(devs) - n
 		res.Notes = append(res.Notes, fmt.Sprintf("the registry leases each forward a port unique in the whole registry, so it holds at most %d one-forward devices "+
-			"in port range %s (%d at most in 1024-65535); the other %d devices were written with plain SQL on ports above 65535 (-beyond), which no real registry can hold",
-			pr.Size(), pr, 65535-1024+1, len(devs)-n))
+			"in port range %s (64512 in 1024-65535, the widest); the other %d devices were written with plain SQL on ports above 65535 (-beyond), which no real registry can hold",
+			pr.Size(), pr, len(devs)-n))
 	}
 	res.Setup.EnrolSeconds = round3(time.Since(t0).Seconds())
 	r.log.Info("enrolled", "devices", len(devs), "via_registry", n, "took", time.Since(t0).Round(time.Millisecond))
