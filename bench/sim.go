@@ -207,6 +207,10 @@ func (r *simRun) run(ctx context.Context, res *SimResult) error {
 		return err
 	}
 	if cfg.DB == "postgres" {
+		// As root the cluster runs as postgres, which must get through.
+		if err := os.Chmod(r.work, 0o711); err != nil {
+			return err
+		}
 		if r.pg, err = pgcluster.Start(ctx, r.work, true); err != nil {
 			return fmt.Errorf("starting PostgreSQL: %w", err)
 		}
