@@ -76,21 +76,8 @@ func runDispatch(ctx context.Context, s dispatchSpec, work string) (Dispatch, er
 	}
 	defer master.stop(unix.SIGTERM, 10*time.Second)
 
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if master.exited() {
-			return res, fmt.Errorf("the master exited at start (%v): %s", master.err, tail(logPath))
-		}
-		if resp, err := http.Get(base + wire.APIPrefix + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return res, fmt.Errorf("the master did not answer /healthz within 60s: %s", tail(logPath))
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := waitHealthy(ctx, master, base, logPath); err != nil {
+		return res, err
 	}
 	// Each fake slave gets its own credential, as real ones do; issuing it
 	// again also lets this run's fresh host keys bind on a reused registry.
