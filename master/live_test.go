@@ -110,6 +110,27 @@ func TestLiveGrantAgainMovesThePendingLoad(t *testing.T) {
 	wantPick(t, l, devWith("d3", 1, ""), "")
 }
 
+// A device that asks again while its grant is pending did not get
+// through: it is sent elsewhere even when its slave is the least busy,
+// and back to it only when no other slave has room.
+func TestLiveRetryAvoidsTheSlaveItCouldNotReach(t *testing.T) {
+	l, clock := newLive(t)
+	heard(l, clock, "a", 100)
+	heard(l, clock, "b", 100, "x1", "x2", "x3")
+	wantPick(t, l, devWith("d1", 1, ""), "a")
+	clock.Advance(2 * time.Second)
+	wantPick(t, l, devWith("d1", 1, "a"), "b")
+	// Connected to b (its heartbeat lists d1): the next ask sticks to b.
+	heard(l, clock, "b", 100, "x1", "x2", "x3", "d1")
+	wantPick(t, l, devWith("d1", 1, "b"), "b")
+	// Only a has room: a retry goes back to a.
+	l2, clock2 := newLive(t)
+	heard(l2, clock2, "a", 10)
+	heard(l2, clock2, "b", 1, "x1")
+	wantPick(t, l2, devWith("d2", 1, ""), "a")
+	wantPick(t, l2, devWith("d2", 1, "a"), "a")
+}
+
 // A device whose tunnel the slave already lists adds no pending load there.
 func TestLiveGrantOfAConnectedDeviceAddsNothing(t *testing.T) {
 	l, clock := newLive(t)
