@@ -245,7 +245,7 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 		st := l.slaves[avoid]
 		if st.alive {
 			name, ok = registry.Dispatch([]registry.SlaveLoad{{Name: st.name, Tunnels: st.tunnels,
-				Pending: st.pendingCount(now, l.pendingTTL) + l.peerPending[st.name] - st.pending[dev.Name].forwards,
+				Pending:  st.pendingCount(now, l.pendingTTL) + l.peerPending[st.name] - st.pending[dev.Name].forwards,
 				Capacity: st.capacity, LastSeen: st.heardFrom}}, "", now, l.interval)
 		}
 	}
