@@ -282,7 +282,7 @@ func TestAdminClientWarnsOfCleartext(t *testing.T) {
 	} {
 		var errb testkit.Buffer
 		m := masterFlags{master: u, tokenFile: tf}
-		if _, err := m.client(&errb); err != nil {
+		if _, err := m.client(&globals{stderr: &errb}); err != nil {
 			t.Fatalf("%s: %v", u, err)
 		}
 		if got := strings.Contains(errb.String(), "warning: "+u+" is plain http"); got != warn {

@@ -55,7 +55,7 @@ func (o *proxyOpts) run(ctx context.Context, g *globals, device string) error {
 	if err := registry.ValidateDeviceName(device); err != nil {
 		return usagef("device: %v", err)
 	}
-	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
+	a, id, kh, err := reach(ctx, &o.of, g, device, o.forward)
 	if err != nil {
 		return err
 	}

@@ -99,7 +99,7 @@ func (o *sshOpts) run(ctx context.Context, g *globals, arg string, extra []strin
 	if o.localPort < 0 || o.localPort > 65535 {
 		return usagef("--local-port must be 0-65535")
 	}
-	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
+	a, id, kh, err := reach(ctx, &o.of, g, device, o.forward)
 	if err != nil {
 		return err
 	}

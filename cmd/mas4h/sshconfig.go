@@ -86,7 +86,7 @@ func (o *sshConfigOpts) run(ctx context.Context, g *globals) error {
 			return usagef("listing %s needs the master's admin token (--token-file FILE or MAS4H_TOKEN_FILE); without it, give device name globs with * and ? (--selector 'pi-*')", what)
 		}
 		mf := masterFlags{master: masterURL, tokenFile: tf}
-		c, err := mf.client(g.stderr)
+		c, err := mf.client(g)
 		if err != nil {
 			return err
 		}
