@@ -53,7 +53,7 @@ type slaveOpts struct {
 func newSlaveCmd(g *globals) *cobra.Command {
 	o := &slaveOpts{}
 	cmd := &cobra.Command{
-		Use:   "slave --name NAME (--master URL --token-file F | --db PATH) [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
+		Use:   "slave --name NAME (--master URL[,URL...] --token-file F | --db PATH) [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
 		Short: "Run a slave: a dedicated, locked-down sshd for device tunnels",
 		Long: `Run one bouncer. The slave creates the tunnel user if missing, keeps host keys
 and a generated sshd_config in its state dir, runs the system's OpenSSH sshd as

@@ -21,7 +21,7 @@ type sshOpts struct {
 func newSSHCmd(g *globals) *cobra.Command {
 	o := &sshOpts{}
 	cmd := &cobra.Command{
-		Use:   "ssh [USER@]DEVICE [--forward NAME] [--key FILE] [--master URL] [-- SSH_ARGS...]",
+		Use:   "ssh [USER@]DEVICE [--forward NAME] [--key FILE] [--master URL[,URL...]] [-- SSH_ARGS...]",
 		Short: "Reach a device as an operator, through the slave its tunnel is on",
 		Long: `Ask the master where the device is (POST /access, signed with your operator
 key: no admin token, no account on any slave host) and run the system's ssh

@@ -23,7 +23,7 @@ type sshConfigOpts struct {
 func newSSHConfigCmd(g *globals) *cobra.Command {
 	o := &sshConfigOpts{}
 	cmd := &cobra.Command{
-		Use:   "ssh-config [--selector SEL]... [--master URL] [--key FILE] [--token-file FILE]",
+		Use:   "ssh-config [--selector SEL]... [--master URL[,URL...]] [--key FILE] [--token-file FILE]",
 		Short: "Print an ssh_config block so plain ssh, scp, rsync and Ansible reach devices",
 		Long: `Print an ssh_config block that sends ssh to devices through 'mas4h proxy':
 
