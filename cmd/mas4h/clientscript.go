@@ -68,9 +68,7 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 		return "", usagef("--master %q: quotes, braces, $ and spaces are not allowed", f.master)
 	}
 	var masters []string
-	var pins []*x509.Certificate
-	seen := map[[32]byte]bool{}
-	https := false
+	var https []*url.URL
 	for _, m := range strings.Split(f.master, ",") {
 		m = strings.TrimSpace(m)
 		masters = append(masters, m)
@@ -78,16 +76,21 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 		if err != nil {
 			return "", usageError{err}
 		}
-		if u.Scheme == "http" {
-			if !f.insecureHTTP {
-				return "", usagef("--master %s is plain http: the device's slot request and its answer would travel in clear text, and whoever is on the path could send the device to an sshd of theirs; use https://, or accept this with --insecure-http", m)
-			}
-			continue
+		if u.Scheme == "https" {
+			https = append(https, u)
+		} else if !f.insecureHTTP {
+			return "", usagef("--master %s is plain http: the device's slot request and its answer would travel in clear text, and whoever is on the path could send the device to an sshd of theirs; use https://, or accept this with --insecure-http", m)
 		}
-		if https && f.masterCA != "" {
-			continue // one bundle for all
+	}
+	if f.masterCA != "" {
+		if len(https) == 0 {
+			return "", usagef("--master-ca needs an https:// master")
 		}
-		https = true
+		https = https[:1] // one bundle for all
+	}
+	var pins []*x509.Certificate
+	seen := map[[32]byte]bool{}
+	for _, u := range https {
 		certs, err := masterPins(ctx, u, f.masterCA, warn)
 		if err != nil {
 			return "", err
@@ -98,9 +101,6 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 				pins = append(pins, c)
 			}
 		}
-	}
-	if f.masterCA != "" && !https {
-		return "", usagef("--master-ca needs an https:// master")
 	}
 	if f.device != "" {
 		if err := registry.ValidateDeviceName(f.device); err != nil {
