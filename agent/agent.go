@@ -22,10 +22,15 @@ import (
 
 // Config is the agent's configuration, filled and checked by the command.
 type Config struct {
-	Master string // the master's URL
+	// Master is the master's URL, or several masters of one fleet
+	// (URL,URL…): tried in a random order drawn at start, sticking to the
+	// one that answers and moving on when it does not answer or answers
+	// 5xx.
+	Master string
 	// MasterCA is a PEM file of the certificates to trust for the master
-	// (a private CA, or the master's own self-signed certificate) instead
-	// of the system's; "": the system's.
+	// (a private CA, or the master's own self-signed certificate; with
+	// several masters, the CA or all their certificates in one file)
+	// instead of the system's; "": the system's.
 	MasterCA string
 	// InsecureHTTP allows an http:// master: the slot request and its
 	// answer then travel in clear text, and whoever is on the path can
@@ -93,19 +98,25 @@ func (c *Config) Check() error {
 	if _, err := client.New(c.Master, ""); err != nil {
 		return err
 	}
-	if c.plainHTTP() {
-		if !c.InsecureHTTP {
-			return fmt.Errorf("--master %s is plain http: the slot request and its answer (the slave to connect to and its host key) would travel in clear text, and whoever is on the path could send this device to an sshd of theirs; use https://, or accept this with --insecure-http", c.Master)
-		}
-		if c.MasterCA != "" {
-			return errors.New("--master-ca needs an https:// master")
-		}
+	plain := c.plainHTTP()
+	if len(plain) > 0 && !c.InsecureHTTP {
+		return fmt.Errorf("--master %s is plain http: the slot request and its answer (the slave to connect to and its host key) would travel in clear text, and whoever is on the path could send this device to an sshd of theirs; use https://, or accept this with --insecure-http", plain[0])
+	}
+	if c.MasterCA != "" && len(plain) == len(strings.Split(c.Master, ",")) {
+		return errors.New("--master-ca needs an https:// master")
 	}
 	return nil
 }
 
-func (c *Config) plainHTTP() bool {
-	return strings.HasPrefix(strings.ToLower(strings.TrimSpace(c.Master)), "http://")
+// plainHTTP returns the masters given as http://.
+func (c *Config) plainHTTP() []string {
+	var out []string
+	for _, m := range strings.Split(c.Master, ",") {
+		if m = strings.TrimSpace(m); strings.HasPrefix(strings.ToLower(m), "http://") {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // httpClient is the client of the master's API: TLS verified against
@@ -180,7 +191,8 @@ func New(cfg Config, log *slog.Logger, d Deps) (*Agent, error) {
 			return nil, err
 		}
 		c, err := client.New(cfg.Master, "", client.WithUserAgent(cfg.UserAgent),
-			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(hc))
+			client.WithTimeout(cfg.ConnectTimeout), client.WithHTTPClient(hc),
+			client.WithShuffle(), client.WithLogger(log.With("component", "master-client")))
 		if err != nil {
 			return nil, err
 		}
@@ -205,8 +217,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("agent started", "version", a.cfg.Version, "master", a.cfg.Master, "key", a.cfg.KeyPath, "state_dir", a.cfg.StateDir, "ssh_client", a.cfg.SSHClient)
-	if a.cfg.plainHTTP() {
-		a.log.Warn("the master is reached over plain http (--insecure-http): whoever is on the path can read this device's slot and send it to an sshd of theirs; use https://", "master", a.cfg.Master)
+	for _, m := range a.cfg.plainHTTP() {
+		a.log.Warn("the master is reached over plain http (--insecure-http): whoever is on the path can read this device's slot and send it to an sshd of theirs; use https://", "master", m)
 	}
 	for {
 		minWait := a.attempt(ctx)
@@ -334,8 +346,9 @@ func (a *Agent) attempt(ctx context.Context) time.Duration {
 	return minWait
 }
 
-// slot asks the master; on 5xx, garbage or no answer it falls back to the
-// last slot. ok is false when there is nothing to connect to.
+// slot asks the masters (the next one after a 5xx or no answer); when
+// none gives a slot (5xx, garbage or no answer) it falls back to the last
+// slot. ok is false when there is nothing to connect to.
 func (a *Agent) slot(ctx context.Context, key *Key) (s wire.Slot, minWait time.Duration, ok bool) {
 	pub := key.Public
 	s, err := a.src.Slot(ctx, key.Signer)

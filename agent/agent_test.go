@@ -635,3 +635,69 @@ func TestMasterTLSVerified(t *testing.T) {
 		t.Errorf("the master, pinned with --master-ca, was asked %d times; log:\n%s", asked, log)
 	}
 }
+
+// With several masters, a slot from any is good: one that is down or
+// answers 503 is passed over in the same attempt, and the request that
+// reaches the good one is signed for its URL.
+func TestFailsOverToAnotherMaster(t *testing.T) {
+	slot := testSlot(t)
+	busy := 503
+	down := slotServer(t, &busy, slot)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	var good *httptest.Server
+	var signedFor []string
+	var mu sync.Mutex
+	good = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req wire.SlotRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		mu.Lock()
+		signedFor = append(signedFor, req.Master)
+		mu.Unlock()
+		if req.Master != good.URL || req.Signature == "" {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"error":"the signature names another master"}`)
+			return
+		}
+		json.NewEncoder(w).Encode(slot)
+	}))
+	defer good.Close()
+	for range 4 { // the order is shuffled: a few starts see several
+		h, ctx := newHarness(t, down.URL+","+dead.URL+","+good.URL, 1, openssh, fakeRun{ran: time.Second, err: errors.New("exit status 255")})
+		h.run(t, ctx)
+		if len(h.runner.cmds) != 1 || !strings.Contains(h.log.String(), "msg=slot slave=s1") || strings.Contains(h.log.String(), "last slot") {
+			t.Fatalf("want one run with the good master's slot:\n%s", h.log)
+		}
+		var saved wire.Slot
+		if err := json.Unmarshal(mustRead(t, filepath.Join(h.state, slotFile)), &saved); err != nil || saved.Slave != "s1" {
+			t.Errorf("last slot not kept: %v %+v", err, saved)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range signedFor {
+		if m != good.URL {
+			t.Errorf("the good master got a request signed for %s", m)
+		}
+	}
+}
+
+func TestSeveralMastersChecked(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := writeKey(t, dir)
+	for masters, want := range map[string]string{
+		"https://m1:8080,http://m2.example:8080": "--master http://m2.example:8080 is plain http",
+		"https://m1:8080,":                       "master 2 of 2: empty",
+		"https://m1:8080,https://m1:8080":        "is master 1 already",
+	} {
+		cfg := Config{Master: masters, KeyPath: key, StateDir: filepath.Join(dir, "state")}
+		if _, err := New(cfg, slog.Default(), Deps{}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", masters, err, want)
+		}
+	}
+	cfg := Config{Master: "https://m1:8080,http://127.0.0.1:8080", KeyPath: key, StateDir: filepath.Join(dir, "state"), InsecureHTTP: true, MasterCA: filepath.Join(dir, "nope.pem")}
+	cfg.Defaults()
+	if err := cfg.Check(); err != nil {
+		t.Errorf("--master-ca with an https master among them: %v", err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/process"
 	"github.com/mas4h/mas4h/sshd"
 	"github.com/mas4h/mas4h/sshd/sshdversion"
@@ -65,7 +66,8 @@ type Config struct {
 	// Agent.
 	KeyPath string
 
-	// Master is the master's URL (slave and agent: reachability and clock).
+	// Master is the master's URL, or several (URL,URL…), each checked
+	// (slave and agent: reachability and clock).
 	Master string
 
 	// Root is the file system root for /etc and /lib/modules ("/").
@@ -139,13 +141,13 @@ func Run(ctx context.Context, c Config) []Result {
 		checkSSHPort(&c, r)
 		checkNetfilter(ctx, &c, r)
 		if c.Master != "" {
-			checkMaster(ctx, &c, r)
+			checkMasters(ctx, &c, r)
 		}
 	case "agent":
 		checkSSHClient(&c, r)
 		checkKey(&c, r)
 		if c.Master != "" {
-			checkMaster(ctx, &c, r)
+			checkMasters(ctx, &c, r)
 		} else {
 			r.add("master", Warn, "no master URL given", "pass --master URL (or set it in /etc/mas4h/agent.conf)")
 		}
@@ -471,6 +473,33 @@ func hasLine(s, want string) bool {
 		}
 	}
 	return false
+}
+
+// checkMasters checks each master of c.Master (URL[,URL…]): a list the
+// slave or agent would refuse fails at once; every master that does not
+// answer fails, even when another does (the fleet then runs on fewer).
+func checkMasters(ctx context.Context, c *Config, r *report) {
+	masters, err := client.ParseMasters(c.Master)
+	if err != nil {
+		r.add("master", Fail, fmt.Sprintf("--master %q: %v", c.Master, err), "pass --master https://HOST:PORT[,https://HOST:PORT...]")
+		return
+	}
+	for _, m := range masters {
+		probe := *c
+		probe.Master = m
+		if len(masters) == 1 {
+			checkMaster(ctx, &probe, r)
+			continue
+		}
+		sub := &report{role: r.role}
+		checkMaster(ctx, &probe, sub)
+		for _, res := range sub.results {
+			if res.Check == "clock" {
+				res.Detail = m + ": " + res.Detail
+			}
+			r.results = append(r.results, res)
+		}
+	}
 }
 
 // checkMaster: reachability of GET /api/v1/healthz and clock skew from its

@@ -191,3 +191,28 @@ func TestSSHDDirChecks(t *testing.T) {
 		t.Errorf("a link: %+v", r)
 	}
 }
+
+// Several masters: each is checked and reported; a bad list fails with
+// what is wrong.
+func TestSeveralMasters(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	defer srv.Close()
+	results := Run(context.Background(), Config{Role: "agent", Master: srv.URL + ",http://127.0.0.1:1", Runner: &process.Fake{}})
+	var got []string
+	for _, r := range results {
+		if r.Check == "master" || r.Check == "clock" {
+			got = append(got, string(r.Status)+" "+r.Check+" "+r.Detail)
+		}
+	}
+	if len(got) != 3 || !strings.HasPrefix(got[0], string(OK)+" master "+srv.URL) || !strings.HasPrefix(got[1], string(OK)+" clock "+srv.URL+": within") ||
+		!strings.HasPrefix(got[2], string(Fail)+" master http://127.0.0.1:1/api/v1/healthz") {
+		t.Errorf("two masters, one down:\n%s", strings.Join(got, "\n"))
+	}
+	results = Run(context.Background(), Config{Role: "agent", Master: srv.URL + ",", Runner: &process.Fake{}})
+	if r := find(t, results, "master"); r.Status != Fail || !strings.Contains(r.Detail, "master 2 of 2: empty") {
+		t.Errorf("a list with an empty element: %+v", r)
+	}
+}

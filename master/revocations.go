@@ -26,13 +26,21 @@ const (
 	revocationRecheck = time.Second
 )
 
-// feed wakes the requests waiting for a revocation.
+// feed wakes the requests waiting for a revocation, and ends their wait
+// when the server shuts down (a slave's long poll would otherwise hold the
+// shutdown for its whole wait; the slave asks again, of another master).
 type feed struct {
 	mu      sync.Mutex
 	changed chan struct{}
+	stopped chan struct{}
+	stop    func()
 }
 
-func newFeed() *feed { return &feed{changed: make(chan struct{})} }
+func newFeed() *feed {
+	f := &feed{changed: make(chan struct{}), stopped: make(chan struct{})}
+	f.stop = sync.OnceFunc(func() { close(f.stopped) })
+	return f
+}
 
 // wait returns a channel closed at the next notify.
 func (f *feed) wait() <-chan struct{} {
@@ -88,6 +96,9 @@ func (s *Server) handleRevocations(c *gin.Context) {
 		case <-woken:
 		case <-tick.C:
 		case <-deadline.C:
+			c.JSON(http.StatusOK, reply)
+			return
+		case <-s.revoked.stopped:
 			c.JSON(http.StatusOK, reply)
 			return
 		case <-ctx.Done():

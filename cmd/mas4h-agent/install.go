@@ -71,7 +71,7 @@ func runInstall(ctx context.Context, in installer, args []string, stderr io.Writ
 	agentflags.Add(fs, &cfg)
 	fs.BoolVar(&printOnly, "print", false, "print the property list and change nothing (on any system)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent install --master URL [--key FILE] [agent flags] [--print]
+		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent install --master URL[,URL...] [--key FILE] [agent flags] [--print]
 
 macOS: copies this binary to %s, writes the launchd daemon
 %s (RunAtLoad, KeepAlive; log %s; state

@@ -51,15 +51,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent --master URL --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]
+		fmt.Fprintf(fs.Output(), `Usage: mas4h-agent --master URL[,URL...] --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]
        mas4h-agent install --master URL [--key FILE] [flags] [--print]   (macOS: the launchd daemon)
        mas4h-agent uninstall                                             (macOS)
 
 Keeps this device's reverse SSH tunnel up: asks the mas4h master for a slot,
 signing the request with the device key, pins the slave's host keys, runs
 the system's ssh or dbclient with one -R per forward, and reconnects with
-jittered backoff (1 s doubling to 60 s). When the master is down it
-reconnects to the last slave directly. The master must be https://
+jittered backoff (1 s doubling to 60 s). Several masters of one fleet
+(--master URL,URL,...) are tried in a random order, the next when one does
+not answer or answers 5xx. When no master answers it reconnects to the last
+slave directly. The master must be https://
 (--insecure-http allows http://, with a warning at every start).
 
 Flags:

@@ -10,7 +10,7 @@ import (
 func newAgentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
 	cmd := &cobra.Command{
-		Use:   "agent --master URL --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]",
+		Use:   "agent --master URL[,URL...] --key FILE [--master-ca FILE] [--insecure-http] [--state-dir DIR] [--ssh-client auto|openssh|dropbear]",
 		Short: "Keep this device's reverse tunnel up (runs the system's ssh or dbclient)",
 		Long: `Keep this device's reverse tunnel up: ask the master for a slot, pin the
 slave's host keys in the agent's own known_hosts, and run the system's SSH

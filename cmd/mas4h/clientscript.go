@@ -30,12 +30,12 @@ type clientScript struct {
 	Version   string
 	Device    string // validated device name, or ""
 	Install   string // quoted: openwrt, systemd, launchd, cron or ''
-	Master    string // quoted
+	Master    string // quoted: URL[,URL…]
 	Key       string // quoted
 	StateDir  string // quoted
 	SSHClient string // quoted
-	// The master's pinned trust anchor(s), PEM, for an https master; ""
-	// for an http one.
+	// The masters' pinned trust anchor(s), PEM, for https masters (one
+	// bundle for all of them); "" when every master is http.
 	CAPEM          string
 	CASHA256       string // hex SHA-256 of each pinned certificate (DER), comma-separated
 	CASHA256Quoted string // quoted
@@ -50,37 +50,56 @@ type clientScriptFlags struct {
 	insecureHTTP                                      bool
 }
 
-// render renders the script. For an https master it pins --master-ca's
-// certificates, or what the master presents: the root its chain verifies
+// render renders the script. For https masters it pins --master-ca's
+// certificates, or what each master presents: the root its chain verifies
 // against in this host's trust store, or its own self-signed certificate
 // (trust on first use, by the admin rendering the script; the SHA-256 is
-// printed to warn so it can be compared).
+// printed to warn so it can be compared). With several masters the script
+// carries one bundle, all of their pins, and trusts it for each master
+// (curl still checks that a certificate names the host it reached).
 func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, error) {
 	if f.master == "" {
 		return "", usagef("--master is required")
 	}
-	if _, err := client.New(f.master, ""); err != nil {
+	if _, err := client.ParseMasters(f.master); err != nil {
 		return "", usageError{err}
 	}
 	if strings.ContainsAny(f.master, "'\"\\`${} \t\n") {
 		return "", usagef("--master %q: quotes, braces, $ and spaces are not allowed", f.master)
 	}
-	u, err := url.Parse(f.master)
-	if err != nil {
-		return "", usageError{err}
-	}
-	var pins []*x509.Certificate
-	switch u.Scheme {
-	case "http":
-		if !f.insecureHTTP {
-			return "", usagef("--master %s is plain http: the device's slot request and its answer would travel in clear text, and whoever is on the path could send the device to an sshd of theirs; use https://, or accept this with --insecure-http", f.master)
+	var masters []string
+	var https []*url.URL
+	for _, m := range strings.Split(f.master, ",") {
+		m = strings.TrimSpace(m)
+		masters = append(masters, m)
+		u, err := url.Parse(m)
+		if err != nil {
+			return "", usageError{err}
 		}
-		if f.masterCA != "" {
+		if u.Scheme == "https" {
+			https = append(https, u)
+		} else if !f.insecureHTTP {
+			return "", usagef("--master %s is plain http: the device's slot request and its answer would travel in clear text, and whoever is on the path could send the device to an sshd of theirs; use https://, or accept this with --insecure-http", m)
+		}
+	}
+	if f.masterCA != "" {
+		if len(https) == 0 {
 			return "", usagef("--master-ca needs an https:// master")
 		}
-	case "https":
-		if pins, err = masterPins(ctx, u, f.masterCA, warn); err != nil {
+		https = https[:1] // one bundle for all
+	}
+	var pins []*x509.Certificate
+	seen := map[[32]byte]bool{}
+	for _, u := range https {
+		certs, err := masterPins(ctx, u, f.masterCA, warn)
+		if err != nil {
 			return "", err
+		}
+		for _, c := range certs {
+			if sum := sha256.Sum256(c.Raw); !seen[sum] {
+				seen[sum] = true
+				pins = append(pins, c)
+			}
 		}
 	}
 	if f.device != "" {
@@ -121,7 +140,7 @@ func (f clientScriptFlags) render(ctx context.Context, warn io.Writer) (string, 
 	}
 	cs := clientScript{
 		Version: strings.Join(strings.Fields(version), " "), Device: f.device, Install: shQuote(f.install),
-		Master: shQuote(f.master), Key: shQuote(f.key), StateDir: shQuote(f.stateDir), SSHClient: shQuote(f.sshClient),
+		Master: shQuote(strings.Join(masters, ",")), Key: shQuote(f.key), StateDir: shQuote(f.stateDir), SSHClient: shQuote(f.sshClient),
 		InsecureHTTP: "no",
 	}
 	if f.insecureHTTP {
@@ -151,7 +170,7 @@ func shQuote(s string) string {
 func newClientScriptCmd(g *globals) *cobra.Command {
 	var f clientScriptFlags
 	cmd := &cobra.Command{
-		Use:   "client-script --master URL [--device NAME] [--master-ca FILE] [--insecure-http] [--install openwrt|systemd|launchd|cron] [--key PATH] [--ssh-client auto|openssh|dropbear]",
+		Use:   "client-script --master URL[,URL...] [--device NAME] [--master-ca FILE] [--insecure-http] [--install openwrt|systemd|launchd|cron] [--key PATH] [--ssh-client auto|openssh|dropbear]",
 		Short: "Print a POSIX sh client for devices that can take no binary (OpenWrt, busybox, macOS)",
 		Long: `Print a POSIX sh script (busybox ash is enough) that keeps a device's tunnel
 up with only ssh or dbclient and curl or uclient-fetch: the agent's loop,
@@ -164,6 +183,13 @@ The script is pinned to the master it is rendered for: it trusts only the
 certificate(s) taken now, --master-ca FILE (a private CA, or the master's own
 certificate), or else the root the master's chain verifies against here, or
 the master's self-signed certificate, whose SHA-256 is printed to compare.
+
+Several masters of one fleet (--master URL,URL,...) are tried in a random
+order drawn at each start, sticking to the one that answers and moving on
+when one does not answer or answers 5xx; each slot request is signed for
+the master it goes to. The script carries one bundle of pins for all of
+them: --master-ca FILE (a CA, or every master's certificate in one file),
+or what each master presents now (each must answer while rendering).
 On the device it talks to the master with curl --cacert or uclient-fetch
 --ca-certificate, never busybox wget over https (which verifies nothing).
 An http:// master needs --insecure-http, and the script warns at every start.
@@ -183,13 +209,13 @@ An http:// master needs --insecure-http, and the script warns at every start.
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.master, "master", "", "the master's URL as the device reaches it")
+	fl.StringVar(&f.master, "master", "", "the master's URL as the device reaches it, or several masters of one fleet as URL,URL,...")
 	fl.StringVar(&f.device, "device", "", "the device's name (for the script's comments and hints)")
 	fl.StringVar(&f.install, "install", "", "the service kind `install` sets up: openwrt (procd), systemd, launchd (macOS) or cron")
 	fl.StringVar(&f.key, "key", "", "the device key's path on the device (default /etc/mas4h/key)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "the script's state dir on the device (default /var/lib/mas4h-client, /etc/mas4h/state on OpenWrt, /var/db/mas4h-client with launchd)")
 	fl.StringVar(&f.sshClient, "ssh-client", agent.ClientAuto, "auto, openssh or dropbear")
-	fl.StringVar(&f.masterCA, "master-ca", "", "PEM file of the CA (or the master's own certificate) the script trusts for the master; default: what the master presents now")
+	fl.StringVar(&f.masterCA, "master-ca", "", "PEM file of the CA (or the master's own certificate; with several masters, the CA or all their certificates) the script trusts for the masters; default: what each master presents now")
 	fl.BoolVar(&f.insecureHTTP, "insecure-http", false, "allow an http:// master (clear text: whoever is on the path can redirect the tunnel); the script warns at every start")
 	return cmd
 }

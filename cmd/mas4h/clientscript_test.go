@@ -12,12 +12,15 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +133,73 @@ func TestClientScriptRenderPinsTheMaster(t *testing.T) {
 	s, err = clientScriptFlags{master: "http://master.example:8080", sshClient: "auto", insecureHTTP: true}.render(ctx, &warn)
 	if err != nil || !strings.Contains(s, "MAS4H_INSECURE_HTTP=yes") || strings.Contains(s, "BEGIN CERTIFICATE") {
 		t.Errorf("http with --insecure-http: %v", err)
+	}
+}
+
+// Several masters: the render checks the list, and the script tries them
+// in an order drawn at random at each start (every master comes first in
+// some), or as written with MAS4H_MASTER_ORDER=given.
+func TestClientScriptSeveralMasters(t *testing.T) {
+	ctx := context.Background()
+	for list, want := range map[string]string{
+		"http://m1:8080,":               "master 2 of 2: empty",
+		"http://m1:8080,http://m1:8080": "is master 1 already",
+		"http://m1:8080,ftp://m2":       "master 2 of 2: master URL must look like",
+		"https://m1:8080,http://m2":     "--master http://m2 is plain http",
+	} {
+		insecure := !strings.HasPrefix(list, "https://")
+		if _, err := (clientScriptFlags{master: list, sshClient: "auto", insecureHTTP: insecure}).render(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", list, err, want)
+		}
+	}
+	masters := []string{"http://m1.example:8080", "http://m2.example:8080", "http://m3.example:8080"}
+	s, err := clientScriptFlags{master: strings.Join(masters, ","), sshClient: "auto", insecureHTTP: true}.render(ctx, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s, "MAS4H_MASTER=${MAS4H_MASTER:-'"+strings.Join(masters, ",")+"'}") {
+		t.Error("the script does not carry the list")
+	}
+	f := filepath.Join(t.TempDir(), "c.sh")
+	os.WriteFile(f, []byte(s), 0o644)
+	order := func(env ...string) []string {
+		cmd := exec.Command("sh", f, "masters")
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Fields(string(out))
+	}
+	first := map[string]int{}
+	for range 60 {
+		got := order()
+		sorted := slices.Clone(got)
+		slices.Sort(sorted)
+		if !slices.Equal(sorted, masters) {
+			t.Fatalf("shuffled order %v is not the masters %v", got, masters)
+		}
+		first[got[0]]++
+	}
+	for _, m := range masters {
+		if first[m] == 0 {
+			t.Errorf("%s never first in 60 starts: %v", m, first)
+		}
+	}
+	if got := order("MAS4H_MASTER_ORDER=given"); !slices.Equal(got, masters) {
+		t.Errorf("given order: %v", got)
+	}
+
+	// Two https masters, each with its own self-signed certificate: the
+	// script carries both pins, in one bundle.
+	dir := t.TempDir()
+	c1, c2 := writeTestCert(t, dir, "127.0.0.1"), writeTestCert(t, dir, "127.0.0.1")
+	s1, s2 := tlsServer(t, c1, http.NotFoundHandler()), tlsServer(t, c2, http.NotFoundHandler())
+	s, err = clientScriptFlags{master: s1.URL + "," + s2.URL, sshClient: "auto"}.render(ctx, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s, "MAS4H_CA_SHA256='"+pinOf(c1.x509)+","+pinOf(c2.x509)+"'") || strings.Count(s, "BEGIN CERTIFICATE") != 2 {
+		t.Errorf("two masters' own certificates are not both pinned")
 	}
 }

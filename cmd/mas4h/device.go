@@ -22,11 +22,11 @@ type deviceOpts struct {
 	db     string
 	mf     masterFlags
 	output string
-	stderr io.Writer // warnings
+	g      *globals // warnings and logs
 }
 
 func newDeviceCmd(g *globals) *cobra.Command {
-	o := &deviceOpts{stderr: g.stderr}
+	o := &deviceOpts{g: g}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Enrol, list, show, label, revoke and remove devices",
@@ -86,7 +86,7 @@ func (o *deviceOpts) withBackend(ctx context.Context, create bool, fn func(devic
 		return err
 	}
 	if remote {
-		c, err := o.mf.client(o.stderr)
+		c, err := o.mf.client(o.g)
 		if err != nil {
 			return err
 		}

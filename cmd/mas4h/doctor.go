@@ -98,7 +98,7 @@ check fails.`,
 	f.StringVarP(&o.output, "output", "o", "table", "output: table or json")
 	f.StringVar(&o.root, "root", "/", "file system root to check (for /etc and the state dirs)")
 	f.StringVar(&o.stateDir, "state-dir", "", "slave: state dir (default /var/lib/mas4h/slave-NAME)")
-	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL (reachability, clock skew)")
+	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL, or several as URL,URL,... (each one's reachability and clock skew)")
 	f.StringVar(&o.tunnelUser, "tunnel-user", "", "slave: tunnel user (default mas4h-tunnel)")
 	f.StringVar(&o.sshListen, "ssh-listen", "", "slave: sshd's listen address (default 0.0.0.0:2222)")
 	f.StringVar(&o.listen, "listen", "", "master: the API's listen address (default 127.0.0.1:8080)")

@@ -332,3 +332,108 @@ func TestClientScriptUclientFetch(t *testing.T) {
 		t.Errorf("the man in the middle was asked %d times; dbclient ran: %v", asked.Load(), err == nil)
 	}
 }
+
+// Several masters (issue 17): a script rendered for a dead master, one
+// that answers 503 and the real one over TLS (in that order,
+// MAS4H_MASTER_ORDER=given) brings the tunnel up through the real one in
+// its first attempt, having signed each request for the master it went to
+// (the real master accepts only signatures naming its own URL,
+// --public-url). A 403 from a master is the answer: the next is not asked.
+func TestClientScriptFailsOverToAnotherMaster(t *testing.T) {
+	e := newEnv(t, "busybox", "dbclient", "dropbearkey", "dropbearconvert", "curl", "ssh-keygen")
+	certs := writeTestCert(t, e.dir, "127.0.0.1")
+	m := &masterProc{e: e, url: fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
+		db: filepath.Join(e.dir, "master.db"), adminToken: filepath.Join(e.dir, "admin.token"),
+		slaveToken: filepath.Join(e.dir, "slave.token")}
+	m.extra = []string{"--tls-cert", certs.cert, "--tls-key", certs.key, "--public-url", m.url}
+	m.start()
+	t.Cleanup(m.stop)
+	sp := &slaveProc{e: e, mode: []string{"--master", m.url, "--token-file", m.slaveToken, "--public-host", "127.0.0.1"},
+		name: "s1", stateDir: filepath.Join(e.dir, "slave-s1"), port: freePort(t), wrap: []string{"env", "SSL_CERT_FILE=" + certs.cert}}
+	sp.start()
+	t.Cleanup(sp.cleanup)
+	testkit.Eventually(t, 15*time.Second, func() bool { return m.log.Contains("slave registered") },
+		"the slave never reported to the TLS master:\n%s\n%s", m.log, sp.log)
+
+	es := startEcho(t)
+	k := e.newKey("ap-mm")
+	if _, stderr, code := e.mas4h("", "device", "add", "ap-mm", "--key", k.public, "--db", m.db, "--forward", fwd(es)); code != 0 {
+		t.Fatalf("device add: %s", stderr)
+	}
+	dev, err := deviceFromDB(e, m.db, "ap-mm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A master that answers status, recording whom each request was
+	// signed for.
+	var mu sync.Mutex
+	signedFor := map[string][]string{}
+	answering := func(status int, msg string) *httptest.Server {
+		var srv *httptest.Server
+		srv = tlsServer(t, certs, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var req wire.SlotRequest
+			json.NewDecoder(r.Body).Decode(&req)
+			mu.Lock()
+			signedFor[srv.URL] = append(signedFor[srv.URL], req.Master)
+			mu.Unlock()
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(status)
+			fmt.Fprintf(w, "MAS4H_ERROR='%s'\n", msg)
+		}))
+		return srv
+	}
+	busy := answering(http.StatusServiceUnavailable, "no slave is live")
+	dead := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	masters := dead + "," + busy.URL + "," + m.url
+	out, stderr, code := e.mas4h("", "client-script", "--master", masters, "--master-ca", certs.cert, "--device", "ap-mm", "--ssh-client", "dropbear")
+	if code != 0 {
+		t.Fatalf("client-script: %s", stderr)
+	}
+	script := filepath.Join(e.dir, "mm.sh")
+	os.WriteFile(script, []byte(out), 0o755)
+	key := k.dropbearKey(t)
+	os.Chmod(key, 0o600)
+	bin := busyboxPath(t, e, "curl", "ssh-keygen", "dropbearconvert")
+	env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, "state-mm"), "MAS4H_MASTER_ORDER=given"}
+	start := time.Now()
+	sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
+	took := waitRoundTrip(t, sp, port(dev), start, 30*time.Second, "script with a dead and a busy master first", sc.log)
+	t.Logf("dead, 503, real master: tunnel up %s after start; %s", took.Round(time.Millisecond), firstLineContaining(sc.log.String(), "answers"))
+	log := sc.log.String()
+	if !strings.Contains(log, "the master at "+m.url+" answers (after: no answer from the master at "+dead) ||
+		!strings.Contains(log, "the master at "+busy.URL+" failed: no slave is live") || strings.Contains(log, "last slot") {
+		t.Errorf("script log:\n%s", log)
+	}
+	sc.stop(10 * time.Second)
+	mu.Lock()
+	if got := signedFor[busy.URL]; len(got) == 0 || got[0] != busy.URL {
+		t.Errorf("the busy master got requests signed for %v, want its own URL %s", got, busy.URL)
+	}
+	mu.Unlock()
+
+	// Shuffled (the default): every order reaches the real master.
+	for i := range 3 {
+		env := []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, fmt.Sprintf("state-shuf-%d", i))}
+		start := time.Now()
+		sc := e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
+		waitRoundTrip(t, sp, port(dev), start, 30*time.Second, "shuffled masters", sc.log)
+		sc.stop(10 * time.Second)
+	}
+
+	// A 403 is the answer: the real master after it is not asked.
+	forbid := answering(http.StatusForbidden, "key not accepted")
+	ran := recordingDbclient(t, bin)
+	env = []string{"PATH=" + bin, "MAS4H_KEY=" + key, "MAS4H_STATE=" + filepath.Join(e.dir, "state-403"), "MAS4H_MASTER_ORDER=given",
+		"MAS4H_MASTER=" + forbid.URL + "," + m.url}
+	sc = e.startDevProc(env, filepath.Join(bin, "sh"), script, "run")
+	testkit.Eventually(t, 20*time.Second, func() bool { return sc.log.Contains("the master refuses this key") },
+		"the script did not report the 403:\n%s", sc.log)
+	time.Sleep(2 * time.Second) // a window for a wrong failover
+	sc.stop(5 * time.Second)
+	if strings.Contains(sc.log.String(), "the master at "+m.url+" answers") {
+		t.Errorf("a 403 failed over to the next master:\n%s", sc.log)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Errorf("dbclient ran after a 403: %s", mustRead(t, ran))
+	}
+}

@@ -14,7 +14,7 @@ import (
 )
 
 func newEventsCmd(g *globals) *cobra.Command {
-	o := &deviceOpts{}
+	o := &deviceOpts{g: g}
 	var device, operator, slave, since string
 	var limit int
 	cmd := &cobra.Command{

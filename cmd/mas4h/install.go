@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mas4h/mas4h/install"
+	"github.com/mas4h/mas4h/master/client"
 	"github.com/mas4h/mas4h/master/token"
 	"github.com/mas4h/mas4h/systemd"
 )
@@ -83,7 +84,7 @@ What was created is recorded in /var/lib/mas4h/.install-manifest-ROLE[-NAME];
 	f.StringVar(&o.args, "args", "", "the whole flag line for the config file (instead of the flags below)")
 	f.StringVar(&o.tunnelUser, "tunnel-user", install.DefaultTunnelUser, "slave: the tunnel user to create")
 	f.StringVar(&o.operatorUser, "operator-user", "", "slave: the operator user to create, with the tunnel user's uid (default mas4h-operator with the default tunnel user, else TUNNEL_USER-operator)")
-	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL")
+	f.StringVar(&o.master, "master", "", "slave, agent: the master's URL, or several masters of one fleet as URL,URL,...")
 	f.StringVar(&o.tokenFile, "token-file", "", "slave: where its credential is (default /etc/mas4h/slave-NAME.token with --master)")
 	f.StringVar(&o.credential, "credential", "", "slave: its own credential file, from 'mas4h slave add NAME --token-file-out FILE' on the master, to install as --token-file")
 	f.StringVar(&o.db, "db", "", "slave: standalone registry file instead of a master")
@@ -210,6 +211,11 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 		}
 		return nil
 	}
+	if o.master != "" {
+		if _, err := client.ParseMasters(o.master); err != nil {
+			return "", usagef("--master: %v", err)
+		}
+	}
 	switch role {
 	case install.RoleMaster:
 		if o.insecureHTTP {
@@ -268,8 +274,10 @@ func (o *installOpts) confArgs(role, name string) (string, error) {
 			}
 			return "", nil
 		}
-		if strings.HasPrefix(o.master, "http://") && !o.insecureHTTP {
-			return "", usagef("--master %s is plain http: the agent refuses it unless --insecure-http says so (give it here too), or use https://", o.master)
+		for _, m := range strings.Split(o.master, ",") {
+			if m = strings.TrimSpace(m); strings.HasPrefix(m, "http://") && !o.insecureHTTP {
+				return "", usagef("--master %s is plain http: the agent refuses it unless --insecure-http says so (give it here too), or use https://", m)
+			}
 		}
 		add("--master", o.master)
 		add("--key", o.key)

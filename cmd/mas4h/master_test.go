@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,15 @@ func cliRun(t *testing.T, args ...string) (string, string, int) {
 // startMasterInProcess runs `mas4h master` in this process on a free port.
 func startMasterInProcess(t *testing.T, extra ...string) (url, dir string) {
 	t.Helper()
+	url, dir, _ = startStoppableMaster(t, extra...)
+	return url, dir
+}
+
+// startStoppableMaster is startMasterInProcess with stop, which ends the
+// master (its port then refuses connections); it may be called more than
+// once.
+func startStoppableMaster(t *testing.T, extra ...string) (url, dir string, stop func()) {
+	t.Helper()
 	dir = t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,17 +71,21 @@ func startMasterInProcess(t *testing.T, extra ...string) (url, dir string) {
 	done := make(chan int, 1)
 	args := append([]string{"master", "--listen", addr, "--db", filepath.Join(dir, "state", "registry.db")}, extra...)
 	go func() { done <- cli(ctx, &out, &errb, args...) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("master exited %d after cancel: %s", code, errb.String())
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case code := <-done:
+				if code != 0 {
+					t.Errorf("master exited %d after cancel: %s", code, errb.String())
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("master did not stop on cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("master did not stop on cancel")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	url = "http://" + addr
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -85,12 +99,12 @@ func startMasterInProcess(t *testing.T, extra ...string) (url, dir string) {
 			if !strings.Contains(out.String(), "admin token file: "+filepath.Join(dir, "state", "admin.token")+" (created)") {
 				t.Errorf("master did not print the admin token path: %q", out.String())
 			}
-			return url, dir
+			return url, dir, stop
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("master did not come up: %s", errb.String())
-	return "", ""
+	return "", "", nil
 }
 
 func writePubKey(t *testing.T, dir string) string {
@@ -282,7 +296,7 @@ func TestAdminClientWarnsOfCleartext(t *testing.T) {
 	} {
 		var errb testkit.Buffer
 		m := masterFlags{master: u, tokenFile: tf}
-		if _, err := m.client(&errb); err != nil {
+		if _, err := m.client(&globals{stderr: &errb}); err != nil {
 			t.Fatalf("%s: %v", u, err)
 		}
 		if got := strings.Contains(errb.String(), "warning: "+u+" is plain http"); got != warn {

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -35,7 +34,7 @@ type operatorFlags struct {
 }
 
 func (o *operatorFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080 (default $MAS4H_MASTER)")
+	fs.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080, or several masters of one fleet as URL,URL,... (tried in order, the next when one does not answer) (default $MAS4H_MASTER)")
 	fs.StringVar(&o.key, "key", "", "your operator key: an OpenSSH private key file without passphrase, or the public half (FILE.pub) of a key your ssh-agent holds (default: the first key of your ssh-agent, then of ~/.ssh/id_*, that the master knows)")
 }
 
@@ -414,17 +413,17 @@ func shellJoin(argv []string) string {
 
 // operatorSetup is what every operator command needs before asking for
 // access: the master client (no token), the config directory, the keys.
-func operatorSetup(of *operatorFlags, stderr io.Writer) (*client.Client, string, []identity, error) {
+func operatorSetup(of *operatorFlags, g *globals) (*client.Client, string, []identity, error) {
 	u, err := of.url()
 	if err != nil {
 		return nil, "", nil, err
 	}
-	c, err := client.New(u, "")
+	c, err := client.New(u, "", client.WithLogger(g.logger()))
 	if err != nil {
 		return nil, "", nil, usageError{err}
 	}
-	if c.Cleartext() {
-		fmt.Fprintf(stderr, "warning: %s is plain http: your requests and the slaves' host keys the master sends cross the network unprotected; serve the master over https\n", u)
+	for _, cu := range c.Cleartext() {
+		fmt.Fprintf(g.stderr, "warning: %s is plain http: your requests and the slaves' host keys the master sends cross the network unprotected; serve the master over https\n", cu)
 	}
 	dir, err := configDir()
 	if err != nil {
@@ -441,8 +440,8 @@ func operatorSetup(of *operatorFlags, stderr io.Writer) (*client.Client, string,
 // where forward of device is (signed with the first of the operator's keys
 // it accepts), and pin the slave's host keys; it returns the answer, the
 // key that was accepted, and the known_hosts file to give ssh.
-func reach(ctx context.Context, of *operatorFlags, stderr io.Writer, device, forward string) (wire.Access, identity, string, error) {
-	c, dir, ids, err := operatorSetup(of, stderr)
+func reach(ctx context.Context, of *operatorFlags, g *globals, device, forward string) (wire.Access, identity, string, error) {
+	c, dir, ids, err := operatorSetup(of, g)
 	if err != nil {
 		return wire.Access{}, identity{}, "", err
 	}

@@ -15,7 +15,7 @@ import (
 )
 
 func newOperatorCmd(g *globals) *cobra.Command {
-	o := &deviceOpts{}
+	o := &deviceOpts{g: g}
 	cmd := &cobra.Command{
 		Use:   "operator",
 		Short: "Enrol operators (people) and say which devices each may reach",

@@ -17,7 +17,7 @@ type proxyOpts struct {
 func newProxyCmd(g *globals) *cobra.Command {
 	o := &proxyOpts{}
 	cmd := &cobra.Command{
-		Use:   "proxy DEVICE [--forward NAME] [--key FILE] [--master URL]",
+		Use:   "proxy DEVICE [--forward NAME] [--key FILE] [--master URL[,URL...]]",
 		Short: "A ProxyCommand: stdin and stdout to a device's forward, through its slave",
 		Long: `Ask the master where the device's forward is (as 'mas4h ssh' does, with your
 operator key), pin the slave's host key in mas4h's known_hosts, and become
@@ -55,7 +55,7 @@ func (o *proxyOpts) run(ctx context.Context, g *globals, device string) error {
 	if err := registry.ValidateDeviceName(device); err != nil {
 		return usagef("device: %v", err)
 	}
-	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
+	a, id, kh, err := reach(ctx, &o.of, g, device, o.forward)
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ type slaveOpts struct {
 func newSlaveCmd(g *globals) *cobra.Command {
 	o := &slaveOpts{}
 	cmd := &cobra.Command{
-		Use:   "slave --name NAME (--master URL --token-file F | --db PATH) [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
+		Use:   "slave --name NAME (--master URL[,URL...] --token-file F | --db PATH) [--ssh-listen 0.0.0.0:2222] [--state-dir DIR]",
 		Short: "Run a slave: a dedicated, locked-down sshd for device tunnels",
 		Long: `Run one bouncer. The slave creates the tunnel user if missing, keeps host keys
 and a generated sshd_config in its state dir, runs the system's OpenSSH sshd as
@@ -82,12 +82,12 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 			log := g.logger()
 			var src source.Source
 			if o.master != "" {
-				api, shared, err := newSlaveMasterAPI(o.master, o.tokenFile, o.name)
+				api, shared, err := newSlaveMasterAPI(o.master, o.tokenFile, o.name, log)
 				if err != nil {
 					return err
 				}
-				if api.Cleartext() {
-					log.Warn(cleartextWarning, "master", o.master)
+				for _, u := range api.Cleartext() {
+					log.Warn(cleartextWarning, "master", u)
 				}
 				if shared {
 					log.Warn("--token-file holds no credential of this slave's own (the shared slave token of an older install?); "+
@@ -125,7 +125,7 @@ and withdraw slaves' credentials and accept a slave's new host keys.`,
 	cmd.AddCommand(slaveAdminCmds(g)...)
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "this slave's name (required; [a-z0-9][a-z0-9._-]*)")
-	f.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080 (or MAS4H_MASTER)")
+	f.StringVar(&o.master, "master", "", "master URL, e.g. https://master.example.net:8080, or several masters of one fleet as URL,URL,... (tried in a random order, sticking to one that answers and moving on when it does not) (or MAS4H_MASTER)")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding this slave's credential, from 'mas4h slave add NAME' on the master (or MAS4H_TOKEN_FILE)")
 	f.StringVar(&o.db, "db", "", "registry file to serve devices from (standalone mode, no master)")
 	f.StringVar(&o.publicHost, "public-host", "", "host name or address devices are told to dial (default: the listen address, or this host's name)")

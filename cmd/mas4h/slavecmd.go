@@ -68,7 +68,7 @@ working at once.`,
 					return err
 				}
 			}
-			c, err := mf.client(g.stderr)
+			c, err := mf.client(g)
 			if err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ its name presented and was refused for ('mas4h slave accept-key').`,
 			if err != nil {
 				return err
 			}
-			c, err := mf.client(g.stderr)
+			c, err := mf.client(g)
 			if err != nil {
 				return err
 			}
@@ -220,7 +220,7 @@ refused, no device is sent to it any more, and its tunnels leave the
 master's view (the tunnels themselves run on the slave until it stops).`,
 		Args: slaveNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := mf.client(g.stderr)
+			c, err := mf.client(g)
 			if err != nil {
 				return err
 			}
@@ -259,7 +259,7 @@ unless the pending keys are exactly those.`,
 					return usagef("--fingerprint must be SHA256:... as ssh-keygen -l shows it, not %q", fp)
 				}
 			}
-			c, err := mf.client(g.stderr)
+			c, err := mf.client(g)
 			if err != nil {
 				return err
 			}

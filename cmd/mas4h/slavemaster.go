@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -16,11 +17,13 @@ import (
 // refusal (403) apart from a master that does not answer.
 type slaveMasterAPI struct{ c *client.Client }
 
-// newSlaveMasterAPI reads slave's credential from tokenFile. A credential
+// newSlaveMasterAPI reads slave's credential from tokenFile. masters is
+// one URL or several (URL,URL…), tried in a random order drawn at start;
+// log hears of each move to another master. A credential
 // of another slave is refused at once, with the fix; a token that is no
 // slave's credential is the shared token of an older install (shared), which
 // only a master with --allow-shared-slave-token accepts.
-func newSlaveMasterAPI(url, tokenFile, slave string) (api slaveMasterAPI, shared bool, err error) {
+func newSlaveMasterAPI(masters, tokenFile, slave string, log *slog.Logger) (api slaveMasterAPI, shared bool, err error) {
 	tok, err := token.Load(tokenFile)
 	if err != nil {
 		return slaveMasterAPI{}, false, err
@@ -29,7 +32,7 @@ func newSlaveMasterAPI(url, tokenFile, slave string) (api slaveMasterAPI, shared
 	if ok && name != slave {
 		return slaveMasterAPI{}, false, usagef("%s holds slave %s's credential, not slave %s's; issue this one its own: mas4h slave add %s", tokenFile, name, slave, slave)
 	}
-	c, err := client.New(url, tok)
+	c, err := client.New(masters, tok, client.WithShuffle(), client.WithLogger(log.With("component", "master-client")))
 	if err != nil {
 		return slaveMasterAPI{}, false, usageError{err}
 	}
@@ -37,7 +40,7 @@ func newSlaveMasterAPI(url, tokenFile, slave string) (api slaveMasterAPI, shared
 }
 
 // Cleartext: see client.Client.Cleartext.
-func (a slaveMasterAPI) Cleartext() bool { return a.c.Cleartext() }
+func (a slaveMasterAPI) Cleartext() []string { return a.c.Cleartext() }
 
 // cleartextWarning is what a slave logs at every start when its master is
 // plain http:// beyond the loopback.

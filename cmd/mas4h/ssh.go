@@ -21,7 +21,7 @@ type sshOpts struct {
 func newSSHCmd(g *globals) *cobra.Command {
 	o := &sshOpts{}
 	cmd := &cobra.Command{
-		Use:   "ssh [USER@]DEVICE [--forward NAME] [--key FILE] [--master URL] [-- SSH_ARGS...]",
+		Use:   "ssh [USER@]DEVICE [--forward NAME] [--key FILE] [--master URL[,URL...]] [-- SSH_ARGS...]",
 		Short: "Reach a device as an operator, through the slave its tunnel is on",
 		Long: `Ask the master where the device is (POST /access, signed with your operator
 key: no admin token, no account on any slave host) and run the system's ssh
@@ -99,7 +99,7 @@ func (o *sshOpts) run(ctx context.Context, g *globals, arg string, extra []strin
 	if o.localPort < 0 || o.localPort > 65535 {
 		return usagef("--local-port must be 0-65535")
 	}
-	a, id, kh, err := reach(ctx, &o.of, g.stderr, device, o.forward)
+	a, id, kh, err := reach(ctx, &o.of, g, device, o.forward)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ type sshConfigOpts struct {
 func newSSHConfigCmd(g *globals) *cobra.Command {
 	o := &sshConfigOpts{}
 	cmd := &cobra.Command{
-		Use:   "ssh-config [--selector SEL]... [--master URL] [--key FILE] [--token-file FILE]",
+		Use:   "ssh-config [--selector SEL]... [--master URL[,URL...]] [--key FILE] [--token-file FILE]",
 		Short: "Print an ssh_config block so plain ssh, scp, rsync and Ansible reach devices",
 		Long: `Print an ssh_config block that sends ssh to devices through 'mas4h proxy':
 
@@ -86,7 +86,7 @@ func (o *sshConfigOpts) run(ctx context.Context, g *globals) error {
 			return usagef("listing %s needs the master's admin token (--token-file FILE or MAS4H_TOKEN_FILE); without it, give device name globs with * and ? (--selector 'pi-*')", what)
 		}
 		mf := masterFlags{master: masterURL, tokenFile: tf}
-		c, err := mf.client(g.stderr)
+		c, err := mf.client(g)
 		if err != nil {
 			return err
 		}

@@ -28,7 +28,7 @@ capacity, its load and when it was last heard from; then the device counts.`,
 			if err != nil {
 				return err
 			}
-			c, err := mf.client(g.stderr)
+			c, err := mf.client(g)
 			if err != nil {
 				return err
 			}

@@ -38,7 +38,7 @@ slave daemon running on this host (root); otherwise ask the master.`,
 				}
 				tunnels = r.Tunnels
 			} else {
-				c, err := mf.client(g.stderr)
+				c, err := mf.client(g)
 				if err != nil {
 					return err
 				}

@@ -14,11 +14,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -34,13 +38,20 @@ const DefaultTimeout = 10 * time.Second
 // fleet is a few MiB).
 const maxResponse = 64 << 20
 
-// Client calls one master. It is safe for concurrent use.
+// Client calls a master, or one of several masters that serve one fleet
+// (peers on one PostgreSQL registry, any of which answers any call). It
+// sticks to the master that last answered and moves on to the next when
+// one does not answer or answers 5xx (see each). It is safe for concurrent
+// use.
 type Client struct {
-	base    string // scheme://host[:port][/prefix], without the API prefix
+	masters []string // scheme://host[:port][/prefix], without the API prefix, in the order tried
+	cur     atomic.Int64
 	token   string
 	http    *http.Client
 	timeout time.Duration
 	agent   string
+	shuffle func(n int, swap func(i, j int)) // nil: the order given
+	log     *slog.Logger
 }
 
 // Option configures a Client.
@@ -56,32 +67,101 @@ func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = 
 // WithUserAgent sets the User-Agent header.
 func WithUserAgent(ua string) Option { return func(c *Client) { c.agent = ua } }
 
-// New returns a client of the master at baseURL (http:// or https://, e.g.
-// "https://master:8080"; a trailing /api/v1 is accepted and ignored). token
-// is the bearer token; "" for the endpoints that need none (slots, healthz).
-func New(baseURL, token string, opts ...Option) (*Client, error) {
+// WithShuffle tries the masters in a random order, drawn once, instead of
+// the order given: a fleet's slaves and devices then spread over the
+// masters. Humans (the admin CLI) keep the order they gave.
+func WithShuffle() Option { return func(c *Client) { c.shuffle = mrand.Shuffle } }
+
+// WithLogger logs which master answered (debug) and each move to another
+// master (info). Without it, nothing is logged.
+func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
+
+// ParseMasters splits a list of master URLs (URL[,URL…], as --master and
+// MAS4H_MASTER take it) and checks each as New does. An empty element, a
+// master given twice or a bad URL is an error that names it.
+func ParseMasters(list string) ([]string, error) {
+	parts := strings.Split(list, ",")
+	var out []string
+	seen := map[string]int{}
+	for i, p := range parts {
+		where := ""
+		if len(parts) > 1 {
+			where = fmt.Sprintf("master %d of %d: ", i+1, len(parts))
+		}
+		p = strings.TrimSpace(p)
+		if p == "" {
+			if len(parts) == 1 {
+				return nil, errors.New("no master URL given")
+			}
+			return nil, fmt.Errorf("%sempty: give the master URLs separated by single commas, e.g. https://m1:8080,https://m2:8080", where)
+		}
+		base, err := parseBase(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s%w", where, err)
+		}
+		if j, dup := seen[base]; dup {
+			return nil, fmt.Errorf("%s%s is master %d already: give each master once", where, p, j+1)
+		}
+		seen[base] = i
+		out = append(out, base)
+	}
+	return out, nil
+}
+
+// parseBase checks one master URL and returns it without a trailing slash
+// or API prefix.
+func parseBase(baseURL string) (string, error) {
 	u, err := url.Parse(strings.TrimSpace(baseURL))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("master URL must look like http://HOST:PORT or https://HOST:PORT, got %q", baseURL)
+		return "", fmt.Errorf("master URL must look like http://HOST:PORT or https://HOST:PORT, got %q", baseURL)
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("master URL %q: no user, query or fragment expected", baseURL)
+		return "", fmt.Errorf("master URL %q: no user, query or fragment expected", baseURL)
 	}
 	path := strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), wire.APIPrefix)
 	u.Path = strings.TrimSuffix(path, "/")
-	c := &Client{base: u.String(), token: token, http: &http.Client{}, timeout: DefaultTimeout, agent: "mas4h"}
+	return u.String(), nil
+}
+
+// New returns a client of the master at masters (http:// or https://, e.g.
+// "https://master:8080"; a trailing /api/v1 is accepted and ignored), or of
+// the first of several that answers ("https://m1:8080,https://m2:8080",
+// see ParseMasters). token is the bearer token; "" for the endpoints that
+// need none (slots, healthz).
+func New(masters, token string, opts ...Option) (*Client, error) {
+	list, err := ParseMasters(masters)
+	if err != nil {
+		if strings.TrimSpace(masters) == "" {
+			_, err = parseBase(masters) // the message of one bad URL
+		}
+		return nil, err
+	}
+	c := &Client{masters: list, token: token, http: &http.Client{}, timeout: DefaultTimeout, agent: "mas4h"}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.shuffle != nil {
+		c.shuffle(len(c.masters), func(i, j int) { c.masters[i], c.masters[j] = c.masters[j], c.masters[i] })
 	}
 	return c, nil
 }
 
-// Cleartext says whether the client talks to its master over plain http://
-// to a host other than the loopback: its credential and every answer then
+// Cleartext returns the masters the client talks to over plain http:// to
+// a host other than the loopback: its credential and every answer then
 // cross the network unprotected, and a man in the middle can read and
-// change them. Callers warn at every start.
-func (c *Client) Cleartext() bool {
-	u, err := url.Parse(c.base)
+// change them. Callers warn about each at every start.
+func (c *Client) Cleartext() []string {
+	var out []string
+	for _, m := range c.masters {
+		if cleartext(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func cleartext(base string) bool {
+	u, err := url.Parse(base)
 	if err != nil || u.Scheme != "http" {
 		return false
 	}
@@ -93,17 +173,26 @@ func (c *Client) Cleartext() bool {
 	return err != nil || !ip.Unmap().IsLoopback()
 }
 
-// URL is the master's base URL as given to New.
-func (c *Client) URL() string { return c.base }
+// URL is the base URL of the master tried first by the next call: the one
+// that last answered.
+func (c *Client) URL() string { return c.masters[int(c.cur.Load())%len(c.masters)] }
+
+// URLs are the masters, in the order tried.
+func (c *Client) URLs() []string { return slices.Clone(c.masters) }
 
 // Error is a non-2xx answer of the master.
 type Error struct {
 	Status     int           // HTTP status code
 	Message    string        // the master's {"error"} message, or the status text
 	RetryAfter time.Duration // from Retry-After on 429 and 503; 0 when absent
+	// URL is the master that answered, when the client has several.
+	URL string
 }
 
 func (e *Error) Error() string {
+	if e.URL != "" {
+		return fmt.Sprintf("%s: %s (HTTP %d)", e.URL, e.Message, e.Status)
+	}
 	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
 }
 
@@ -140,15 +229,115 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	return c.doWithin(ctx, c.timeout, method, path, query, in, out)
 }
 
-// doWithin is do bounded by timeout instead of the client's.
+// perMaster is a request body made for the master it goes to (a signature
+// over that master's URL).
+type perMaster func(base string) (any, error)
+
+// doWithin is do bounded by timeout instead of the client's, at the
+// masters in turn (see each).
 func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, path string, query url.Values, in, out any) error {
+	return c.each(ctx, func(ctx context.Context, base string) error {
+		body := in
+		if mk, ok := in.(perMaster); ok {
+			var err error
+			if body, err = mk(base); err != nil {
+				return fmt.Errorf("%s %s: %w", method, path, err)
+			}
+		}
+		return c.once(ctx, base, timeout, method, path, query, body, out)
+	})
+}
+
+// each runs call at the master that last answered and, while one does not
+// answer or answers 5xx (it is down, overloaded, or has no slave live),
+// at the next ones, once round: the first answer, success or 4xx (an
+// answer about the request, the same from every master), is returned as
+// it is. When none answers the error names each master's failure, HTTP
+// answers first (so that errors.As finds a 503's Retry-After). Waiting
+// between rounds is the caller's: each of its loops keeps a backoff. With
+// a deadline on ctx, each master gets its share of what is left, so that
+// one that hangs cannot eat the whole round.
+func (c *Client) each(ctx context.Context, call func(ctx context.Context, base string) error) error {
+	n := len(c.masters)
+	start := int(c.cur.Load())
+	var errs []error
+	for k := range n {
+		i := (start + k) % n
+		base := c.masters[i]
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok && k < n-1 {
+			actx, cancel = context.WithTimeout(ctx, time.Until(dl)/time.Duration(n-k))
+		}
+		err := call(actx, base)
+		cancel()
+		if ctx.Err() != nil || !failsOver(err) {
+			if k > 0 && c.cur.CompareAndSwap(int64(start), int64(i)) && c.log != nil {
+				c.log.Info("moved to another master", "master", base, "after", joinErrs(errs))
+			}
+			if c.log != nil && err == nil {
+				c.log.Debug("master answered", "master", base)
+			}
+			return err
+		}
+		if n == 1 {
+			return err
+		}
+		if c.log != nil {
+			c.log.Debug("master failed; trying the next", "master", base, "err", err)
+		}
+		errs = append(errs, err)
+	}
+	return &RoundError{Errs: errs}
+}
+
+// failsOver says whether err is a master's failure, for which the next
+// master is tried: no answer, or a 5xx.
+func failsOver(err error) bool {
+	return IsUnreachable(err) || StatusOf(err) >= 500
+}
+
+// RoundError is a call that no master answered: the failure of each, in
+// the order tried.
+type RoundError struct{ Errs []error }
+
+func (e *RoundError) Error() string { return "no master answered: " + joinErrs(e.Errs) }
+
+func joinErrs(errs []error) string {
+	parts := make([]string, len(errs))
+	for i, err := range errs {
+		parts[i] = err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Unwrap gives the masters' errors, the HTTP answers (*Error) first.
+func (e *RoundError) Unwrap() []error {
+	out := slices.Clone(e.Errs)
+	slices.SortStableFunc(out, func(a, b error) int {
+		return cmpBool(StatusOf(b) != 0, StatusOf(a) != 0)
+	})
+	return out
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// once sends one request to the master at base.
+func (c *Client) once(ctx context.Context, base string, timeout time.Duration, method, path string, query url.Values, in, out any) error {
 	start := time.Now()
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	target := c.base + wire.APIPrefix + path
+	target := base + wire.APIPrefix + path
 	if len(query) > 0 {
 		target += "?" + query.Encode()
 	}
@@ -184,18 +373,22 @@ func (c *Client) doWithin(ctx context.Context, timeout time.Duration, method, pa
 			// deadline may have come first.
 			err = fmt.Errorf("no answer within %s", time.Since(start).Round(10*time.Millisecond))
 		}
-		return &UnreachableError{URL: c.base, Err: err}
+		return &UnreachableError{URL: base, Err: err}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
 	if err != nil {
-		return &UnreachableError{URL: c.base, Err: fmt.Errorf("reading the answer to %s %s: %w", method, path, err)}
+		return &UnreachableError{URL: base, Err: fmt.Errorf("reading the answer to %s %s: %w", method, path, err)}
 	}
 	if len(data) > maxResponse {
 		return fmt.Errorf("%s %s: answer larger than %d MiB", method, path, maxResponse>>20)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return apiError(resp, data)
+		e := apiError(resp, data)
+		if len(c.masters) > 1 {
+			e.URL = base
+		}
+		return e
 	}
 	if out == nil {
 		return nil
@@ -245,13 +438,14 @@ func (c *Client) Healthz(ctx context.Context) error {
 // Slot asks for a slot for the device whose private key is key (a
 // crypto.Signer or an ssh.Signer: ed25519, ECDSA or RSA), proving that it
 // holds it: the request carries an SSH signature of wire.SlotStatement,
-// bound to this client's master URL and to now. It needs no token.
+// bound to the URL of the master it goes to (each master's own, when the
+// client moves on to the next) and to now. It needs no token.
 func (c *Client) Slot(ctx context.Context, key any) (wire.Slot, error) {
-	req, err := SignSlotRequest(key, c.base, time.Now())
-	if err != nil {
-		return wire.Slot{}, fmt.Errorf("POST /slots: %w", err)
-	}
-	return c.RequestSlot(ctx, req)
+	var s wire.Slot
+	err := c.do(ctx, http.MethodPost, "/slots", nil, perMaster(func(base string) (any, error) {
+		return SignSlotRequest(key, base, time.Now())
+	}), &s)
+	return s, err
 }
 
 // RequestSlot sends a slot request as it is (an unsigned one, for a master

@@ -89,17 +89,15 @@ func (c *Client) DevicesMatching(ctx context.Context, selectors ...string) ([]wi
 
 // Access asks where forward ("" for ssh) of device is, as the operator
 // whose key signer holds (a key file's or an ssh-agent's): the request
-// carries an SSH signature of wire.AccessStatement, bound to this
-// client's master URL, to now and to the device and forward. It needs no
+// carries an SSH signature of wire.AccessStatement, bound to the
+// URL of the master it goes to, to now and to the device and forward. It needs no
 // token. Refusals are *Error: 403 (not an operator, revoked), 404 (no
 // such device for this operator, or no such forward), 409 (offline).
 func (c *Client) Access(ctx context.Context, signer ssh.Signer, device, forward string) (wire.Access, error) {
-	req, err := SignAccessRequest(signer, c.base, time.Now(), device, forward)
-	if err != nil {
-		return wire.Access{}, fmt.Errorf("POST /access: %w", err)
-	}
 	var a wire.Access
-	err = c.do(ctx, http.MethodPost, "/access", nil, req, &a)
+	err := c.do(ctx, http.MethodPost, "/access", nil, perMaster(func(base string) (any, error) {
+		return SignAccessRequest(signer, base, time.Now(), device, forward)
+	}), &a)
 	return a, err
 }
 

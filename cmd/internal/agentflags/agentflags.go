@@ -19,8 +19,8 @@ type FlagSet interface {
 // Add defines the agent's flags on fs, to fill cfg. A `word` in a usage
 // is the name of the flag's value in --help.
 func Add(fs FlagSet, cfg *agent.Config) {
-	fs.StringVar(&cfg.Master, "master", "", "the master's `URL`, e.g. https://master.example:8080")
-	fs.StringVar(&cfg.MasterCA, "master-ca", "", "PEM `file` of the CA (or the master's self-signed certificate) to trust for the master instead of the system's")
+	fs.StringVar(&cfg.Master, "master", "", "the master's `URL`, e.g. https://master.example:8080, or several masters of one fleet as URL,URL,... (tried in a random order; a slot from any is good)")
+	fs.StringVar(&cfg.MasterCA, "master-ca", "", "PEM `file` of the CA (or the master's self-signed certificate; with several masters, all their certificates in one file) to trust for the master instead of the system's")
 	fs.BoolVar(&cfg.InsecureHTTP, "insecure-http", false, "allow an http:// master (clear text: whoever is on the path can redirect the tunnel); warned at every start")
 	fs.StringVar(&cfg.KeyPath, "key", "", "the device's private key `file` (OpenSSH, PEM or dropbear format, mode 0600)")
 	fs.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "`dir` for the last slot, known_hosts and converted keys")
