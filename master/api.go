@@ -157,15 +157,18 @@ type Config struct {
 
 // Server is the master's HTTP face.
 type Server struct {
-	cfg     Config
-	id      string // this master process among its peers (peers.go); "" without peer sync
-	store   Store
-	log     *slog.Logger
-	now     func() time.Time
-	engine  *gin.Engine
-	admin   [sha256.Size]byte
-	slave   [sha256.Size]byte // the shared slave token's hash, when sharedSlave
-	limiter *ipLimiter
+	cfg Config
+	id  string // this master process among its peers (peers.go); "" without peer sync
+	// credCache holds the slave credential hashes last read, by name, for
+	// while the store does not answer (slaveCredentialHash).
+	credCache sync.Map
+	store     Store
+	log       *slog.Logger
+	now       func() time.Time
+	engine    *gin.Engine
+	admin     [sha256.Size]byte
+	slave     [sha256.Size]byte // the shared slave token's hash, when sharedSlave
+	limiter   *ipLimiter
 	// access is POST /access's own limiter (the slot request rate, per
 	// source): operators and devices behind one address do not starve
 	// each other.

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -187,7 +188,7 @@ func (s *Server) authenticate(c *gin.Context) (caller, bool) {
 	// (not by the hash, whose index lookup would take time depending on
 	// it) and compared in constant time.
 	if name, secret, ok := token.ParseSlaveCredential(tok); ok {
-		want, err := s.store.SlaveCredentialHash(c.Request.Context(), name)
+		want, err := s.slaveCredentialHash(c.Request.Context(), name)
 		if err != nil && !errors.Is(err, registry.ErrNotFound) {
 			s.internal(c, err)
 			return caller{}, false
@@ -205,6 +206,26 @@ func (s *Server) authenticate(c *gin.Context) (caller, bool) {
 	}
 	fail(c, http.StatusUnauthorized, msg)
 	return caller{}, false
+}
+
+// slaveCredentialHash is slave name's credential hash from the store, or,
+// while the store does not answer (PostgreSQL down or failing over), as
+// this master last read it: a slave it knows stays heard, and dispatch
+// goes on, as on a full disk. A credential can change only through the
+// store, so nothing newer can exist meanwhile.
+func (s *Server) slaveCredentialHash(ctx context.Context, name string) ([sha256.Size]byte, error) {
+	h, err := s.store.SlaveCredentialHash(ctx, name)
+	switch {
+	case err == nil:
+		s.credCache.Store(name, h)
+	case errors.Is(err, registry.ErrNotFound):
+		s.credCache.Delete(name)
+	case registry.Unavailable(err):
+		if v, ok := s.credCache.Load(name); ok {
+			return v.([sha256.Size]byte), nil
+		}
+	}
+	return h, err
 }
 
 // selfOnly admits a slave's request on /slaves/:name/... only when its

@@ -162,6 +162,14 @@ func (s *Server) handleSlot(c *gin.Context) {
 			return
 		}
 		s.log.Error("slot request failed", "err", err)
+		if registry.Unwritable(err) {
+			// The device cannot be looked up now (the database does not
+			// answer): a 503 sends it to another master, or back later.
+			s.storeFailed(err)
+			c.Header("Retry-After", strconv.Itoa(unavailableRetry))
+			slotFail(c, env, http.StatusServiceUnavailable, "the registry is out of reach; retry in a few seconds", unavailableRetry)
+			return
+		}
 		slotFail(c, env, http.StatusInternalServerError, "internal error (see the master's log)", 0)
 		return
 	}

@@ -2,6 +2,7 @@ package master
 
 import (
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -35,9 +36,10 @@ func unwritableMessage(err error) string {
 // storeHealth is the last unwritable-registry failure, until a write
 // succeeds.
 type storeHealth struct {
-	mu    sync.Mutex
-	since time.Time // zero: writable as far as is known
-	last  string
+	mu          sync.Mutex
+	since       time.Time // zero: writable as far as is known
+	last        string
+	unavailable bool // the last failure was the database out of reach
 }
 
 // storeFailed records a write the registry refused.
@@ -47,9 +49,14 @@ func (s *Server) storeFailed(err error) {
 	defer s.health.mu.Unlock()
 	if s.health.since.IsZero() {
 		s.health.since = s.now()
-		s.log.Error("the registry cannot be written; answering 503 until a write succeeds", "err", err)
+		if registry.Unavailable(err) {
+			s.log.Error("the registry's database does not answer; answering 503 until it does", "err", err)
+		} else {
+			s.log.Error("the registry cannot be written; answering 503 until a write succeeds", "err", err)
+		}
 	}
 	s.health.last = err.Error()
+	s.health.unavailable = registry.Unavailable(err)
 }
 
 // storeWrote records a write that succeeded.
@@ -64,12 +71,16 @@ func (s *Server) storeWrote() {
 
 func (s *Server) handleHealthz(c *gin.Context) {
 	s.health.mu.Lock()
-	since, last := s.health.since, s.health.last
+	since, last, unavailable := s.health.since, s.health.last, s.health.unavailable
 	s.health.mu.Unlock()
 	if !since.IsZero() {
-		c.Header("Retry-After", "30")
+		what, retry := "the registry cannot be written", unwritableRetry
+		if unavailable {
+			what, retry = "the registry's database does not answer", unavailableRetry
+		}
+		c.Header("Retry-After", strconv.Itoa(retry))
 		c.JSON(http.StatusServiceUnavailable, wire.Health{Status: "degraded",
-			Detail: "the registry cannot be written since " + since.UTC().Format(time.RFC3339) + ": " + last})
+			Detail: what + " since " + since.UTC().Format(time.RFC3339) + ": " + last})
 		return
 	}
 	c.JSON(http.StatusOK, wire.Health{Status: "ok"})
