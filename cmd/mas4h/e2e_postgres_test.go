@@ -246,3 +246,125 @@ func TestMasterWaitsForPostgreSQL(t *testing.T) {
 		t.Errorf("a refused URL left a directory behind")
 	}
 }
+
+// Two masters on one PostgreSQL, two slaves and agents that know both
+// masters: kill -9 one master while everything runs. No tunnel drops;
+// devices enrolled after the kill (through the admin CLI, which fails over)
+// get their tunnels through the other master; the slaves move their
+// heartbeats to it and stay alive there; load is spread over both slaves
+// by both masters; a revoke through the restarted master reaches the slave
+// whichever master it now heartbeats to; no enrolment is lost.
+func TestTwoMastersOnPostgreSQLSurviveAKill(t *testing.T) {
+	e := newEnv(t)
+	_, db := e.startPostgres()
+	a := e.startMasterDB(db)
+	b := e.startMasterDB(db)
+	both := a.url + "," + b.url
+	for _, name := range []string{"s1", "s2"} {
+		e.startSlaveWith(name, "--master", both, "--token-file", a.addSlave(name), "--public-host", "127.0.0.1")
+	}
+	waitSlavesAlive(t, a, 2)
+	waitSlavesAlive(t, b, 2)
+	es := startEcho(t)
+
+	type device struct {
+		name string
+		port int
+		key  deviceKey
+	}
+	var devices []device
+	startAgent := func(d device) {
+		e.startDevProc(nil, testBin, "agent", "--master", both, "--insecure-http", "--key", d.key.private,
+			"--state-dir", filepath.Join(e.dir, "agent-"+d.name), "--ssh-client", "openssh", "--log-level", "debug")
+	}
+	waitUp := func(d device) {
+		t.Helper()
+		testkit.Eventually(t, 30*time.Second, func() bool { return roundTrip(d.port) == nil }, "the tunnel of %s did not come up", d.name)
+	}
+	for i := range 4 {
+		dev, k := a.enrol(fmt.Sprintf("pi-%d", i), fmt.Sprintf("ssh=127.0.0.1:%d", es.port))
+		d := device{dev.Name, dev.Forwards[0].RemotePort, k}
+		devices = append(devices, d)
+		startAgent(d)
+	}
+	for _, d := range devices {
+		waitUp(d)
+	}
+	perSlave := map[string]int{}
+	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
+		clear(perSlave)
+		for _, sl := range b.status().Slaves {
+			perSlave[sl.Name] = sl.Tunnels
+		}
+		return perSlave["s1"]+perSlave["s2"] == 4
+	}, "B does not list the 4 tunnels: %v", perSlave)
+	if perSlave["s1"] == 0 || perSlave["s2"] == 0 {
+		t.Errorf("4 devices over 2 slaves through 2 masters: %v, want both slaves used", perSlave)
+	}
+
+	stop := make(chan struct{})
+	type watch struct {
+		name             string
+		failures, checks interface{ Load() int64 }
+		done             chan struct{}
+	}
+	var watches []watch
+	for _, d := range devices {
+		f, c, done := watchTunnel(d.port, stop)
+		watches = append(watches, watch{d.name, f, c, done})
+	}
+
+	a.kill9()
+	killed := time.Now()
+	for i := 4; i < 6; i++ {
+		k := e.newKey(fmt.Sprintf("pi-%d", i))
+		out, stderr, code := e.mas4h("", "device", "add", k.name, "--key", k.public, "--forward", fmt.Sprintf("ssh=127.0.0.1:%d", es.port),
+			"--master", both, "--token-file", a.adminToken, "-o", "json")
+		if code != 0 {
+			t.Fatalf("device add %s with master A dead: exit %d: %s", k.name, code, stderr)
+		}
+		var dev wire.Device
+		if err := json.Unmarshal([]byte(out), &dev); err != nil {
+			t.Fatalf("device add output: %v: %s", err, out)
+		}
+		d := device{dev.Name, dev.Forwards[0].RemotePort, k}
+		devices = append(devices, d)
+		startAgent(d)
+	}
+	for _, d := range devices[4:] {
+		waitUp(d)
+	}
+	t.Logf("2 devices enrolled and connected through B %s after A was killed", time.Since(killed).Round(time.Millisecond))
+	// Past DeadAfter heartbeat intervals: the slaves beat to B now.
+	time.Sleep(time.Duration(registry.DeadAfter+1) * e2eHeartbeat)
+	waitSlavesAlive(t, b, 2)
+	close(stop)
+	for _, w := range watches {
+		<-w.done
+		if n := w.failures.Load(); n > 0 {
+			t.Errorf("the tunnel of %s failed %d of %d checks after master A was killed", w.name, n, w.checks.Load())
+		}
+	}
+
+	a.start()
+	if _, stderr, code := a.admin("device", "revoke", "pi-0"); code != 0 {
+		t.Fatalf("revoke through the restarted A: exit %d: %s", code, stderr)
+	}
+	revoked := time.Now()
+	testkit.Eventually(t, 15*time.Second, func() bool { return roundTrip(devices[0].port) != nil },
+		"pi-0's tunnel still carries bytes after its revoke through A")
+	t.Logf("pi-0's tunnel ended %s after its revoke through the restarted A", time.Since(revoked).Round(time.Millisecond))
+	for _, d := range devices[1:] {
+		if err := roundTrip(d.port); err != nil {
+			t.Errorf("the tunnel of %s after pi-0's revoke: %v", d.name, err)
+		}
+	}
+	var listed []wire.Device
+	out, stderr, code := b.admin("device", "list", "-o", "json")
+	if code != 0 {
+		t.Fatalf("device list through B: exit %d: %s", code, stderr)
+	}
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || len(listed) != len(devices) {
+		t.Errorf("B lists %d devices (%v), want %d", len(listed), err, len(devices))
+	}
+}
