@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -60,6 +61,36 @@ type redacted struct {
 
 func (r redacted) Error() string { return redactErr(r.err, r.location) }
 func (r redacted) Unwrap() error { return r.err }
+
+// PostgresUnverified says why a PostgreSQL URL's connection can be read
+// or altered by a man in the middle ("" when it cannot): a server beyond
+// the loopback (or a unix socket) reached without TLS, or with TLS whose
+// certificate is not checked (sslmode=prefer, libpq's default, and
+// require). The registry holds the fleet's keys and leases: a master
+// warns at every start.
+func PostgresUnverified(location string) string {
+	cfg, err := pgconn.ParseConfig(location)
+	if err != nil {
+		return ""
+	}
+	hosts := []*pgconn.FallbackConfig{{Host: cfg.Host, TLSConfig: cfg.TLSConfig}}
+	hosts = append(hosts, cfg.Fallbacks...)
+	for _, h := range hosts {
+		if strings.HasPrefix(h.Host, "/") || h.Host == "localhost" {
+			continue
+		}
+		if ip := net.ParseIP(h.Host); ip != nil && ip.IsLoopback() {
+			continue
+		}
+		switch {
+		case h.TLSConfig == nil:
+			return fmt.Sprintf("the connection to PostgreSQL at %s may go without TLS: use sslmode=verify-full (and sslrootcert)", h.Host)
+		case h.TLSConfig.InsecureSkipVerify:
+			return fmt.Sprintf("PostgreSQL's certificate at %s is not checked: use sslmode=verify-full (and sslrootcert)", h.Host)
+		}
+	}
+	return ""
+}
 
 // Redact is location fit for logs: a URL's password hidden.
 func Redact(location string) string { return redactURL(location) }

@@ -215,6 +215,9 @@ func runMaster(cmd *cobra.Command, g *globals, cfg masterConfig) error {
 	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 		return fmt.Errorf("creating the registry's directory: %w", err)
 	}
+	if why := registry.PostgresUnverified(cfg.db); why != "" {
+		log.Warn(why + "; a man in the middle could read and change the registry (the fleet's keys and leases)")
+	}
 	if registry.PasswordInURL(cfg.db) {
 		log.Warn("the PostgreSQL password is in --db, where ps shows it to every user of this host: put it in a pgpass file (PGPASSFILE) or PGPASSWORD instead")
 	}
