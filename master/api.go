@@ -88,6 +88,9 @@ type Store interface {
 	Revocations(ctx context.Context, after int64, limit int) ([]registry.Revocation, error)
 	RevocationSeq(ctx context.Context) (int64, error)
 
+	// ReadOnly says why the registry was opened read-only ("": writable).
+	ReadOnly() string
+
 	// Several masters on one database (peers.go).
 	Postgres() bool
 	SlaveDevices(ctx context.Context, slaves []string) (map[string][]string, error)
@@ -279,6 +282,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if s.slaveAuth, err = metrics.NewSlaveAuth(cfg.Metrics); err != nil {
 		return nil, fmt.Errorf("starting the master: registering metrics: %w", err)
+	}
+	if why := s.store.ReadOnly(); why != "" {
+		s.storeFailed(fmt.Errorf("the registry was opened read-only, as its file could not be opened for writing (%s); free space on its filesystem and restart the master", why))
 	}
 	s.engine = s.routes()
 	s.writerWG.Add(2)

@@ -344,7 +344,7 @@ func (s *Server) internal(c *gin.Context, err error) {
 			retry = unavailableRetry
 		}
 		c.Header("Retry-After", strconv.Itoa(retry))
-		fail(c, http.StatusServiceUnavailable, unwritableMessage(err))
+		fail(c, http.StatusServiceUnavailable, s.unwritableMessage(err))
 		return
 	}
 	fail(c, http.StatusInternalServerError, "internal error (see the master's log)")

@@ -26,7 +26,10 @@ const unwritableRetry = 30
 // of reach (PostgreSQL restarting, failing over), in seconds.
 const unavailableRetry = 5
 
-func unwritableMessage(err error) string {
+func (s *Server) unwritableMessage(err error) string {
+	if s.store.ReadOnly() != "" {
+		return "the registry was opened read-only, its filesystem full when the master started (" + err.Error() + "): free space on it (SQLite needs about 4 MiB beyond the database for its write-ahead log) and restart the master"
+	}
 	if registry.Unavailable(err) {
 		return "the registry's database does not answer (" + err.Error() + "): the master reconnects by itself once PostgreSQL takes connections again; check that it runs"
 	}

@@ -23,6 +23,9 @@ import (
 type Store struct {
 	db  *dbx
 	now func() time.Time // a seam for tests that need fixed times
+	// readOnly says why a SQLite file was opened read-only (its disk
+	// full at start; see openReadOnly); "" when writable.
+	readOnly string
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -74,6 +77,9 @@ func Open(ctx context.Context, location string) (*Store, error) {
 		// open below switches the file to WAL, which rewrites its header,
 		// and a newer binary's file must be left exactly as it was.
 		if err := checkVersion(ctx, abs); err != nil {
+			if Unwritable(err) {
+				return openReadOnly(ctx, abs, err)
+			}
 			return nil, fmt.Errorf("opening registry %s: %w", path, err)
 		}
 	} else {
@@ -99,10 +105,44 @@ func Open(ctx context.Context, location string) (*Store, error) {
 	s := &Store{db: &dbx{DB: db}, now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
+		if existing && Unwritable(err) {
+			return openReadOnly(ctx, abs, err)
+		}
 		return nil, fmt.Errorf("opening registry %s: %w", path, err)
 	}
 	return s, nil
 }
+
+// openReadOnly opens an existing SQLite file that cannot be opened for
+// writing (its filesystem full: WAL mode needs room for its -wal and
+// -shm files), read-only and without those files, so that a master
+// restarted on a full disk still validates keys, dispatches and answers
+// reads, and says why it refuses writes. That is safe only when no
+// write-ahead log holds changes the file lacks (a clean shutdown leaves
+// none): otherwise the last changes, a revocation among them, would be
+// unseen, and it refuses to start.
+func openReadOnly(ctx context.Context, abs string, cause error) (*Store, error) {
+	if fi, err := os.Stat(abs + "-wal"); err == nil && fi.Size() > 0 {
+		return nil, fmt.Errorf("opening registry %s: %w; its write-ahead log %s-wal holds changes not yet in the file, which a read-only start would not see: free space on its filesystem (about 4 MiB beyond the database) and start again", abs, cause, abs)
+	}
+	db, err := sql.Open("sqlite3", dsn(abs, "mode=ro&immutable=1&_foreign_keys=on"))
+	if err != nil {
+		return nil, fmt.Errorf("opening registry %s read-only: %w", abs, err)
+	}
+	v, err := readVersion(ctx, db, false)
+	if err == nil && v != SchemaVersion {
+		err = fmt.Errorf("schema version %d needs migrating to %d, which needs a writable file", v, SchemaVersion)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("opening registry %s: %w; read-only: %w", abs, cause, err)
+	}
+	return &Store{db: &dbx{DB: db}, now: time.Now, readOnly: cause.Error()}, nil
+}
+
+// ReadOnly says why the registry was opened read-only ("" when it is
+// writable): every write fails, as Unwritable.
+func (s *Store) ReadOnly() string { return s.readOnly }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }

@@ -25,6 +25,9 @@ type masterProc struct {
 	adminToken string // file
 	slaveToken string // file of the shared slave token; "": none (each slave its own credential)
 	extra      []string
+	// degradedOK: a start counts as up when /healthz answers 503 (a
+	// registry it cannot write), not only 200.
+	degradedOK bool
 	cmd        *exec.Cmd
 	log        *syncBuffer
 	done       chan struct{}
@@ -73,7 +76,7 @@ func (m *masterProc) start() {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200
+		return resp.StatusCode == 200 || (m.degradedOK && resp.StatusCode == http.StatusServiceUnavailable)
 	}, "master did not come up:\n%s", m.log)
 }
 

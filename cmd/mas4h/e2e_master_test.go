@@ -329,6 +329,22 @@ func TestMasterBackFromOutageDispatchesAtOnce(t *testing.T) {
 // on (a known slave is still heard, devices still get slots); once space
 // is freed the master resumes by itself. The registry lives on a 4 MiB
 // tmpfs that a filler file fills.
+// fill writes path until its filesystem is full.
+func fill(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break // ENOSPC: the disk is full
+		}
+	}
+	f.Close()
+}
+
 func TestMasterOnAFullDisk(t *testing.T) {
 	e := newEnv(t)
 	fs := filepath.Join(e.dir, "small")
@@ -348,17 +364,7 @@ func TestMasterOnAFullDisk(t *testing.T) {
 	_, k := m.enrol("pi-1")
 
 	filler := filepath.Join(fs, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break // ENOSPC: the disk is full
-		}
-	}
-	f.Close()
+	fill(t, filler)
 
 	// Writes are refused with the reason; health says so.
 	var code int
@@ -400,8 +406,45 @@ func TestMasterOnAFullDisk(t *testing.T) {
 		t.Errorf("no write failures counted")
 	}
 
-	// Space freed: the next heartbeat's write succeeds and all is well.
+	// A master stopped cleanly leaves no -wal or -shm file; started on a
+	// full disk it cannot create them. It starts read-only and says so
+	// (before, it refused to start: "reading schema version: disk I/O
+	// error"); it still validates, dispatches and answers reads.
+	m.stop()
 	os.Remove(filler)
+	m.start()
+	m.stop()
+	if _, err := os.Stat(filepath.Join(fs, "master.db-wal")); err == nil {
+		t.Fatalf("a clean stop left master.db-wal: the read-only start cannot be tested")
+	}
+	fill(t, filler)
+	m.degradedOK = true
+	m.start()
+	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
+		resp, err := http.Get(m.url + "/api/v1/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h wire.Health
+		json.NewDecoder(resp.Body).Decode(&h)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(h.Detail, "opened read-only") && strings.Contains(h.Detail, "restart the master")
+	}, "a master restarted on a full disk does not say it is read-only:\n%s", m.log)
+	if s, code, body := m.slot(k); code != 200 || s.Slave != "s1" {
+		t.Fatalf("slot from a read-only master: %d %s", code, body)
+	}
+	if out, stderr, code := m.admin("device", "list"); code != 0 || !strings.Contains(out, "pi-1") {
+		t.Errorf("device list from a read-only master: exit %d: %s%s", code, out, stderr)
+	}
+	if _, stderr, code := m.admin("device", "add", "pi-2", "--key", pi2.public); code == 0 || !strings.Contains(stderr, "read-only") {
+		t.Errorf("device add on a read-only master: exit %d: %s", code, stderr)
+	}
+
+	// Space freed and the master restarted: all is well.
+	os.Remove(filler)
+	m.stop()
+	m.degradedOK = false
+	m.start()
 	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
 		resp, err := http.Get(m.url + "/api/v1/healthz")
 		if err != nil {
