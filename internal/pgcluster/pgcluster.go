@@ -235,3 +235,70 @@ func tail(b []byte, n int) []byte {
 	}
 	return b
 }
+
+// StartReplica makes a streaming replica of primary (pg_basebackup -R) in a
+// new directory under parent and starts it on a port of its own. Promote
+// turns it into a primary.
+func StartReplica(ctx context.Context, primary *Cluster, parent string) (*Cluster, error) {
+	dir, err := os.MkdirTemp(parent, "mas4h-pg-replica-")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir, bin: primary.bin, uid: primary.uid, gid: primary.gid}
+	if c.uid >= 0 {
+		if err := os.Chmod(dir, 0o711); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		if err := os.Chown(dir, c.uid, c.gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	if out, err := c.run(ctx, "pg_basebackup", "-D", c.data(), "-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port),
+		"-U", "postgres", "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pg_basebackup: %v: %s", err, out)
+	}
+	// The copied configuration names the primary's socket directory.
+	f, err := os.OpenFile(filepath.Join(c.data(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteString("unix_socket_directories = '" + dir + "'\n")
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if c.Port, err = freePort(); err == nil {
+		err = c.Start(ctx)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return c, nil
+}
+
+// Promote turns a replica into a primary (pg_ctl promote) and waits until
+// it takes writes.
+func (c *Cluster) Promote(ctx context.Context) error {
+	if out, err := c.run(ctx, "pg_ctl", "-D", c.data(), "-w", "-t", "60", "promote"); err != nil {
+		return fmt.Errorf("pg_ctl promote: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Kill stops the server at once, as a crash would (pg_ctl stop -m
+// immediate): no checkpoint, sessions cut.
+func (c *Cluster) Kill(ctx context.Context) error {
+	if out, err := c.run(ctx, "pg_ctl", "-D", c.data(), "-m", "immediate", "-w", "-t", "60", "stop"); err != nil {
+		return fmt.Errorf("pg_ctl stop -m immediate: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Host is the cluster's address, 127.0.0.1:PORT.
+func (c *Cluster) Host() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)) }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,5 +45,58 @@ func TestStartQueryStop(t *testing.T) {
 	}
 	if err := db.QueryRowContext(ctx, `SELECT 2`).Scan(&n); err != nil || n != 2 {
 		t.Fatalf("after restart: %d, %v", n, err)
+	}
+}
+
+// A replica follows its primary and, promoted, takes writes.
+func TestReplicaPromote(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := Start(ctx, "", false)
+	if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Destroy()
+	u, err := p.NewDatabase(ctx, "repl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE t (v int); INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	r, err := StartReplica(ctx, p, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Destroy()
+	ru := strings.Replace(u, p.Host(), r.Host(), 1)
+	rdb, err := sql.Open("pgx", ru)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	var n int
+	if err := rdb.QueryRowContext(ctx, `SELECT v FROM t`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("replica reads %d, %v", n, err)
+	}
+	if _, err := rdb.ExecContext(ctx, `INSERT INTO t VALUES (2)`); err == nil {
+		t.Fatal("a replica took a write")
+	}
+	if err := p.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rdb.ExecContext(ctx, `INSERT INTO t VALUES (2)`); err != nil {
+		t.Fatalf("the promoted replica refused a write: %v", err)
 	}
 }
