@@ -183,10 +183,12 @@ func served(m *masterProc, src string) int {
 
 // Two masters on one PostgreSQL behind a VIP shared with `mas4h netfilter`:
 // clients from every source address reach the fleet through the VIP, each
-// source always the master its bucket names; when master 1 is killed, its
-// node steps out of the VIP and node 2 takes its bucket over, and then every
-// client is answered again, by master 2, which still knows the device
-// enrolled through master 1 and enrols new ones through the VIP.
+// source always the master its bucket names. When master 1 is killed (its
+// host stays up), node 2 takes its bucket over and node 1 leaves the VIP
+// (both are needed: node 1's kernel resets the connections it still
+// takes); then every client is answered again, by master 2, which still
+// knows the device enrolled through master 1 and enrols new ones through
+// the VIP.
 func TestMastersBehindAVIP(t *testing.T) {
 	e := newEnv(t, "ip", "iptables", "iptables-save", "nft")
 	lab := newMasterLab(t, 2)
@@ -290,11 +292,25 @@ func TestMastersBehindAVIP(t *testing.T) {
 	}
 	t.Logf("with master 1 dead, node 1's bucket sees: %v", err1)
 
-	// The operator's watchdog: node 1 leaves the VIP, node 2 takes its
-	// bucket over.
-	lab.netfilter(1, "remove")
+	// Node 2 takes node 1's bucket over. That is not enough while node 1
+	// still holds the VIP: both nodes take those connections, and node 1's
+	// kernel resets them.
 	lab.netfilter(2, "apply", "--take-over", "1")
 	t.Logf("take-over applied %s after the kill", time.Since(killed).Round(time.Millisecond))
+	failed := 0
+	for range 10 {
+		if _, _, err := lab.call(src1, "GET", "/api/v1/healthz", "", nil); err != nil {
+			failed++
+			err1 = err
+		}
+	}
+	t.Logf("taken over, node 1 still in the VIP: %d of 10 connections from %s failed (%v)", failed, src1, err1)
+	if failed == 0 {
+		t.Errorf("with node 1 still in the VIP, no connection from its bucket failed: the docs say they do")
+	}
+	// The operator (or a watchdog on node 1) takes node 1 out of the VIP.
+	lab.netfilter(1, "remove")
+	t.Logf("node 1 out of the VIP %s after the kill", time.Since(killed).Round(time.Millisecond))
 	round("after the take-over", masters[1])
 
 	// Enrolment through the VIP works, and master 2 has both devices.
