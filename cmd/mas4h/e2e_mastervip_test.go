@@ -188,7 +188,7 @@ func served(m *masterProc, src string) int {
 // (both are needed: node 1's kernel resets the connections it still
 // takes); then every client is answered again, by master 2, which still
 // knows the device enrolled through master 1 and enrols new ones through
-// the VIP.
+// the VIP. Restarted, master 1 gets its bucket back.
 func TestMastersBehindAVIP(t *testing.T) {
 	e := newEnv(t, "ip", "iptables", "iptables-save", "nft")
 	lab := newMasterLab(t, 2)
@@ -333,5 +333,16 @@ func TestMastersBehindAVIP(t *testing.T) {
 	}
 	if !names["pi-1"] || !names["pi-2"] || len(listed) != 2 {
 		t.Errorf("master 2 lists %v, want pi-1 (enrolled through master 1) and pi-2", names)
+	}
+
+	// Master 1 is back: node 2 hands the bucket back first, then node 1
+	// joins again (never both holding it at once), and each source is
+	// answered by its own master again, master 1 knowing pi-2.
+	masters[0].start()
+	lab.netfilter(2, "apply")
+	lab.netfilter(1, "apply")
+	round("after the hand-back", nil)
+	if _, stderr, code := masters[0].admin("device", "show", "pi-2"); code != 0 {
+		t.Errorf("device show pi-2 through the restarted master 1: exit %d: %s", code, stderr)
 	}
 }
