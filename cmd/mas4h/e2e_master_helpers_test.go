@@ -25,6 +25,8 @@ type masterProc struct {
 	adminToken string // file
 	slaveToken string // file of the shared slave token; "": none (each slave its own credential)
 	extra      []string
+	listen     string   // --listen; "": the url's host and port
+	wrap       []string // run the master under this command (ip netns exec NS)
 	// degradedOK: a start counts as up when /healthz answers 503 (a
 	// registry it cannot write), not only 200.
 	degradedOK bool
@@ -49,14 +51,21 @@ func (m *masterProc) start() {
 	t := m.e.t
 	t.Helper()
 	m.log = &syncBuffer{}
-	listen := strings.TrimPrefix(strings.TrimPrefix(m.url, "http://"), "https://")
+	listen := m.listen
+	if listen == "" {
+		listen = strings.TrimPrefix(strings.TrimPrefix(m.url, "http://"), "https://")
+	}
 	args := []string{"master", "--listen", listen, "--db", m.db, "--admin-token-file", m.adminToken}
 	if m.slaveToken != "" { // the shared slave token of older installs (see e2e_slavecreds_test.go for slaves' own)
 		args = append(args, "--allow-shared-slave-token", "--slave-token-file", m.slaveToken)
 	}
 	args = append(append(args, "--port-range", fmt.Sprintf("%d-%d", m.e.portLo, m.e.portLo+19),
 		"--heartbeat-interval", e2eHeartbeat.String(), "--slot-rate", "1000", "--slot-burst", "1000"), m.extra...)
-	m.cmd = exec.Command(testBin, args...)
+	if len(m.wrap) > 0 {
+		m.cmd = exec.Command(m.wrap[0], append(append(m.wrap[1:len(m.wrap):len(m.wrap)], testBin), args...)...)
+	} else {
+		m.cmd = exec.Command(testBin, args...)
+	}
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -73,6 +74,15 @@ func version(binDir string) int {
 // fsync is off: a test cluster trades durability for speed unless durable
 // is set (benchmarks that measure the database want it on).
 func Start(ctx context.Context, parent string, durable bool) (*Cluster, error) {
+	return StartOn(ctx, parent, durable, nil)
+}
+
+// StartOn is Start with the server listening on the address of each of
+// listen too, besides 127.0.0.1, and trusting any client from its prefix
+// (198.18.0.1/24: listen on 198.18.0.1, trust 198.18.0.0/24): tests
+// whose masters run in network namespaces reach it on the host's side of
+// their link. The addresses must exist when it starts.
+func StartOn(ctx context.Context, parent string, durable bool, listen []netip.Prefix) (*Cluster, error) {
 	bin, err := Bin()
 	if err != nil {
 		return nil, err
@@ -104,16 +114,18 @@ func Start(ctx context.Context, parent string, durable bool) (*Cluster, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v: %s", err, out)
 	}
-	conf := "listen_addresses = '127.0.0.1'\nunix_socket_directories = '" + dir + "'\nmax_connections = 300\nshared_buffers = 128MB\n"
+	addrs, hba := []string{"127.0.0.1"}, ""
+	for _, p := range listen {
+		addrs = append(addrs, p.Addr().String())
+		hba += fmt.Sprintf("host all all %s trust\n", p.Masked())
+	}
+	conf := "listen_addresses = '" + strings.Join(addrs, ", ") + "'\nunix_socket_directories = '" + dir + "'\nmax_connections = 300\nshared_buffers = 128MB\n"
 	if !durable {
 		conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
 	}
-	f, err := os.OpenFile(filepath.Join(c.data(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err == nil {
-		_, err = f.WriteString(conf)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+	err = appendFile(filepath.Join(c.data(), "postgresql.conf"), conf)
+	if err == nil && hba != "" {
+		err = appendFile(filepath.Join(c.data(), "pg_hba.conf"), hba)
 	}
 	if err != nil {
 		os.RemoveAll(dir)
@@ -132,6 +144,18 @@ func Start(ctx context.Context, parent string, durable bool) (*Cluster, error) {
 			return nil, err
 		}
 	}
+}
+
+func appendFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (c *Cluster) data() string { return filepath.Join(c.Dir, "data") }
@@ -167,8 +191,12 @@ func (c *Cluster) Destroy() {
 }
 
 // URL is the connection URL of database name on this cluster.
-func (c *Cluster) URL(name string) string {
-	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)), Path: "/" + name,
+func (c *Cluster) URL(name string) string { return c.URLAt("127.0.0.1", name) }
+
+// URLAt is the connection URL of database name through the address host,
+// one of StartOn's.
+func (c *Cluster) URLAt(host, name string) string {
+	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: net.JoinHostPort(host, strconv.Itoa(c.Port)), Path: "/" + name,
 		RawQuery: "sslmode=disable"}
 	return u.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -98,5 +99,32 @@ func TestReplicaPromote(t *testing.T) {
 	}
 	if _, err := rdb.ExecContext(ctx, `INSERT INTO t VALUES (2)`); err != nil {
 		t.Fatalf("the promoted replica refused a write: %v", err)
+	}
+}
+
+// StartOn listens on the extra addresses too: 127.0.0.2 is on every
+// Linux loopback, so no root is needed.
+func TestStartOnListensThere(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := StartOn(ctx, "", false, []netip.Prefix{netip.MustParsePrefix("127.0.0.2/8")})
+	if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Destroy()
+	if _, err := c.NewDatabase(ctx, "TestStartOn"); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", c.URLAt("127.0.0.2", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var addr string
+	if err := db.QueryRowContext(ctx, `SELECT host(inet_server_addr())`).Scan(&addr); err != nil || addr != "127.0.0.2" {
+		t.Fatalf("server address %q, %v; want 127.0.0.2", addr, err)
 	}
 }
