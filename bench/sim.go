@@ -117,6 +117,13 @@ type SimMaster struct {
 	PID      int     `json:"pid"`
 	CPUCores float64 `json:"cpu_cores"`
 	RSSMB    float64 `json:"rss_mb"`
+	// Slaves is how many slaves heartbeat to this master; Granted its
+	// grants over the whole run (fill, window, storm), GrantedPeerSlaves
+	// those of slaves whose heartbeats it never receives (they beat to
+	// another master: it knows them only from the shared registry).
+	Slaves            int   `json:"slaves_heartbeating_here"`
+	Granted           int64 `json:"granted"`
+	GrantedPeerSlaves int64 `json:"granted_peer_slaves"`
 }
 
 // SimSlots is the steady window's slot requests.
@@ -316,6 +323,15 @@ func (r *simRun) run(ctx context.Context, res *SimResult) error {
 	r.phase.Store("done")
 	stopBeats()
 	beats.Wait()
+	for i := range res.Masters {
+		for _, sl := range fleet.slaves {
+			if sl.Master == i {
+				res.Masters[i].Slaves++
+			}
+		}
+		own, peer := fleet.grants[i][0].Load(), fleet.grants[i][1].Load()
+		res.Masters[i].Granted, res.Masters[i].GrantedPeerSlaves = own+peer, peer
+	}
 	res.DBBytes = r.dbSize(ctx)
 	return nil
 }
