@@ -35,9 +35,12 @@ func (r *SimResult) WriteTable(w io.Writer) {
 				"%d / %d", m.Granted, m.GrantedPeerSlaves)
 		}
 	}
-	if r.DBCPU != nil {
+	switch {
+	case r.DBCPU != nil:
 		row("PostgreSQL CPU, cores", "%.3f", *r.DBCPU)
-	} else {
+	case p.DB == "postgres":
+		row("PostgreSQL CPU, cores", "not measured (the run ended before the window)")
+	default:
 		row("database CPU", "n/a (SQLite, inside the master)")
 	}
 	row("database on disk, MB", "%.1f", float64(r.DBBytes)/(1<<20))
