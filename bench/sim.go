@@ -117,6 +117,13 @@ type SimMaster struct {
 	PID      int     `json:"pid"`
 	CPUCores float64 `json:"cpu_cores"`
 	RSSMB    float64 `json:"rss_mb"`
+	// Slaves is how many slaves heartbeat to this master; Granted its
+	// grants over the whole run (fill, window, storm), GrantedPeerSlaves
+	// those of slaves whose heartbeats it never receives (they beat to
+	// another master: it knows them only from the shared registry).
+	Slaves            int   `json:"slaves_heartbeating_here"`
+	Granted           int64 `json:"granted"`
+	GrantedPeerSlaves int64 `json:"granted_peer_slaves"`
 }
 
 // SimSlots is the steady window's slot requests.
@@ -316,6 +323,15 @@ func (r *simRun) run(ctx context.Context, res *SimResult) error {
 	r.phase.Store("done")
 	stopBeats()
 	beats.Wait()
+	for i := range res.Masters {
+		for _, sl := range fleet.slaves {
+			if sl.Master == i {
+				res.Masters[i].Slaves++
+			}
+		}
+		own, peer := fleet.grants[i][0].Load(), fleet.grants[i][1].Load()
+		res.Masters[i].Granted, res.Masters[i].GrantedPeerSlaves = own+peer, peer
+	}
 	res.DBBytes = r.dbSize(ctx)
 	return nil
 }
@@ -433,7 +449,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // device i from master i mod Masters; a refused request is retried after
 // a second (the fill is setup, not a measured figure).
 func (r *simRun) fill(ctx context.Context, fleet *simFleet, res *SimResult) error {
-	var next, retries atomic.Int64
+	var next, retries, up atomic.Int64
 	var mu sync.Mutex
 	var firstErr string
 	var wg sync.WaitGroup
@@ -451,6 +467,7 @@ func (r *simRun) fill(ctx context.Context, fleet *simFleet, res *SimResult) erro
 					a := fleet.slot(ctx, d, (d+attempt)%len(fleet.masters))
 					if a.Err == nil {
 						fleet.place(d, a.Slave, time.Now())
+						up.Add(1)
 						break
 					}
 					retries.Add(1)
@@ -468,10 +485,12 @@ func (r *simRun) fill(ctx context.Context, fleet *simFleet, res *SimResult) erro
 		}()
 	}
 	wg.Wait()
+	el := time.Since(t0)
 	if err := ctx.Err(); err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("cut off while the fleet came up: %d of %d devices had their first slot after %.0f s (%.0f slots/s)",
+			up.Load(), len(fleet.devs), el.Seconds(), float64(up.Load())/el.Seconds()))
 		return err
 	}
-	el := time.Since(t0)
 	res.Setup.FillSeconds = round3(el.Seconds())
 	res.Setup.FillSlotsPerSec = round3(float64(len(fleet.devs)) / el.Seconds())
 	res.Setup.FillRetries = int(retries.Load())

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -30,6 +31,10 @@ type simFleet struct {
 	slaves  []simSlave
 	masters []string // base URLs
 	client  *http.Client
+	// grants[m][0] counts master m's grants to slaves that heartbeat to
+	// it, grants[m][1] to slaves that heartbeat to another master (which
+	// m knows of only through the shared registry: master/peers.go).
+	grants [][2]atomic.Int64
 
 	mu    sync.Mutex
 	on    []int                     // device -> slave index, -1 when it has no tunnel
@@ -68,7 +73,7 @@ func (b *latencyBucket) add(d time.Duration, err error) {
 }
 
 func newSimFleet(devs []simDevice, names, creds []string, masters []string, inflight int) *simFleet {
-	f := &simFleet{devs: devs, masters: masters, on: make([]int, len(devs)), since: make([]time.Time, len(devs)),
+	f := &simFleet{devs: devs, masters: masters, grants: make([][2]atomic.Int64, len(masters)), on: make([]int, len(devs)), since: make([]time.Time, len(devs)),
 		sets: make([]map[int]struct{}, len(names)), index: map[string]int{}, beats: map[string]*latencyBucket{},
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			MaxIdleConnsPerHost: inflight + len(names), IdleConnTimeout: time.Minute}}}
@@ -293,6 +298,11 @@ func (f *simFleet) slot(ctx context.Context, dev, m int) slotAnswer {
 		return a
 	}
 	a.Slave = i
+	if f.slaves[i].Master == m {
+		f.grants[m][0].Add(1)
+	} else {
+		f.grants[m][1].Add(1)
+	}
 	return a
 }
 

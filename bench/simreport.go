@@ -30,10 +30,17 @@ func (r *SimResult) WriteTable(w io.Writer) {
 	}
 	if len(r.Masters) > 1 {
 		row("masters' CPU, total cores", "%.3f", total)
+		for i, m := range r.Masters {
+			row(fmt.Sprintf("master %d grants (whole run) / of them to the %d slaves that beat to other masters", i+1, p.Slaves-m.Slaves),
+				"%d / %d", m.Granted, m.GrantedPeerSlaves)
+		}
 	}
-	if r.DBCPU != nil {
+	switch {
+	case r.DBCPU != nil:
 		row("PostgreSQL CPU, cores", "%.3f", *r.DBCPU)
-	} else {
+	case p.DB == "postgres":
+		row("PostgreSQL CPU, cores", "not measured (the run ended before the window)")
+	default:
 		row("database CPU", "n/a (SQLite, inside the master)")
 	}
 	row("database on disk, MB", "%.1f", float64(r.DBBytes)/(1<<20))
