@@ -37,12 +37,24 @@ type dbx struct {
 	*sql.DB
 	pg      bool
 	rebinds sync.Map // query → rewritten query
+	// writers admits this process's write transactions on PostgreSQL a
+	// few at a time: only one holds the write lock at once, and each
+	// waiting in the server holds a pooled connection, so that a queue of
+	// writers (heartbeats of a busy fleet) starved the reads of slot
+	// requests of connections. Nil on SQLite.
+	writers chan struct{}
 }
+
+// pgWriters is how many write transactions of one master may wait for
+// the write lock in the server: one holds it, one is ready next.
+const pgWriters = 2
 
 // txx is a transaction on dbx.
 type txx struct {
 	*sql.Tx
-	d *dbx
+	d    *dbx
+	done sync.Once // returns the writers slot, if it holds one
+	slot bool
 }
 
 // q rewrites query's "?" placeholders to "$N" on PostgreSQL. A "?" inside
@@ -107,17 +119,49 @@ func (d *dbx) QueryRow(query string, args ...any) *sql.Row {
 // BeginTx begins a transaction; on PostgreSQL a read-write one waits for
 // the registry's write lock first (see above).
 func (d *dbx) BeginTx(ctx context.Context, opts *sql.TxOptions) (*txx, error) {
+	write := d.pg && (opts == nil || !opts.ReadOnly)
+	if write && d.writers != nil {
+		select {
+		case d.writers <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	t := &txx{d: d, slot: write && d.writers != nil}
 	tx, err := d.DB.BeginTx(ctx, opts)
 	if err != nil {
+		t.release()
 		return nil, err
 	}
-	if d.pg && (opts == nil || !opts.ReadOnly) {
+	t.Tx = tx
+	if write {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(writeLock)); err != nil {
-			tx.Rollback()
+			t.Rollback()
 			return nil, err
 		}
 	}
-	return &txx{Tx: tx, d: d}, nil
+	return t, nil
+}
+
+func (t *txx) release() {
+	t.done.Do(func() {
+		if t.slot {
+			<-t.d.writers
+		}
+	})
+}
+
+// Commit commits the transaction and lets the next writer in.
+func (t *txx) Commit() error {
+	defer t.release()
+	return t.Tx.Commit()
+}
+
+// Rollback rolls the transaction back (a no-op after Commit) and lets the
+// next writer in.
+func (t *txx) Rollback() error {
+	defer t.release()
+	return t.Tx.Rollback()
 }
 
 func (t *txx) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {

@@ -44,7 +44,7 @@ func openPostgres(ctx context.Context, location string) (*Store, error) {
 		return nil, fmt.Errorf("opening registry %s: PostgreSQL at %s:%d does not answer (%w): check that it runs, that this host may connect (pg_hba.conf) and the URL's user, password and database",
 			shown, cfg.Host, cfg.Port, redacted{err, location})
 	}
-	s := &Store{db: &dbx{DB: db, pg: true}, now: time.Now}
+	s := &Store{db: &dbx{DB: db, pg: true, writers: make(chan struct{}, pgWriters)}, now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening registry %s: %w", shown, redacted{err, location})

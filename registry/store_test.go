@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 // openTemp opens a fresh registry: a SQLite file, or a PostgreSQL database
 // when MAS4H_TEST_DB=postgres (testkit.RegistryLocation). The location is
 // returned to reopen it.
-func openTemp(t *testing.T) (*Store, string) {
+func openTemp(t *testing.T) (*Store, string) { return openTempB(t) }
+
+func openTempB(t testing.TB) (*Store, string) {
 	t.Helper()
 	path := testkit.RegistryLocation(t)
 	s, err := Open(context.Background(), path)
