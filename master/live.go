@@ -38,6 +38,36 @@ type liveSlaves struct {
 	// peerPending is the other masters' pending forwards by slave, as
 	// they last shared them (peers.go); counted as load like our own.
 	peerPending map[string]int
+	// asked is each device's last grant here (slave, time), kept
+	// askedTTL, so that a device asking again before its slave has beaten
+	// since is sent elsewhere (Pick); picks counts grants between sweeps.
+	asked map[string]askRecord
+	picks int
+}
+
+type askRecord struct {
+	slave string
+	at    time.Time
+}
+
+// askedTTL is how long a grant is remembered for Pick's retry rule: as
+// long as a slave may be silent before it is declared dead.
+func (l *liveSlaves) askedTTL() time.Duration { return registry.DeadAfter * l.interval }
+
+// noteAsked records device's grant on slave at now, and every 1,024 grants
+// forgets those older than askedTTL. Called with l.mu held.
+func (l *liveSlaves) noteAsked(device, slave string, now time.Time) {
+	if l.asked == nil {
+		l.asked = map[string]askRecord{}
+	}
+	l.asked[device] = askRecord{slave, now}
+	if l.picks++; l.picks%1024 == 0 {
+		for d, r := range l.asked {
+			if now.Sub(r.at) >= l.askedTTL() {
+				delete(l.asked, d)
+			}
+		}
+	}
 }
 
 // slaveState is one slave as its last heartbeat described it.
@@ -216,16 +246,19 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// A device that asks again while its last grant is still pending (no
-	// heartbeat of that slave shows its tunnel) did not get through: the
-	// slave may be dying before the master can tell (three missed
-	// heartbeats). It is not sent back there while another slave has
-	// room; without this, a dead slave's devices came back to it until it
-	// was declared dead, their backoff growing meanwhile (the 100,000-device
-	// simulation: the last of 2,000 devices moved 72 s after the death).
+	// A device that asks again while its last grant here is still pending
+	// (no heartbeat of that slave shows its tunnel), or before that slave
+	// has beaten since the grant, did not get through: the slave may be
+	// dying before the master can tell (three missed heartbeats). It is
+	// not sent back there while another slave has room; without this, a
+	// dead slave's devices came back to it until it was declared dead,
+	// their backoff growing meanwhile (the 100,000-device simulation: the
+	// last of 2,000 devices moved 72 s after the death).
 	previous, avoid := dev.LastSlave, ""
 	if st := l.slaves[previous]; st != nil {
-		if _, retry := st.pending[dev.Name]; retry {
+		_, pending := st.pending[dev.Name]
+		last, asked := l.asked[dev.Name]
+		if pending || (asked && last.slave == st.name && now.Sub(last.at) < l.askedTTL() && st.lastSeen.Before(last.at)) {
 			previous, avoid = "", st.name
 		}
 	}
@@ -259,6 +292,7 @@ func (l *liveSlaves) Pick(dev registry.Device) (slot wire.Slot, ok bool) {
 	if !st.devices[dev.Name] {
 		st.pending[dev.Name] = grant{at: now, forwards: max(len(dev.Forwards), 1)}
 	}
+	l.noteAsked(dev.Name, name, now)
 	slot = wire.Slot{
 		Device: dev.Name, Slave: name, Host: st.host, Port: st.port, User: st.user,
 		HostKeys: append([]string{}, st.hostKeys...),

@@ -123,6 +123,12 @@ func TestLiveRetryAvoidsTheSlaveItCouldNotReach(t *testing.T) {
 	// Connected to b (its heartbeat lists d1): the next ask sticks to b.
 	heard(l, clock, "b", 100, "x1", "x2", "x3", "d1")
 	wantPick(t, l, devWith("d1", 1, "b"), "b")
+	// b dies: d1 connected there (its heartbeat listed d1) asks again,
+	// and again before b beats: the second ask goes elsewhere.
+	clock.Advance(time.Second)
+	wantPick(t, l, devWith("d1", 1, "b"), "b") // the first ask after the drop sticks
+	clock.Advance(time.Second)
+	wantPick(t, l, devWith("d1", 1, "b"), "a") // b has not beaten since: not there again
 	// Only a has room: a retry goes back to a.
 	l2, clock2 := newLive(t)
 	heard(l2, clock2, "a", 10)
