@@ -400,12 +400,14 @@ func (l *liveSlaves) StaleDevices(slaves []registry.Slave) []string {
 	return out
 }
 
-// Merge brings the view up to the store's slaves: one whose last
-// heartbeat is newer than the view's is taken as heard then (with devices,
-// the devices of its tunnels, when given), one marked dead in the store
-// after its last heartbeat here is dead. A slave removed from the store
-// is forgotten.
-func (l *liveSlaves) Merge(slaves []registry.Slave, devices map[string][]string) {
+// Merge brings the view up to the store's slaves, as read at readAt: one
+// whose last heartbeat is newer than the view's is taken as heard then
+// (with devices, the devices of its tunnels, when given), one marked dead
+// in the store after its last heartbeat here is dead. A slave missing
+// from the store is forgotten (removed through another master), unless
+// this master heard it after the read began: its first heartbeat may have
+// come in meanwhile.
+func (l *liveSlaves) Merge(slaves []registry.Slave, devices map[string][]string, readAt time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	seen := make(map[string]bool, len(slaves))
@@ -439,8 +441,8 @@ func (l *liveSlaves) Merge(slaves []registry.Slave, devices map[string][]string)
 			st.devicesAt = sl.LastSeen
 		}
 	}
-	for name := range l.slaves {
-		if !seen[name] {
+	for name, st := range l.slaves {
+		if !seen[name] && st.lastSeen.Before(readAt) {
 			delete(l.slaves, name)
 		}
 	}

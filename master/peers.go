@@ -62,6 +62,7 @@ func (s *Server) peerLoop() {
 // syncPeers merges the store's slaves into the live view and trades
 // pending-grant counts with the other masters.
 func (s *Server) syncPeers(ctx context.Context) error {
+	readAt := s.now()
 	slaves, err := s.store.Slaves(ctx)
 	if err != nil {
 		return err
@@ -71,7 +72,7 @@ func (s *Server) syncPeers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.live.Merge(slaves, devices)
+	s.live.Merge(slaves, devices, readAt)
 	now := s.now().UTC()
 	if err := s.store.SharePending(ctx, s.id, s.live.OwnPending(), now); err != nil {
 		return err

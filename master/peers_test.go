@@ -145,3 +145,23 @@ func TestPeersShareDeath(t *testing.T) {
 		t.Errorf("slot on A after s1 beat to B = %s", s.Slave)
 	}
 }
+
+// A slave whose first heartbeat comes in while a sync reads the store is
+// not forgotten by that sync; one removed through another master is.
+func TestPeersMergeKeepsASlaveHeardDuringTheRead(t *testing.T) {
+	l, clock := newLive(t)
+	readAt := clock.Now()
+	clock.Advance(time.Millisecond)
+	heard(l, clock, "new", 10) // after the read began: the read did not see it
+	heard(l, clock, "old", 10)
+	old := registry.Slave{Name: "old", LastSeen: clock.Now(), Alive: true, Capacity: 10}
+	l.Merge([]registry.Slave{old}, nil, readAt)
+	if alive := l.Alive(); !alive["new"] || !alive["old"] {
+		t.Errorf("after a merge that began before new's first heartbeat: %v, want both", alive)
+	}
+	clock.Advance(time.Second)
+	l.Merge([]registry.Slave{old}, nil, clock.Now())
+	if alive := l.Alive(); alive["new"] {
+		t.Errorf("a slave missing from a later read is still live: %v", alive)
+	}
+}
