@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mas4h/mas4h/master/wire"
@@ -361,9 +362,24 @@ func (s *Store) RecordSlots(ctx context.Context, grants []SlotGrant) error {
 // 32,766 bound variables a statement.
 const tunnelBatch = 250
 
+// tunnelInserts holds the INSERT of n tunnels by n: a heartbeat needs at
+// most two (full batches and the rest), and building a 250-row statement
+// and its placeholders anew every heartbeat is work for nothing.
+var tunnelInserts sync.Map
+
+func tunnelInsert(n int) string {
+	if q, ok := tunnelInserts.Load(n); ok {
+		return q.(string)
+	}
+	const row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	q := `INSERT INTO tunnels (slave, device, forward, port, remote, since, last_probe_ok, last_probe_at, last_probe_detail) VALUES ` +
+		row + strings.Repeat(", "+row, n-1)
+	tunnelInserts.Store(n, q)
+	return q
+}
+
 // insertTunnels writes slave's tunnels, tunnelBatch rows a statement.
 func insertTunnels(ctx context.Context, tx *txx, slave string, tunnels []Tunnel) error {
-	const row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 	args := make([]any, 0, 9*min(len(tunnels), tunnelBatch))
 	for start := 0; start < len(tunnels); start += tunnelBatch {
 		batch := tunnels[start:min(start+tunnelBatch, len(tunnels))]
@@ -379,9 +395,7 @@ func insertTunnels(ctx context.Context, tx *txx, slave string, tunnels []Tunnel)
 			}
 			args = append(args, slave, t.Device, t.Forward, t.Port, t.Remote, since, ok, probeAt, detail)
 		}
-		q := `INSERT INTO tunnels (slave, device, forward, port, remote, since, last_probe_ok, last_probe_at, last_probe_detail) VALUES ` +
-			row + strings.Repeat(", "+row, len(batch)-1)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		if _, err := tx.ExecContext(ctx, tunnelInsert(len(batch)), args...); err != nil {
 			return err
 		}
 	}

@@ -166,6 +166,19 @@ func (m *masterProc) slot(k deviceKey) (wire.Slot, int, string) {
 	return s, resp.StatusCode, buf.String()
 }
 
+// health asks the master's /healthz: its status code and body (0 when it
+// does not answer).
+func (m *masterProc) health() (int, wire.Health) {
+	var h wire.Health
+	resp, err := http.Get(m.url + "/api/v1/healthz")
+	if err != nil {
+		return 0, h
+	}
+	defer resp.Body.Close()
+	json.NewDecoder(resp.Body).Decode(&h)
+	return resp.StatusCode, h
+}
+
 // status returns the master's status through the CLI's JSON output.
 func (m *masterProc) status() wire.Status {
 	m.e.t.Helper()

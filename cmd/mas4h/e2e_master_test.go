@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -378,14 +377,8 @@ func TestMasterOnAFullDisk(t *testing.T) {
 		t.Errorf("the refusal does not say what to do: %s", stderr)
 	}
 	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
-		resp, err := http.Get(m.url + "/api/v1/healthz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var h wire.Health
-		json.NewDecoder(resp.Body).Decode(&h)
-		return resp.StatusCode == http.StatusServiceUnavailable && h.Status == "degraded" && strings.Contains(h.Detail, "cannot be written")
+		code, h := m.health()
+		return code == http.StatusServiceUnavailable && h.Status == "degraded" && strings.Contains(h.Detail, "cannot be written")
 	}, "healthz does not say the registry is unwritable")
 	// Dispatch goes on: the slave is still heard, the device still gets
 	// its slot, well past DeadAfter heartbeats.
@@ -421,14 +414,8 @@ func TestMasterOnAFullDisk(t *testing.T) {
 	m.degradedOK = true
 	m.start()
 	testkit.Eventually(t, 5*e2eHeartbeat, func() bool {
-		resp, err := http.Get(m.url + "/api/v1/healthz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var h wire.Health
-		json.NewDecoder(resp.Body).Decode(&h)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(h.Detail, "opened read-only") && strings.Contains(h.Detail, "restart the master")
+		code, h := m.health()
+		return code == http.StatusServiceUnavailable && strings.Contains(h.Detail, "opened read-only") && strings.Contains(h.Detail, "restart the master")
 	}, "a master restarted on a full disk does not say it is read-only:\n%s", m.log)
 	if s, code, body := m.slot(k); code != 200 || s.Slave != "s1" {
 		t.Fatalf("slot from a read-only master: %d %s", code, body)

@@ -157,14 +157,8 @@ func TestPostgreSQLRestartUnderLoad(t *testing.T) {
 	}
 	stopped := time.Now()
 	testkit.Eventually(t, 10*time.Second, func() bool {
-		resp, err := http.Get(m.url + "/api/v1/healthz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var h wire.Health
-		json.NewDecoder(resp.Body).Decode(&h)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(h.Detail, "does not answer")
+		code, h := m.health()
+		return code == http.StatusServiceUnavailable && strings.Contains(h.Detail, "does not answer")
 	}, "healthz does not say the database is down")
 	// Longer than DeadAfter heartbeat intervals: the slave must not be
 	// declared dead for want of a database to record its heartbeats.

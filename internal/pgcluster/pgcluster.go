@@ -100,12 +100,7 @@ func StartOn(ctx context.Context, parent string, durable bool, listen []netip.Pr
 		}
 		c.uid, _ = strconv.Atoi(u.Uid)
 		c.gid, _ = strconv.Atoi(u.Gid)
-		// The temporary parent may be 0700 root's: let the server through.
-		if err := os.Chmod(dir, 0o711); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		if err := os.Chown(dir, c.uid, c.gid); err != nil {
+		if err := c.giveDir(); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
@@ -156,6 +151,19 @@ func appendFile(path, text string) error {
 		err = cerr
 	}
 	return err
+}
+
+// giveDir hands the cluster's directory to the user the server runs as
+// (when root): the temporary parent may be 0700 root's, so the directory
+// lets the server through and is its own.
+func (c *Cluster) giveDir() error {
+	if c.uid < 0 {
+		return nil
+	}
+	if err := os.Chmod(c.Dir, 0o711); err != nil {
+		return err
+	}
+	return os.Chown(c.Dir, c.uid, c.gid)
 }
 
 func (c *Cluster) data() string { return filepath.Join(c.Dir, "data") }
@@ -273,15 +281,9 @@ func StartReplica(ctx context.Context, primary *Cluster, parent string) (*Cluste
 		return nil, err
 	}
 	c := &Cluster{Dir: dir, bin: primary.bin, uid: primary.uid, gid: primary.gid}
-	if c.uid >= 0 {
-		if err := os.Chmod(dir, 0o711); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		if err := os.Chown(dir, c.uid, c.gid); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
+	if err := c.giveDir(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	if out, err := c.run(ctx, "pg_basebackup", "-D", c.data(), "-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port),
 		"-U", "postgres", "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"); err != nil {

@@ -11,17 +11,27 @@ import (
 	"time"
 )
 
+// started takes what Start returned: the cluster, destroyed after the
+// test; without PostgreSQL installed the test is skipped, or fails when
+// MAS4H_E2E is set.
+func started(t *testing.T) func(*Cluster, error) *Cluster {
+	return func(c *Cluster, err error) *Cluster {
+		t.Helper()
+		if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
+			t.Skip(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Destroy)
+		return c
+	}
+}
+
 func TestStartQueryStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := Start(ctx, "", false)
-	if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Destroy()
+	c := started(t)(Start(ctx, "", false))
 	u, err := c.NewDatabase(ctx, "TestStart")
 	if err != nil {
 		t.Fatal(err)
@@ -53,14 +63,7 @@ func TestStartQueryStop(t *testing.T) {
 func TestReplicaPromote(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := Start(ctx, "", false)
-	if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Destroy()
+	p := started(t)(Start(ctx, "", false))
 	u, err := p.NewDatabase(ctx, "repl")
 	if err != nil {
 		t.Fatal(err)
@@ -107,14 +110,7 @@ func TestReplicaPromote(t *testing.T) {
 func TestStartOnListensThere(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := StartOn(ctx, "", false, []netip.Prefix{netip.MustParsePrefix("127.0.0.2/8")})
-	if errors.Is(err, ErrNotInstalled) && os.Getenv("MAS4H_E2E") == "" {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Destroy()
+	c := started(t)(StartOn(ctx, "", false, []netip.Prefix{netip.MustParsePrefix("127.0.0.2/8")}))
 	if _, err := c.NewDatabase(ctx, "TestStartOn"); err != nil {
 		t.Fatal(err)
 	}
